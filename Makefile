@@ -1,0 +1,32 @@
+# make install: .venv with torch (CPU build first: see pyproject) and the project.
+# make demo:    a real study end to end on the embedded default (local Ray, sqlite MLflow).
+# make test:    the test suite (what .ci/run calls).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean
+
+$(BIN)/orch: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: a bare "torch" requirement would fetch a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(BIN)/orch
+
+install: $(BIN)/orch
+
+demo: install
+	$(BIN)/orch studies
+	$(BIN)/orch sweep optimizers --quick
+	$(BIN)/orch ls
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts

@@ -1,0 +1,187 @@
+"""``orch``: the command line.
+
+Exit codes: 0 the command did its work (a sweep completed, even with failed trials,
+which are reported); 2 bad input (nothing started, nothing written); 1 the command could
+not run (tracking store unreachable, cluster unavailable); 130 the sweep was cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orch", description="Run studies (Hydra) as sweeps on Ray, tracked in MLflow.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def store(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, "
+                        "then sqlite:///mlflow.db)")
+
+    def configs(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config-dir", help="your own studies/options, searched before conf/")
+        sp.add_argument("--tasks", action="append", default=[], metavar="MODULE",
+                        help="import MODULE to register your own tasks (repeatable)")
+
+    sp = sub.add_parser("studies", help="list the studies, one line each")
+    configs(sp)
+
+    sp = sub.add_parser("sweep", help="run a study: orch sweep NAME [key=value | key=a,b ...]")
+    sp.add_argument("study")
+    sp.add_argument("overrides", nargs="*", help="Hydra overrides; sweeps (a,b / range() / "
+                    "glob()) become axes")
+    sp.add_argument("--quick", action="store_true", help="the study's quick variant")
+    sp.add_argument("--address", help="an existing Ray cluster (default: start one locally)")
+    sp.add_argument("--dry-run", action="store_true", help="validate and list trials; run nothing")
+    configs(sp)
+    store(sp)
+
+    sp = sub.add_parser("ls", help="sweeps in the store")
+    store(sp)
+
+    sp = sub.add_parser("show", help="a sweep's trials as a table")
+    sp.add_argument("sweep_id")
+    store(sp)
+
+    sp = sub.add_parser("cancel", help="ask a running sweep to stop (its trials end KILLED)")
+    sp.add_argument("sweep_id")
+    store(sp)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    from orchestrator.errors import SpecError
+    from orchestrator.tracking import TrackingUnavailable
+
+    try:
+        return _COMMANDS[args.command](args, out, err)
+    except SpecError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return EXIT_BAD_INPUT
+    except TrackingUnavailable as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        return EXIT_ERROR
+    except KeyError as e:
+        err.print(f"[red]error:[/] {e.args[0]}", highlight=False)
+        return EXIT_BAD_INPUT
+
+
+def _composer(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps --help fast
+    from orchestrator.compose import composer
+    from tasks import registry
+
+    registry.load_plugins(tuple(args.tasks))
+    return composer(args.config_dir)
+
+
+def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
+    c = _composer(args)
+    for name in c.studies():
+        cfg = c.compose(name, [])
+        ids = ", ".join(dict.fromkeys(cl["id"].split("/")[0] for cl in cfg.study.claims))
+        out.print(f"{name:<14} {cfg.study.description}  [dim]claims: {ids or '-'}[/]",
+                  highlight=False)
+    return EXIT_OK
+
+
+def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from orchestrator.plan import plan_sweep
+    from orchestrator.sweep import run_sweep
+
+    plan = plan_sweep(_composer(args), args.study, list(args.overrides), quick=args.quick)
+    axes = "  ".join(f"{k}={len(v)}" for k, v in plan.axes.items())
+    err.print(f"study {plan.spec.study.name}: {len(plan.trials)} trials ({axes})", highlight=False)
+    if args.dry_run:
+        for t in plan.trials:
+            out.print(f"{t.index:4d} {t.key} {t.arm} seed={t.seed}", highlight=False)
+        return EXIT_OK
+    result = run_sweep(plan, args.tracking_uri, args.address, tuple(args.tasks), err)
+    _trial_table(out, [(r.trial.arm, r.trial.seed, r.outcome, r.metrics, r.error)
+                       for r in result.results], plan.spec.sweep.metric)
+    failed = result.count("failed")
+    err.print(f"sweep {result.sweep_id}: {result.count('finished')} finished, {failed} failed, "
+              f"{result.count('diverged')} diverged, {result.count('killed')} killed "
+              f"(parent run {result.parent_run_id})", highlight=False)
+    for line in result.unwritten:
+        err.print(f"[yellow]not written to the tracking store:[/] {line}", highlight=False)
+    if result.cancelled:
+        err.print("sweep cancelled", highlight=False)
+        return EXIT_CANCELLED
+    return EXIT_OK
+
+
+def _trial_table(out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str) -> None:
+    table = Table(show_lines=False)
+    axis_names = list(rows[0][0]) if rows else []
+    for name in [*axis_names, "seed", "outcome", metric]:
+        table.add_column(name)
+    for arm, seed, outcome, metrics, error in rows:
+        value = metrics.get(metric)
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else error[:40]
+        table.add_row(*(str(arm.get(a, "")) for a in axis_names), str(seed), outcome, shown)
+    out.print(table)
+
+
+def cmd_ls(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from orchestrator.client import Client
+
+    df = Client(args.tracking_uri).sweeps()
+    table = Table()
+    for col in ("sweep_id", "study", "status", "start_time", "n_trials", "finished", "failed", "best"):
+        table.add_column(col)
+    for row in df.itertuples():
+        best = "" if row.best is None or (isinstance(row.best, float) and math.isnan(row.best)) \
+            else f"{row.metric}={row.best:.4f}"
+        table.add_row(row.sweep_id, row.study, row.status, str(row.start_time)[:19],
+                      str(row.n_trials), str(row.finished), str(row.failed), best)
+    out.print(table)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
+    import json
+
+    from orchestrator.client import Client
+
+    client = Client(args.tracking_uri)
+    parent = client.sweep_run(args.sweep_id)
+    df = client.trials(args.sweep_id)
+    metric = parent.data.tags.get("orch.metric", "val/acc")
+    out.print(f"sweep {parent.data.tags['orch.sweep_id']} ({parent.info.status}), "
+              f"run {parent.info.run_id}", highlight=False)
+    axes = [a for a in json.loads(parent.data.tags.get("orch.axes", "[]")) if a != "seed"]
+    rows = [({a: r.get(a) for a in axes}, r.get("seed"), r["outcome"], {metric: r.get(metric)},
+             r.get("error") or "") for r in df.to_dict("records")]
+    _trial_table(out, rows, metric)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from orchestrator.client import Client
+    from orchestrator.tracking import TAG_CANCEL
+
+    client = Client(args.tracking_uri)
+    parent = client.sweep_run(args.sweep_id)
+    if parent.info.status != "RUNNING":
+        err.print(f"sweep {args.sweep_id} is not running ({parent.info.status})", highlight=False)
+        return EXIT_ERROR
+    client.mlflow.set_tag(parent.info.run_id, TAG_CANCEL, "1")
+    out.print(f"cancel requested for {parent.data.tags['orch.sweep_id']}", highlight=False)
+    return EXIT_OK
+
+
+_COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show,
+             "cancel": cmd_cancel}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Plan a grid sweep: the study's axes (and the command line's) times seeds.
+
+Axes use Hydra's override grammar (``a,b``, ``range(3)``, ``glob(*)``) and are parsed by
+Hydra's own parser. A command-line override on a key replaces the study's axis on that
+key: a sweep override becomes the new axis, a plain one pins the key.
+
+Composition is cached by the combination of config-group choices; value axes
+(``optimizer.lr=...``, ``seed=...``) are applied to the composed config directly, which
+keeps planning a 1,000-trial sweep well under a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from pydantic import ValidationError
+
+from orchestrator.compose import Composer
+from orchestrator.errors import SpecError, describe_validation_error
+from orchestrator.specs import SWEEP_KEYS, SweepSpec, Trial
+from tasks import registry
+
+_PARSER = OverridesParser.create()
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated sweep: how it runs, the trials, and the composed config (for the record)."""
+
+    spec: SweepSpec
+    trials: list[Trial]
+    axes: dict[str, list[Any]]
+    config: dict[str, Any]
+    overrides: list[str]
+
+
+def parse_overrides(strings: list[str]) -> list[Override]:
+    try:
+        return _PARSER.parse_overrides(strings)
+    except HydraException as e:
+        raise SpecError(f"overrides: {e}") from None
+
+
+def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool = False
+               ) -> SweepPlan:
+    """Compose ``study`` with ``overrides``, validate everything and list the trials."""
+    parsed = parse_overrides(overrides)
+    cli_axes = [o for o in parsed if o.is_sweep_override()]
+    for o in cli_axes:
+        if not o.is_discrete_sweep():
+            raise SpecError(f"{o.key_or_group}: a grid axis must be a choice, range or glob; "
+                            f"interval() belongs in a search space")
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+
+    base = composer.compose(study, plain)
+    quick_overrides = list(base.study.get("quick") or []) if quick else []
+    if quick_overrides:
+        base = composer.compose(study, [*quick_overrides, *plain])
+    fixed = quick_overrides + plain
+    _forbid_code_references(OmegaConf.to_container(base, resolve=False))
+    spec = _validate_sweep(base)
+    task = _task(spec.task.name)
+
+    axes = _axes(composer, base, spec, cli_axes, pinned={o.key_or_group for o in parsed})
+    trials = _trials(composer, study, fixed, base, axes, task)
+    return SweepPlan(spec, trials, axes, OmegaConf.to_container(base, resolve=True),
+                     [*quick_overrides, *overrides])
+
+
+def _forbid_code_references(tree: Any, path: str = "") -> None:
+    """Configs name registered tasks, models, optimizers and schedulers, never Python code."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            where = f"{path}.{k}" if path else str(k)
+            if k in ("_target_", "_partial_", "_call_"):
+                raise SpecError(f"{where}: a config may not name Python code; only registered "
+                                f"tasks ({', '.join(registry.names())}) and the config groups' "
+                                f"options can be named")
+            _forbid_code_references(v, where)
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            _forbid_code_references(v, f"{path}[{i}]")
+
+
+def _validate_sweep(cfg: DictConfig) -> SweepSpec:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    raw = {k: resolved[k] for k in SWEEP_KEYS if k in resolved}
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(describe_validation_error(e, raw)) from None
+
+
+def _task(name: str) -> registry.Task:
+    try:
+        return registry.get(name)
+    except KeyError as e:
+        raise SpecError(f"task.name: {e.args[0]}") from None
+
+
+def _axes(composer: Composer, cfg: DictConfig, spec: SweepSpec, cli_axes: list[Override],
+          pinned: set[str]) -> dict[str, list[Any]]:
+    axes: dict[str, list[Any]] = {}
+    for key, value in spec.sweep.axes.items():
+        if key in pinned:
+            continue
+        if isinstance(value, list):
+            axes[key] = value
+            continue
+        (o,) = parse_overrides([f"{key}={value}"])
+        axes[key] = _expand(composer, o) if o.is_sweep_override() else [o.value()]
+    for o in cli_axes:
+        axes[o.key_or_group] = _expand(composer, o)
+    if "seed" not in axes and "seed" not in pinned:
+        axes["seed"] = list(range(spec.sweep.seeds))
+    for key, values in axes.items():
+        if not values:
+            raise SpecError(f"sweep.axes.{key}: the axis has no values")
+        if composer.is_group(key):
+            options = composer.group_options(key)
+            bad = [v for v in values if v not in options]
+            if bad:
+                raise SpecError(f"sweep.axes.{key}: {bad[0]!r} is not an option of group "
+                                f"{key!r}; allowed: {', '.join(options)}")
+        elif OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise SpecError(f"sweep.axes.{key}: no such key in the composed config")
+    return axes
+
+
+_ABSENT = object()
+
+
+def _expand(composer: Composer, o: Override) -> list[Any]:
+    o.config_loader = composer._loader  # glob() asks the loader for a group's options
+    try:
+        return list(o.sweep_iterator())
+    except HydraException as e:
+        raise SpecError(f"{o.key_or_group}: {e}") from None
+
+
+def _trials(composer: Composer, study: str, fixed: list[str], base: DictConfig,
+            axes: dict[str, list[Any]], task: registry.Task) -> list[Trial]:
+    keys = list(axes)
+    group_keys = [k for k in keys if composer.is_group(k)]
+    trial_keys = [k for k in base if k not in SWEEP_KEYS]
+    composed: dict[tuple[Any, ...], dict[str, Any]] = {}
+    trials: list[Trial] = []
+    for values in itertools.product(*(axes[k] for k in keys)):
+        point = dict(zip(keys, values))
+        groups = tuple(point[k] for k in group_keys)
+        if groups not in composed:
+            cfg = composer.compose(study, [*fixed, *(f"{k}={point[k]}" for k in group_keys)]) \
+                if groups else base
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            composed[groups] = {k: resolved[k] for k in trial_keys}
+        raw = copy.deepcopy(composed[groups])
+        for k in keys:
+            if k not in group_keys:
+                _set_dotted(raw, k, point[k])
+        try:
+            validated = task.spec.model_validate(raw)
+        except ValidationError as e:
+            raise SpecError(describe_validation_error(e, raw)) from None
+        config = validated.model_dump(mode="json")
+        arm = {k: v for k, v in point.items() if k != "seed"}
+        trials.append(Trial(len(trials), task.name, config, arm, int(config.get("seed", 0)),
+                            Trial.make_key(task.name, config)))
+    return trials
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for p in parents:
+        tree = tree[p]
+    tree[last] = value

@@ -1,0 +1,92 @@
+"""Optimizers with the defaults the notes state (see ``shared/claims.md``).
+
+torch's defaults differ from the notes in places (SGD has no momentum, RMSProp's alpha is
+0.99), so every spec sets its values explicitly and the study configs record them.
+RMSProp follows notes 000 (decay 0.9, lr 1e-3, eps 1e-8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field, PositiveFloat, model_validator
+
+from tasks.spec import StrictModel
+
+Decay = Annotated[float, Field(ge=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
+class SGDSpec(StrictModel):
+    """Plain SGD, SGD with momentum, or Nesterov (the notes' "common config": 0.02/0.9/1e-4)."""
+
+    name: Literal["sgd"] = "sgd"
+    lr: PositiveFloat = 0.02
+    momentum: Beta = 0.0
+    nesterov: bool = False
+    dampening: Beta = 0.0
+    weight_decay: Decay = 1e-4
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "SGDSpec":
+        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError("nesterov=true needs momentum > 0 and dampening = 0")
+        return self
+
+
+class AdagradSpec(StrictModel):
+    name: Literal["adagrad"] = "adagrad"
+    lr: PositiveFloat = 0.01
+    eps: PositiveFloat = 1e-10
+    weight_decay: Decay = 0.0
+
+
+class AdadeltaSpec(StrictModel):
+    """AdaDelta "has no learning rate": torch's ``lr`` is a multiplier, kept at 1.0."""
+
+    name: Literal["adadelta"] = "adadelta"
+    lr: PositiveFloat = 1.0
+    rho: Beta = 0.9
+    eps: PositiveFloat = 1e-6
+    weight_decay: Decay = 0.0
+
+
+class RMSpropSpec(StrictModel):
+    name: Literal["rmsprop"] = "rmsprop"
+    lr: PositiveFloat = 1e-3
+    alpha: Beta = 0.9
+    eps: PositiveFloat = 1e-8
+    momentum: Beta = 0.0
+    centered: bool = False
+    weight_decay: Decay = 0.0
+
+
+class AdamSpec(StrictModel):
+    """Adam and its relatives (``adamw``, ``adamax``, ``nadam``) share the same knobs."""
+
+    name: Literal["adam", "adamw", "adamax", "nadam"] = "adam"
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: Decay = 0.0
+
+
+OptimizerSpec = Annotated[
+    SGDSpec | AdagradSpec | AdadeltaSpec | RMSpropSpec | AdamSpec, Field(discriminator="name")]
+
+_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
+    "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+    "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
+}
+
+
+def build_optimizer(params: Iterable[Any], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    """The torch optimizer a spec names. ``params`` may be tensors or parameter groups
+    (dicts with their own ``lr``), as fine-tuning uses."""
+    kwargs = spec.model_dump(exclude={"name"})
+    if isinstance(spec, AdamSpec):
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return _CLASSES[spec.name](params, **kwargs)

@@ -1,0 +1,118 @@
+"""The training loop shared by the built-in task families.
+
+A readable loop in the spirit of nanoGPT: shuffle, step, evaluate each epoch, yield the
+metrics. Divergence (a NaN/inf loss, or one that explodes past ``diverge_factor`` times
+the first epoch's) ends the run early with outcome ``diverged`` instead of raising, because
+for LR studies divergence is evidence, not an error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt
+from torch import nn
+
+from tasks.data import Dataset
+from tasks.events import Event, Metrics, Summary
+from tasks.spec import StrictModel
+
+
+class TrainSpec(StrictModel):
+    """How long and how to train (the what: data, model, optimizer, live beside it)."""
+
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 32
+    loss_scale: PositiveFloat = 1.0  # multiplies the loss (OPT-6: Adam's scale invariance)
+    grad_clip: PositiveFloat | None = None
+    diverge_factor: PositiveFloat = 1e3
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             batch: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch):
+        logits = model(x[i:i + batch])
+        loss_sum += nn.functional.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i:i + batch]).sum().item()
+    return loss_sum / len(x), correct / len(x)
+
+
+def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None, train: TrainSpec,
+        seed: int, device: torch.device, extra_metrics: dict[str, float] | None = None,
+        ) -> Iterator[Event]:
+    """Train ``model`` on ``data``: yield :class:`Metrics` per epoch, then a :class:`Summary`."""
+    gen = torch.Generator().manual_seed(seed)
+    x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
+    x_va, y_va = data.x_val.to(device), data.y_val.to(device)
+    n = len(x_tr)
+    first_loss: float | None = None
+    steps, train_time = 0, 0.0
+    for epoch in range(train.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen).to(device)
+        loss_sum, correct = 0.0, 0
+        for i in range(0, n, train.batch_size):
+            idx = perm[i:i + train.batch_size]
+            logits = model(x_tr[idx])
+            loss = nn.functional.cross_entropy(logits, y_tr[idx],
+                                               label_smoothing=train.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            (loss * train.loss_scale).backward()
+            if train.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            loss_sum += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y_tr[idx]).sum().item()
+            steps += 1
+        train_time += time.perf_counter() - t0
+        train_loss = loss_sum / n
+        lr = optimizer.param_groups[-1]["lr"]
+        if first_loss is None:
+            first_loss = train_loss
+        if not math.isfinite(train_loss) or train_loss > train.diverge_factor * max(first_loss, 1e-8):
+            yield Metrics(epoch, {"train/loss": _finite(train_loss), "lr": lr})
+            yield Summary({"train/loss": _finite(train_loss), "epochs_run": epoch + 1},
+                          outcome="diverged",
+                          reason=f"train loss {train_loss:.4g} at epoch {epoch} "
+                                 f"(first epoch {first_loss:.4g})")
+            return
+        val_loss, val_acc = evaluate(model, x_va, y_va)
+        yield Metrics(epoch, {"train/loss": train_loss, "train/acc": correct / n,
+                              "val/loss": val_loss, "val/acc": val_acc, "lr": lr,
+                              **(extra_metrics or {})})
+
+    test_loss, test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device))
+    train_eval_loss, train_eval_acc = evaluate(model, x_tr, y_tr)
+    # val/* of the last epoch is already the latest value; train/eval_* differ from the
+    # epoch's running train/* (eval mode, final weights), hence their own names.
+    yield Summary({
+        "test/loss": test_loss, "test/acc": test_acc,
+        "train/eval_loss": train_eval_loss, "train/eval_acc": train_eval_acc,
+        "gap/acc": train_eval_acc - test_acc,
+        "time/step_ms": 1000 * train_time / max(steps, 1),
+    })
+
+
+def _finite(x: float) -> float:
+    """MLflow rejects NaN/inf in some stores; report a huge sentinel instead."""
+    return x if math.isfinite(x) else 1e30
