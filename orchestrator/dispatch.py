@@ -118,11 +118,13 @@ class Dispatcher:
         return TrialWorker.options(**opts).remote(threads, self.task_modules)
 
     def start(self, n_slots: int) -> None:
+        """Create the slots' actors without waiting: their processes boot (torch imports)
+        while the driver sets up tracking; :meth:`run` waits for them."""
         self._actors = [self._new_actor() for _ in range(n_slots)]
-        self._nodes = ray.get([a.info.remote() for a in self._actors])
 
     def run(self, source: TrialSource, listener: Listener) -> None:
         """Run until the source is exhausted and no trial is running."""
+        self._nodes = ray.get([a.info.remote() for a in self._actors])
         free = deque(range(len(self._actors)))
         running: dict[Any, _Running] = {}
         try:

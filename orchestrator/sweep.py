@@ -171,6 +171,7 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     dispatcher = dispatcher or Dispatcher(spec.resources, spec.sweep.max_concurrent,
                                           spec.sweep.retries, task_modules)
     slots = dispatcher.slots_for(len(plan.trials))  # SpecError before anything is written
+    dispatcher.start(slots)  # workers boot while the store is opened
 
     tracker = tr.Tracker(tr.resolve_tracking_uri(tracking_uri or spec.tracking.uri))
     tracker.check()
@@ -196,14 +197,13 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
                 rec.results.append(_reuse(tracker, rec, t, done[t.key]))
                 progress.reused(rec.results[-1].metrics.get(spec.sweep.metric))
         cancelled = False
-        if todo:
-            dispatcher.start(min(slots, len(todo)))
-            try:
+        try:
+            if todo:
                 dispatcher.run(GridSource(todo), rec)
-            except Cancelled:
-                cancelled = True
-            finally:
-                dispatcher.shutdown()
+        except Cancelled:
+            cancelled = True
+        finally:
+            dispatcher.shutdown()
         tracker.flush()
 
     _finish_parent(tracker, parent, rec.results, spec.sweep.metric, spec.sweep.mode, cancelled)
