@@ -94,6 +94,8 @@ class Dispatcher:
     _actors: list[Any] = field(default_factory=list)
     _nodes: list[NodeInfo] = field(default_factory=list)
     _attempts: dict[int, int] = field(default_factory=dict)
+    #: Upstream artifacts in the object store, by upstream trial key (put once, shared).
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     def slots_for(self, n_trials: int) -> int:
         """How many trials can run at once on this cluster with these resources."""
@@ -154,8 +156,9 @@ class Dispatcher:
     def _launch(self, slot: int, trial: Trial, running: dict[Any, _Running],
                 listener: Listener) -> None:
         attempt = self._attempts[trial.index] = self._attempts.get(trial.index, 0) + 1
+        upstream = self.inputs[trial.upstream.key] if trial.upstream else None
         gen = self._actors[slot].run.options(num_returns="streaming").remote(
-            trial.index, trial.task, trial.config)
+            trial.index, trial.task, trial.config, upstream)
         running[gen] = _Running(trial, slot, attempt)
         listener.trial_started(trial, attempt, self._nodes[slot])
 

@@ -171,8 +171,23 @@ def _trials(composer: Composer, study: str, fixed: list[str], base: DictConfig,
         config = validated.model_dump(mode="json")
         arm = {k: v for k, v in point.items() if k != "seed"}
         trials.append(Trial(len(trials), task.name, config, arm, int(config.get("seed", 0)),
-                            Trial.make_key(task.name, config)))
+                            Trial.make_key(task.name, config), _upstream(task, validated)))
     return trials
+
+
+def _upstream(task: registry.Task, spec: Any) -> Trial | None:
+    """The upstream run a trial needs, validated by its own task like any trial."""
+    need = task.upstream(spec) if task.upstream else None
+    if need is None:
+        return None
+    name, raw = need
+    up_task = _task(name)
+    try:
+        config = up_task.spec.model_validate(raw).model_dump(mode="json")
+    except ValidationError as e:
+        raise SpecError(describe_validation_error(e, raw, prefix=f"upstream {name}: ")) from None
+    return Trial(-1, name, config, {"upstream": name}, int(config.get("seed", 0)),
+                 Trial.make_key(name, config))
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -36,6 +36,12 @@ class SweepProgress:
         self.running += 1
         self._refresh()
 
+    def add_total(self, n: int) -> None:
+        """Runs added on the way (upstream runs such as pre-training)."""
+        self.total += n
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
     def reused(self, value: float | None) -> None:
         """A trial already done in the store: counted, not run."""
         self.done += 1

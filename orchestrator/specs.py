@@ -86,6 +86,7 @@ class Trial:
     arm: dict[str, Any]             # axis key -> value, seed excluded
     seed: int
     key: str = field(default="")
+    upstream: "Trial | None" = None  # the run this trial needs first (pre-training)
 
     @staticmethod
     def make_key(task: str, config: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -68,9 +68,11 @@ class _Recorder:
     """The dispatcher's listener: MLflow child runs, progress, results."""
 
     def __init__(self, tracker: tr.Tracker, plan: SweepPlan, experiment_id: str,
-                 parent: str, sweep_id: str, progress: SweepProgress) -> None:
+                 parent: str, sweep_id: str, progress: SweepProgress, kind: str = "trial") -> None:
         self.tracker, self.plan, self.experiment_id = tracker, plan, experiment_id
         self.parent, self.sweep_id, self.progress = parent, sweep_id, progress
+        self.kind = kind
+        self.outputs: dict[str, dict[str, bytes]] = {}  # trial key -> Summary.artifacts
         self.run_ids: dict[int, str] = {}
         self.last_step: dict[int, int] = {}
         self.results: list[TrialResult] = []
@@ -78,7 +80,7 @@ class _Recorder:
         self._last_cancel_check = time.monotonic()
 
     def trial_tags(self, trial: Trial) -> dict[str, Any]:
-        tags = {tr.TAG_PARENT: self.parent, tr.TAG_KIND: "trial", tr.TAG_SWEEP: self.sweep_id,
+        tags = {tr.TAG_PARENT: self.parent, tr.TAG_KIND: self.kind, tr.TAG_SWEEP: self.sweep_id,
                 tr.TAG_STUDY: self.plan.spec.study.name, tr.TAG_KEY: trial.key,
                 tr.TAG_INDEX: trial.index, tr.TAG_ARM: json.dumps(trial.arm, sort_keys=True)}
         if self.commit:
@@ -91,7 +93,8 @@ class _Recorder:
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
         tags = {**self.trial_tags(trial), tr.TAG_ATTEMPT: attempt, tr.TAG_NODE: node.hostname,
                 "orch.node_id": node.node_id}
-        name = f"{trial.index:04d}-" + "-".join(str(v) for v in trial.arm.values())
+        name = (f"{trial.index:04d}-" if trial.index >= 0 else "") + \
+            "-".join(str(v) for v in trial.arm.values())
         self.run_ids[trial.index] = self.tracker.start_run(
             self.experiment_id, f"{name}-s{trial.seed}", tags, self.trial_params(trial),
             {"task": trial.task, **trial.config})
@@ -116,6 +119,9 @@ class _Recorder:
         if metrics:
             # At the last step, so MLflow's "latest value" of a metric is the final one.
             self.tracker.log_metrics(run_id, metrics, step=self.last_step.pop(trial.index, 0))
+        if summary is not None and summary.artifacts:
+            self.tracker.log_files(run_id, summary.artifacts, OUTPUTS)
+            self.outputs[trial.key] = summary.artifacts
         tags: dict[str, Any] = {tr.TAG_OUTCOME: outcome if final else "retried"}
         error = ""
         if failure is not None:
@@ -143,13 +149,17 @@ class _Recorder:
         return False
 
 
-def find_done(tracker: tr.Tracker, experiment_id: str, keys: set[str]) -> dict[str, Any]:
+OUTPUTS = "outputs"  # artifact folder of a task's Summary.artifacts
+
+
+def find_done(tracker: tr.Tracker, experiment_id: str, keys: set[str], kind: str = "trial"
+              ) -> dict[str, Any]:
     """Runs in the experiment whose trial key is in ``keys`` and whose outcome counts as done."""
     done: dict[str, Any] = {}
     token = None
-    while True:
+    while keys:
         page = tracker.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{tr.TAG_KIND}` = 'trial'",
+            [experiment_id], filter_string=f"tags.`{tr.TAG_KIND}` = '{kind}'",
             max_results=1000, page_token=token)
         for run in page:
             key = run.data.tags.get(tr.TAG_KEY)
@@ -158,7 +168,8 @@ def find_done(tracker: tr.Tracker, experiment_id: str, keys: set[str]) -> dict[s
                 done[key] = run
         token = page.token
         if not token:
-            return done
+            break
+    return done
 
 
 def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | None = None,
@@ -199,6 +210,7 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
         cancelled = False
         try:
             if todo:
+                todo = _run_upstreams(tracker, plan, rec, dispatcher, todo)
                 dispatcher.run(GridSource(todo), rec)
         except Cancelled:
             cancelled = True
@@ -209,6 +221,37 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     _finish_parent(tracker, parent, rec.results, spec.sweep.metric, spec.sweep.mode, cancelled)
     rec.results.sort(key=lambda r: r.trial.index)
     return SweepResult(sweep_id, parent, experiment_id, rec.results, cancelled, tracker.unwritten)
+
+
+def _run_upstreams(tracker: tr.Tracker, plan: SweepPlan, rec: _Recorder,
+                   dispatcher: Dispatcher, todo: list[Trial]) -> list[Trial]:
+    """Run (or find in the store) each distinct upstream of ``todo`` once and put its
+    artifacts in Ray's object store. Returns the trials that can run; those whose upstream
+    failed are recorded FAILED with the reason."""
+    needed = {t.upstream.key: t.upstream for t in todo if t.upstream is not None}
+    if not needed:
+        return todo
+    done = find_done(tracker, rec.experiment_id, set(needed), kind="upstream")
+    for key, run in done.items():
+        dispatcher.inputs[key] = ray.put(tracker.read_files(run.info.run_id, OUTPUTS))
+    missing = [replace(t, index=-1 - i) for i, t in enumerate(needed.values()) if t.key not in done]
+    if missing:
+        up = _Recorder(tracker, plan, rec.experiment_id, rec.parent, rec.sweep_id, rec.progress,
+                       kind="upstream")
+        rec.progress.add_total(len(missing))
+        dispatcher.run(GridSource(missing), up)
+        for t in missing:
+            if t.key in up.outputs:
+                dispatcher.inputs[t.key] = ray.put(up.outputs[t.key])
+    runnable = []
+    for t in todo:
+        if t.upstream is None or t.upstream.key in dispatcher.inputs:
+            runnable.append(t)
+            continue
+        rec.trial_started(t, 1, NodeInfo("", "", 0))
+        rec.trial_ended(t, "failed", None, Failure(
+            "UpstreamFailed", f"its upstream {t.upstream.task} run did not finish", ""))
+    return runnable
 
 
 def _reuse(tracker: tr.Tracker, rec: _Recorder, trial: Trial, run: Any) -> TrialResult:

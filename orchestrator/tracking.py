@@ -137,6 +137,25 @@ class Tracker:
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
 
+    def log_files(self, run_id: str, files: Mapping[str, bytes], folder: str) -> None:
+        """Store in-memory files (a task's ``Summary.artifacts``) as artifacts."""
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            self.client.log_artifacts(run_id, tmp, folder)
+
+    def read_files(self, run_id: str, folder: str) -> dict[str, bytes]:
+        """The artifacts under ``folder`` of a run, as bytes."""
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(self.client.download_artifacts(run_id, folder, tmp))
+            return {p.name: p.read_bytes() for p in local.iterdir() if p.is_file()}
+
     def end_run(self, run_id: str, status: str) -> None:
         self.flush(run_id)
         self.client.set_terminated(run_id, status)

@@ -61,14 +61,20 @@ class TrialWorker:
     def stop(self, trial_index: int) -> None:
         self._stop.add(trial_index)
 
-    def run(self, trial_index: int, task_name: str, config: dict) -> Iterator[object]:
-        """Yield the trial's events; a raised error becomes a :class:`Failure` event."""
+    def run(self, trial_index: int, task_name: str, config: dict,
+            upstream: dict[str, bytes] | None = None) -> Iterator[object]:
+        """Yield the trial's events; a raised error becomes a :class:`Failure` event.
+
+        ``upstream`` (resolved by Ray from an object ref) holds the artifacts of the run
+        the task needs first, for tasks registered with an ``upstream``.
+        """
         from tasks import registry
 
         self._stop.discard(trial_index)
         try:
             task = registry.get(task_name)
-            events = task.run(task.spec.model_validate(config))
+            spec = task.spec.model_validate(config)
+            events = task.run(spec, upstream=upstream) if task.upstream else task.run(spec)
             for event in events:
                 yield event
                 if trial_index in self._stop:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from importlib.metadata import entry_points
 
 from tasks.events import Event
@@ -20,26 +21,38 @@ ENTRY_POINT_GROUP = "orchestrator.tasks"
 BUILTIN_MODULES = ("tasks.classify",)
 
 
+#: ``upstream(spec)`` names the run a trial needs first: ``(task name, config)``, or None.
+Upstream = Callable[[Any], "tuple[str, dict[str, Any]] | None"]
+
+
 @dataclass(frozen=True)
 class Task:
-    """A task: its name, the spec its config must validate against, and the generator."""
+    """A task: its name, the spec its config must validate against, and the generator.
+
+    A task with ``upstream`` (fine-tuning needs a pre-trained checkpoint) is called as
+    ``run(spec, upstream=artifacts)`` with the upstream run's ``Summary.artifacts``; the
+    orchestrator runs each distinct upstream once and reuses it across trials and sweeps.
+    """
 
     name: str
     spec: type[StrictModel]
-    run: Callable[[StrictModel], Iterator[Event]]
+    run: Callable[..., Iterator[Event]]
     description: str = ""
+    upstream: Upstream | None = None
 
 
 _TASKS: dict[str, Task] = {}
 _loaded = False
 
 
-def register(name: str, spec: type[StrictModel], description: str = ""
+def register(name: str, spec: type[StrictModel], description: str = "",
+             upstream: Upstream | None = None,
              ) -> Callable[[Callable[..., Iterator[Event]]], Callable[..., Iterator[Event]]]:
     """Decorator registering ``fn(spec) -> Iterator[Event]`` as task ``name``."""
 
     def wrap(fn: Callable[..., Iterator[Event]]) -> Callable[..., Iterator[Event]]:
-        _TASKS[name] = Task(name, spec, fn, description or (fn.__doc__ or "").strip().split("\n")[0])
+        doc = description or (fn.__doc__ or "").strip().split("\n")[0]
+        _TASKS[name] = Task(name, spec, fn, doc, upstream)
         return fn
 
     return wrap
