@@ -37,6 +37,15 @@ class TrialSource(Protocol):
     def exhausted(self) -> bool:
         """True once no trial will ever come again (the sweep can end when none run)."""
 
+    def report(self, trial: Trial, event: Metrics) -> bool:
+        """An intermediate result; return True to stop (prune) the trial."""
+
+    def finish(self, trial: Trial, outcome: str, summary: Summary | None) -> None:
+        """The trial ended (finished, failed, diverged, pruned or killed)."""
+
+    def retry(self, trial: Trial) -> bool:
+        """Queue the trial again after its worker died; False if the source cannot."""
+
 
 class Listener(Protocol):
     """Receives everything that happens to trials, on the driver."""
@@ -63,8 +72,15 @@ class GridSource:
     def exhausted(self) -> bool:
         return not self._queue
 
-    def push_front(self, trial: Trial) -> None:
+    def retry(self, trial: Trial) -> bool:
         self._queue.appendleft(trial)
+        return True
+
+    def report(self, trial: Trial, event: Metrics) -> bool:
+        return False
+
+    def finish(self, trial: Trial, outcome: str, summary: Summary | None) -> None:
+        pass
 
 
 class Cancelled(Exception):
@@ -150,7 +166,7 @@ class Dispatcher:
                 if listener.tick():
                     raise Cancelled()
         except (KeyboardInterrupt, Cancelled):
-            self._kill_all(running, listener)
+            self._kill_all(running, listener, source)
             raise Cancelled() from None
 
     def _launch(self, slot: int, trial: Trial, running: dict[Any, _Running],
@@ -170,13 +186,14 @@ class Dispatcher:
             try:
                 event = ray.get(next(gen))
             except StopIteration:
-                self._end(state, listener)
+                self._end(state, listener, source)
                 return True
             except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
                 self._worker_died(state, e, listener, source)
                 return True
             if isinstance(event, Metrics):
-                if listener.trial_metrics(state.trial, event) and not state.stopping:
+                stop = listener.trial_metrics(state.trial, event)
+                if (source.report(state.trial, event) or stop) and not state.stopping:
                     state.stopping = True
                     self._actors[state.slot].stop.remote(state.trial.index)
             elif isinstance(event, Summary):
@@ -187,7 +204,7 @@ class Dispatcher:
                 state.outcome = "pruned"
         return False
 
-    def _end(self, state: _Running, listener: Listener) -> None:
+    def _end(self, state: _Running, listener: Listener, source: TrialSource) -> None:
         if state.failure is not None:
             outcome = "failed"
         elif state.outcome:
@@ -198,6 +215,7 @@ class Dispatcher:
             outcome = "failed"
             state.failure = Failure("NoSummary", "the task ended without a summary", "")
         listener.trial_ended(state.trial, outcome, state.summary, state.failure)
+        source.finish(state.trial, outcome, state.summary)
 
     def _worker_died(self, state: _Running, err: Exception, listener: Listener,
                      source: TrialSource) -> None:
@@ -205,16 +223,18 @@ class Dispatcher:
         # The process is gone: give the slot a fresh actor before it takes another trial.
         self._actors[state.slot] = self._new_actor()
         self._nodes[state.slot] = ray.get(self._actors[state.slot].info.remote())
-        if state.attempt <= self.retries and isinstance(source, GridSource):
+        if state.attempt <= self.retries and source.retry(state.trial):
             listener.trial_retrying(state.trial, state.attempt, failure)
-            source.push_front(state.trial)
         else:
             listener.trial_ended(state.trial, "failed", None, failure)
+            source.finish(state.trial, "failed", None)
 
-    def _kill_all(self, running: dict[Any, _Running], listener: Listener) -> None:
+    def _kill_all(self, running: dict[Any, _Running], listener: Listener,
+                  source: TrialSource) -> None:
         for state in running.values():
             listener.trial_ended(state.trial, "killed", None,
                                  Failure("Cancelled", "the sweep was cancelled", ""))
+            source.finish(state.trial, "killed", None)
         self.shutdown()
 
     def shutdown(self) -> None:

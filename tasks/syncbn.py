@@ -1,4 +1,4 @@
-"""Synchronized BatchNorm that runs on CPU over ``torch.distributed`` (gloo), for data-parallel trials.
+"""Synchronized BatchNorm on CPU over ``torch.distributed`` (gloo), for data-parallel trials.
 
 torch's ``nn.SyncBatchNorm`` only runs on accelerators (its kernels, ``batch_norm_stats`` and
 friends, have no CPU implementation), so CPU data-parallel trials need their own.
