@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     configs(sp)
     store(sp)
 
+    sp = sub.add_parser("resume", help="continue a sweep whose driver died or was cancelled")
+    sp.add_argument("sweep_id")
+    sp.add_argument("--address", help="an existing Ray cluster (default: start one locally)")
+    store(sp)
+
     sp = sub.add_parser("ls", help="sweeps in the store")
     store(sp)
 
@@ -106,12 +111,23 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
             out.print(f"{t.index:4d} {t.key} {t.arm} seed={t.seed}", highlight=False)
         return EXIT_OK
     result = run_sweep(plan, args.tracking_uri, args.address, tuple(args.tasks), err)
+    return _report_result(result, plan.spec.sweep.metric, out, err)
+
+
+def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from orchestrator.sweep import resume_sweep
+
+    result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err)
+    return _report_result(result, result.metric, out, err)
+
+
+def _report_result(result, metric: str, out: Console, err: Console) -> int:  # noqa: ANN001
     _trial_table(out, [(r.trial.arm, r.trial.seed, r.outcome, r.metrics, r.error)
-                       for r in result.results], plan.spec.sweep.metric)
-    failed = result.count("failed")
-    err.print(f"sweep {result.sweep_id}: {result.count('finished')} finished, {failed} failed, "
-              f"{result.count('diverged')} diverged, {result.count('killed')} killed "
-              f"(parent run {result.parent_run_id})", highlight=False)
+                       for r in result.results], metric)
+    err.print(f"sweep {result.sweep_id}: {result.count('finished')} finished, "
+              f"{result.count('failed')} failed, {result.count('diverged')} diverged, "
+              f"{result.count('killed')} killed (parent run {result.parent_run_id})",
+              highlight=False)
     for line in result.unwritten:
         err.print(f"[yellow]not written to the tracking store:[/] {line}", highlight=False)
     if result.cancelled:
@@ -180,8 +196,8 @@ def cmd_cancel(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "ls": cmd_ls, "show": cmd_show,
-             "cancel": cmd_cancel}
+_COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "resume": cmd_resume, "ls": cmd_ls,
+             "show": cmd_show, "cancel": cmd_cancel}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -102,7 +102,7 @@ class Client:
                 "trial_key": t.get(tr.TAG_KEY), "outcome": t.get(tr.TAG_OUTCOME, "running"),
                 "status": r.info.status, "error": t.get(tr.TAG_ERROR, ""),
                 "node": t.get(tr.TAG_NODE, ""), "reused_from": t.get(tr.TAG_REUSED),
-                "attempt": int(t.get(tr.TAG_ATTEMPT, 1)),
+                "attempt": int(t.get(tr.TAG_ATTEMPT, 1)), "start_time": r.info.start_time,
             }
             row.update(json.loads(t.get(tr.TAG_ARM, "{}")))
             row.update({k: _param(v) for k, v in r.data.params.items()})
@@ -111,8 +111,10 @@ class Client:
         df = pd.DataFrame(rows)
         if df.empty:
             return df
-        # A row per trial: where a later attempt exists, it replaces the earlier one.
-        df = df.sort_values(["trial_index", "attempt"]).drop_duplicates("trial_index", keep="last")
+        # A row per trial: a later attempt (a retry, or a resumed sweep's re-run) replaces
+        # the earlier one.
+        df = df.sort_values(["trial_index", "start_time"]).drop_duplicates("trial_index",
+                                                                          keep="last")
         return df.reset_index(drop=True)
 
     def history(self, run_id: str, metric: str) -> pd.DataFrame:

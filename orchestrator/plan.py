@@ -38,7 +38,9 @@ class SweepPlan:
     trials: list[Trial]
     axes: dict[str, list[Any]]
     config: dict[str, Any]
-    overrides: list[str]
+    overrides: list[str]          # as given (the quick variant's are not included)
+    quick: bool = False
+    config_dir: str | None = None
 
 
 def parse_overrides(strings: list[str]) -> list[Override]:
@@ -71,7 +73,8 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
     axes = _axes(composer, base, spec, cli_axes, pinned={o.key_or_group for o in parsed})
     trials = _trials(composer, study, fixed, base, axes, task)
     return SweepPlan(spec, trials, axes, OmegaConf.to_container(base, resolve=True),
-                     [*quick_overrides, *overrides])
+                     list(overrides), quick,
+                     None if composer.config_dir is None else str(composer.config_dir))
 
 
 def _forbid_code_references(tree: Any, path: str = "") -> None:

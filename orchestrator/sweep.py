@@ -44,6 +44,7 @@ class SweepResult:
     results: list[TrialResult]
     cancelled: bool = False
     unwritten: list[str] = field(default_factory=list)
+    metric: str = ""
 
     def count(self, outcome: str) -> int:
         return sum(r.outcome == outcome for r in self.results)
@@ -174,8 +175,13 @@ def find_done(tracker: tr.Tracker, experiment_id: str, keys: set[str], kind: str
 
 def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | None = None,
               task_modules: tuple[str, ...] = (), console: Console | None = None,
-              dispatcher: Dispatcher | None = None) -> SweepResult:
-    """Run every trial of ``plan`` not already done in the store; record everything."""
+              dispatcher: Dispatcher | None = None, resume: str | None = None) -> SweepResult:
+    """Run every trial of ``plan`` not already done in the store; record everything.
+
+    With ``resume`` (a sweep id) the trials go under that sweep's parent run: its runs left
+    RUNNING by a dead driver are marked interrupted, and only trials without a finished,
+    diverged or failed run in that sweep are run.
+    """
     console = console or Console(stderr=True)
     spec = plan.spec
     init_ray(address or spec.cluster.address, spec.cluster.num_cpus, spec.cluster.num_gpus)
@@ -186,24 +192,28 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
 
     tracker = tr.Tracker(tr.resolve_tracking_uri(tracking_uri or spec.tracking.uri))
     tracker.check()
-    experiment_id = tracker.experiment_id(spec.tracking.experiment or spec.study.name)
-    sweep_id = new_sweep_id(spec.study.name)
-    parent_tags = {tr.TAG_KIND: "sweep", tr.TAG_SWEEP: sweep_id, tr.TAG_STUDY: spec.study.name,
-                   "orch.overrides": json.dumps(plan.overrides), "orch.n_trials": len(plan.trials),
-                   "orch.metric": spec.sweep.metric, "orch.mode": spec.sweep.mode,
-                   "orch.axes": json.dumps(list(plan.axes))}
-    commit = tr.git_commit()
-    if commit:
-        parent_tags[tr.TAG_GIT] = commit
-    parent = tracker.start_run(experiment_id, sweep_id, parent_tags,
-                               tr.flatten({"sweep": {"axes": plan.axes}, "resources":
-                                           spec.resources.model_dump()}), plan.config)
+    if resume is None:
+        experiment_id = tracker.experiment_id(spec.tracking.experiment or spec.study.name)
+        sweep_id = new_sweep_id(spec.study.name)
+        parent = _start_parent(tracker, plan, experiment_id, sweep_id, task_modules)
+        previous: list[TrialResult] = []
+    else:
+        parent_run = tracker.find_sweep(resume)
+        sweep_id, parent = resume, parent_run.info.run_id
+        experiment_id = parent_run.info.experiment_id
+        tracker.client.update_run(parent, status="RUNNING")
+        previous = _previous_results(tracker, plan, experiment_id, sweep_id)
+    finished_here = {r.trial.key for r in previous}
 
     with SweepProgress(console, len(plan.trials), spec.sweep.metric, spec.sweep.mode) as progress:
         rec = _Recorder(tracker, plan, experiment_id, parent, sweep_id, progress)
-        done = find_done(tracker, experiment_id, {t.key for t in plan.trials})
-        todo = [t for t in plan.trials if t.key not in done]
-        for t in plan.trials:
+        rec.results.extend(previous)
+        pending = [t for t in plan.trials if t.key not in finished_here]
+        for r in previous:
+            progress.reused(r.metrics.get(spec.sweep.metric))
+        done = find_done(tracker, experiment_id, {t.key for t in pending})
+        todo = [t for t in pending if t.key not in done]
+        for t in pending:
             if t.key in done:
                 rec.results.append(_reuse(tracker, rec, t, done[t.key]))
                 progress.reused(rec.results[-1].metrics.get(spec.sweep.metric))
@@ -220,7 +230,66 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
 
     _finish_parent(tracker, parent, rec.results, spec.sweep.metric, spec.sweep.mode, cancelled)
     rec.results.sort(key=lambda r: r.trial.index)
-    return SweepResult(sweep_id, parent, experiment_id, rec.results, cancelled, tracker.unwritten)
+    return SweepResult(sweep_id, parent, experiment_id, rec.results, cancelled, tracker.unwritten,
+                       spec.sweep.metric)
+
+
+def resume_sweep(sweep_id: str, tracking_uri: str | None = None, address: str | None = None,
+                 console: Console | None = None) -> SweepResult:
+    """Re-plan a sweep from its parent run's tags and run what it has not settled."""
+    from orchestrator.compose import composer
+    from orchestrator.plan import plan_sweep
+    from tasks import registry
+
+    tracker = tr.Tracker(tr.resolve_tracking_uri(tracking_uri))
+    tracker.check()
+    tags = tracker.find_sweep(sweep_id).data.tags
+    modules = tuple(json.loads(tags.get("orch.tasks", "[]")))
+    registry.load_plugins(modules)
+    plan = plan_sweep(composer(tags.get("orch.config_dir") or None), tags[tr.TAG_STUDY],
+                      json.loads(tags["orch.overrides"]), quick=tags.get("orch.quick") == "1")
+    return run_sweep(plan, tracker.uri, address, modules, console, resume=sweep_id)
+
+
+def _start_parent(tracker: tr.Tracker, plan: SweepPlan, experiment_id: str, sweep_id: str,
+                  task_modules: tuple[str, ...]) -> str:
+    """The sweep's parent run, tagged with everything ``orch resume`` needs to re-plan it."""
+    spec = plan.spec
+    tags = {tr.TAG_KIND: "sweep", tr.TAG_SWEEP: sweep_id, tr.TAG_STUDY: spec.study.name,
+            "orch.overrides": json.dumps(plan.overrides), "orch.quick": int(plan.quick),
+            "orch.config_dir": plan.config_dir or "", "orch.tasks": json.dumps(task_modules),
+            "orch.n_trials": len(plan.trials), "orch.metric": spec.sweep.metric,
+            "orch.mode": spec.sweep.mode, "orch.axes": json.dumps(list(plan.axes))}
+    commit = tr.git_commit()
+    if commit:
+        tags[tr.TAG_GIT] = commit
+    params = tr.flatten({"sweep": {"axes": plan.axes}, "resources": spec.resources.model_dump()})
+    return tracker.start_run(experiment_id, sweep_id, tags, params, plan.config)
+
+
+#: Outcomes a resumed sweep does not run again (killed and interrupted trials it does).
+RESUME_DONE = ("finished", "diverged", "failed")
+
+
+def _previous_results(tracker: tr.Tracker, plan: SweepPlan, experiment_id: str,
+                      sweep_id: str) -> list[TrialResult]:
+    """The trials a sweep already settled; its runs still RUNNING are marked interrupted."""
+    by_key = {t.key: t for t in plan.trials}
+    settled: dict[str, TrialResult] = {}
+    for run in tracker.client.search_runs(
+            [experiment_id], f"tags.`{tr.TAG_SWEEP}` = '{sweep_id}' and "
+                             f"tags.`{tr.TAG_KIND}` = 'trial'", max_results=50000):
+        tags = run.data.tags
+        if run.info.status == "RUNNING":
+            tracker.set_tags(run.info.run_id, {tr.TAG_OUTCOME: "interrupted",
+                                               tr.TAG_ERROR: "the driver stopped while it ran"})
+            tracker.end_run(run.info.run_id, "KILLED")
+        elif tags.get(tr.TAG_OUTCOME) in RESUME_DONE and tags.get(tr.TAG_KEY) in by_key:
+            key = tags[tr.TAG_KEY]
+            settled[key] = TrialResult(by_key[key], run.info.run_id, tags[tr.TAG_OUTCOME],
+                                       dict(run.data.metrics), tags.get(tr.TAG_ERROR, ""),
+                                       reused=tr.TAG_REUSED in tags)
+    return list(settled.values())
 
 
 def _run_upstreams(tracker: tr.Tracker, plan: SweepPlan, rec: _Recorder,

@@ -189,5 +189,16 @@ class Tracker:
             params = params[_BATCH["params"]:]
             tags = tags[_BATCH["tags"]:]
 
+    def find_sweep(self, sweep_id: str) -> Any:
+        """The parent run of sweep ``sweep_id`` (exact id)."""
+        from mlflow.entities import ViewType
+
+        ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
+        runs = self.client.search_runs(ids, f"tags.`{TAG_KIND}` = 'sweep' and "
+                                            f"tags.`{TAG_SWEEP}` = '{sweep_id}'")
+        if not runs:
+            raise KeyError(f"no sweep {sweep_id!r} in {self.uri}")
+        return runs[0]
+
     def cancel_requested(self, run_id: str) -> bool:
         return self.client.get_run(run_id).data.tags.get(TAG_CANCEL) == "1"
