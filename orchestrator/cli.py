@@ -138,7 +138,7 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
 
 def _trial_table(out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str) -> None:
     table = Table(show_lines=False)
-    axis_names = list(rows[0][0]) if rows else []
+    axis_names = list(dict.fromkeys(k for arm, *_ in rows for k in arm))
     for name in [*axis_names, "seed", "outcome", metric]:
         table.add_column(name)
     for arm, seed, outcome, metrics, error in rows:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -43,6 +43,10 @@ class SweepPlan:
     config_dir: str | None = None
 
 
+def _plain(parsed: list[Override]) -> list[str]:
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
 def parse_overrides(strings: list[str]) -> list[Override]:
     try:
         return _PARSER.parse_overrides(strings)
@@ -53,25 +57,42 @@ def parse_overrides(strings: list[str]) -> list[Override]:
 def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool = False
                ) -> SweepPlan:
     """Compose ``study`` with ``overrides``, validate everything and list the trials."""
-    parsed = parse_overrides(overrides)
+    base = composer.compose(study, _plain(parse_overrides(overrides)))
+    quick_overrides = list(base.study.get("quick") or []) if quick else []
+    # The quick variant's overrides come first so that the user's own win.
+    parsed = parse_overrides([*quick_overrides, *overrides])
     cli_axes = [o for o in parsed if o.is_sweep_override()]
     for o in cli_axes:
         if not o.is_discrete_sweep():
             raise SpecError(f"{o.key_or_group}: a grid axis must be a choice, range or glob; "
                             f"interval() belongs in a search space")
-    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
-
-    base = composer.compose(study, plain)
-    quick_overrides = list(base.study.get("quick") or []) if quick else []
+    fixed = _plain(parsed)
     if quick_overrides:
-        base = composer.compose(study, [*quick_overrides, *plain])
-    fixed = quick_overrides + plain
+        base = composer.compose(study, fixed)
     _forbid_code_references(OmegaConf.to_container(base, resolve=False))
     spec = _validate_sweep(base)
     task = _task(spec.task.name)
 
-    axes = _axes(composer, base, spec, cli_axes, pinned={o.key_or_group for o in parsed})
-    trials = _trials(composer, study, fixed, base, axes, task)
+    pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
+    grids = spec.sweep.grids or {"": {}}
+    trials: list[Trial] = []
+    axes: dict[str, list[Any]] = {}
+    seen: set[str] = set()
+    for name, grid in grids.items():
+        where = f"sweep.grids.{name}." if name else "sweep.axes."
+        declared = {**spec.sweep.axes, **grid}
+        # A command-line axis replaces the grids' axis on its key; one no grid has is shared.
+        mine = [o for o in cli_axes if o.key_or_group in declared
+                or not any(o.key_or_group in g for g in grids.values())]
+        grid_axes = _axes(composer, base, declared, spec.sweep.seeds, mine, pinned, where)
+        for t in _trials(composer, study, fixed, base, grid_axes, task):
+            if t.key not in seen:  # grids may overlap; a trial runs once
+                seen.add(t.key)
+                arm = {"grid": name, **t.arm} if name else t.arm
+                trials.append(replace(t, index=len(trials), arm=arm))
+        for k, values in [*(("grid", [name]),) * bool(name), *grid_axes.items()]:
+            axes.setdefault(k, [])
+            axes[k] += [v for v in values if v not in axes[k]]
     return SweepPlan(spec, trials, axes, OmegaConf.to_container(base, resolve=True),
                      list(overrides), quick,
                      None if composer.config_dir is None else str(composer.config_dir))
@@ -108,10 +129,10 @@ def _task(name: str) -> registry.Task:
         raise SpecError(f"task.name: {e.args[0]}") from None
 
 
-def _axes(composer: Composer, cfg: DictConfig, spec: SweepSpec, cli_axes: list[Override],
-          pinned: set[str]) -> dict[str, list[Any]]:
+def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: int,
+          cli_axes: list[Override], pinned: set[str], where: str) -> dict[str, list[Any]]:
     axes: dict[str, list[Any]] = {}
-    for key, value in spec.sweep.axes.items():
+    for key, value in declared.items():
         if key in pinned:
             continue
         if isinstance(value, list):
@@ -122,18 +143,18 @@ def _axes(composer: Composer, cfg: DictConfig, spec: SweepSpec, cli_axes: list[O
     for o in cli_axes:
         axes[o.key_or_group] = _expand(composer, o)
     if "seed" not in axes and "seed" not in pinned:
-        axes["seed"] = list(range(spec.sweep.seeds))
+        axes["seed"] = list(range(seeds))
     for key, values in axes.items():
         if not values:
-            raise SpecError(f"sweep.axes.{key}: the axis has no values")
+            raise SpecError(f"{where}{key}: the axis has no values")
         if composer.is_group(key):
             options = composer.group_options(key)
             bad = [v for v in values if v not in options]
             if bad:
-                raise SpecError(f"sweep.axes.{key}: {bad[0]!r} is not an option of group "
+                raise SpecError(f"{where}{key}: {bad[0]!r} is not an option of group "
                                 f"{key!r}; allowed: {', '.join(options)}")
         elif OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
-            raise SpecError(f"sweep.axes.{key}: no such key in the composed config")
+            raise SpecError(f"{where}{key}: no such key in the composed config")
     return axes
 
 

@@ -27,7 +27,13 @@ class StudyInfo(StrictModel):
 
 
 class SweepSettings(StrictModel):
+    """The grid: ``axes`` shared by every trial; ``grids``, if given, are named sub-grids
+    (each a dict of further axes) whose trials are joined, so one study can hold several
+    sub-experiments (an LR range test beside a schedule comparison). A trial's arm records
+    its grid's name under ``grid``."""
+
     axes: dict[str, Any] = {}
+    grids: dict[str, dict[str, Any]] = {}
     seeds: PositiveInt = 1
     metric: str = Field("val/acc", min_length=1)
     mode: Literal["min", "max"] = "max"

@@ -1,16 +1,16 @@
 """The training loop shared by the built-in task families.
 
 A readable loop in the spirit of nanoGPT: shuffle, step, evaluate each epoch, yield the
-metrics. Divergence (a NaN/inf loss, or one that explodes past ``diverge_factor`` times
-the first epoch's) ends the run early with outcome ``diverged`` instead of raising, because
-for LR studies divergence is evidence, not an error.
+metrics. Divergence (a NaN/inf batch loss, or one past ``diverge_factor`` times the first
+batch's, i.e. times chance level at initialisation) ends the run at once with outcome
+``diverged`` instead of raising, because for LR studies divergence is evidence, not an error.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -29,7 +29,7 @@ class TrainSpec(StrictModel):
     batch_size: PositiveInt = 32
     loss_scale: PositiveFloat = 1.0  # multiplies the loss (OPT-6: Adam's scale invariance)
     grad_clip: PositiveFloat | None = None
-    diverge_factor: PositiveFloat = 1e3
+    diverge_factor: PositiveFloat = 10.0  # x the first batch's loss; a healthy run never gets there
     device: Literal["auto", "cpu", "cuda"] = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
@@ -56,8 +56,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None, train: TrainSpec,
         seed: int, device: torch.device, extra_metrics: dict[str, float] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
         ) -> Iterator[Event]:
-    """Train ``model`` on ``data``: yield :class:`Metrics` per epoch, then a :class:`Summary`."""
+    """Train ``model`` on ``data``: yield :class:`Metrics` per epoch, then a :class:`Summary`.
+
+    ``on_epoch_start(epoch)`` runs after ``model.train()`` at the start of every epoch, so a
+    fine-tuning task can freeze or unfreeze blocks (and keep frozen ones in eval mode).
+    """
     gen = torch.Generator().manual_seed(seed)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
     x_va, y_va = data.x_val.to(device), data.y_val.to(device)
@@ -66,6 +71,8 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     steps, train_time = 0, 0.0
     for epoch in range(train.epochs):
         model.train()
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum, correct = 0.0, 0
@@ -81,21 +88,20 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            loss_sum += loss.item() * len(idx)
+            batch_loss = loss.item()
+            first_loss = batch_loss if first_loss is None else first_loss
+            if not math.isfinite(batch_loss) or batch_loss > train.diverge_factor * first_loss:
+                yield Summary({"train/loss": _finite(batch_loss), "epochs_run": epoch + 1},
+                              outcome="diverged",
+                              reason=f"batch loss {batch_loss:.4g} at epoch {epoch}, step "
+                                     f"{steps} (first batch {first_loss:.4g})")
+                return
+            loss_sum += batch_loss * len(idx)
             correct += (logits.argmax(1) == y_tr[idx]).sum().item()
             steps += 1
         train_time += time.perf_counter() - t0
         train_loss = loss_sum / n
         lr = optimizer.param_groups[-1]["lr"]
-        if first_loss is None:
-            first_loss = train_loss
-        if not math.isfinite(train_loss) or train_loss > train.diverge_factor * max(first_loss, 1e-8):
-            yield Metrics(epoch, {"train/loss": _finite(train_loss), "lr": lr})
-            yield Summary({"train/loss": _finite(train_loss), "epochs_run": epoch + 1},
-                          outcome="diverged",
-                          reason=f"train loss {train_loss:.4g} at epoch {epoch} "
-                                 f"(first epoch {first_loss:.4g})")
-            return
         val_loss, val_acc = evaluate(model, x_va, y_va)
         yield Metrics(epoch, {"train/loss": train_loss, "train/acc": correct / n,
                               "val/loss": val_loss, "val/acc": val_acc, "lr": lr,
