@@ -1,0 +1,359 @@
+"""A sweep's report: one self-contained HTML page plus its figures as PNG files.
+
+:func:`build_report` takes plain inputs (a :class:`SweepInfo`, the trial table as
+:meth:`orchestrator.Client.trials` returns it, the verdicts, per-run metric histories) and
+writes ``report.html`` with every figure embedded as base64 PNG (so the page can be mailed
+or opened from MLflow's artifact view) and also saved beside it. It reads no store: the
+MLflow side lives in :mod:`orchestrator.reporting`.
+
+The learning curves stay readable for large sweeps: one panel per value of the first axis
+that varies (e.g. one per ``grid`` or per ``optimizer``), one line per remaining arm with
+the mean over seeds and a min-max band, a single legend for the whole figure whose colours
+are the same in every panel.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes / CI; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from orchestrator.verdicts import ArmStats, Verdict  # noqa: E402
+
+#: metric -> run_id -> DataFrame with columns ``step`` and ``value``.
+Histories = Mapping[str, Mapping[str, pd.DataFrame]]
+
+MAX_PANELS = 24          # beyond this a panel per value is no longer a glance
+_COLOURS = {"confirmed": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#9a6700"}
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """What the report says about the sweep besides its trials.
+
+    Args:
+        sweep_id: The sweep's id.
+        study: The study's name.
+        description: The study's description.
+        metric: The sweep's metric (the final-metric table and first curve).
+        mode: ``max`` or ``min``.
+        experiment_id: MLflow experiment, for links to the runs.
+        parent_run_id: The sweep's parent run.
+        tracking_uri: The store, shown in the header.
+        ui_base: Prefix of run links (an MLflow UI address); empty gives relative links
+            ``#/experiments/ID/runs/RUN`` that work when the page is served by the UI.
+    """
+
+    sweep_id: str
+    study: str
+    description: str = ""
+    metric: str = "val/acc"
+    mode: str = "max"
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    ui_base: str = ""
+
+
+def _e(x: object) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(x: float | None, fmt: str = "{:.4g}") -> str:
+    return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "metric"
+
+
+def _run_link(sweep: SweepInfo, run_id: str, text: str) -> str:
+    href = f"{sweep.ui_base}#/experiments/{sweep.experiment_id}/runs/{run_id}"
+    return f'<a href="{_e(href)}" target="_top">{_e(text)}</a>'
+
+
+def _arm_columns(trials: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """The axes that vary in this table (seed excluded): they name an arm."""
+    cols = [a for a in axes if a != "seed" and a in trials.columns]
+    return [c for c in cols if trials[c].dropna().astype(str).nunique() > 1] or \
+        [c for c in cols][:1]
+
+
+def _arm_label(row: Mapping[str, object], cols: Sequence[str]) -> str:
+    parts = [f"{c}={row[c]}" for c in cols if not pd.isna(row[c])]  # type: ignore[arg-type]
+    return " ".join(parts) or "all"
+
+
+# -- figures --------------------------------------------------------------------------------
+def _curve(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Mean, min and max across runs at each step (runs may stop at different steps)."""
+    data = pd.concat([f[["step", "value"]] for f in frames], ignore_index=True)
+    data = data[np.isfinite(data["value"].to_numpy(float))]
+    return data.groupby("step")["value"].agg(["mean", "min", "max", "count"]).reset_index()
+
+
+def _curves_figure(metric: str, trials: pd.DataFrame, runs: Mapping[str, pd.DataFrame],
+                   cols: list[str]) -> plt.Figure | None:
+    fin = trials[(trials["outcome"] == "finished") & trials["run_id"].isin(list(runs))]
+    if fin.empty:
+        return None
+    panel_col = next((c for c in cols if 2 <= fin[c].dropna().astype(str).nunique()
+                      <= MAX_PANELS), None)
+    line_cols = [c for c in cols if c != panel_col]
+    panels = list(dict.fromkeys(fin[panel_col].astype(str))) if panel_col else ["all"]
+    fin = fin.assign(_line=[_arm_label(r, line_cols) for r in fin.to_dict("records")],
+                     _panel=fin[panel_col].astype(str) if panel_col else "all")
+    lines = list(dict.fromkeys(fin["_line"]))
+    cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    colour = {name: cmap(i % cmap.N) for i, name in enumerate(lines)}
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    legend_cols = max(1, math.ceil(len(lines) / 24))
+    fig, axs = plt.subplots(nrows, ncols, figsize=(4.0 * ncols + 2.2 * legend_cols,
+                                                   3.0 * nrows + 0.6),
+                            squeeze=False, sharex=True)
+    positive = True
+    for ax, panel in zip(axs.flat, panels):
+        part = fin[fin["_panel"] == panel]
+        for name, group in part.groupby("_line", sort=False):
+            frames = [runs[r] for r in group["run_id"] if len(runs[r])]
+            if not frames:
+                continue
+            c = _curve(frames)
+            positive &= bool((c["min"] > 0).all())
+            ax.plot(c["step"], c["mean"], color=colour[name], lw=1.4,
+                    marker="o" if len(c) == 1 else None, ms=3, label=name)
+            if (c["count"] > 1).any():
+                ax.fill_between(c["step"], c["min"], c["max"], color=colour[name], alpha=0.15,
+                                lw=0)
+        ax.set_title(f"{panel_col}={panel}" if panel_col else metric, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are epochs
+    for ax in list(axs.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax in axs[-1]:
+        ax.set_xlabel("step (epoch)", fontsize=8)
+    for ax in axs[:, 0]:
+        ax.set_ylabel(metric, fontsize=8)
+    if positive and "loss" in metric:
+        # Losses of a sweep span orders of magnitude (an LR range test); a log axis keeps
+        # the good arms from being flattened against zero.
+        lo = np.nanmin([ln.get_ydata().min() for ax in axs.flat for ln in ax.get_lines()] or [1])
+        hi = np.nanmax([ln.get_ydata().max() for ax in axs.flat for ln in ax.get_lines()] or [1])
+        if lo > 0 and hi / lo > 100:
+            for ax in axs.flat:
+                ax.set_yscale("log")
+    handles = [plt.Line2D([], [], color=colour[n], lw=2) for n in lines]
+    fig.suptitle(f"{metric}: mean over finished seeds, band = min-max", fontsize=10)
+    if len(lines) > 1 or line_cols:
+        fig.legend(handles, lines, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize=7, ncols=legend_cols, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig: plt.Figure, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# -- tables ---------------------------------------------------------------------------------
+def arm_table(trials: pd.DataFrame, cols: Sequence[str], metric: str, mode: str,
+              confidence: float = 0.95) -> pd.DataFrame:
+    """One row per arm: trial counts by outcome and the metric's mean, std, CI (finished).
+
+    Args:
+        trials: The trial table.
+        cols: The arm columns.
+        metric: The metric summarised (finished trials only).
+        mode: ``max`` or ``min``: the rows are sorted best first.
+        confidence: Level of the t-interval of the mean.
+
+    Returns:
+        A DataFrame with the arm columns, ``n``, ``finished``, ``failed``, ``diverged``,
+        ``other``, ``mean``, ``std``, ``ci_low``, ``ci_high``.
+    """
+    rows = []
+    keyed = trials.assign(_arm=[_arm_label(r, cols) for r in trials.to_dict("records")])
+    for _, g in keyed.groupby("_arm", sort=False):
+        out = g["outcome"]
+        fin = g[out == "finished"]
+        v = pd.to_numeric(fin[metric], errors="coerce").dropna().to_numpy(float) \
+            if metric in g else np.array([])
+        mean = float(v.mean()) if len(v) else math.nan
+        std = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        lo = hi = math.nan
+        if len(v) > 1 and std > 0:
+            lo, hi = stats.t.interval(confidence, len(v) - 1, loc=mean, scale=std / math.sqrt(len(v)))
+        elif len(v) > 1:
+            lo = hi = mean
+        rows.append({**{c: g[c].iloc[0] for c in cols}, "n": len(g),
+                     "finished": int((out == "finished").sum()),
+                     "failed": int((out == "failed").sum()),
+                     "diverged": int((out == "diverged").sum()),
+                     "other": int((~out.isin(["finished", "failed", "diverged"])).sum()),
+                     "mean": mean, "std": std, "ci_low": lo, "ci_high": hi})
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values("mean", ascending=mode == "min", na_position="last")
+    return df.reset_index(drop=True)
+
+
+def _arms_html(arms: Sequence[ArmStats]) -> str:
+    if not arms:
+        return ""
+    df = pd.DataFrame([{"arm": a.label, "n": a.n, "mean": a.mean, "std": a.std,
+                        "ci_low": a.ci_low, "ci_high": a.ci_high, "finished": a.n_finished,
+                        "failed": a.n_failed, "diverged": a.n_diverged, "other": a.n_other}
+                       for a in arms])
+    for c in ("mean", "std", "ci_low", "ci_high"):  # None (no value) -> NaN -> blank cell
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df.to_html(index=False, escape=True, na_rep="", float_format=lambda x: f"{x:.4g}",
+                      classes="arms", border=0)
+
+
+def _verdict_html(v: Verdict) -> str:
+    colour = _COLOURS.get(v.verdict, "#57606a")
+    ci = f"[{_num(v.ci_low)}, {_num(v.ci_high)}]" if v.ci_low is not None else ""
+    what = " ".join(x for x in (f"test {v.test}", f"metric {v.metric}" if v.metric else "",
+                                f"axis {v.axis}", f"predict {v.predict}" if v.predict else "")
+                    if x)
+    cells = [("effect", _num(v.effect, "{:+.4g}")), (f"{v.confidence:.0%} CI", ci),
+             ("min_effect", _num(v.min_effect, "{:g}")), ("n a / b", f"{v.n_a} / {v.n_b}"),
+             ("method", v.method), ("p", _num(v.p_value, "{:.3g}"))]
+    numbers = "".join(f"<th>{_e(k)}</th>" for k, _ in cells)
+    values = "".join(f"<td>{_e(x)}</td>" for _, x in cells)
+    groups = ""
+    if v.groups:
+        items = "".join(
+            f'<li><span class="badge" style="background:{_COLOURS.get(g.verdict, "#57606a")}">'
+            f"{_e(g.verdict)}</span> {_e(g.group)}: {_e(g.detail)}</li>" for g in v.groups)
+        groups = f"<ul class=groups>{items}</ul>"
+    return (f'<div class="verdict" style="border-left-color:{colour}">'
+            f'<h3><span class="badge" style="background:{colour}">{_e(v.verdict)}</span> '
+            f"{_e(v.id)} <small>{_e(v.source)}</small></h3>"
+            f"<p class=statement>{_e(v.statement)}</p><p class=what>{_e(what)}</p>"
+            f"<table class=numbers><tr>{numbers}</tr><tr>{values}</tr></table>"
+            f"<p class=detail>{_e(v.detail)}</p>{groups}"
+            f"<details><summary>per arm</summary>{_arms_html(v.arms)}</details></div>")
+
+
+def _trials_html(trials: pd.DataFrame, cols: Sequence[str], sweep: SweepInfo) -> str:
+    shown = [c for c in ("trial_index", *cols, "seed", "outcome", sweep.metric)
+             if c in trials.columns]
+    head = "".join(f"<th>{_e(c)}</th>" for c in [*shown, "error", "run"])
+    body = []
+    ordered = trials.sort_values("trial_index") if "trial_index" in trials else trials
+    for r in ordered.to_dict("records"):
+        cells = []
+        for c in shown:
+            x = r.get(c)
+            text = _num(x) if isinstance(x, float) else ("" if x is None else str(x))
+            cells.append(f"<td>{_e(text)}</td>")
+        err = str(r.get("error") or "")
+        cells.append(f'<td class=err title="{_e(err)}">{_e(err[:120])}</td>')
+        cells.append(f"<td>{_run_link(sweep, str(r['run_id']), str(r['run_id'])[:8])}</td>")
+        body.append(f'<tr class="{_e(r.get("outcome", ""))}">{"".join(cells)}</tr>')
+    return (f"<details><summary>All {len(trials)} trials</summary><table class=trials>"
+            f"<tr>{head}</tr>{''.join(body)}</table></details>")
+
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#1f2328;padding:0 16px}
+h1{font-size:22px;margin-bottom:4px} h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:12px;margin:6px 0} td,th{border:1px solid #d0d7de;padding:3px 7px;text-align:left}
+th{background:#f6f8fa} .verdict{border-left:6px solid;padding:4px 12px;margin:14px 0;background:#fbfbfc}
+.badge{color:#fff;border-radius:4px;padding:1px 7px;font-size:12px;text-transform:uppercase}
+.verdict h3{margin:6px 0;font-size:16px} .statement{font-style:italic;margin:2px 0} .what,.detail{margin:4px 0}
+.what{color:#57606a;font-size:12px} small{color:#57606a;font-weight:normal}
+.counts span{margin-right:14px} img{max-width:100%;border:1px solid #eee;margin:8px 0}
+tr.failed td,tr.diverged td{background:#fff5f5} td.err{max-width:380px;overflow:hidden;white-space:nowrap}
+"""
+
+
+def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
+                 verdicts: Sequence[Verdict], histories: Histories, axes: Sequence[str]
+                 ) -> list[Path]:
+    """Write ``report.html`` and one ``curves_<metric>.png`` per metric into ``out_dir``.
+
+    Args:
+        out_dir: Created if missing.
+        sweep: The sweep's identity and settings.
+        trials: The trial table (:meth:`orchestrator.Client.trials`).
+        verdicts: From :func:`orchestrator.verdicts.evaluate`.
+        histories: metric -> run_id -> ``[step, value]``: one curve figure per metric, in
+            this order (runs without a history are skipped).
+        axes: The sweep's axes (the parent run's ``orch.axes``); those that vary name arms.
+
+    Returns:
+        The written files: ``report.html`` first, then the PNGs.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trials = trials if not trials.empty else pd.DataFrame(columns=["run_id", "outcome"])
+    cols = _arm_columns(trials, axes)
+    pngs: list[Path] = []
+    figures = []
+    for metric, runs in histories.items():
+        fig = _curves_figure(metric, trials, runs, cols)
+        if fig is None:
+            continue
+        path = out / f"curves_{_slug(metric)}.png"
+        figures.append((metric, _save(fig, path)))
+        pngs.append(path)
+
+    counts = trials["outcome"].value_counts().to_dict() if len(trials) else {}
+    count_html = "".join(f"<span><b>{_e(n)}</b> {_e(k)}</span>" for k, n in counts.items())
+    verdict_counts = pd.Series([v.verdict for v in verdicts]).value_counts().to_dict()
+    summary = ", ".join(f"{n} {k}" for k, n in verdict_counts.items()) or "no claims"
+    arms = arm_table(trials, cols, sweep.metric, sweep.mode) if len(trials) else pd.DataFrame()
+    arms_html = arms.to_html(index=False, escape=True, na_rep="", border=0,
+                             float_format=lambda x: f"{x:.4g}") if len(arms) else "<p>none</p>"
+    parent = _run_link(sweep, sweep.parent_run_id, sweep.parent_run_id) \
+        if sweep.parent_run_id else ""
+    figs_html = "".join(
+        f'<h3>{_e(m)}</h3><img alt="{_e(m)} learning curves" '
+        f'src="data:image/png;base64,{b64}">' for m, b64 in figures) or \
+        "<p>no per-epoch history was recorded for finished trials</p>"
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(sweep.study)} - {_e(sweep.sweep_id)}</title>
+<style>{_CSS}</style></head><body>
+<h1>Study {_e(sweep.study)}</h1>
+<p>{_e(sweep.description)}</p>
+<p>sweep <code>{_e(sweep.sweep_id)}</code> &middot; parent run {parent} &middot; metric
+<code>{_e(sweep.metric)}</code> ({_e(sweep.mode)}) &middot; store <code>{_e(sweep.tracking_uri)}</code>
+&middot; generated {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
+<p class=counts><b>{len(trials)}</b> trials: {count_html}</p>
+<h2>Verdicts <small>{_e(summary)}</small></h2>
+{"".join(_verdict_html(v) for v in verdicts) or "<p>the study states no claims</p>"}
+<h2>Learning curves</h2>
+{figs_html}
+<h2>Final {_e(sweep.metric)} per arm <small>finished trials; t-interval 95%</small></h2>
+{arms_html}
+<h2>Trials</h2>
+{_trials_html(trials, cols, sweep)}
+</body></html>
+"""
+    report = out / "report.html"
+    report.write_text(page, encoding="utf-8")
+    return [report, *pngs]

@@ -1,0 +1,179 @@
+"""Verdicts and the HTML report of a sweep, read from and written to its MLflow parent run.
+
+:func:`report_sweep` is what the end of :func:`orchestrator.sweep.run_sweep` and
+``orch report`` call: it loads the trials (:class:`orchestrator.Client`), the per-epoch
+histories (following ``orch.reused_from`` like :meth:`Client.history`), the study's claims
+(the parent run's ``config.yaml``, ``study.claims``), evaluates them and logs
+``verdicts.json``, ``report/report.html`` and the PNGs on the parent run, with one tag
+``orch.verdict.<claim id>`` per claim.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import yaml
+from mlflow.entities import RunTag
+from rich.markup import escape
+
+from orchestrator import tracking as tr
+from orchestrator.verdicts import ClaimSpec, Verdict, evaluate, parse_claims, verdicts_to_json
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client
+
+VERDICTS_ARTIFACT = "verdicts.json"
+REPORT_FOLDER = "report"
+TAG_VERDICT = "orch.verdict."
+
+
+def verdict_tag(claim_id: str) -> str:
+    """The tag key of a claim's verdict (characters MLflow rejects become ``_``)."""
+    return TAG_VERDICT + re.sub(r"[^\w./\- ]", "_", claim_id)
+
+
+def _config(client: "Client", parent_id: str) -> dict[str, Any]:
+    """The sweep's composed config, as the parent run stored it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.mlflow.download_artifacts(parent_id, "config.yaml", tmp)
+        return yaml.safe_load(Path(local).read_text()) or {}
+
+
+def _claims(config: dict[str, Any]) -> list[ClaimSpec]:
+    return parse_claims((config.get("study") or {}).get("claims") or [])
+
+
+def _history_source(trials: pd.DataFrame) -> dict[str, str]:
+    """run_id -> the run whose metric history it has (a reused run points to its source)."""
+    if trials.empty:
+        return {}
+    reused = trials["reused_from"] if "reused_from" in trials else pd.Series(None, trials.index)
+    return {str(r): str(s) if isinstance(s, str) and s else str(r)
+            for r, s in zip(trials["run_id"], reused)}
+
+
+class _Histories:
+    """Cached ``history(run_id, metric)`` over one tracking store."""
+
+    def __init__(self, client: "Client", trials: pd.DataFrame) -> None:
+        self.client, self.source = client, _history_source(trials)
+        self._cache: dict[tuple[str, str], pd.DataFrame] = {}
+
+    def __call__(self, run_id: str, metric: str) -> pd.DataFrame:
+        key = (run_id, metric)
+        if key not in self._cache:
+            source = self.source.get(run_id)
+            if source is None:
+                self._cache[key] = self.client.history(run_id, metric)[["step", "value"]]
+            else:
+                points = self.client.mlflow.get_metric_history(source, metric)
+                self._cache[key] = pd.DataFrame([(p.step, p.value) for p in points],
+                                                columns=["step", "value"])
+        return self._cache[key]
+
+
+def _axes(parent: Any) -> list[str]:
+    return list(json.loads(parent.data.tags.get("orch.axes", "[]")))
+
+
+def compute_verdicts(client: "Client", sweep_id: str) -> list[Verdict]:
+    """Evaluate a sweep's claims from the store without writing anything.
+
+    Raises:
+        KeyError: No such sweep.
+        SpecError: The stored claims are malformed (a study edited after the sweep ran).
+    """
+    parent = client.sweep_run(sweep_id)
+    trials = client.trials(sweep_id)
+    return evaluate(_claims(_config(client, parent.info.run_id)), trials,
+                    _Histories(client, trials), _axes(parent))
+
+
+def curve_metrics(metric: str) -> list[str]:
+    """The metrics drawn as learning curves: the sweep's, its per-epoch validation twin when
+    the sweep's is final-only (``test/acc`` -> ``val/acc``), and ``train/loss``."""
+    out = [metric]
+    if metric.startswith("test/"):
+        out.append("val/" + metric.split("/", 1)[1])
+    out.append("train/loss")
+    return list(dict.fromkeys(out))
+
+
+def report_sweep(tracking_uri: str | None, sweep_id: str, out_dir: str | Path | None = None
+                 ) -> tuple[list[Verdict], list[str]]:
+    """Evaluate a sweep's claims, build its report and log both on its parent run.
+
+    Args:
+        tracking_uri: The store (``None``: the usual resolution).
+        sweep_id: The sweep, by id or unique prefix.
+        out_dir: Keep a local copy of the report files here (default: a temporary folder).
+
+    Returns:
+        The verdicts and the artifact paths logged on the parent run.
+
+    Raises:
+        KeyError: No such sweep.
+        SpecError: The stored claims are malformed.
+    """
+    from dashboards.report import SweepInfo, build_report
+    from orchestrator.client import Client
+
+    client = Client(tracking_uri)
+    parent = client.sweep_run(sweep_id)
+    pid, tags = parent.info.run_id, parent.data.tags
+    trials = client.trials(sweep_id)
+    history = _Histories(client, trials)
+    axes = _axes(parent)
+    config = _config(client, pid)
+    verdicts = evaluate(_claims(config), trials, history, axes)
+    study = config.get("study") or {}
+    metric = tags.get("orch.metric", "val/acc")
+    info = SweepInfo(sweep_id=tags[tr.TAG_SWEEP], study=tags.get(tr.TAG_STUDY, ""),
+                     description=str(study.get("description", "")), metric=metric,
+                     mode=tags.get("orch.mode", "max"), experiment_id=parent.info.experiment_id,
+                     parent_run_id=pid, tracking_uri=client.tracking_uri)
+    finished = trials[trials["outcome"] == "finished"]["run_id"] if len(trials) else []
+    histories = {m: {r: history(r, m) for r in finished} for m in curve_metrics(metric)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(out_dir) if out_dir is not None else Path(tmp)
+        files = build_report(folder, info, trials, verdicts, histories, axes)
+        client.mlflow.log_text(pid, verdicts_to_json(verdicts), VERDICTS_ARTIFACT)
+        for f in files:
+            client.mlflow.log_artifact(pid, str(f), REPORT_FOLDER)
+    if verdicts:
+        client.mlflow.log_batch(pid, tags=[RunTag(verdict_tag(v.id), v.verdict)
+                                           for v in verdicts])
+    return verdicts, [VERDICTS_ARTIFACT, *(f"{REPORT_FOLDER}/{f.name}" for f in files)]
+
+
+def report_at_end(tracking_uri: str, sweep_id: str, console: Any) -> list[Verdict]:
+    """:func:`report_sweep` for the end of a sweep: an error is a printed warning only,
+    because the trials are recorded already and ``orch report`` can rebuild the report."""
+    try:
+        verdicts, _ = report_sweep(tracking_uri, sweep_id)
+    except Exception as e:  # noqa: BLE001 - a report must never fail the sweep
+        console.print(f"[yellow]warning:[/] no report for {sweep_id}: "
+                      f"{escape(f'{type(e).__name__}: {e}')} "
+                      f"(rebuild it with: orch report {sweep_id})", highlight=False)
+        return []
+    if verdicts:  # ids may hold brackets, which rich would read as markup
+        console.print(escape("verdicts: " + ", ".join(f"{v.id} {v.verdict}" for v in verdicts)),
+                      highlight=False)
+    return verdicts
+
+
+def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
+    """Rows for a terminal table: id, test, verdict, effect, CI, n a/b, method."""
+    def num(x: float | None, fmt: str = "{:.4g}") -> str:
+        return "" if x is None else fmt.format(x)
+
+    return [(v.id, v.test, v.verdict, num(v.effect, "{:+.4g}"),
+             f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
+             f"{v.n_a}/{v.n_b}", v.method) for v in verdicts]
