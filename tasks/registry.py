@@ -18,7 +18,7 @@ from tasks.events import Event
 from tasks.spec import StrictModel
 
 ENTRY_POINT_GROUP = "orchestrator.tasks"
-BUILTIN_MODULES = ("tasks.classify",)
+BUILTIN_MODULES = ("tasks.classify", "tasks.finetune")
 
 
 #: ``upstream(spec)`` names the run a trial needs first: ``(task name, config)``, or None.
