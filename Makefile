@@ -25,7 +25,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-bench: install
+# The bench extra (Ray Tune, Hydra) once per pyproject change; then every scenario (~15 min).
+$(VENV)/.bench-extra: pyproject.toml $(BIN)/orch
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	touch $@
+
+bench: install $(VENV)/.bench-extra
 	$(BIN)/python -m bench
 
 clean:

@@ -291,9 +291,45 @@ tr.failed td,tr.diverged td{background:#fff5f5} td.err{max-width:380px;overflow:
 """
 
 
+def _search_html(search: object, out: Path) -> tuple[str, list[Path]]:
+    """The section of a search sweep: best trial, fANOVA importances, Optuna's plots.
+
+    ``search`` is an :class:`orchestrator.search.SearchSummary` (figures as local paths);
+    its PNGs are copied beside the report and embedded.
+    """
+    best = getattr(search, "best", {}) or {}
+    rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(_num(v) if isinstance(v, float) else v)}</td></tr>"
+                   for k, v in (best.get("params") or {}).items())
+    head = ""
+    if best:
+        values = ", ".join(f"{_e(m)} = {_num(v)}" for m, v in zip(best.get("metrics", []),
+                                                                   best.get("values", [])))
+        head = f"<p>best trial <b>{_e(best.get('number'))}</b>: {values}</p>"
+    imps = ""
+    for branch, imp in (getattr(search, "importances", {}) or {}).items():
+        cells = "".join(f"<tr><td>{_e(k)}</td><td>{v:.3f}</td></tr>" for k, v in imp.items())
+        imps += (f"<h3>fANOVA importances <small>{_e(branch)}</small></h3>"
+                 f"<table><tr><th>parameter</th><th>importance</th></tr>{cells}</table>")
+    pngs: list[Path] = []
+    figs = ""
+    for name, path in (getattr(search, "figures", {}) or {}).items():
+        src = Path(path)
+        if not src.exists():
+            continue
+        dest = out / f"search_{_slug(name)}.png"
+        dest.write_bytes(src.read_bytes())
+        pngs.append(dest)
+        b64 = base64.b64encode(dest.read_bytes()).decode()
+        figs += f'<h3>{_e(name)}</h3><img alt="{_e(name)}" src="data:image/png;base64,{b64}">'
+    notes = "".join(f"<li>{_e(n)}</li>" for n in getattr(search, "notes", []) or [])
+    html_ = (f"<h2>Search</h2>{head}<table><tr><th>parameter</th><th>best</th></tr>{rows}"
+             f"</table>{imps}{figs}" + (f"<ul class=what>{notes}</ul>" if notes else ""))
+    return html_, pngs
+
+
 def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
-                 verdicts: Sequence[Verdict], histories: Histories, axes: Sequence[str]
-                 ) -> list[Path]:
+                 verdicts: Sequence[Verdict], histories: Histories, axes: Sequence[str],
+                 search: object | None = None) -> list[Path]:
     """Write ``report.html`` and one ``curves_<metric>.png`` per metric into ``out_dir``.
 
     Args:
@@ -304,6 +340,8 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
         histories: metric -> run_id -> ``[step, value]``: one curve figure per metric, in
             this order (runs without a history are skipped).
         axes: The sweep's axes (the parent run's ``orch.axes``); those that vary name arms.
+        search: A search sweep's :class:`orchestrator.search.SearchSummary`: adds a section
+            with its best trial, importances and plots (their PNGs are written too).
 
     Returns:
         The written files: ``report.html`` first, then the PNGs.
@@ -322,6 +360,8 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
         figures.append((metric, _save(fig, path)))
         pngs.append(path)
 
+    search_html, search_pngs = _search_html(search, out) if search is not None else ("", [])
+    pngs += search_pngs
     counts = trials["outcome"].value_counts().to_dict() if len(trials) else {}
     count_html = "".join(f"<span><b>{_e(n)}</b> {_e(k)}</span>" for k, n in counts.items())
     verdict_counts = pd.Series([v.verdict for v in verdicts]).value_counts().to_dict()
@@ -346,6 +386,7 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
 <p class=counts><b>{len(trials)}</b> trials: {count_html}</p>
 <h2>Verdicts <small>{_e(summary)}</small></h2>
 {"".join(_verdict_html(v) for v in verdicts) or "<p>the study states no claims</p>"}
+{search_html}
 <h2>Learning curves</h2>
 {figs_html}
 <h2>Final {_e(sweep.metric)} per arm <small>finished trials; t-interval 95%</small></h2>

@@ -46,24 +46,45 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("resume", help="continue a sweep whose driver died or was cancelled")
     sp.add_argument("sweep_id")
+    sp.add_argument("overrides", nargs="*", help="a search's new budget: search.n_trials=N")
     sp.add_argument("--address", help="an existing Ray cluster (default: start one locally)")
     store(sp)
 
     sp = sub.add_parser("ls", help="sweeps in the store")
     store(sp)
 
-    sp = sub.add_parser("show", help="a sweep's trials as a table")
+    sp = sub.add_parser("show", help="a sweep's trials as a table, then its verdicts")
     sp.add_argument("sweep_id")
     store(sp)
 
-    sp = sub.add_parser("cancel", help="ask a running sweep to stop (its trials end KILLED)")
+    sp = sub.add_parser("report", help="rebuild a sweep's verdicts and HTML report on its "
+                        "parent run")
     sp.add_argument("sweep_id")
+    sp.add_argument("--out", help="also keep the report files in this folder")
     store(sp)
+
+    sp = sub.add_parser("cancel", help="ask a running sweep to stop (its trials end KILLED); "
+                        "with --address, stop the Ray job JOB_ID (orch submit)")
+    sp.add_argument("sweep_id", metavar="SWEEP_ID|JOB_ID")
+    sp.add_argument("--address", help="the cluster's Ray dashboard, http://HEAD:8265: the id "
+                    "is a Ray job id")
+    store(sp)
+
+    from orchestrator.jobs import add_parsers  # submit, jobs, logs (orchestrator/jobs.py)
+
+    add_parsers(sub, configs, store)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a nargs="*" positional at the first flag, so in
+    # `orch sweep NAME --quick a=1 b=2` the overrides after --quick come back unparsed.
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     from orchestrator.errors import SpecError
     from orchestrator.tracking import TrackingUnavailable
@@ -93,7 +114,9 @@ def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
     c = _composer(args)
     for name in c.studies():
         cfg = c.compose(name, [])
-        ids = ", ".join(dict.fromkeys(cl["id"].split("/")[0] for cl in cfg.study.claims))
+        search_claims = (cfg.get("search") or {}).get("claims") or []
+        ids = ", ".join(dict.fromkeys(cl["id"].split("/")[0]
+                                      for cl in [*cfg.study.claims, *search_claims]))
         out.print(f"{name:<14} {cfg.study.description}  [dim]claims: {ids or '-'}[/]",
                   highlight=False)
     return EXIT_OK
@@ -104,8 +127,24 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.sweep import run_sweep
 
     plan = plan_sweep(_composer(args), args.study, list(args.overrides), quick=args.quick)
+    _check_address(args.address, plan.spec.cluster)
+    if plan.search is not None:
+        from orchestrator.search import budget
+
+        s = plan.search.spec
+        err.print(f"study {plan.spec.study.name}: {s.sampler} search, {budget(plan.search)} "
+                  f"trials, pruner {s.pruner.name}, objective "
+                  f"{', '.join(plan.search.metrics)}", highlight=False)
+        if args.dry_run:
+            for p in plan.search.space.params:
+                when = " if " + " and ".join(f"{k} in {list(v)}" for k, v in p.condition) \
+                    if p.condition else ""
+                out.print(f"{p.key}: {p.source}{when}", highlight=False)
+            return EXIT_OK
     axes = "  ".join(f"{k}={len(v)}" for k, v in plan.axes.items())
-    err.print(f"study {plan.spec.study.name}: {len(plan.trials)} trials ({axes})", highlight=False)
+    if plan.search is None:
+        err.print(f"study {plan.spec.study.name}: {len(plan.trials)} trials ({axes})",
+                  highlight=False)
     if args.dry_run:
         for t in plan.trials:
             out.print(f"{t.index:4d} {t.key} {t.arm} seed={t.seed}", highlight=False)
@@ -114,10 +153,22 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     return _report_result(result, plan.spec.sweep.metric, out, err)
 
 
+def _check_address(address: str | None, cluster: "ClusterSpec") -> None:  # noqa: F821
+    """``--address`` joins an existing cluster, whose size Ray will not change: asking for
+    both is bad input (Ray would refuse it only after connecting)."""
+    from orchestrator.errors import SpecError
+
+    if address and (cluster.num_cpus is not None or cluster.num_gpus is not None):
+        raise SpecError("--address and cluster.num_cpus/cluster.num_gpus are mutually "
+                        "exclusive: the size applies only to a local cluster; allowed: one "
+                        "or the other")
+
+
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.sweep import resume_sweep
 
-    result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err)
+    result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
+                          list(args.overrides))
     return _report_result(result, result.metric, out, err)
 
 
@@ -126,6 +177,7 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
                        for r in result.results], metric)
     err.print(f"sweep {result.sweep_id}: {result.count('finished')} finished, "
               f"{result.count('failed')} failed, {result.count('diverged')} diverged, "
+              + (f"{result.count('pruned')} pruned, " if result.count('pruned') else "") +
               f"{result.count('killed')} killed (parent run {result.parent_run_id})",
               highlight=False)
     for line in result.unwritten:
@@ -133,6 +185,10 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
     if result.cancelled:
         err.print("sweep cancelled", highlight=False)
         return EXIT_CANCELLED
+    if result.unwritten:  # the sweep ran, but its record in the store is incomplete
+        err.print(f"[red]error:[/] {len(result.unwritten)} write(s) to {result.tracking_uri} "
+                  f"failed after retries; the lines above say what is missing", highlight=False)
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -179,6 +235,41 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
     rows = [({a: r.get(a) for a in axes}, r.get("seed"), r["outcome"], {metric: r.get(metric)},
              r.get("error") or "") for r in df.to_dict("records")]
     _trial_table(out, rows, metric)
+    try:
+        verdicts = client.verdicts(args.sweep_id)
+    except Exception as e:  # noqa: BLE001 - the trials are shown; verdicts are extra
+        err.print(f"[yellow]warning:[/] no verdicts: {type(e).__name__}: {e}", highlight=False)
+        return EXIT_OK
+    _verdict_table(out, verdicts)
+    return EXIT_OK
+
+
+def _verdict_table(out: Console, verdicts: list) -> None:  # list[Verdict]; lazy import
+    from rich.markup import escape
+
+    from orchestrator.reporting import verdict_rows
+
+    if not verdicts:
+        return
+    colour = {"confirmed": "green", "refuted": "red", "inconclusive": "yellow"}
+    table = Table(title="verdicts", title_justify="left")
+    for name in ("claim", "test", "verdict", "effect", "CI", "n a/b", "method"):
+        table.add_column(name)
+    for row in verdict_rows(verdicts):
+        cells = [escape(c) for c in row]  # ids and intervals hold brackets: not markup
+        cells[2] = f"[{colour.get(row[2], 'white')}]{escape(row[2])}[/]"
+        table.add_row(*cells)
+    out.print(table)
+
+
+def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from orchestrator.reporting import report_sweep
+
+    verdicts, paths = report_sweep(args.tracking_uri, args.sweep_id, args.out)
+    _verdict_table(out, verdicts)
+    err.print("logged on the parent run: " + ", ".join(paths), highlight=False)
+    if args.out:
+        err.print(f"local copy: {args.out}/report.html", highlight=False)
     return EXIT_OK
 
 
@@ -186,6 +277,10 @@ def cmd_cancel(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.client import Client
     from orchestrator.tracking import TAG_CANCEL
 
+    if args.address:  # a Ray job submitted with orch submit
+        from orchestrator.jobs import cmd_stop
+
+        return cmd_stop(args, out, err)
     client = Client(args.tracking_uri)
     parent = client.sweep_run(args.sweep_id)
     if parent.info.status != "RUNNING":
@@ -197,7 +292,10 @@ def cmd_cancel(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 _COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "resume": cmd_resume, "ls": cmd_ls,
-             "show": cmd_show, "cancel": cmd_cancel}
+             "show": cmd_show, "cancel": cmd_cancel, "report": cmd_report}
+from orchestrator.jobs import COMMANDS as _JOB_COMMANDS  # noqa: E402 - submit, jobs, logs
+
+_COMMANDS.update(_JOB_COMMANDS)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,13 +11,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking as tr
+
+if TYPE_CHECKING:
+    from orchestrator.verdicts import Verdict
 
 
 def _param(text: str) -> Any:
@@ -86,7 +89,8 @@ class Client:
         """One row per trial of a sweep: outcome, axes, params (dotted) and final metrics.
 
         Attempts that were retried after a worker died are left out: the row is the
-        trial's last attempt.
+        trial's last attempt. A trial that overlapping sub-grids share ran once and has a
+        row per grid (same ``run_id``), so each grid's claims see it.
         """
         parent = self.sweep_run(sweep_id)
         sid = parent.data.tags[tr.TAG_SWEEP]
@@ -105,6 +109,7 @@ class Client:
                 "attempt": int(t.get(tr.TAG_ATTEMPT, 1)), "start_time": r.info.start_time,
             }
             row.update(json.loads(t.get(tr.TAG_ARM, "{}")))
+            row["_also"] = t.get(tr.TAG_ALSO)
             row.update({k: _param(v) for k, v in r.data.params.items()})
             row.update(r.data.metrics)
             rows.append(row)
@@ -115,7 +120,12 @@ class Client:
         # the earlier one.
         df = df.sort_values(["trial_index", "start_time"]).drop_duplicates("trial_index",
                                                                           keep="last")
-        return df.reset_index(drop=True)
+        # A trial shared by overlapping sub-grids ran once; it gets a row in each grid.
+        extra = [{**row, **arm} for row in df.to_dict("records") if row["_also"]
+                 for arm in json.loads(row["_also"])]
+        if extra:
+            df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
+        return df.drop(columns="_also").reset_index(drop=True)
 
     def history(self, run_id: str, metric: str) -> pd.DataFrame:
         """A metric's per-step values of one trial (follows reused runs to their source)."""
@@ -123,6 +133,22 @@ class Client:
         points = self.mlflow.get_metric_history(source, metric)
         return pd.DataFrame([{"step": p.step, "value": p.value, "timestamp": p.timestamp}
                              for p in points], columns=["step", "value", "timestamp"])
+
+    def verdicts(self, sweep_id: str) -> list["Verdict"]:
+        """The verdicts on the study's claims: the parent run's ``verdicts.json``, written
+        at the end of the sweep (or by ``orch report``); recomputed, not written, if absent."""
+        from orchestrator.reporting import VERDICTS_ARTIFACT, compute_verdicts
+        from orchestrator.verdicts import verdicts_from_json
+
+        parent = self.sweep_run(sweep_id)
+        if any(a.path == VERDICTS_ARTIFACT for a in self.mlflow.list_artifacts(parent.info.run_id)):
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as tmp:
+                local = self.mlflow.download_artifacts(parent.info.run_id, VERDICTS_ARTIFACT, tmp)
+                return verdicts_from_json(Path(local).read_text())
+        return compute_verdicts(self, sweep_id)
 
     def best(self, sweep_id: str) -> pd.Series:
         """The finished trial with the best value of the sweep's metric."""

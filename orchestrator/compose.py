@@ -15,6 +15,7 @@ from hydra._internal.utils import create_config_search_path
 from hydra.core.object_type import ObjectType
 from hydra.errors import HydraException
 from hydra.types import RunMode
+import yaml
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -72,6 +73,8 @@ class Composer:
                 PRIMARY_CONFIG, overrides=[f"study={study}", *overrides], run_mode=RunMode.RUN)
         except (HydraException, OmegaConfBaseException) as e:
             raise SpecError(f"config: {e}") from None
+        except yaml.YAMLError as e:  # a malformed YAML file of the user's: bad input too
+            raise SpecError(f"config: not valid YAML: {e}") from None
         with open_dict(cfg):
             cfg.pop("hydra", None)
         return cfg

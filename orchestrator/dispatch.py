@@ -16,20 +16,29 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import (ActorDiedError, ActorUnavailableError, OutOfMemoryError,
+                            RayActorError, RayTaskError)
 
 from orchestrator.errors import SpecError
+from orchestrator.group import new_slot
+from orchestrator.memory import is_out_of_memory
 from orchestrator.specs import Resources, Trial
+from orchestrator.sysmetrics import SystemMetrics
 from orchestrator.worker import Failure, NodeInfo, Stopped, TrialWorker
 from tasks.events import Metrics, Summary
 
 
 class TrialSource(Protocol):
     """Where trials come from: a grid queue, or an Optuna study asked on demand."""
+
+    #: True when the next trial depends on the results so far (a sampler): each result is
+    #: then recorded and handed over before the freed slot asks again. A grid does not
+    #: care, so its slot takes the next trial first and the result is recorded after.
+    learns_from_results: bool
 
     def next_trial(self) -> Trial | None:
         """The next trial to run, or None when there is none to start now."""
@@ -53,6 +62,8 @@ class Listener(Protocol):
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None: ...
     def trial_metrics(self, trial: Trial, event: Metrics) -> bool:
         """Log the event; return True to stop the trial (pruning)."""
+    def trial_system_metrics(self, trial: Trial, event: SystemMetrics) -> None:
+        """Log a sample of the worker's system metrics (not fed to pruners)."""
     def trial_ended(self, trial: Trial, outcome: str, summary: Summary | None,
                     failure: Failure | None) -> None: ...
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None: ...
@@ -62,6 +73,8 @@ class Listener(Protocol):
 
 class GridSource:
     """A fixed list of trials, retried trials first."""
+
+    learns_from_results = False
 
     def __init__(self, trials: list[Trial]) -> None:
         self._queue: deque[Trial] = deque(trials)
@@ -107,25 +120,33 @@ class Dispatcher:
     retries: int = 1
     task_modules: tuple[str, ...] = ()
     poll_s: float = 0.2
+    #: World size of the slots' trials (set by :meth:`start`; default resources.workers).
+    workers: int = 1
     _actors: list[Any] = field(default_factory=list)
     _nodes: list[NodeInfo] = field(default_factory=list)
     _attempts: dict[int, int] = field(default_factory=dict)
+    #: Trials that ended, not yet handed to the listener (see :meth:`run`).
+    _ended: deque[tuple[Trial, str, Summary | None, Failure | None, TrialSource]] = field(
+        default_factory=deque)
     #: Upstream artifacts in the object store, by upstream trial key (put once, shared).
     inputs: dict[str, Any] = field(default_factory=dict)
 
-    def slots_for(self, n_trials: int) -> int:
-        """How many trials can run at once on this cluster with these resources."""
+    def slots_for(self, n_trials: int, workers: int | None = None) -> int:
+        """How many trials of ``workers`` ranks (default ``resources.workers``) can run at
+        once on this cluster: a k-worker trial holds k x the per-worker cpus and gpus."""
+        k = workers or self.resources.workers
         total = ray.cluster_resources()
         cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-        if self.resources.gpus > gpus:
-            raise SpecError(f"resources.gpus: {self.resources.gpus:g} per trial asked, but the "
-                            f"cluster has {gpus:g} GPUs; allowed: 0..{gpus:g}")
-        if self.resources.cpus > cpus:
-            raise SpecError(f"resources.cpus: {self.resources.cpus:g} per trial asked, but the "
-                            f"cluster has {cpus:g} CPUs; allowed: (0, {cpus:g}]")
-        n = math.floor(cpus / self.resources.cpus + 1e-9)
+        per = "per trial" if k == 1 else f"per worker x {k} workers"
+        if k * self.resources.gpus > gpus:
+            raise SpecError(f"resources.gpus: {self.resources.gpus:g} {per} asked, but the "
+                            f"cluster has {gpus:g} GPUs; allowed: 0..{gpus / k:g}")
+        if k * self.resources.cpus > cpus + 1e-9:
+            raise SpecError(f"resources.cpus: {self.resources.cpus:g} {per} asked, but the "
+                            f"cluster has {cpus:g} CPUs; allowed: (0, {cpus / k:g}]")
+        n = math.floor(cpus / (k * self.resources.cpus) + 1e-9)
         if self.resources.gpus > 0:
-            n = min(n, math.floor(gpus / self.resources.gpus + 1e-9))
+            n = min(n, math.floor(gpus / (k * self.resources.gpus) + 1e-9))
         return max(1, min(n, n_trials, self.max_concurrent or n))
 
     def _new_actor(self) -> Any:
@@ -133,16 +154,23 @@ class Dispatcher:
         if self.resources.memory_mb:
             opts["memory"] = self.resources.memory_mb * 2**20
         threads = max(1, int(self.resources.cpus))
-        return TrialWorker.options(**opts).remote(threads, self.task_modules)
+        return TrialWorker.options(**opts).remote(threads, self.task_modules,
+                                                  self.resources.memory_mb)
 
-    def start(self, n_slots: int) -> None:
+    def _new_slot(self) -> Any:
+        """One actor, or a gang of ``workers`` actors in a placement group (``group.py``)."""
+        return new_slot(self._new_actor, self.resources, self.workers, self.task_modules)
+
+    def start(self, n_slots: int, workers: int | None = None) -> None:
         """Create the slots' actors without waiting: their processes boot (torch imports)
-        while the driver sets up tracking; :meth:`run` waits for them."""
-        self._actors = [self._new_actor() for _ in range(n_slots)]
+        while the driver sets up tracking; :meth:`run` waits for them. ``workers`` sets
+        the world size of the slots' trials (default ``resources.workers``)."""
+        self.workers = workers or self.resources.workers
+        self._actors = [self._new_slot() for _ in range(n_slots)]
 
     def run(self, source: TrialSource, listener: Listener) -> None:
         """Run until the source is exhausted and no trial is running."""
-        self._nodes = ray.get([a.info.remote() for a in self._actors])
+        self._nodes = ray.get([a.info() for a in self._actors])
         free = deque(range(len(self._actors)))
         running: dict[Any, _Running] = {}
         try:
@@ -152,6 +180,9 @@ class Dispatcher:
                     if trial is None:
                         break
                     self._launch(free.popleft(), trial, running, listener)
+                # Record the trials that just ended only now: their slots already run the
+                # next ones (the tracking writes cost ~10-40 ms a trial on sqlite).
+                self._report_ended(listener)
                 if not running:
                     if source.exhausted():
                         return
@@ -163,18 +194,28 @@ class Dispatcher:
                 for gen in ready:
                     if self._drain(gen, running, listener, source):
                         free.append(running.pop(gen).slot)
+                for gen in self._check_ranks(running, listener, source):
+                    free.append(running.pop(gen).slot)
                 if listener.tick():
                     raise Cancelled()
         except (KeyboardInterrupt, Cancelled):
+            self._report_ended(listener)
             self._kill_all(running, listener, source)
             raise Cancelled() from None
+        finally:
+            self._report_ended(listener)
+
+    def _report_ended(self, listener: Listener) -> None:
+        while self._ended:
+            trial, outcome, summary, failure, source = self._ended.popleft()
+            listener.trial_ended(trial, outcome, summary, failure)
+            source.finish(trial, outcome, summary)
 
     def _launch(self, slot: int, trial: Trial, running: dict[Any, _Running],
                 listener: Listener) -> None:
         attempt = self._attempts[trial.index] = self._attempts.get(trial.index, 0) + 1
         upstream = self.inputs[trial.upstream.key] if trial.upstream else None
-        gen = self._actors[slot].run.options(num_returns="streaming").remote(
-            trial.index, trial.task, trial.config, upstream)
+        gen = self._actors[slot].launch(trial.index, trial.task, trial.config, upstream)
         running[gen] = _Running(trial, slot, attempt)
         listener.trial_started(trial, attempt, self._nodes[slot])
 
@@ -186,16 +227,32 @@ class Dispatcher:
             try:
                 event = ray.get(next(gen))
             except StopIteration:
+                # A gang: the other ranks end too; one that died makes this a dead worker.
+                died = self._actors[state.slot].settle(state.failure is not None)
+                if died is not None:
+                    self._worker_died(state, died, listener, source)
+                    return True
                 self._end(state, listener, source)
+                if self._actors[state.slot].broken:
+                    self._replace_actor(state.slot, kill=True)
                 return True
-            except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
+            except (ActorDiedError, ActorUnavailableError, RayActorError, OutOfMemoryError) as e:
                 self._worker_died(state, e, listener, source)
                 return True
-            if isinstance(event, Metrics):
+            except RayTaskError as e:
+                # The task got past the worker's own error handling (a BaseException such
+                # as SystemExit): a failure of this trial, not of the sweep.
+                state.failure = Failure(type(e.cause).__name__ if e.cause else "RayTaskError",
+                                        _first_line(e), str(e), restart_worker=True)
+                self._end(state, listener, source)
+                return True
+            if isinstance(event, SystemMetrics):
+                listener.trial_system_metrics(state.trial, event)
+            elif isinstance(event, Metrics):
                 stop = listener.trial_metrics(state.trial, event)
                 if (source.report(state.trial, event) or stop) and not state.stopping:
                     state.stopping = True
-                    self._actors[state.slot].stop.remote(state.trial.index)
+                    self._actors[state.slot].stop(state.trial.index)
             elif isinstance(event, Summary):
                 state.summary = event
             elif isinstance(event, Failure):
@@ -205,29 +262,74 @@ class Dispatcher:
         return False
 
     def _end(self, state: _Running, listener: Listener, source: TrialSource) -> None:
+        if state.failure is not None and state.failure.restart_worker:
+            self._replace_actor(state.slot, kill=True)
         if state.failure is not None:
             outcome = "failed"
         elif state.outcome:
             outcome = state.outcome
         elif state.summary is not None:
             outcome = state.summary.outcome
+            bad = [k for k, v in state.summary.values.items() if not math.isfinite(v)]
+            if outcome == "finished" and bad:
+                # A "finished" trial whose final metrics are NaN/inf diverged: it must not
+                # count as done with a result, nor be the sweep's best.
+                outcome = "diverged"
+                state.summary = replace(state.summary, outcome=outcome, reason=(
+                    f"{bad[0]} is {state.summary.values[bad[0]]} at the end of the trial"))
         else:
             outcome = "failed"
             state.failure = Failure("NoSummary", "the task ended without a summary", "")
-        listener.trial_ended(state.trial, outcome, state.summary, state.failure)
-        source.finish(state.trial, outcome, state.summary)
+        # The store first, then the source, so a result the source counts (an Optuna
+        # COMPLETE) is never missing from the store if the driver dies in between. For a
+        # grid both wait until the freed slot has its next trial (see run).
+        self._ended.append((state.trial, outcome, state.summary, state.failure, source))
+        if source.learns_from_results:
+            self._report_ended(listener)
 
     def _worker_died(self, state: _Running, err: Exception, listener: Listener,
                      source: TrialSource) -> None:
-        failure = Failure(type(err).__name__, _first_line(err), str(err))
+        oom = is_out_of_memory(err)
+        message = _first_line(err)
+        if oom:  # Ray says so: report it as such, not as a silent death
+            message = f"out of memory (the worker was killed by Ray's memory monitor): {message}"
+        failure = Failure("OutOfMemoryError" if oom else type(err).__name__, message, str(err))
         # The process is gone: give the slot a fresh actor before it takes another trial.
-        self._actors[state.slot] = self._new_actor()
-        self._nodes[state.slot] = ray.get(self._actors[state.slot].info.remote())
-        if state.attempt <= self.retries and source.retry(state.trial):
+        self._replace_actor(state.slot, kill=False)
+        # An out-of-memory trial would most likely run out again: it is not retried.
+        if not oom and state.attempt <= self.retries and source.retry(state.trial):
             listener.trial_retrying(state.trial, state.attempt, failure)
         else:
             listener.trial_ended(state.trial, "failed", None, failure)
             source.finish(state.trial, "failed", None)
+
+    def _replace_actor(self, slot: int, kill: bool) -> None:
+        """A fresh actor for ``slot``; ``kill`` ends the old process first (its memory is
+        freed before the new one starts)."""
+        # A gang's surviving ranks are killed too: its process group is unusable.
+        if kill or self._actors[slot].workers > 1:
+            self._actors[slot].kill()
+        self._actors[slot] = self._new_slot()
+        self._nodes[slot] = ray.get(self._actors[slot].info())
+
+    def _check_ranks(self, running: dict[Any, _Running], listener: Listener,
+                     source: TrialSource) -> list[Any]:
+        """Gangs whose rank > 0 died or failed while rank 0 still runs (it may be blocked
+        in a collective): end those trials; their generators, to free the slots."""
+        over = []
+        for gen, state in running.items():
+            problem = self._actors[state.slot].poll()
+            if problem is None:
+                continue
+            kind, detail = problem
+            if kind == "died":
+                self._worker_died(state, detail, listener, source)
+            else:
+                state.failure = detail
+                self._end(state, listener, source)
+                self._replace_actor(state.slot, kill=True)
+            over.append(gen)
+        return over
 
     def _kill_all(self, running: dict[Any, _Running], listener: Listener,
                   source: TrialSource) -> None:
@@ -239,8 +341,8 @@ class Dispatcher:
 
     def shutdown(self) -> None:
         """Kill the actors now: their processes end, whatever they were running."""
-        for actor in self._actors:
-            ray.kill(actor, no_restart=True)
+        for slot in self._actors:
+            slot.kill()
         self._actors = []
 
 

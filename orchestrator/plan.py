@@ -41,6 +41,9 @@ class SweepPlan:
     overrides: list[str]          # as given (the quick variant's are not included)
     quick: bool = False
     config_dir: str | None = None
+    #: A search study's parsed space and trial builder (``orchestrator.space``); then
+    #: ``trials`` is empty: the search asks for them one at a time while it runs.
+    search: Any = None
 
 
 def _plain(parsed: list[Override]) -> list[str]:
@@ -62,10 +65,6 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
     # The quick variant's overrides come first so that the user's own win.
     parsed = parse_overrides([*quick_overrides, *overrides])
     cli_axes = [o for o in parsed if o.is_sweep_override()]
-    for o in cli_axes:
-        if not o.is_discrete_sweep():
-            raise SpecError(f"{o.key_or_group}: a grid axis must be a choice, range or glob; "
-                            f"interval() belongs in a search space")
     fixed = _plain(parsed)
     if quick_overrides:
         base = composer.compose(study, fixed)
@@ -74,10 +73,25 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
     task = _task(spec.task.name)
 
     pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
+    if spec.search is not None:
+        # A search: command-line sweeps (interval() included) become search dimensions.
+        from orchestrator.space import plan_search
+
+        search = plan_search(TrialBuilder(composer, study, fixed, base, task), spec.search,
+                             cli_axes, {o.key_or_group: o.value() for o in parsed
+                                        if not o.is_sweep_override()})
+        return SweepPlan(spec, [], {p.key: [p.source] for p in search.space.params},
+                         OmegaConf.to_container(base, resolve=True), list(overrides), quick,
+                         None if composer.config_dir is None else str(composer.config_dir),
+                         search=search)
+    for o in cli_axes:
+        if not o.is_discrete_sweep():
+            raise SpecError(f"{o.key_or_group}: a grid axis must be a choice, range or glob; "
+                            f"interval() belongs in a search space")
     grids = spec.sweep.grids or {"": {}}
     trials: list[Trial] = []
     axes: dict[str, list[Any]] = {}
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for name, grid in grids.items():
         where = f"sweep.grids.{name}." if name else "sweep.axes."
         declared = {**spec.sweep.axes, **grid}
@@ -86,9 +100,12 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
                 or not any(o.key_or_group in g for g in grids.values())]
         grid_axes = _axes(composer, base, declared, spec.sweep.seeds, mine, pinned, where)
         for t in _trials(composer, study, fixed, base, grid_axes, task):
-            if t.key not in seen:  # grids may overlap; a trial runs once
-                seen.add(t.key)
-                arm = {"grid": name, **t.arm} if name else t.arm
+            arm = {"grid": name, **t.arm} if name else t.arm
+            if t.key in seen:  # grids may overlap: the trial runs once, with an arm in each
+                first = trials[seen[t.key]]
+                trials[first.index] = replace(first, also=(*first.also, arm))
+            else:
+                seen[t.key] = len(trials)
                 trials.append(replace(t, index=len(trials), arm=arm))
         for k, values in [*(("grid", [name]),) * bool(name), *grid_axes.items()]:
             axes.setdefault(k, [])
@@ -169,34 +186,95 @@ def _expand(composer: Composer, o: Override) -> list[Any]:
         raise SpecError(f"{o.key_or_group}: {e}") from None
 
 
+class TrialBuilder:
+    """Validated trials from points (key -> value), for grids and searches alike.
+
+    A point's config-group keys (``optimizer: adam``) need a Hydra compose; it is done once
+    per combination of group choices and cached. Value keys (``optimizer.lr``,
+    ``optimizer.betas.0``) are set on a copy of the composed trial config, which the task's
+    spec then validates.
+
+    Args:
+        composer: Composes the study.
+        study: The study's name.
+        fixed: The plain overrides every trial shares.
+        base: The study composed with ``fixed``.
+        task: The registered task whose spec validates each trial.
+    """
+
+    def __init__(self, composer: Composer, study: str, fixed: list[str], base: DictConfig,
+                 task: registry.Task) -> None:
+        self.composer, self.study, self.fixed, self.base, self.task = \
+            composer, study, fixed, base, task
+        self.trial_keys = [k for k in base if k not in SWEEP_KEYS]
+        # The sweep's world size; a ``resources.workers`` axis sets it per trial.
+        self.workers = int(OmegaConf.select(base, "resources.workers", default=1) or 1)
+        self._composed: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+        self._is_group: dict[str, bool] = {}
+
+    def is_group(self, key: str) -> bool:
+        """Whether ``key`` names a config group (its value picks an option file)."""
+        if key not in self._is_group:
+            self._is_group[key] = self.composer.is_group(key)
+        return self._is_group[key]
+
+    def composed(self, groups: dict[str, Any]) -> dict[str, Any]:
+        """The trial part of the study composed with these group choices (cached; a copy)."""
+        ident = tuple(sorted(groups.items()))
+        if ident not in self._composed:
+            cfg = self.composer.compose(self.study, [*self.fixed, *(f"{k}={v}" for k, v in ident)]) \
+                if ident else self.base
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            self._composed[ident] = {k: resolved[k] for k in self.trial_keys}
+        return copy.deepcopy(self._composed[ident])
+
+    def build(self, point: dict[str, Any], index: int, arm: dict[str, Any] | None = None,
+              where: str = "") -> Trial:
+        """The validated trial at ``point``.
+
+        Args:
+            point: Key -> value; group keys pick options, other keys set values.
+            index: The trial's index (a grid position, or an Optuna trial number).
+            arm: What to record as the trial's arm; default the point without ``seed``.
+            where: Prefix of the field named in an error (``search.space.``).
+
+        Raises:
+            SpecError: The task's spec rejects the resulting config, naming the field.
+        """
+        raw = self.composed({k: v for k, v in point.items() if self.is_group(k)})
+        workers = _workers(point, self.workers, where)
+        for k, v in point.items():
+            if not self.is_group(k) and not k.startswith("resources."):
+                _set_dotted(raw, k, v)
+        try:
+            validated = self.task.spec.model_validate(raw)
+        except ValidationError as e:
+            raise SpecError(describe_validation_error(e, raw, prefix=where)) from None
+        config = validated.model_dump(mode="json")
+        arm = {k: v for k, v in point.items() if k != "seed"} if arm is None else arm
+        return Trial(index, self.task.name, config, arm, int(config.get("seed", 0)),
+                     Trial.make_key(self.task.name, config, workers),
+                     _upstream(self.task, validated), workers)
+
+
+def _workers(point: dict[str, Any], default: int, where: str) -> int:
+    """The trial's world size: its ``resources.workers`` axis value, else the sweep's. The
+    other resources are the sweep's own (slots are sized by them), never an axis."""
+    for k in point:
+        if k.startswith("resources.") and k != "resources.workers":
+            raise SpecError(f"{where}{k}: only resources.workers can vary between trials")
+    value = point.get("resources.workers", default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(f"{where}resources.workers: {value!r} is not a positive integer")
+    return value
+
+
 def _trials(composer: Composer, study: str, fixed: list[str], base: DictConfig,
             axes: dict[str, list[Any]], task: registry.Task) -> list[Trial]:
+    builder = TrialBuilder(composer, study, fixed, base, task)
     keys = list(axes)
-    group_keys = [k for k in keys if composer.is_group(k)]
-    trial_keys = [k for k in base if k not in SWEEP_KEYS]
-    composed: dict[tuple[Any, ...], dict[str, Any]] = {}
-    trials: list[Trial] = []
-    for values in itertools.product(*(axes[k] for k in keys)):
-        point = dict(zip(keys, values))
-        groups = tuple(point[k] for k in group_keys)
-        if groups not in composed:
-            cfg = composer.compose(study, [*fixed, *(f"{k}={point[k]}" for k in group_keys)]) \
-                if groups else base
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            composed[groups] = {k: resolved[k] for k in trial_keys}
-        raw = copy.deepcopy(composed[groups])
-        for k in keys:
-            if k not in group_keys:
-                _set_dotted(raw, k, point[k])
-        try:
-            validated = task.spec.model_validate(raw)
-        except ValidationError as e:
-            raise SpecError(describe_validation_error(e, raw)) from None
-        config = validated.model_dump(mode="json")
-        arm = {k: v for k, v in point.items() if k != "seed"}
-        trials.append(Trial(len(trials), task.name, config, arm, int(config.get("seed", 0)),
-                            Trial.make_key(task.name, config), _upstream(task, validated)))
-    return trials
+    return [builder.build(dict(zip(keys, values)), i)
+            for i, values in enumerate(itertools.product(*(axes[k] for k in keys)))]
 
 
 def _upstream(task: registry.Task, spec: Any) -> Trial | None:
@@ -215,7 +293,11 @@ def _upstream(task: registry.Task, spec: Any) -> Trial | None:
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    # A numeric part indexes a list (``optimizer.betas.0``), as in OmegaConf.select.
     *parents, last = key.split(".")
     for p in parents:
-        tree = tree[p]
-    tree[last] = value
+        tree = tree[int(p)] if isinstance(tree, list) else tree[p]
+    if isinstance(tree, list):
+        tree[int(last)] = value
+    else:
+        tree[last] = value

@@ -143,7 +143,13 @@ def report_sweep(tracking_uri: str | None, sweep_id: str, out_dir: str | Path | 
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
-        files = build_report(folder, info, trials, verdicts, histories, axes)
+        # A search's importances, plots and HP verdicts (orchestrator.search), if any.
+        from orchestrator.search import load_search_summary, summary_verdicts
+
+        search = load_search_summary(client.tracking_uri, tags[tr.TAG_SWEEP],
+                                     Path(tmp) / "search-artifacts")
+        verdicts = [*verdicts, *summary_verdicts(search)]
+        files = build_report(folder, info, trials, verdicts, histories, axes, search=search)
         client.mlflow.log_text(pid, verdicts_to_json(verdicts), VERDICTS_ARTIFACT)
         for f in files:
             client.mlflow.log_artifact(pid, str(f), REPORT_FOLDER)

@@ -239,6 +239,10 @@ class OptunaSource:
         settled: Settled trials it already has (resuming).
     """
 
+    #: Told each result before the next ask: TPE's constant liar would otherwise count a
+    #: finished, not yet told trial as a bad running one.
+    learns_from_results = True
+
     def __init__(self, search: SearchPlan, study: optuna.Study, n_trials: int,
                  settled: int = 0) -> None:
         self.search, self.study, self.n_trials, self.settled = search, study, n_trials, settled

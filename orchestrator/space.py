@@ -327,7 +327,8 @@ def plan_search(builder: "TrialBuilder", spec: SearchSpec, cli_axes: list[Overri
         k: (v, None) for k, v in spec.space.items() if k not in pinned}
     for o in cli_axes:
         o.config_loader = composer._loader  # glob() asks the loader for a group's options
-        entries[o.key_or_group] = (None, o)
+        # `search.space.optimizer.lr=interval(..)` names the space's key in full.
+        entries[o.key_or_group.removeprefix(WHERE)] = (None, o)
     params: dict[str, Param] = {}
     for key, (value, override) in entries.items():
         group = builder.is_group(key)

@@ -11,19 +11,30 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
+from orchestrator.verdicts import ClaimSpec
 from tasks.spec import StrictModel
 
 #: Top-level config keys that describe the sweep; every other key belongs to the trial.
-SWEEP_KEYS = ("study", "task", "sweep", "resources", "cluster", "tracking")
+SWEEP_KEYS = ("study", "task", "sweep", "resources", "cluster", "tracking", "search")
 
 
 class StudyInfo(StrictModel):
     name: str = Field(min_length=1)
     description: str = ""
-    claims: list[dict[str, Any]] = []
+    claims: list[ClaimSpec] = []  # checked at plan time: a malformed claim is exit 2
     quick: list[str] = []
+
+    @field_validator("claims")
+    @classmethod
+    def _unique_ids(cls, v: list[ClaimSpec]) -> list[ClaimSpec]:
+        # A claim's id names its tag (orch.verdict.<id>); two claims must not share one.
+        ids = [c.id for c in v]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"claim ids must be unique; repeated: {', '.join(dup)}")
+        return v
 
 
 class SweepSettings(StrictModel):
@@ -42,11 +53,18 @@ class SweepSettings(StrictModel):
 
 
 class Resources(StrictModel):
-    """Per-trial resources. Fractional GPUs pack several trials on one GPU."""
+    """Per-trial resources. Fractional GPUs pack several trials on one GPU.
+
+    ``workers: k`` > 1 makes trials data-parallel: k ranks (a gang of actors, one
+    ``torch.distributed`` group) each holding ``cpus``/``gpus``/``memory_mb``, so a trial
+    takes k times these. ``resources.workers`` may also be a sweep axis (the trial's world
+    size is then part of its identity).
+    """
 
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
     memory_mb: PositiveInt | None = None
+    workers: PositiveInt = 1
 
     @field_validator("gpus")
     @classmethod
@@ -57,9 +75,20 @@ class Resources(StrictModel):
 
 
 class ClusterSpec(StrictModel):
+    """Where trials run: an existing Ray cluster (``address``), or a local one started with
+    ``num_cpus``/``num_gpus``. The two are mutually exclusive: Ray sizes a cluster only
+    when it starts one."""
+
     address: str | None = None
     num_cpus: PositiveInt | None = None
     num_gpus: NonNegativeInt | None = None
+
+    @model_validator(mode="after")
+    def _address_or_size(self) -> "ClusterSpec":
+        if self.address and (self.num_cpus is not None or self.num_gpus is not None):
+            raise ValueError("address and num_cpus/num_gpus are mutually exclusive: the size "
+                             "applies only to a local cluster; allowed: one or the other")
+        return self
 
 
 class TrackingSpec(StrictModel):
@@ -71,6 +100,111 @@ class TaskRef(StrictModel):
     name: str = Field(min_length=1)
 
 
+class PrunerSpec(StrictModel):
+    """An Optuna pruner and its native options (each pruner reads only its own).
+
+    ``median``: ``n_startup_trials`` (trials that must end before anything is pruned),
+    ``n_warmup_steps`` (steps of a trial before it can be pruned), ``interval_steps``.
+    ``successive_halving`` and ``hyperband``: ``min_resource``, ``reduction_factor``;
+    ``hyperband`` also ``max_resource`` (``auto``: the longest trial seen). A step is one
+    reporting step of the task (an epoch for the built-in tasks).
+    """
+
+    name: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    n_startup_trials: NonNegativeInt = 5
+    n_warmup_steps: NonNegativeInt = 0
+    interval_steps: PositiveInt = 1
+    min_resource: PositiveInt | Literal["auto"] = "auto"
+    max_resource: PositiveInt | Literal["auto"] = "auto"
+    reduction_factor: int = Field(3, ge=2)
+
+
+class SearchClaimSpec(StrictModel):
+    """A claim about a search (HP-1, HP-2), checked by :func:`orchestrator.search.search_verdicts`.
+
+    ``importance``: the most important parameter (fANOVA) is one of ``first`` and the
+    ``last`` parameters rank, on average, below the others. ``inside``: the best trial's
+    value of each parameter in ``ranges`` lies inside its range and, at an edge that is also
+    the search space's, at least ``margin`` (a fraction of the range, log-scaled for log
+    parameters) away from it: a best trial pinned against the space's edge says the optimum
+    may lie beyond. ``where`` selects the trials of one branch of a conditional space.
+    """
+
+    id: str = Field(min_length=1)
+    source: str = ""
+    statement: str = ""
+    test: Literal["importance", "inside"]
+    first: list[str] = []
+    last: list[str] = []
+    ranges: dict[str, tuple[float, float]] = {}
+    margin: float = Field(0.02, ge=0, lt=0.5)
+    where: dict[str, Any] = {}
+    min_trials: PositiveInt = 20
+
+    @model_validator(mode="after")
+    def _fits_test(self) -> "SearchClaimSpec":
+        if self.test == "importance" and not self.first:
+            raise ValueError(f"claim {self.id!r}: first is required for test 'importance'")
+        if self.test == "inside" and not self.ranges:
+            raise ValueError(f"claim {self.id!r}: ranges is required for test 'inside'")
+        for key, (lo, hi) in self.ranges.items():
+            if not lo < hi:
+                raise ValueError(f"claim {self.id!r}: ranges.{key} [{lo}, {hi}] needs low < high")
+        return self
+
+
+class SearchSpec(StrictModel):
+    """A hyperparameter search (Optuna) instead of a grid; ``orchestrator.search`` runs it.
+
+    ``space`` maps a config key (``optimizer.lr``) or config group (``optimizer``) to a
+    distribution in the grammar of Hydra's Optuna sweeper: ``interval(1e-4, 1e-1)``,
+    ``tag(log, interval(1e-4, 1e-1))``, ``int(interval(8, 128))``, ``range(1, 5)`` (end
+    excluded, as everywhere in Hydra) or a choice ``a,b,c``. ``conditions`` maps a
+    parameter to ``{other parameter: value or list of values}``: it is suggested only when
+    every listed parameter took one of the values. ``metrics``/``directions`` default to
+    ``sweep.metric``/``sweep.mode``; two or more make a multi-objective search (nsga2 or
+    random, no pruner). ``report_metric`` is the per-step metric fed to the pruner (default
+    the first objective). ``storage`` (an Optuna RDB URL) defaults to ``optuna.db`` beside
+    an sqlite MLflow store; a server store needs one given explicitly.
+    """
+
+    sampler: Literal["tpe", "random", "cmaes", "grid", "nsga2"] = "tpe"
+    n_trials: PositiveInt = 20
+    seed: int | None = 0
+    n_startup_trials: NonNegativeInt = 10
+    population_size: int = Field(20, ge=2)
+    pruner: PrunerSpec = PrunerSpec()
+    space: dict[str, Any] = Field(min_length=1)
+    conditions: dict[str, dict[str, Any]] = {}
+    metrics: list[str] = []
+    directions: list[Literal["max", "min"]] = []
+    report_metric: str | None = Field(None, min_length=1)
+    storage: str | None = None
+    importance: bool = True
+    plots: bool = True
+    claims: list[SearchClaimSpec] = []
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_by_name(cls, v: Any) -> Any:
+        # `search.pruner=none` on the command line replaces the mapping with its name.
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _objectives(self) -> "SearchSpec":
+        if self.directions and len(self.directions) != len(self.metrics):
+            raise ValueError(f"directions: {len(self.directions)} given for "
+                             f"{len(self.metrics)} metrics; give one (max or min) per metric")
+        if len(self.metrics) > 1:
+            if self.pruner.name != "none":
+                raise ValueError(f"pruner: {self.pruner.name!r} cannot prune a multi-objective "
+                                 f"search ({len(self.metrics)} metrics); allowed: none")
+            if self.sampler == "cmaes":
+                raise ValueError("sampler: 'cmaes' is single-objective; allowed with several "
+                                 "metrics: nsga2, tpe, random, grid")
+        return self
+
+
 class SweepSpec(StrictModel):
     """How a sweep runs: everything in the composed config except the trial's own keys."""
 
@@ -80,6 +214,7 @@ class SweepSpec(StrictModel):
     resources: Resources = Resources()
     cluster: ClusterSpec = ClusterSpec()
     tracking: TrackingSpec = TrackingSpec()
+    search: SearchSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +228,17 @@ class Trial:
     seed: int
     key: str = field(default="")
     upstream: "Trial | None" = None  # the run this trial needs first (pre-training)
+    workers: int = 1                # data-parallel world size (resources.workers)
+    #: Further arms of the same config: sub-grids may overlap, and a shared trial runs once
+    #: but counts in each grid's claims (``Client.trials`` gives it a row per arm).
+    also: tuple[dict[str, Any], ...] = ()
 
     @staticmethod
-    def make_key(task: str, config: dict[str, Any]) -> str:
-        """Identity of a trial: a hash of its task and fully resolved config."""
-        blob = json.dumps({"task": task, "config": config}, sort_keys=True, separators=(",", ":"))
+    def make_key(task: str, config: dict[str, Any], workers: int = 1) -> str:
+        """Identity of a trial: a hash of its task and fully resolved config, and of its
+        world size when above 1 (k ranks at batch b train differently from one at b)."""
+        ident: dict[str, Any] = {"task": task, "config": config}
+        if workers > 1:  # single-worker keys stay what they always were
+            ident["workers"] = workers
+        blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:20]

@@ -7,6 +7,7 @@ cluster's capacity is checked before the store is touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -18,10 +19,12 @@ import ray
 from rich.console import Console
 
 from orchestrator.dispatch import Cancelled, Dispatcher, GridSource
+from orchestrator.metrics import SweepMetrics
 from orchestrator.plan import SweepPlan
 from orchestrator.progress import SweepProgress
 from orchestrator.specs import Trial
 from orchestrator import tracking as tr
+from orchestrator.sysmetrics import SystemMetrics
 from orchestrator.worker import Failure, NodeInfo
 from tasks.events import Metrics, Summary
 
@@ -45,6 +48,7 @@ class SweepResult:
     cancelled: bool = False
     unwritten: list[str] = field(default_factory=list)
     metric: str = ""
+    tracking_uri: str = ""
 
     def count(self, outcome: str) -> int:
         return sum(r.outcome == outcome for r in self.results)
@@ -55,7 +59,16 @@ def new_sweep_id(study: str) -> str:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Connect to ``address``, or start Ray in-process bound to loopback (secure default)."""
+    """Connect to ``address``, or start a local Ray cluster in-process.
+
+    A local cluster starts without the dashboard's web UI and job API
+    (``include_dashboard=False``), and with Ray's token authentication (on by default
+    since Ray 2.5x unless ``RAY_AUTH_MODE=disabled``): its ports refuse callers without
+    the token in ``~/.ray/auth_token``. Ray 2.60 does not bind to loopback, whatever
+    ``_node_ip_address`` says: it resolves 127.0.0.1 to the node's routable address and its
+    gRPC servers listen on all interfaces, so the token is what keeps others out
+    (``tests/test_failures.py::test_local_cluster_secure_defaults`` checks both).
+    """
     if ray.is_initialized():
         return
     if address:
@@ -79,32 +92,46 @@ class _Recorder:
         self.results: list[TrialResult] = []
         self.commit = tr.git_commit()
         self._last_cancel_check = time.monotonic()
+        # Prometheus series through Ray's metrics agent (orchestrator/metrics.py).
+        self.metrics = SweepMetrics(plan.spec.study.name, sweep_id, kind)
 
     def trial_tags(self, trial: Trial) -> dict[str, Any]:
         tags = {tr.TAG_PARENT: self.parent, tr.TAG_KIND: self.kind, tr.TAG_SWEEP: self.sweep_id,
                 tr.TAG_STUDY: self.plan.spec.study.name, tr.TAG_KEY: trial.key,
                 tr.TAG_INDEX: trial.index, tr.TAG_ARM: json.dumps(trial.arm, sort_keys=True)}
+        if trial.also:
+            tags[tr.TAG_ALSO] = json.dumps(list(trial.also), sort_keys=True)
+        if trial.upstream is not None:
+            tags[tr.TAG_UPSTREAM] = trial.upstream.key
         if self.commit:
             tags[tr.TAG_GIT] = self.commit
         return tags
 
     def trial_params(self, trial: Trial) -> dict[str, Any]:
-        return {"task": trial.task, **tr.flatten(trial.config)}
+        # The world size is not in the task's config; record it where it matters.
+        world = {"resources.workers": trial.workers} if trial.workers > 1 else {}
+        return {"task": trial.task, **tr.flatten(trial.config), **world}
 
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
         tags = {**self.trial_tags(trial), tr.TAG_ATTEMPT: attempt, tr.TAG_NODE: node.hostname,
-                "orch.node_id": node.node_id}
+                "orch.node_id": node.node_id, tr.TAG_PID: node.pid}
         name = (f"{trial.index:04d}-" if trial.index >= 0 else "") + \
             "-".join(str(v) for v in trial.arm.values())
         self.run_ids[trial.index] = self.tracker.start_run(
             self.experiment_id, f"{name}-s{trial.seed}", tags, self.trial_params(trial),
             {"task": trial.task, **trial.config})
         self.progress.started()
+        self.metrics.started(trial.index)
 
     def trial_metrics(self, trial: Trial, event: Metrics) -> bool:
         self.tracker.log_metrics(self.run_ids[trial.index], event.values, event.step)
         self.last_step[trial.index] = event.step
         return False
+
+    def trial_system_metrics(self, trial: Trial, event: SystemMetrics) -> None:
+        """The worker's CPU/memory/GPU sample, on the trial's run (see ``sysmetrics``)."""
+        self.tracker.log_metrics(self.run_ids[trial.index], event.values, event.step,
+                                 event.timestamp_ms)
 
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None:
         self._close(trial, "failed", None, failure, final=False)
@@ -133,8 +160,8 @@ class _Recorder:
         elif summary is not None and summary.reason:
             error = summary.reason
             tags[tr.TAG_ERROR] = summary.reason[:5000]
-        self.tracker.set_tags(run_id, tags)
-        self.tracker.end_run(run_id, tr.STATUS[outcome])
+        self.tracker.end_run(run_id, tr.STATUS[outcome], tags)
+        self.metrics.ended(trial.index, outcome if final else "retried")
         if not final:  # a retry ends this attempt only; the trial runs again
             self.progress.running -= 1
         else:
@@ -184,14 +211,36 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     """
     console = console or Console(stderr=True)
     spec = plan.spec
+    uri = tr.resolve_tracking_uri(tracking_uri or spec.tracking.uri)
+    tracker = None
+    if tr.is_server(uri):
+        # A server that is down is found in seconds, before Ray starts (exit 1). A database
+        # or file store is opened after the capacity check below: opening creates it, and
+        # bad input (a GPU asked of a cluster with none) must leave nothing behind.
+        tracker = tr.Tracker(uri)
+        tracker.check()
+    storage, n_search = None, 0
+    if plan.search is not None:  # an Optuna search: trials are asked for while it runs
+        from orchestrator.search import budget, resolve_storage
+
+        storage, n_search = resolve_storage(plan.search.spec, uri), budget(plan.search)
     init_ray(address or spec.cluster.address, spec.cluster.num_cpus, spec.cluster.num_gpus)
     dispatcher = dispatcher or Dispatcher(spec.resources, spec.sweep.max_concurrent,
                                           spec.sweep.retries, task_modules)
-    slots = dispatcher.slots_for(len(plan.trials))  # SpecError before anything is written
-    dispatcher.start(slots)  # workers boot while the store is opened
+    phases = _phases(plan.trials, spec.resources.workers)
+    for k, trials in phases:  # SpecError before anything is written
+        dispatcher.slots_for(len(trials) or n_search, k)
+    first_k, first = phases[0]
+    dispatcher.start(dispatcher.slots_for(len(first) or n_search, first_k), first_k)  # workers boot
+    # while the store is opened
 
-    tracker = tr.Tracker(tr.resolve_tracking_uri(tracking_uri or spec.tracking.uri))
-    tracker.check()
+    if tracker is None:
+        tracker = tr.Tracker(uri)
+        try:
+            tracker.check()
+        except tr.TrackingUnavailable:
+            dispatcher.shutdown()
+            raise
     if resume is None:
         experiment_id = tracker.experiment_id(spec.tracking.experiment or spec.study.name)
         sweep_id = new_sweep_id(spec.study.name)
@@ -205,8 +254,16 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
         previous = _previous_results(tracker, plan, experiment_id, sweep_id)
     finished_here = {r.trial.key for r in previous}
 
-    with SweepProgress(console, len(plan.trials), spec.sweep.metric, spec.sweep.mode) as progress:
-        rec = _Recorder(tracker, plan, experiment_id, parent, sweep_id, progress)
+    search = None
+    with SweepProgress(console, len(plan.trials) or n_search, spec.sweep.metric,
+                       spec.sweep.mode) as progress:
+        if plan.search is not None:
+            from orchestrator.search import SearchRun
+
+            search = SearchRun(plan, tracker, storage, sweep_id, resume is not None)
+            rec = search.recorder(experiment_id, parent, progress)
+        else:
+            rec = _Recorder(tracker, plan, experiment_id, parent, sweep_id, progress)
         rec.results.extend(previous)
         pending = [t for t in plan.trials if t.key not in finished_here]
         for r in previous:
@@ -219,35 +276,93 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
                 progress.reused(rec.results[-1].metrics.get(spec.sweep.metric))
         cancelled = False
         try:
-            if todo:
+            if search is not None:
+                dispatcher.run(search.source, rec)
+            elif todo:
                 todo = _run_upstreams(tracker, plan, rec, dispatcher, todo)
-                dispatcher.run(GridSource(todo), rec)
+                for k, trials in _phases(todo, dispatcher.workers):
+                    if k != dispatcher.workers:  # a gang size of its own: new slots
+                        dispatcher.shutdown()
+                        dispatcher.start(dispatcher.slots_for(len(trials), k), k)
+                    dispatcher.run(GridSource(trials), rec)
         except Cancelled:
             cancelled = True
         finally:
             dispatcher.shutdown()
         tracker.flush()
+    # Write what an outage of the store kept buffered (or give up on it) before anything
+    # reads the store back (analysis, report): they must see every trial's metrics.
+    tracker.close()
 
+    if search is not None and not cancelled:  # importances, plots, HP verdicts on the parent
+        search.analyse(parent, console)
+    if tracker.unwritten:  # the store lost writes: a report from it would be wrong (or hang)
+        console.print(f"no report: the tracking store is incomplete (rebuild it with: "
+                      f"orch report {sweep_id})", highlight=False)
+    elif not cancelled:  # a cancelled sweep was asked to stop now; `orch report` builds it later
+        from orchestrator.reporting import report_at_end
+
+        # MLflow's default HTTP retries would hold a report against a server that just went
+        # away for minutes; a failed report is only a warning (`orch report` rebuilds it).
+        with tr.fast_http(retries=2, timeout_s=60) if tr.is_server(tracker.uri) \
+                else contextlib.nullcontext():
+            report_at_end(tracker.uri, sweep_id, console)  # verdicts + report on the parent
     _finish_parent(tracker, parent, rec.results, spec.sweep.metric, spec.sweep.mode, cancelled)
+    tracker.close()  # what a lost store kept buffered: retried, else listed in unwritten
     rec.results.sort(key=lambda r: r.trial.index)
     return SweepResult(sweep_id, parent, experiment_id, rec.results, cancelled, tracker.unwritten,
-                       spec.sweep.metric)
+                       spec.sweep.metric, tracker.uri)
+
+
+def _phases(trials: list[Trial], default: int) -> list[tuple[int, list[Trial]]]:
+    """Trials grouped by world size, smallest first (plan order within a group).
+
+    Slots are sized for one world size at a time (a gang of k ranks per slot), so a sweep
+    with a ``resources.workers`` axis runs one phase per size; within a phase dispatch is
+    asynchronous as usual. No trials: one phase of the sweep's own size.
+    """
+    sizes = sorted({t.workers for t in trials}) or [default]
+    return [(k, [t for t in trials if t.workers == k]) for k in sizes]
+
+
+#: Keys ``orch resume SWEEP_ID KEY=VALUE`` may change: more trials for a search. Anything
+#: else would change what the finished trials mean.
+RESUME_OVERRIDES = ("search.n_trials",)
 
 
 def resume_sweep(sweep_id: str, tracking_uri: str | None = None, address: str | None = None,
-                 console: Console | None = None) -> SweepResult:
-    """Re-plan a sweep from its parent run's tags and run what it has not settled."""
+                 console: Console | None = None, overrides: list[str] | None = None
+                 ) -> SweepResult:
+    """Re-plan a sweep from its parent run's tags and run what it has not settled.
+
+    ``overrides`` may raise a search's budget (``search.n_trials=80``): the search goes on
+    with the same Optuna study until that many trials are settled; the new value is kept on
+    the parent run, so a later resume keeps it.
+    """
     from orchestrator.compose import composer
-    from orchestrator.plan import plan_sweep
+    from orchestrator.plan import parse_overrides, plan_sweep
+    from orchestrator.errors import SpecError
     from tasks import registry
 
+    extra = list(overrides or [])
+    for o in parse_overrides(extra):
+        if o.key_or_group not in RESUME_OVERRIDES or o.is_sweep_override():
+            raise SpecError(f"resume: {o.input_line!r} cannot be changed on resume; allowed: "
+                            f"{', '.join(k + '=N' for k in RESUME_OVERRIDES)}")
     tracker = tr.Tracker(tr.resolve_tracking_uri(tracking_uri))
     tracker.check()
-    tags = tracker.find_sweep(sweep_id).data.tags
+    parent = tracker.find_sweep(sweep_id)
+    tags = parent.data.tags
     modules = tuple(json.loads(tags.get("orch.tasks", "[]")))
     registry.load_plugins(modules)
+    given = [*json.loads(tags["orch.overrides"]), *extra]
     plan = plan_sweep(composer(tags.get("orch.config_dir") or None), tags[tr.TAG_STUDY],
-                      json.loads(tags["orch.overrides"]), quick=tags.get("orch.quick") == "1")
+                      given, quick=tags.get("orch.quick") == "1")
+    if extra:
+        if plan.search is None:
+            raise SpecError(f"resume: {extra[0]!r}: sweep {sweep_id} is a grid, not a search; "
+                            f"allowed: no overrides")
+        tracker.set_tags(parent.info.run_id, {"orch.overrides": json.dumps(given)})
     return run_sweep(plan, tracker.uri, address, modules, console, resume=sweep_id)
 
 
@@ -280,11 +395,16 @@ def _previous_results(tracker: tr.Tracker, plan: SweepPlan, experiment_id: str,
             [experiment_id], f"tags.`{tr.TAG_SWEEP}` = '{sweep_id}' and "
                              f"tags.`{tr.TAG_KIND}` = 'trial'", max_results=50000):
         tags = run.data.tags
-        if run.info.status == "RUNNING":
-            tracker.set_tags(run.info.run_id, {tr.TAG_OUTCOME: "interrupted",
-                                               tr.TAG_ERROR: "the driver stopped while it ran"})
-            tracker.end_run(run.info.run_id, "KILLED")
-        elif tags.get(tr.TAG_OUTCOME) in RESUME_DONE and tags.get(tr.TAG_KEY) in by_key:
+        if run.info.status == "RUNNING" and tags.get(tr.TAG_OUTCOME) in RESUME_DONE:
+            # The driver died between writing the trial's outcome and its status: the
+            # trial is settled, only its status is missing.
+            tracker.end_run(run.info.run_id, tr.STATUS[tags[tr.TAG_OUTCOME]])
+        elif run.info.status == "RUNNING":
+            tracker.end_run(run.info.run_id, "KILLED",
+                            {tr.TAG_OUTCOME: "interrupted",
+                             tr.TAG_ERROR: "the driver stopped while it ran"})
+            continue
+        if tags.get(tr.TAG_OUTCOME) in RESUME_DONE and tags.get(tr.TAG_KEY) in by_key:
             key = tags[tr.TAG_KEY]
             settled[key] = TrialResult(by_key[key], run.info.run_id, tags[tr.TAG_OUTCOME],
                                        dict(run.data.metrics), tags.get(tr.TAG_ERROR, ""),

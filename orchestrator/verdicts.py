@@ -91,10 +91,17 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from pydantic import Field, NonNegativeInt, ValidationError, model_validator
-from scipy import stats
 
 from orchestrator.errors import SpecError, describe_validation_error
 from tasks.spec import StrictModel
+
+
+def _stats() -> Any:
+    """``scipy.stats``, imported on first use: it costs ~1 s, and every ``orch`` command
+    imports this module (claims are validated at plan time) while only verdicts need it."""
+    from scipy import stats
+
+    return stats
 
 #: A value of an axis as a config states it.
 Scalar = bool | int | float | str
@@ -320,7 +327,7 @@ def _mean_ci(values: np.ndarray, confidence: float) -> tuple[float | None, float
     mean = float(np.mean(values))
     if sd == 0.0:
         return mean, mean
-    lo, hi = stats.t.interval(confidence, len(values) - 1, loc=mean,
+    lo, hi = _stats().t.interval(confidence, len(values) - 1, loc=mean,
                               scale=sd / math.sqrt(len(values)))
     return float(lo), float(hi)
 
@@ -348,7 +355,7 @@ def _difference(a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[s
             effect = float(d.mean())
             if _no_spread(d):  # deterministic: scipy's t is undefined
                 return _Diff(effect, effect, effect, 0.0 if effect else 1.0, "paired t", len(d))
-            res = stats.ttest_1samp(d, 0.0)
+            res = _stats().ttest_1samp(d, 0.0)
             ci = res.confidence_interval(confidence)
             return _Diff(effect, float(ci.low), float(ci.high), float(res.pvalue), "paired t",
                          len(d))
@@ -356,13 +363,13 @@ def _difference(a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[s
     effect = float(x.mean() - y.mean())
     if _no_spread(x) and _no_spread(y):
         return _Diff(effect, effect, effect, 0.0 if effect else 1.0, "Welch t")
-    res = stats.ttest_ind(x, y, equal_var=False)
+    res = _stats().ttest_ind(x, y, equal_var=False)
     ci = res.confidence_interval(confidence)
     return _Diff(effect, float(ci.low), float(ci.high), float(res.pvalue), "Welch t")
 
 
 def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
-    ci = stats.binomtest(k, n).proportion_ci(confidence, method="wilson")
+    ci = _stats().binomtest(k, n).proportion_ci(confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
 
@@ -645,9 +652,9 @@ def _rate_pair(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
                             f"{'a' if na == 0 else 'b'}.")
     table = [[ka, na - ka], [kb, nb - kb]]
     # "less": arm a has lower odds of an event than arm b (a is better).
-    p_a_fewer = float(stats.fisher_exact(table, alternative="less").pvalue)
-    p_a_more = float(stats.fisher_exact(table, alternative="greater").pvalue)
-    p_two = float(stats.fisher_exact(table).pvalue)
+    p_a_fewer = float(_stats().fisher_exact(table, alternative="less").pvalue)
+    p_a_more = float(_stats().fisher_exact(table, alternative="greater").pvalue)
+    p_two = float(_stats().fisher_exact(table).pvalue)
     effect, lo, hi = _newcombe(ka, na, kb, nb, claim.confidence)
     rates = f"{ka}/{na} = {ka / na:.0%} vs {kb}/{nb} = {kb / nb:.0%}"
     numbers = (f"{rates}; effect {_signed(effect)} (rate b minus rate a, positive = a has "
@@ -696,10 +703,10 @@ def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
     if y.min() == y.max():  # no variation in events: Spearman is undefined, nothing is significant
         rho, p_up, p_down, p_two = math.nan, 1.0, 1.0, 1.0
     else:
-        rho = float(stats.spearmanr(x, y).statistic)
-        p_two = float(stats.spearmanr(x, y).pvalue)
-        p_up = float(stats.spearmanr(x, y, alternative="greater").pvalue)
-        p_down = float(stats.spearmanr(x, y, alternative="less").pvalue)
+        rho = float(_stats().spearmanr(x, y).statistic)
+        p_two = float(_stats().spearmanr(x, y).pvalue)
+        p_up = float(_stats().spearmanr(x, y, alternative="greater").pvalue)
+        p_down = float(_stats().spearmanr(x, y, alternative="less").pvalue)
     (k_lo, n_lo), (k_hi, n_hi) = _events(arms_by_x[eligible[0]]), _events(arms_by_x[eligible[-1]])
     d, lo, hi = _newcombe(k_lo, n_lo, k_hi, n_hi, claim.confidence)  # rate(high x) - rate(low x)
     effect, lo, hi = (d, lo, hi) if sign > 0 else (-d, -hi, -lo)

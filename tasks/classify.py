@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 
 from tasks import data as datasets
+from tasks import distributed
 from tasks.events import Event
 from tasks.models import ModelSpec, build_model
 from tasks.optimizers import OptimizerSpec, build_optimizer
@@ -31,13 +32,20 @@ class ClassifySpec(StrictModel):
 
 
 @register("classify", ClassifySpec)
-def run(spec: ClassifySpec) -> Iterator[Event]:
-    """Train a classifier from scratch and report per-epoch and final metrics."""
-    torch.manual_seed(spec.seed)
-    device = pick_device(spec.train.device)
+def run(spec: ClassifySpec, dist: distributed.DistContext | None = None) -> Iterator[Event]:
+    """Train a classifier from scratch and report per-epoch and final metrics.
+
+    With ``dist`` (one rank of a data-parallel trial) the model is DDP-wrapped (its BNs
+    synced for ``norm: syncbn``), each rank trains on its shard of every global batch of
+    ``world_size * train.batch_size`` and the metrics are global (all-reduced).
+    """
+    torch.manual_seed(spec.seed)  # same seed on every rank: identical initial weights
+    device = dist.device if dist is not None else pick_device(spec.train.device)
     data = datasets.load(spec.data)
     model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
+    model = distributed.prepare_model(model, spec.model.norm, dist, device)
     optimizer = build_optimizer(model.parameters(), spec.optimizer)
-    steps_per_epoch = -(-len(data.x_train) // spec.train.batch_size)
+    global_batch = spec.train.batch_size * (dist.world_size if dist is not None else 1)
+    steps_per_epoch = -(-len(data.x_train) // global_batch)
     scheduler = build_scheduler(optimizer, spec.scheduler, steps_per_epoch, spec.train.epochs)
-    yield from fit(model, data, optimizer, scheduler, spec.train, spec.seed, device)
+    yield from fit(model, data, optimizer, scheduler, spec.train, spec.seed, device, dist=dist)

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import nn
 
+from tasks import distributed
 from tasks.data import Dataset
 from tasks.events import Event, Metrics, Summary
 from tasks.spec import StrictModel
@@ -57,8 +58,14 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None, train: TrainSpec,
         seed: int, device: torch.device, extra_metrics: dict[str, float] | None = None,
         on_epoch_start: Callable[[int], None] | None = None,
+        dist: distributed.DistContext | None = None,
         ) -> Iterator[Event]:
     """Train ``model`` on ``data``: yield :class:`Metrics` per epoch, then a :class:`Summary`.
+
+    With ``dist`` (a data-parallel rank, ``model`` already DDP-wrapped) each step trains on
+    this rank's slice of a global batch of ``world_size * batch_size``, and every reported
+    value (losses, accuracies, divergence) is over the global batch or the whole split, so
+    all ranks agree and rank 0 reports global numbers.
 
     ``on_epoch_start(epoch)`` runs after ``model.train()`` at the start of every epoch, so a
     fine-tuning task can freeze or unfreeze blocks (and keep frozen ones in eval mode).
@@ -75,20 +82,22 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
             on_epoch_start(epoch)
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
-        loss_sum, correct = 0.0, 0
-        for i in range(0, n, train.batch_size):
-            idx = perm[i:i + train.batch_size]
+        loss_sum, correct, seen, epoch_steps = 0.0, 0.0, 0.0, 0
+        for idx, weight in distributed.batches(perm, train.batch_size, dist):
             logits = model(x_tr[idx])
             loss = nn.functional.cross_entropy(logits, y_tr[idx],
                                                label_smoothing=train.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            (loss * train.loss_scale).backward()
+            (loss * (train.loss_scale * weight)).backward()
             if train.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            batch_loss = loss.item()
+            # Over the global batch when data-parallel, so every rank takes the same
+            # divergence decision (one stopping alone would hang the others).
+            batch_loss, batch_correct, batch_n = distributed.reduce_batch(
+                loss.item(), (logits.argmax(1) == y_tr[idx]).sum().item(), len(idx), dist)
             first_loss = batch_loss if first_loss is None else first_loss
             if not math.isfinite(batch_loss) or batch_loss > train.diverge_factor * first_loss:
                 yield Summary({"train/loss": _finite(batch_loss), "epochs_run": epoch + 1},
@@ -96,19 +105,24 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                               reason=f"batch loss {batch_loss:.4g} at epoch {epoch}, step "
                                      f"{steps} (first batch {first_loss:.4g})")
                 return
-            loss_sum += batch_loss * len(idx)
-            correct += (logits.argmax(1) == y_tr[idx]).sum().item()
+            loss_sum += batch_loss * batch_n
+            correct += batch_correct
+            seen += batch_n
             steps += 1
-        train_time += time.perf_counter() - t0
-        train_loss = loss_sum / n
+            epoch_steps += 1
+        epoch_time = time.perf_counter() - t0
+        train_time += epoch_time
+        train_loss = loss_sum / seen
         lr = optimizer.param_groups[-1]["lr"]
-        val_loss, val_acc = evaluate(model, x_va, y_va)
-        yield Metrics(epoch, {"train/loss": train_loss, "train/acc": correct / n,
+        val_loss, val_acc = distributed.evaluate(evaluate, model, x_va, y_va, dist)
+        yield Metrics(epoch, {"train/loss": train_loss, "train/acc": correct / seen,
                               "val/loss": val_loss, "val/acc": val_acc, "lr": lr,
+                              "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
                               **(extra_metrics or {})})
 
-    test_loss, test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device))
-    train_eval_loss, train_eval_acc = evaluate(model, x_tr, y_tr)
+    test_loss, test_acc = distributed.evaluate(evaluate, model, data.x_test.to(device),
+                                               data.y_test.to(device), dist)
+    train_eval_loss, train_eval_acc = distributed.evaluate(evaluate, model, x_tr, y_tr, dist)
     # val/* of the last epoch is already the latest value; train/eval_* differ from the
     # epoch's running train/* (eval mode, final weights), hence their own names.
     yield Summary({

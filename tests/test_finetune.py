@@ -242,8 +242,10 @@ def test_finetune_sweep_trains_pretrain_once_and_reuses_it(ray_session, tracking
                                           tmp_path / where / r.info.run_id))
             if r.data.params["strategy.name"] == "scratch":
                 assert source["task"] is None
+                assert "orch.upstream_key" not in r.data.tags
             else:  # the checkpoint it started from is the pretrain run's artifact
                 assert source["sha256"] == digest
+                assert r.data.tags["orch.upstream_key"] == pre.data.tags["orch.trial_key"]
                 assert source["config"]["data"]["classes"] == [0, 1, 2, 3, 4]
             assert "backbone/drift" in r.data.metrics
             assert len(ml.get_metric_history(r.info.run_id, "val/acc")) == 3
