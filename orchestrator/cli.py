@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -86,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    # MLflow's per-download progress bars would interleave with ours (reports, upstreams).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from orchestrator.errors import SpecError
     from orchestrator.tracking import TrackingUnavailable
 
