@@ -121,8 +121,8 @@ class Client:
         df = df.sort_values(["trial_index", "start_time"]).drop_duplicates("trial_index",
                                                                           keep="last")
         # A trial shared by overlapping sub-grids ran once; it gets a row in each grid.
-        extra = [{**row, **arm} for row in df.to_dict("records") if row["_also"]
-                 for arm in json.loads(row["_also"])]
+        extra = [{**row, **arm} for row in df.to_dict("records")
+                 if isinstance(row["_also"], str) for arm in json.loads(row["_also"])]
         if extra:
             df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
         return df.drop(columns="_also").reset_index(drop=True)

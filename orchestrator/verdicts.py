@@ -300,6 +300,12 @@ def _label(value: Any) -> str:
     return str(n[1]).lower() if n[0] == "bool" else str(n[1])
 
 
+def _is(keys: pd.Series, key: Any) -> pd.Series:
+    """Rows whose normalised key is ``key``. Keys are tuples, which ``keys == key`` would
+    compare element-wise (or fail to broadcast) instead of as one value."""
+    return keys.map(lambda k: k == key).astype(bool)
+
+
 def _mask(column: pd.Series, target: Any) -> pd.Series:
     targets = target if isinstance(target, list) else [target]
     return column.map(lambda v: any(values_match(v, t) for t in targets)).astype(bool)
@@ -579,9 +585,9 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
     keys = rows[claim.axis].map(_norm)
     arm_rows: dict[Any, pd.DataFrame] = {}
     for k in dict.fromkeys(k for k in keys if k is not None):
-        arm_rows[k] = rows[keys == k]
+        arm_rows[k] = rows[_is(keys, k)]
     ok_keys = ok[claim.axis].map(_norm)
-    values = {k: ok[ok_keys == k] for k in arm_rows}
+    values = {k: ok[_is(ok_keys, k)] for k in arm_rows}
     arms = tuple(_arm_stats(_label(r[claim.axis].iloc[0]), r,
                             values[k]["value"].to_numpy(float), claim.confidence)
                  for k, r in arm_rows.items())
@@ -785,7 +791,7 @@ def _evaluate_one(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context) -> Verd
     gkeys = rows[claim.group_by].map(_norm)
     subs = []
     for k in dict.fromkeys(k for k in gkeys if k is not None):
-        part = rows[gkeys == k]
+        part = rows[_is(gkeys, k)]
         g = _label(part[claim.group_by].iloc[0])
         sub = _run_test(claim, part, ctx)
         subs.append(replace(sub, id=f"{claim.id}[{claim.group_by}={g}]", group=g))
