@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -46,6 +47,7 @@ TAG_NODE = "orch.node"
 TAG_ATTEMPT = "orch.attempt"
 TAG_PID = "orch.pid"              # the worker process that ran the attempt (on orch.node)
 TAG_REUSED = "orch.reused_from"
+TAG_TOKEN = "orch.create_token"  # makes a retried create_run idempotent
 TAG_UPSTREAM = "orch.upstream_key"  # the trial key of the run this one needed first
 TAG_CANCEL = "orch.cancel_requested"
 TAG_PARENT = "mlflow.parentRunId"
@@ -208,8 +210,21 @@ class Tracker:
     def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str],
                   params: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
         """Create a run with its tags, params and (optionally) ``config.yaml``."""
-        run = self._retrying(f"create run {name!r}", lambda: self.client.create_run(
-            experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}))
+        # A request that timed out may still have created the run on the server: each
+        # retry first looks for the run by a token of this call, so it is never made twice.
+        token = uuid.uuid4().hex
+        tags = {**tags, TAG_TOKEN: token}
+
+        tries = []
+
+        def create() -> Any:
+            tries.append(1)
+            found = self.client.search_runs(
+                [experiment_id], f"tags.`{TAG_TOKEN}` = '{token}'") if len(tries) > 1 else []
+            return found[0] if found else self.client.create_run(
+                experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+
+        run = self._retrying(f"create run {name!r}", create)
         run_id = run.info.run_id
         self._repos[run_id] = get_artifact_repository(run.info.artifact_uri,
                                                       tracking_uri=self.uri)
