@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -26,8 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import Client
 from orchestrator.cli import main
+from tests.sweep_process import start_sweep, wait_running
 
-ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 3
 # 50 examples per class: 500 training examples, so a global batch of 32 leaves a last batch
 # of 20 (split 10/10 over two ranks): the equivalence covers a partial batch too.
@@ -105,30 +103,6 @@ LONG = ["bn_sync", "resources.workers=2", "model.norm=syncbn", "train.batch_size
         "sweep.seeds=1", "train.epochs=500"]
 
 
-def _start(tracking_uri: str, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", *args,
-                             "--tracking-uri", tracking_uri], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_running(tracking_uri: str, proc: subprocess.Popen, timeout: float = 240) -> str:
-    """The sweep id once its trial has logged a metric."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            client = Client(tracking_uri)
-            sweeps = client.sweeps()
-            if len(sweeps):
-                df = client.trials(sweeps.sweep_id.iloc[0])
-                if len(df) and "train/loss" in df and df["train/loss"].notna().any():
-                    return sweeps.sweep_id.iloc[0]
-        except Exception:  # noqa: BLE001 - the store may not exist yet
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    pytest.fail("no trial started in time")
-
 
 def _workers(sweep: subprocess.Popen, method: str = "") -> list[psutil.Process]:
     """The sweep's trial actors (Ray titles them ``ray::Class.method``): descendants of
@@ -151,8 +125,8 @@ def _workers(sweep: subprocess.Popen, method: str = "") -> list[psutil.Process]:
 
 @pytest.mark.parametrize("how", ["sigint", "orch cancel"])
 def test_cancel_two_worker_trial_leaves_no_worker(how: str, tracking_uri: str) -> None:
-    proc = _start(tracking_uri, LONG)
-    sweep_id = _wait_running(tracking_uri, proc)
+    proc = start_sweep(tracking_uri, LONG)
+    sweep_id = wait_running(tracking_uri, proc, timeout=240)
     ranks = _workers(proc, "GroupWorker")
     assert len(ranks) == 2, [p.cmdline() for p in ranks]
     workers = _workers(proc)  # recorded now: once the sweep exits they are orphans
@@ -175,8 +149,8 @@ def test_cancel_two_worker_trial_leaves_no_worker(how: str, tracking_uri: str) -
 
 def test_dead_rank_retries_the_trial(tracking_uri: str) -> None:
     epochs = 6
-    proc = _start(tracking_uri, [*LONG[:-1], f"train.epochs={epochs}", "data.per_class=60"])
-    sweep_id = _wait_running(tracking_uri, proc)
+    proc = start_sweep(tracking_uri, [*LONG[:-1], f"train.epochs={epochs}", "data.per_class=60"])
+    sweep_id = wait_running(tracking_uri, proc, timeout=240)
     (rank1,) = _workers(proc, "GroupWorker.run_rank")  # rank 0 runs ``run``, the others ``run_rank``
     rank1.kill()
     out, err = proc.communicate(timeout=300)
