@@ -1,18 +1,20 @@
-# make install: .venv with torch (CPU build first: see pyproject) and the project.
-# make demo:    a real study end to end on the embedded default (local Ray, sqlite MLflow).
-# make test:    the test suite (what .ci/run calls).
+# make install:   .venv with torch (CPU build first: see pyproject) and the project.
+# make demo:      a real study end to end on the embedded default (local Ray, sqlite MLflow).
+# make test:      the whole test suite (what .ci/run calls, after make lint).
+# make test-fast: the unit tests only (no sweep end to end), a few minutes.
+# make lint:      ruff (lint and format check), mypy, and the layering contract (import-linter).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(BIN)/orch: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: a bare "torch" requirement would fetch a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,lint]"
 	touch $(BIN)/orch
 
 install: $(BIN)/orch
@@ -24,6 +26,15 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The bench extra (Ray Tune, Hydra) once per pyproject change; then every scenario (~15 min).
 $(VENV)/.bench-extra: pyproject.toml $(BIN)/orch

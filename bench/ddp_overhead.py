@@ -9,7 +9,7 @@ Prints one JSON object (seconds):
 * ``trainer_fit_s``: wall time of each ``TorchTrainer.fit()`` whose train loop does one
   all-reduce and returns: what Ray Train adds per trial (worker group, placement group,
   process group, session), the first including worker start-up;
-* ``gang_boot_s``: a :class:`orchestrator.group.GroupSlot` from nothing to a formed process
+* ``gang_boot_s``: a :class:`orchestrator.runtime.group.GroupSlot` from nothing to a formed process
   group (paid once per slot);
 * ``gang_trial_s``: each empty trial (same one all-reduce) on that booted gang, driver to
   end of stream (paid per trial);
@@ -73,8 +73,8 @@ def trainer_fit(workers: int, trials: int, storage: str) -> list[float]:
 
 
 def gang(workers: int, trials: int) -> dict[str, list[float]]:
-    from orchestrator.group import GroupSlot
-    from orchestrator.specs import Resources
+    from orchestrator.core.specs import Resources
+    from orchestrator.runtime.slots import GroupSlot
 
     t0 = time.perf_counter()
     slot = GroupSlot(Resources(cpus=0.5, workers=workers), workers, ("bench.ddp_overhead",))

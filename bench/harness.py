@@ -13,7 +13,7 @@ start, imports, Ray, the tracking store, the trials), on the same trials:
 - ``hydra_multirun``: ``bench/hydra_app.py -m``, Hydra's basic (sequential) launcher, one
   ``mlflow.start_run`` per job into a fresh sqlite store.
 
-The harness plans each case once with orch's own planner (``orchestrator.plan``), so the
+The harness plans each case once with orch's own planner (``orchestrator.config.plan``), so the
 plain loop and Tune get exactly the resolved configs orch runs, and Hydra gets the same
 overrides. Medians are taken over repeats; runs of different runners are interleaved
 (repeat loop outside, runner loop inside) so that load drifting over time hits all alike.
@@ -148,8 +148,9 @@ class Planned:
 
 def plan_case(case: Case) -> Planned:
     import bench.tasks  # noqa: F401 - registers the benchmark tasks
-    from orchestrator.compose import composer
-    from orchestrator.plan import parse_overrides, plan_sweep
+    from orchestrator.config.compose import composer
+    from orchestrator.config.overrides import parse_overrides
+    from orchestrator.config.plan import plan_sweep
 
     plan = plan_sweep(composer(str(BENCH_CONF)), case.study, list(case.overrides))
     trials = [{"index": t.index, "task": t.task, "config": t.config} for t in plan.trials]

@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import bench.tasks  # noqa: F401 - registers the benchmark tasks
 from bench.common import record, run_trial
-from orchestrator.specs import SWEEP_KEYS
-from orchestrator.tracking import flatten
+from orchestrator.core.specs import SWEEP_KEYS
+from orchestrator.store.writer import flatten
 from tasks.events import Metrics, Summary
 
 

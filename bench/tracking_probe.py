@@ -5,7 +5,7 @@ Usage: ``python bench/tracking_probe.py TRIALS_JSON OUT_JSON WORKDIR REPEATS``.
 Measures what tracking adds to a trial, without Ray or start-up in the way:
 
 - ``untracked``: the trial's generator drained, nothing logged;
-- ``orch``: the driver's path (``orchestrator.tracking.Tracker``): a child run with the tags,
+- ``orch``: the driver's path (``orchestrator.store.writer.Tracker``): a child run with the tags,
   params and ``config.yaml`` orch writes, per-epoch metrics buffered and flushed in batches,
   the final metrics and outcome, ``end_run``;
 - ``fluent``: what the Hydra app does (``mlflow.start_run``, ``log_params``, one
@@ -38,12 +38,12 @@ def main(argv: list[str]) -> int:
     import torch
 
     import bench.tasks  # noqa: F401 - registers the benchmark tasks
-    from orchestrator import tracking as tr
+    from orchestrator.store import schema, writer
     from tasks.events import Metrics, Summary
 
     torch.set_num_threads(1)
     trial = load_trials(trials_path)[0]
-    params = {"task": trial["task"], **tr.flatten(trial["config"])}
+    params = {"task": trial["task"], **writer.flatten(trial["config"])}
 
     def untracked() -> None:
         for _ in run_trial(trial["task"], trial["config"]):
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     untracked()  # warm-up: dataset cache, torch kernels; not timed
 
     t0 = time.perf_counter()
-    tracker = tr.Tracker(f"sqlite:///{workdir / 'orch.db'}")
+    tracker = writer.Tracker(f"sqlite:///{workdir / 'orch.db'}")
     tracker.check()
     experiment = tracker.experiment_id("bench_tracking")
     store_create_s = time.perf_counter() - t0
@@ -61,9 +61,9 @@ def main(argv: list[str]) -> int:
 
     def orch_tracked(i: int) -> None:
         # The tags, params and config artifact orch's _Recorder writes for a child run.
-        tags = {tr.TAG_KIND: "trial", tr.TAG_SWEEP: "bench", tr.TAG_STUDY: "bench_tracking",
-                tr.TAG_KEY: f"k{i}", tr.TAG_INDEX: i, tr.TAG_ARM: "{}", tr.TAG_ATTEMPT: 1,
-                tr.TAG_NODE: "localhost", "orch.node_id": "n"}
+        tags = {schema.TAG_KIND: "trial", schema.TAG_SWEEP: "bench", schema.TAG_STUDY: "bench_tracking",
+                schema.TAG_KEY: f"k{i}", schema.TAG_INDEX: i, schema.TAG_ARM: "{}", schema.TAG_ATTEMPT: 1,
+                schema.TAG_NODE: "localhost", "orch.node_id": "n"}
         run_id = tracker.start_run(experiment, f"trial-{i}", tags, params,
                                    {"task": trial["task"], **trial["config"]})
         last = 0
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
                 tracker.maybe_flush()
             elif isinstance(event, Summary):
                 tracker.log_metrics(run_id, event.values, last)
-        tracker.set_tags(run_id, {tr.TAG_OUTCOME: "finished"})
+        tracker.set_tags(run_id, {schema.TAG_OUTCOME: "finished"})
         tracker.end_run(run_id, "FINISHED")
 
     def fluent_tracked(i: int) -> None:

@@ -4,7 +4,7 @@
 :meth:`orchestrator.Client.trials` returns it, the verdicts, per-run metric histories) and
 writes ``report.html`` with every figure embedded as base64 PNG (so the page can be mailed
 or opened from MLflow's artifact view) and also saved beside it. It reads no store: the
-MLflow side lives in :mod:`orchestrator.reporting`.
+MLflow side lives in :mod:`orchestrator.report.build`.
 
 The learning curves stay readable for large sweeps: one panel per value of the first axis
 that varies (e.g. one per ``grid`` or per ``optimizer``), one line per remaining arm with
@@ -29,9 +29,9 @@ import matplotlib
 matplotlib.use("Agg")  # no display on cluster nodes / CI; must precede pyplot
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from orchestrator.verdicts import ArmStats, Verdict  # noqa: E402
@@ -294,7 +294,7 @@ tr.failed td,tr.diverged td{background:#fff5f5} td.err{max-width:380px;overflow:
 def _search_html(search: object, out: Path) -> tuple[str, list[Path]]:
     """The section of a search sweep: best trial, fANOVA importances, Optuna's plots.
 
-    ``search`` is an :class:`orchestrator.search.SearchSummary` (figures as local paths);
+    ``search`` is an :class:`orchestrator.search.optuna_search.SearchSummary` (figures as local paths);
     its PNGs are copied beside the report and embedded.
     """
     best = getattr(search, "best", {}) or {}
@@ -340,7 +340,7 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
         histories: metric -> run_id -> ``[step, value]``: one curve figure per metric, in
             this order (runs without a history are skipped).
         axes: The sweep's axes (the parent run's ``orch.axes``); those that vary name arms.
-        search: A search sweep's :class:`orchestrator.search.SearchSummary`: adds a section
+        search: A search sweep's :class:`orchestrator.search.optuna_search.SearchSummary`: adds a section
             with its best trial, importances and plots (their PNGs are written too).
 
     Returns:

@@ -11,6 +11,10 @@ from typing import Any
 from pydantic import ValidationError
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached or opened (exit 1, not bad input)."""
+
+
 class SpecError(ValueError):
     """Invalid user input (config, override, study name). Exit code 2."""
 

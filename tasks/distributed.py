@@ -29,6 +29,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from tasks.syncbn import convert_for_device
+
 #: How long a collective may wait for a peer before raising. A peer that crashed without
 #: closing its sockets would otherwise hang the trial for torch's default of 30 minutes.
 DEFAULT_TIMEOUT_S = 300.0
@@ -97,8 +99,6 @@ def prepare_model(model: nn.Module, norm: str, ctx: DistContext | None,
     if ctx is None or ctx.world_size == 1:
         return model
     if norm == "syncbn":
-        from tasks.syncbn import convert_for_device
-
         model = convert_for_device(model, device)
     from torch.nn.parallel import DistributedDataParallel as DDP
 

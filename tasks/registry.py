@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 from importlib.metadata import entry_points
+from typing import Any
 
 from tasks.events import Event
 from tasks.spec import StrictModel

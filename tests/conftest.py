@@ -3,12 +3,17 @@
 Ray's first start costs seconds, so every test shares one local session (2 CPUs, bound
 to loopback). The repo root goes on PYTHONPATH before Ray starts so that worker
 processes can import the test plugins in ``tests/plugins``.
+
+Tests write only inside their temp dirs: the run fails at the end if the checkout changed
+(``git status`` before and after). A test that uses Ray or a store is marked ``slow``;
+``make test-fast`` runs the others.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,10 +21,45 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Fixtures that mean a test runs Ray or writes a store: not a unit test.
+SLOW_FIXTURES = {"ray_session", "tracking_uri", "require_postgres"}
+
+
+def _checkout_state() -> str | None:
+    """``git status`` of the checkout (untracked files included), or None outside git."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    config.stash[_STATE] = _checkout_state()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_STATE, None)
+    after = _checkout_state()
+    if before is not None and after is not None and after != before:
+        changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
+        session.config.get_terminal_reporter().write_line(
+            "the tests changed the checkout (they must write only in their temp dirs): "
+            + "; ".join(changed[:10]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_STATE = pytest.StashKey[str | None]()
 
 
 @pytest.fixture(scope="session")

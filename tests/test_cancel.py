@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
 import psutil
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestrator import Client
 from orchestrator.cli import main
@@ -18,15 +16,27 @@ LONG = ["optimizers", "optimizer=adam", "model=cnn_d", "seed=range(4)", "train.e
 
 
 
-def _trial_workers() -> list[psutil.Process]:
-    """Processes running trials (Ray names them after the actor class); the test's own
-    Ray session runs no sweep meanwhile, so any is the cancelled sweep's."""
+def _trial_workers(root: int) -> list[psutil.Process]:
+    """The sweep's processes running trials (Ray names them after the actor class): only
+    the sweep process's own tree is looked at, never the rest of the machine."""
     out = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in psutil.Process(root).children(recursive=True):
         try:
-            if "TrialWorker" in " ".join(p.info["cmdline"] or []):
+            if "TrialWorker" in " ".join(p.cmdline()):
                 out.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    # is_running() also checks the creation time: a recycled pid is not taken for ours.
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
             continue
     return out
 
@@ -45,7 +55,8 @@ def _assert_killed(tracking_uri: str, sweep_id: str) -> None:
 def test_cancel_kills_trials_and_leaves_no_worker(how: str, tracking_uri: str) -> None:
     proc = start_sweep(tracking_uri, LONG)
     sweep_id = wait_running(tracking_uri, proc, timeout=120)
-    assert _trial_workers(), "a trial worker should be running"
+    workers = _trial_workers(proc.pid)
+    assert workers, "a trial worker should be running"
     if how == "sigint":
         proc.send_signal(signal.SIGINT)
     else:
@@ -55,6 +66,6 @@ def test_cancel_kills_trials_and_leaves_no_worker(how: str, tracking_uri: str) -
     assert "cancelled" in err
     _assert_killed(tracking_uri, sweep_id)
     deadline = time.monotonic() + 15
-    while _trial_workers() and time.monotonic() < deadline:
+    while _alive(workers) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _trial_workers()
+    assert not _alive(workers)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -166,3 +167,25 @@ def test_dead_rank_retries_the_trial(tracking_uri: str) -> None:
         "died" in by_outcome["retried"].data.tags["orch.error"].lower()
     assert by_outcome["finished"].data.tags["orch.attempt"] == "2"
     assert len(ml.get_metric_history(by_outcome["finished"].info.run_id, "val/acc")) == epochs
+
+
+def test_two_worker_trial_over_its_memory_limit_fails_and_the_sweep_goes_on(
+        ray_session, tracking_uri: str, tmp_path: Path) -> None:
+    """The one trial runner serves gangs too: a k=2 trial over ``resources.memory_mb`` ends
+    FAILED with the memory error, the next trial runs on a fresh gang, and the run carries
+    the worker's ``system/*`` metrics."""
+    from tests.test_failures import PLUGINS, trial_runs, user_conf
+
+    conf = user_conf(tmp_path, "hog", "hogs2", {"total_mb": 3000, "every_s": 0.1},
+                     {"axes": {"total_mb": "3000,100"}, "metric": "held_mb", "retries": 0},
+                     resources={"memory_mb": 1200, "workers": 2, "cpus": 1})
+    assert main(["sweep", "hogs2", "--config-dir", str(conf), "--tasks", PLUGINS,
+                 "--tracking-uri", tracking_uri]) == 0
+    runs = {int(r.data.params["total_mb"]): r for r in trial_runs(tracking_uri, "hogs2")}
+    hog, small = runs[3000], runs[100]
+    assert hog.data.params["resources.workers"] == "2"
+    assert hog.info.status == "FAILED" and hog.data.tags["orch.outcome"] == "failed"
+    assert hog.data.tags["orch.error"].startswith("MemoryLimitExceeded: ")
+    assert "MB > limit 1200 MB (resources.memory_mb)" in hog.data.tags["orch.error"]
+    assert small.data.tags["orch.outcome"] == "finished"
+    assert any(k.startswith("system/") for k in hog.data.metrics), hog.data.metrics

@@ -4,7 +4,7 @@ Grafana provisioning, and the Grafana dashboards (no Docker engine needed).
 What is checked is what breaks a deployment silently: a long-running service without a
 health check, a volume used but not declared (or data not on a named volume), a secret
 written into a file, a torch pin outside pyproject's range, a dashboard querying a metric
-name that orchestrator/metrics.py does not export.
+name that orchestrator/runtime/metrics.py does not export.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from orchestrator import metrics
+from orchestrator.runtime import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -268,7 +268,7 @@ def test_dashboards_valid_with_required_panels() -> None:
 
 
 def test_dashboard_metrics_are_exported_names() -> None:
-    """Every ray_orch_* series a dashboard queries is one orchestrator/metrics.py exports
+    """Every ray_orch_* series a dashboard queries is one orchestrator/runtime/metrics.py exports
     (Ray prefixes ``ray_``; counters gain ``_total``; histograms ``_bucket/_sum/_count``),
     and every exported metric is shown somewhere."""
     exported = {name for names in metrics.EXPORTED.values() for name in names}

@@ -194,7 +194,7 @@ def test_ray_out_of_memory_is_named_not_a_silent_death() -> None:
     merely lists the OOM killer among possible causes, is not taken for one."""
     from ray.exceptions import ActorDiedError, OutOfMemoryError
 
-    from orchestrator.memory import is_out_of_memory
+    from orchestrator.runtime.memory import is_out_of_memory
 
     assert is_out_of_memory(OutOfMemoryError(
         "Task was killed due to the node running low on memory.\nMemory on the node ..."))
@@ -351,7 +351,7 @@ def test_local_cluster_secure_defaults(tmp_path: Path) -> None:
     probe = (
         "import ray\n"
         "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
-        "from orchestrator.sweep import init_ray\n"
+        "from orchestrator.runtime.cluster import init_ray\n"
         "init_ray(None, num_cpus=1)\n"
         "node = ray._private.worker._global_node\n"
         "print('webui=' + repr(node.address_info.get('webui_url')))\n"

@@ -17,9 +17,21 @@ from pydantic import ValidationError
 from orchestrator.cli import main
 from tasks import data as datasets
 from tasks.events import Metrics, Summary
-from tasks.finetune import (CHECKPOINT, SOURCE, FinetuneSpec, Freezer, PretrainSpec,
-                            backbone_blocks, build_finetune_model, load_checkpoint,
-                            needs_pretrain, param_groups, pretrain, run, save_checkpoint)
+from tasks.finetune import (
+    CHECKPOINT,
+    SOURCE,
+    FinetuneSpec,
+    Freezer,
+    PretrainSpec,
+    backbone_blocks,
+    build_finetune_model,
+    load_checkpoint,
+    needs_pretrain,
+    param_groups,
+    pretrain,
+    run,
+    save_checkpoint,
+)
 from tasks.optimizers import build_optimizer
 from tasks.training import fit
 

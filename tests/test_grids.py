@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.compose import composer
-from orchestrator.plan import plan_sweep
+from orchestrator.config.compose import composer
+from orchestrator.config.plan import plan_sweep
 
 
 def test_overlapping_grids_share_a_trial_with_an_arm_in_each() -> None:

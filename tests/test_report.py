@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from dashboards.report import SweepInfo, arm_table, build_report
 from orchestrator import Client
 from orchestrator.cli import main
-from orchestrator.reporting import report_sweep
+from orchestrator.report import report_sweep
 from orchestrator.verdicts import evaluate, verdicts_from_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -22,13 +22,20 @@ from optuna.trial import TrialState
 
 from orchestrator import Client
 from orchestrator.cli import EXIT_BAD_INPUT, main
-from orchestrator.compose import composer
+from orchestrator.config.compose import composer
+from orchestrator.config.plan import plan_sweep
+from orchestrator.config.space import parse_param
+from orchestrator.core.specs import SearchClaimSpec, SearchSpec
 from orchestrator.errors import SpecError
-from orchestrator.plan import plan_sweep
-from orchestrator.search import (ATTR_OUTCOME, ATTR_RERUN, ATTR_RUN, OptunaSource, analyse,
-                                 resolve_storage, search_verdicts)
-from orchestrator.space import parse_param
-from orchestrator.specs import SearchClaimSpec, SearchSpec
+from orchestrator.search import (
+    ATTR_OUTCOME,
+    ATTR_RERUN,
+    ATTR_RUN,
+    OptunaSource,
+    analyse,
+    resolve_storage,
+    search_verdicts,
+)
 from tasks import registry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import Client
-from orchestrator.metrics import EXPORTED, QUEUE_WAIT, TRIALS
+from orchestrator.runtime.metrics import EXPORTED, QUEUE_WAIT, TRIALS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -248,8 +248,8 @@ def test_submit_runs_sweep_as_ray_job(ray_head: dict, mlflow_server: str) -> Non
 # -- the checks orch submit makes before anything reaches a cluster (no Ray needed) --------
 
 def test_submit_refuses_stores_the_cluster_cannot_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.cli.jobs import cluster_tracking_uri, job_api_address
     from orchestrator.errors import SpecError
-    from orchestrator.jobs import cluster_tracking_uri, job_api_address
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
@@ -271,8 +271,8 @@ def test_submit_refuses_stores_the_cluster_cannot_reach(monkeypatch: pytest.Monk
 def test_submit_entrypoint_and_runtime_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shlex
 
+    from orchestrator.cli.jobs import entrypoint, runtime_env
     from orchestrator.errors import SpecError
-    from orchestrator.jobs import entrypoint, runtime_env
 
     cmd = entrypoint("optimizers", ["seed=range(3)", "optimizer=sgd,adam"], "http://mlflow:5000",
                      quick=True, config_dir="studies", tasks=["my.tasks"])
@@ -295,7 +295,7 @@ def test_submit_entrypoint_and_runtime_env(tmp_path: Path, monkeypatch: pytest.M
 
 def test_sweep_metrics_queue_wait_and_running() -> None:
     """Queue wait counts from the sweep's start, or from a retry; running goes up and down."""
-    from orchestrator.metrics import SweepMetrics
+    from orchestrator.runtime.metrics import SweepMetrics
 
     now = [100.0]
     m = SweepMetrics("optimizers", "s-1", clock=lambda: now[0])

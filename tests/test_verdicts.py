@@ -2,7 +2,7 @@
 
 The tables have the shape of ``Client.trials``: run_id, outcome, seed, arm columns and final
 metrics as columns. Values are built so that each expected verdict follows from the rules in
-``orchestrator/verdicts.py`` with a clear margin, not from a lucky random draw.
+``orchestrator/verdicts/engine.py`` with a clear margin, not from a lucky random draw.
 """
 
 from __future__ import annotations
@@ -17,8 +17,14 @@ from scipy import stats
 
 from orchestrator.cli import main
 from orchestrator.errors import SpecError
-from orchestrator.verdicts import (ClaimSpec, Verdict, evaluate, values_match,
-                                   verdicts_from_json, verdicts_to_json)
+from orchestrator.verdicts import (
+    ClaimSpec,
+    Verdict,
+    evaluate,
+    values_match,
+    verdicts_from_json,
+    verdicts_to_json,
+)
 
 NOISE = [0.004, -0.003, 0.001, -0.002, 0.0]  # fixed per-seed noise, mean 0
 
@@ -391,7 +397,7 @@ def test_malformed_claim_in_a_study_is_exit_2_at_plan_time(tmp_path: Path, capsy
 
 
 def test_duplicate_claim_ids_are_rejected() -> None:
-    from orchestrator.specs import StudyInfo
+    from orchestrator.core.specs import StudyInfo
 
     with pytest.raises(ValidationError, match="repeated: C"):
         StudyInfo.model_validate({"name": "s", "claims": [compare("a_better"),

@@ -10,12 +10,12 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import yaml
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.core.object_type import ObjectType
 from hydra.errors import HydraException
 from hydra.types import RunMode
-import yaml
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -26,8 +26,10 @@ PRIMARY_CONFIG = "config"
 
 def builtin_config_dir() -> Path:
     """The built-in ``conf/`` tree (repo checkout or installed package data)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf", here / "builtin_conf"):
+    package = Path(__file__).resolve().parent.parent  # orchestrator/
+    # A checkout (or an editable install) has conf/ beside the package; a wheel ships it
+    # as orchestrator/builtin_conf (pyproject's package-dir).
+    for candidate in (package.parent / "conf", package / "builtin_conf"):
         if (candidate / f"{PRIMARY_CONFIG}.yaml").exists():
             return candidate
     raise FileNotFoundError("the built-in conf/ directory is missing from this installation")
@@ -49,6 +51,11 @@ class Composer:
                                 anchor=SearchPathQuery(provider="main"))
         self.config_dir = config_dir
         self._loader = ConfigLoaderImpl(config_search_path=search_path)
+
+    @property
+    def loader(self) -> ConfigLoaderImpl:
+        """Hydra's config loader over this search path (``glob()`` sweeps ask it for options)."""
+        return self._loader
 
     def group_options(self, group: str) -> list[str]:
         """Option names of a config group (e.g. ``optimizer`` -> ``adam, sgd, ...``)."""

@@ -1,5 +1,9 @@
 """``orch``: the command line.
 
+Each command imports the layers it needs when it runs (the imports inside the ``cmd_*``
+functions): ``orch --help``, ``orch studies`` and ``orch ls`` must not pay for Ray, torch
+or the report's plotting.
+
 Exit codes: 0 the command did its work (a sweep completed, even with failed trials,
 which are reported); 2 bad input (nothing started, nothing written); 1 the command could
 not run (tracking store unreachable, cluster unavailable); 130 the sweep was cancelled.
@@ -10,13 +14,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+from orchestrator.cli import jobs
+from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+from orchestrator.errors import SpecError, TrackingUnavailable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,9 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                     "is a Ray job id")
     store(sp)
 
-    from orchestrator.jobs import add_parsers  # submit, jobs, logs (orchestrator/jobs.py)
-
-    add_parsers(sub, configs, store)
+    jobs.add_parsers(sub, configs, store)  # submit, jobs, logs
     return p
 
 
@@ -89,9 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     # MLflow's per-download progress bars would interleave with ours (reports, upstreams).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from orchestrator.errors import SpecError
-    from orchestrator.tracking import TrackingUnavailable
-
     try:
         return _COMMANDS[args.command](args, out, err)
     except SpecError as e:
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _composer(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps --help fast
-    from orchestrator.compose import composer
+    from orchestrator.config.compose import composer
     from tasks import registry
 
     registry.load_plugins(tuple(args.tasks))
@@ -126,7 +126,7 @@ def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from orchestrator.plan import plan_sweep
+    from orchestrator.config.plan import plan_sweep
     from orchestrator.sweep import run_sweep
 
     plan = plan_sweep(_composer(args), args.study, list(args.overrides), quick=args.quick)
@@ -159,7 +159,6 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
 def _check_address(address: str | None, cluster: "ClusterSpec") -> None:  # noqa: F821
     """``--address`` joins an existing cluster, whose size Ray will not change: asking for
     both is bad input (Ray would refuse it only after connecting)."""
-    from orchestrator.errors import SpecError
 
     if address and (cluster.num_cpus is not None or cluster.num_gpus is not None):
         raise SpecError("--address and cluster.num_cpus/cluster.num_gpus are mutually "
@@ -250,7 +249,7 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
 def _verdict_table(out: Console, verdicts: list) -> None:  # list[Verdict]; lazy import
     from rich.markup import escape
 
-    from orchestrator.reporting import verdict_rows
+    from orchestrator.report import verdict_rows
 
     if not verdicts:
         return
@@ -266,7 +265,7 @@ def _verdict_table(out: Console, verdicts: list) -> None:  # list[Verdict]; lazy
 
 
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from orchestrator.reporting import report_sweep
+    from orchestrator.report import report_sweep
 
     verdicts, paths = report_sweep(args.tracking_uri, args.sweep_id, args.out)
     _verdict_table(out, verdicts)
@@ -278,27 +277,20 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_cancel(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.client import Client
-    from orchestrator.tracking import TAG_CANCEL
+    from orchestrator.store import schema
 
     if args.address:  # a Ray job submitted with orch submit
-        from orchestrator.jobs import cmd_stop
-
-        return cmd_stop(args, out, err)
+        return jobs.cmd_stop(args, out, err)
     client = Client(args.tracking_uri)
     parent = client.sweep_run(args.sweep_id)
     if parent.info.status != "RUNNING":
         err.print(f"sweep {args.sweep_id} is not running ({parent.info.status})", highlight=False)
         return EXIT_ERROR
-    client.mlflow.set_tag(parent.info.run_id, TAG_CANCEL, "1")
+    client.mlflow.set_tag(parent.info.run_id, schema.TAG_CANCEL, "1")
     out.print(f"cancel requested for {parent.data.tags['orch.sweep_id']}", highlight=False)
     return EXIT_OK
 
 
 _COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "resume": cmd_resume, "ls": cmd_ls,
              "show": cmd_show, "cancel": cmd_cancel, "report": cmd_report}
-from orchestrator.jobs import COMMANDS as _JOB_COMMANDS  # noqa: E402 - submit, jobs, logs
-
-_COMMANDS.update(_JOB_COMMANDS)
-
-if __name__ == "__main__":
-    sys.exit(main())
+_COMMANDS.update(jobs.COMMANDS)  # submit, jobs, logs

@@ -36,17 +36,20 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from omegaconf import OmegaConf
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
+from orchestrator.config.builder import TrialBuilder
+from orchestrator.config.overrides import expand, parse_overrides
+from orchestrator.core.specs import SearchSpec, Trial
 from orchestrator.errors import SpecError
-from orchestrator.plan import _expand, parse_overrides
-from orchestrator.specs import SearchSpec, Trial
 
 if TYPE_CHECKING:
     import optuna
-
-    from orchestrator.plan import TrialBuilder
 
 WHERE = "search.space."
 #: Group-choice combinations checked exhaustively at plan time; beyond it, each alone.
@@ -170,7 +173,7 @@ class SearchPlan:
 
     spec: SearchSpec
     space: SearchSpace
-    builder: "TrialBuilder"
+    builder: TrialBuilder
     metrics: tuple[str, ...]
     directions: tuple[str, ...]          # "maximize" / "minimize", Optuna's words
     report_metric: str
@@ -300,7 +303,7 @@ def _first(e: Exception) -> str:
     return lines[1].strip() if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
 
 
-def plan_search(builder: "TrialBuilder", spec: SearchSpec, cli_axes: list[Override],
+def plan_search(builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override],
                 pinned: dict[str, Any]) -> SearchPlan:
     """Parse and check a study's search space (plus command-line sweeps), before any run.
 
@@ -326,7 +329,7 @@ def plan_search(builder: "TrialBuilder", spec: SearchSpec, cli_axes: list[Overri
     entries: dict[str, tuple[Any, Override | None]] = {
         k: (v, None) for k, v in spec.space.items() if k not in pinned}
     for o in cli_axes:
-        o.config_loader = composer._loader  # glob() asks the loader for a group's options
+        o.config_loader = composer.loader  # glob() asks the loader for a group's options
         # `search.space.optimizer.lr=interval(..)` names the space's key in full.
         entries[o.key_or_group.removeprefix(WHERE)] = (None, o)
     params: dict[str, Param] = {}
@@ -335,7 +338,7 @@ def plan_search(builder: "TrialBuilder", spec: SearchSpec, cli_axes: list[Overri
         options = composer.group_options(key) if group else None
         if override is not None and override.is_choice_sweep():
             # glob() and choices of group options expand like grid axes.
-            values = _expand(composer, override)
+            values = expand(composer, override)
             params[key] = _choice(key, values, _text(override), group,
                                   options)
         else:

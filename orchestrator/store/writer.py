@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -31,40 +32,17 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-
-# Tag names (the "orch." namespace keeps them apart from MLflow's own).
-TAG_KIND = "orch.kind"            # "sweep" or "trial"
-TAG_SWEEP = "orch.sweep_id"
-TAG_STUDY = "orch.study"
-TAG_KEY = "orch.trial_key"
-TAG_INDEX = "orch.trial_index"
-TAG_OUTCOME = "orch.outcome"      # finished | failed | diverged | pruned | killed
-TAG_ERROR = "orch.error"
-TAG_ARM = "orch.arm"
-TAG_ALSO = "orch.also_arms"       # JSON list: the arms of other sub-grids with this config
-TAG_NODE = "orch.node"
-TAG_ATTEMPT = "orch.attempt"
-TAG_PID = "orch.pid"              # the worker process that ran the attempt (on orch.node)
-TAG_REUSED = "orch.reused_from"
-TAG_TOKEN = "orch.create_token"  # makes a retried create_run idempotent
-TAG_UPSTREAM = "orch.upstream_key"  # the trial key of the run this one needed first
-TAG_CANCEL = "orch.cancel_requested"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_GIT = "mlflow.source.git.commit"
-
-#: MLflow run status for each trial outcome. A diverged run is FAILED (its training did)
-#: but counts as done: re-running the same seed would diverge again.
-STATUS = {"finished": "FINISHED", "failed": "FAILED", "diverged": "FAILED",
-          "pruned": "KILLED", "killed": "KILLED"}
-DONE_OUTCOMES = ("finished", "diverged")
+from orchestrator.errors import TrackingUnavailable
+from orchestrator.store.schema import (
+    TAG_CANCEL,
+    TAG_KIND,
+    TAG_SWEEP,
+    TAG_TOKEN,
+    is_server,
+)
 
 _BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
 
-
-def resolve_tracking_uri(explicit: str | None = None) -> str:
-    """``--tracking-uri``, then ``$MLFLOW_TRACKING_URI``, then MLflow's own default."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -96,14 +74,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-class TrackingUnavailable(RuntimeError):
-    """The tracking store cannot be reached or opened."""
-
-
-def is_server(uri: str) -> bool:
-    """True for a tracking *server* (http/https), as opposed to a database or local files."""
-    return uri.startswith(("http://", "https://"))
-
 
 @contextlib.contextmanager
 def fast_http(retries: int = 0, timeout_s: int = 5) -> Iterator[None]:
@@ -122,6 +92,17 @@ def fast_http(retries: int = 0, timeout_s: int = 5) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside an sqlite store's file, so the store
+    is one self-contained folder (MLflow's own default is ``./mlruns`` of whatever directory
+    the command ran in). None elsewhere: a server or file store decides for itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):]).resolve()
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    return (db.parent / "mlartifacts" / safe).as_uri()
 
 
 _T = TypeVar("_T")
@@ -203,7 +184,7 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=artifact_root(self.uri, name))
         except MlflowException:  # created meanwhile by another sweep
             return self.client.get_experiment_by_name(name).experiment_id
 

@@ -37,13 +37,7 @@ its process group may be left mid-collective.
 
 from __future__ import annotations
 
-import inspect
-import os
-import socket
-import threading
 import time
-import traceback
-from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -51,8 +45,9 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from orchestrator.specs import Resources
-from orchestrator.worker import Failure, NodeInfo, Stopped
+from orchestrator.core.results import Failure
+from orchestrator.core.specs import Resources
+from orchestrator.runtime.worker import GroupWorker
 
 #: How long the other ranks may take to end once rank 0's stream has ended (they run the
 #: same final collectives, so normally milliseconds).
@@ -60,116 +55,10 @@ SETTLE_S = 30.0
 #: How long rank 0 may keep running after another rank ended with an error before the gang
 #: is killed (rank 0 usually raises at its next collective by itself).
 GRACE_S = 5.0
-#: How long a trial's call waits for its rank to have joined the process group.
-JOIN_TIMEOUT_S = 300.0
-
-
-def accepts_dist(fn: Any) -> bool:
-    """Whether a task's ``run`` takes the ``dist`` keyword (it is data-parallel aware)."""
-    try:
-        return "dist" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@ray.remote(max_concurrency=2)
-class GroupWorker:
-    """One rank of a data-parallel gang; runs its slot's trials one after another."""
-
-    def __init__(self, rank: int, world_size: int, num_threads: int, gpus: float,
-                 task_modules: tuple[str, ...] = ()) -> None:
-        import torch
-
-        from tasks import registry
-
-        torch.set_num_threads(num_threads)
-        registry.load_plugins(task_modules)
-        self.rank, self.world_size, self.gpus = rank, world_size, gpus
-        self._stop: set[int] = set()
-        self._store: Any = None
-        self._ctx: Any = None
-        # The actor is threaded: a trial's call may start before ``join`` has returned in
-        # the other thread, and a rank without its group would train alone (and rank 0
-        # would wait for it forever). Trials wait for this first.
-        self._joined = threading.Event()
-        self._info = NodeInfo(ray.get_runtime_context().get_node_id(), socket.gethostname(),
-                              os.getpid())
-
-    def open_store(self) -> tuple[str, int]:
-        """Rank 0: start the rendezvous store; its address for the other ranks."""
-        from tasks import distributed
-
-        host = ray.util.get_node_ip_address()
-        self._store, port = distributed.open_store(host)
-        return host, port
-
-    def join(self, address: tuple[str, int]) -> NodeInfo:
-        """Join the gang's process group (blocks until every rank has); this rank's node."""
-        from tasks import distributed
-
-        backend = distributed.backend_for(self.gpus)
-        self._ctx = distributed.join(address[0], address[1], self.rank, self.world_size,
-                                     backend, store=self._store)
-        self._joined.set()
-        return self._info
-
-    def node(self, *joined: NodeInfo) -> NodeInfo:
-        """This rank's node; called with every rank's ``join`` ref, so it answers only
-        once the whole gang has formed its group."""
-        return self._info
-
-    def stop(self, trial_index: int) -> None:
-        self._stop.add(trial_index)
-
-    def run(self, trial_index: int, task_name: str, config: dict,
-            upstream: dict[str, bytes] | None = None) -> Iterator[object]:
-        """Rank 0: the trial's events, streamed (as ``TrialWorker.run``)."""
-        yield from self._events(trial_index, task_name, config, upstream)
-
-    def run_rank(self, trial_index: int, task_name: str, config: dict,
-                 upstream: dict[str, bytes] | None = None) -> Failure | None:
-        """Ranks > 0: run the trial in step with rank 0, discarding its events; its error."""
-        failure = None
-        for event in self._events(trial_index, task_name, config, upstream):
-            if isinstance(event, Failure):
-                failure = event
-        return failure
-
-    def _events(self, trial_index: int, task_name: str, config: dict,
-                upstream: dict[str, bytes] | None) -> Iterator[object]:
-        from tasks import distributed, registry
-
-        self._stop.discard(trial_index)
-        try:
-            if not self._joined.wait(JOIN_TIMEOUT_S):
-                raise RuntimeError(f"rank {self.rank} did not join its process group in "
-                                   f"{JOIN_TIMEOUT_S:.0f}s")
-            task = registry.get(task_name)
-            spec = task.spec.model_validate(config)
-            kwargs: dict[str, Any] = {"upstream": upstream} if task.upstream else {}
-            if not accepts_dist(task.run):
-                # Not data-parallel: rank 0 runs it alone, the others idle (no collectives).
-                if self.rank != 0:
-                    return
-                events = task.run(spec, **kwargs)
-                ctx = None
-            else:
-                events = task.run(spec, dist=self._ctx, **kwargs)
-                ctx = self._ctx
-            for event in events:
-                yield event
-                # One collective per event: every rank stops at the same step or none does.
-                if distributed.any_rank(trial_index in self._stop, ctx):
-                    events.close()
-                    yield Stopped()
-                    return
-        except Exception as e:  # noqa: BLE001 - any error of the trial is reported, not raised
-            yield Failure(type(e).__name__, f"rank {self.rank}: {str(e) or type(e).__name__}",
-                          traceback.format_exc())
 
 
 class ActorSlot:
-    """A slot of one :class:`~orchestrator.worker.TrialWorker` (the single-worker case)."""
+    """A slot of one :class:`~orchestrator.runtime.worker.TrialWorker` (the single-worker case)."""
 
     workers = 1
     broken = False
@@ -221,7 +110,8 @@ class GroupSlot:
                 memory=bundle.get("memory"),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.pg, placement_group_bundle_index=rank),
-            ).remote(rank, workers, threads, resources.gpus, task_modules)
+            ).remote(rank, workers, threads, resources.gpus, task_modules,
+                      resources.memory_mb)
             for rank in range(workers)]
         address = self.actors[0].open_store.remote()
         joined = [a.join.remote(address) for a in self.actors]
@@ -294,7 +184,3 @@ def new_slot(actor_factory: Any, resources: Resources, workers: int,
         return ActorSlot(actor_factory())
     return GroupSlot(resources, workers, task_modules)
 
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -1,6 +1,6 @@
 """Asynchronous dispatch of trials on Ray core.
 
-A fixed pool of :class:`~orchestrator.worker.TrialWorker` actors (one per slot) pulls
+A fixed pool of :class:`~orchestrator.runtime.worker.TrialWorker` actors (one per slot) pulls
 trials from a :class:`TrialSource`. There is no batch barrier: the moment a trial ends,
 its slot asks the source for the next one. Trials stream their events back through Ray
 streaming generators; the driver waits on all of them at once (``ray.wait``) and hands
@@ -20,15 +20,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import ray
-from ray.exceptions import (ActorDiedError, ActorUnavailableError, OutOfMemoryError,
-                            RayActorError, RayTaskError)
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+)
 
+from orchestrator.core.results import Failure, NodeInfo, Stopped
+from orchestrator.core.specs import Resources, Trial
 from orchestrator.errors import SpecError
-from orchestrator.group import new_slot
-from orchestrator.memory import is_out_of_memory
-from orchestrator.specs import Resources, Trial
-from orchestrator.sysmetrics import SystemMetrics
-from orchestrator.worker import Failure, NodeInfo, Stopped, TrialWorker
+from orchestrator.runtime.memory import is_out_of_memory
+from orchestrator.runtime.slots import new_slot
+from orchestrator.runtime.sysmetrics import SystemMetrics
+from orchestrator.runtime.worker import TrialWorker
 from tasks.events import Metrics, Summary
 
 
@@ -54,6 +60,15 @@ class TrialSource(Protocol):
 
     def retry(self, trial: Trial) -> bool:
         """Queue the trial again after its worker died; False if the source cannot."""
+
+    def trial_tags(self, trial: Trial) -> dict[str, Any]:
+        """Tags of the source's own for the trial's run (an Optuna trial number)."""
+
+    def started(self, trial: Trial, run_id: str) -> None:
+        """The trial's run exists (a sampler links it from its own trial)."""
+
+    def final_values(self, trial: Trial, summary: Summary | None) -> dict[str, float]:
+        """Values the source tracked that the trial's result should carry too."""
 
 
 class Listener(Protocol):
@@ -94,6 +109,15 @@ class GridSource:
 
     def finish(self, trial: Trial, outcome: str, summary: Summary | None) -> None:
         pass
+
+    def trial_tags(self, trial: Trial) -> dict[str, Any]:
+        return {}
+
+    def started(self, trial: Trial, run_id: str) -> None:
+        pass
+
+    def final_values(self, trial: Trial, summary: Summary | None) -> dict[str, float]:
+        return {}
 
 
 class Cancelled(Exception):
@@ -346,6 +370,6 @@ class Dispatcher:
         self._actors = []
 
 
-def _first_line(err: Exception) -> str:
+def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from orchestrator.cli.exits import EXIT_ERROR, EXIT_OK
 from orchestrator.errors import SpecError
+from orchestrator.store import schema
 
 #: Ray's own variable for the Job API address, used when ``--address`` is not given.
 ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
@@ -97,9 +99,8 @@ def cluster_tracking_uri(tracking_uri: str | None, address: str) -> str:
     on the head node's disk. A loopback server is refused unless the cluster is on this
     machine too, since on the head node 127.0.0.1 is the head itself.
     """
-    from orchestrator.tracking import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = schema.resolve_tracking_uri(tracking_uri)
     parsed = urlparse(uri)
     if parsed.scheme not in TRACKING_SCHEMES or not parsed.hostname:
         raise SpecError(
@@ -200,8 +201,9 @@ def submit(study: str, overrides: Sequence[str], *, address: str | None,
     The study and overrides are planned here first, so bad input exits 2 on this machine
     instead of as a failed job minutes later.
     """
-    from orchestrator.compose import composer
-    from orchestrator.plan import plan_sweep
+    # Planning loads the task modules (torch): only `orch submit` pays for it.
+    from orchestrator.config.compose import composer
+    from orchestrator.config.plan import plan_sweep
     from tasks import registry
 
     api = job_api_address(address)
@@ -287,7 +289,7 @@ def stop(address: str | None, job_id: str) -> bool:
     return bool(_call(api, job_id, lambda: client.stop_job(job_id)))
 
 
-# -- the CLI's job commands (orchestrator/cli.py registers them) ----------------------------
+# -- the CLI's job commands (orchestrator/cli/main.py registers them) ----------------------------
 
 def add_parsers(sub: Any, configs: Callable[[Any], None], store: Callable[[Any], None]) -> None:
     """``orch submit``, ``orch jobs`` and ``orch logs`` on the CLI's subparsers."""
@@ -314,14 +316,12 @@ def add_parsers(sub: Any, configs: Callable[[Any], None], store: Callable[[Any],
 
 
 def _unavailable(err: Any, e: ClusterUnavailable) -> int:
-    from orchestrator.cli import EXIT_ERROR
 
     err.print(f"[red]error:[/] {e}", highlight=False)
     return EXIT_ERROR
 
 
 def cmd_submit(args: Any, out: Any, err: Any) -> int:
-    from orchestrator.cli import EXIT_OK
 
     try:
         job_id = submit(args.study, args.overrides, address=args.address,
@@ -340,7 +340,6 @@ def cmd_submit(args: Any, out: Any, err: Any) -> int:
 def cmd_jobs(args: Any, out: Any, err: Any) -> int:
     from rich.table import Table
 
-    from orchestrator.cli import EXIT_OK
 
     try:
         rows = list_jobs(args.address)
@@ -363,7 +362,6 @@ def cmd_jobs(args: Any, out: Any, err: Any) -> int:
 def cmd_logs(args: Any, out: Any, err: Any) -> int:
     import sys
 
-    from orchestrator.cli import EXIT_OK
 
     def write(text: str) -> None:  # raw: a log is not markup, and follow needs flushing
         sys.stdout.write(text)
@@ -378,7 +376,6 @@ def cmd_logs(args: Any, out: Any, err: Any) -> int:
 
 def cmd_stop(args: Any, out: Any, err: Any) -> int:
     """``orch cancel JOB_ID --address URL``."""
-    from orchestrator.cli import EXIT_ERROR, EXIT_OK
 
     try:
         stopped = stop(args.address, args.sweep_id)

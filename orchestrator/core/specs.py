@@ -120,7 +120,7 @@ class PrunerSpec(StrictModel):
 
 
 class SearchClaimSpec(StrictModel):
-    """A claim about a search (HP-1, HP-2), checked by :func:`orchestrator.search.search_verdicts`.
+    """A claim about a search (HP-1, HP-2), checked by :func:`orchestrator.search.optuna_search.search_verdicts`.
 
     ``importance``: the most important parameter (fANOVA) is one of ``first`` and the
     ``last`` parameters rank, on average, below the others. ``inside``: the best trial's
@@ -154,7 +154,7 @@ class SearchClaimSpec(StrictModel):
 
 
 class SearchSpec(StrictModel):
-    """A hyperparameter search (Optuna) instead of a grid; ``orchestrator.search`` runs it.
+    """A hyperparameter search (Optuna) instead of a grid; ``orchestrator.search.optuna_search`` runs it.
 
     ``space`` maps a config key (``optimizer.lr``) or config group (``optimizer``) to a
     distribution in the grammar of Hydra's Optuna sweeper: ``interval(1e-4, 1e-1)``,

@@ -1,6 +1,6 @@
 """Verdicts and the HTML report of a sweep, read from and written to its MLflow parent run.
 
-:func:`report_sweep` is what the end of :func:`orchestrator.sweep.run_sweep` and
+:func:`report_sweep` is what the end of :func:`orchestrator.sweep.run.run_sweep` and
 ``orch report`` call: it loads the trials (:class:`orchestrator.Client`), the per-epoch
 histories (following ``orch.reused_from`` like :meth:`Client.history`), the study's claims
 (the parent run's ``config.yaml``, ``study.claims``), evaluates them and logs
@@ -11,88 +11,70 @@ histories (following ``orch.reused_from`` like :meth:`Client.history`), the stud
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import yaml
-from mlflow.entities import RunTag
+from mlflow.entities import Run, RunTag
 from rich.markup import escape
 
-from orchestrator import tracking as tr
+from dashboards.report import SweepInfo, build_report
+from orchestrator.search import load_search_summary, summary_verdicts
+from orchestrator.store import schema
+from orchestrator.store.reader import StoreReader
 from orchestrator.verdicts import ClaimSpec, Verdict, evaluate, parse_claims, verdicts_to_json
 
-if TYPE_CHECKING:
-    from orchestrator.client import Client
 
-VERDICTS_ARTIFACT = "verdicts.json"
-REPORT_FOLDER = "report"
-TAG_VERDICT = "orch.verdict."
-
-
-def verdict_tag(claim_id: str) -> str:
-    """The tag key of a claim's verdict (characters MLflow rejects become ``_``)."""
-    return TAG_VERDICT + re.sub(r"[^\w./\- ]", "_", claim_id)
-
-
-def _config(client: "Client", parent_id: str) -> dict[str, Any]:
+def _config(reader: StoreReader, parent_id: str) -> dict[str, Any]:
     """The sweep's composed config, as the parent run stored it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.mlflow.download_artifacts(parent_id, "config.yaml", tmp)
-        return yaml.safe_load(Path(local).read_text()) or {}
+    return yaml.safe_load(reader.read_text(parent_id, schema.CONFIG_ARTIFACT)) or {}
 
 
 def _claims(config: dict[str, Any]) -> list[ClaimSpec]:
     return parse_claims((config.get("study") or {}).get("claims") or [])
 
 
-def _history_source(trials: pd.DataFrame) -> dict[str, str]:
-    """run_id -> the run whose metric history it has (a reused run points to its source)."""
-    if trials.empty:
-        return {}
-    reused = trials["reused_from"] if "reused_from" in trials else pd.Series(None, trials.index)
-    return {str(r): str(s) if isinstance(s, str) and s else str(r)
-            for r, s in zip(trials["run_id"], reused)}
-
-
 class _Histories:
-    """Cached ``history(run_id, metric)`` over one tracking store."""
+    """Cached ``history(run_id, metric)`` over one store; a reused run reads its source's."""
 
-    def __init__(self, client: "Client", trials: pd.DataFrame) -> None:
-        self.client, self.source = client, _history_source(trials)
+    def __init__(self, reader: StoreReader, trials: pd.DataFrame) -> None:
+        self.reader = reader
+        self.source: dict[str, str] = {}
+        if not trials.empty:
+            reused = trials["reused_from"] if "reused_from" in trials \
+                else pd.Series(None, trials.index)
+            self.source = {str(r): str(s) if isinstance(s, str) and s else str(r)
+                           for r, s in zip(trials["run_id"], reused)}
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
 
     def __call__(self, run_id: str, metric: str) -> pd.DataFrame:
         key = (run_id, metric)
         if key not in self._cache:
-            source = self.source.get(run_id)
-            if source is None:
-                self._cache[key] = self.client.history(run_id, metric)[["step", "value"]]
-            else:
-                points = self.client.mlflow.get_metric_history(source, metric)
-                self._cache[key] = pd.DataFrame([(p.step, p.value) for p in points],
-                                                columns=["step", "value"])
+            points = self.reader.history(run_id, metric, self.source.get(run_id))
+            self._cache[key] = pd.DataFrame([(s, v) for s, v, _ in points],
+                                            columns=["step", "value"])
         return self._cache[key]
 
 
-def _axes(parent: Any) -> list[str]:
-    return list(json.loads(parent.data.tags.get("orch.axes", "[]")))
+def _axes(parent: Run) -> list[str]:
+    return list(json.loads(parent.data.tags.get(schema.TAG_AXES, "[]")))
 
 
-def compute_verdicts(client: "Client", sweep_id: str) -> list[Verdict]:
+def compute_verdicts(tracking_uri: str | None, sweep_id: str) -> list[Verdict]:
     """Evaluate a sweep's claims from the store without writing anything.
 
     Raises:
         KeyError: No such sweep.
         SpecError: The stored claims are malformed (a study edited after the sweep ran).
     """
-    parent = client.sweep_run(sweep_id)
-    trials = client.trials(sweep_id)
-    return evaluate(_claims(_config(client, parent.info.run_id)), trials,
-                    _Histories(client, trials), _axes(parent))
+    reader = StoreReader(tracking_uri)
+    parent = reader.sweep_run(sweep_id)
+    trials = reader.trials(sweep_id)
+    return evaluate(_claims(_config(reader, parent.info.run_id)), trials,
+                    _Histories(reader, trials), _axes(parent))
 
 
 def curve_metrics(metric: str) -> list[str]:
@@ -121,42 +103,37 @@ def report_sweep(tracking_uri: str | None, sweep_id: str, out_dir: str | Path | 
         KeyError: No such sweep.
         SpecError: The stored claims are malformed.
     """
-    from dashboards.report import SweepInfo, build_report
-    from orchestrator.client import Client
-
-    client = Client(tracking_uri)
-    parent = client.sweep_run(sweep_id)
+    reader = StoreReader(tracking_uri)
+    parent = reader.sweep_run(sweep_id)
     pid, tags = parent.info.run_id, parent.data.tags
-    trials = client.trials(sweep_id)
-    history = _Histories(client, trials)
+    trials = reader.trials(sweep_id)
+    history = _Histories(reader, trials)
     axes = _axes(parent)
-    config = _config(client, pid)
+    config = _config(reader, pid)
     verdicts = evaluate(_claims(config), trials, history, axes)
     study = config.get("study") or {}
-    metric = tags.get("orch.metric", "val/acc")
-    info = SweepInfo(sweep_id=tags[tr.TAG_SWEEP], study=tags.get(tr.TAG_STUDY, ""),
+    metric = tags.get(schema.TAG_METRIC, "val/acc")
+    info = SweepInfo(sweep_id=tags[schema.TAG_SWEEP], study=tags.get(schema.TAG_STUDY, ""),
                      description=str(study.get("description", "")), metric=metric,
-                     mode=tags.get("orch.mode", "max"), experiment_id=parent.info.experiment_id,
-                     parent_run_id=pid, tracking_uri=client.tracking_uri)
+                     mode=tags.get(schema.TAG_MODE, "max"), experiment_id=parent.info.experiment_id,
+                     parent_run_id=pid, tracking_uri=reader.uri)
     finished = trials[trials["outcome"] == "finished"]["run_id"] if len(trials) else []
     histories = {m: {r: history(r, m) for r in finished} for m in curve_metrics(metric)}
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         # A search's importances, plots and HP verdicts (orchestrator.search), if any.
-        from orchestrator.search import load_search_summary, summary_verdicts
-
-        search = load_search_summary(client.tracking_uri, tags[tr.TAG_SWEEP],
+        search = load_search_summary(reader, tags[schema.TAG_SWEEP],
                                      Path(tmp) / "search-artifacts")
         verdicts = [*verdicts, *summary_verdicts(search)]
         files = build_report(folder, info, trials, verdicts, histories, axes, search=search)
-        client.mlflow.log_text(pid, verdicts_to_json(verdicts), VERDICTS_ARTIFACT)
+        reader.client.log_text(pid, verdicts_to_json(verdicts), schema.VERDICTS_ARTIFACT)
         for f in files:
-            client.mlflow.log_artifact(pid, str(f), REPORT_FOLDER)
+            reader.client.log_artifact(pid, str(f), schema.REPORT_FOLDER)
     if verdicts:
-        client.mlflow.log_batch(pid, tags=[RunTag(verdict_tag(v.id), v.verdict)
+        reader.client.log_batch(pid, tags=[RunTag(schema.verdict_tag(v.id), v.verdict)
                                            for v in verdicts])
-    return verdicts, [VERDICTS_ARTIFACT, *(f"{REPORT_FOLDER}/{f.name}" for f in files)]
+    return verdicts, [schema.VERDICTS_ARTIFACT, *(f"{schema.REPORT_FOLDER}/{f.name}" for f in files)]
 
 
 def report_at_end(tracking_uri: str, sweep_id: str, console: Any) -> list[Verdict]:

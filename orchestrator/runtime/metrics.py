@@ -38,7 +38,7 @@ EXPORTED: dict[str, tuple[str, ...]] = {
 }
 
 #: Outcomes counted in ``orch_trials_total{outcome}``: a trial's final outcomes
-#: (orchestrator.tracking.STATUS) plus "retried", one attempt of a trial whose worker died.
+#: (orchestrator.store.writer.STATUS) plus "retried", one attempt of a trial whose worker died.
 OUTCOMES = ("finished", "failed", "diverged", "pruned", "killed", "retried")
 
 #: Queue wait spans a free slot being taken at once (ms) to trials queued behind a long

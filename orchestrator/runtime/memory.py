@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from orchestrator.sysmetrics import ProcessTree
+from orchestrator.runtime.sysmetrics import ProcessTree
 
 MB = 2**20  # resources.memory_mb counts MiB, like Ray's memory resource
 

@@ -1,0 +1,1 @@
+"""The types every layer shares: validated specs, the planned trial, results, input errors."""

@@ -1,0 +1,25 @@
+"""The Ray cluster a sweep runs on: an existing one, or a local one started in-process."""
+
+from __future__ import annotations
+
+import ray
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Connect to ``address``, or start a local Ray cluster in-process.
+
+    A local cluster starts without the dashboard's web UI and job API
+    (``include_dashboard=False``), and with Ray's token authentication (on by default
+    since Ray 2.5x unless ``RAY_AUTH_MODE=disabled``): its ports refuse callers without
+    the token in ``~/.ray/auth_token``. Ray 2.60 does not bind to loopback, whatever
+    ``_node_ip_address`` says: it resolves 127.0.0.1 to the node's routable address and its
+    gRPC servers listen on all interfaces, so the token is what keeps others out
+    (``tests/test_failures.py::test_local_cluster_secure_defaults`` checks both).
+    """
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)

@@ -1,0 +1,137 @@
+"""Search claims (HP-*): importance order and "the optimum lies inside the ranges"."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from orchestrator.config.space import Param, SearchPlan
+from orchestrator.core.specs import SearchClaimSpec
+from orchestrator.search.analysis import SearchSummary, best_trial, branch_trials
+from orchestrator.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED, Verdict, verdicts_from_json
+
+
+# -- HP claims ------------------------------------------------------------------------------
+def _verdict(claim: SearchClaimSpec, verdict: str, detail: str, effect: float | None = None,
+             n: int = 0, metric: str | None = None) -> Verdict:
+    fields = dict(id=claim.id, statement=claim.statement, source=claim.source, test=claim.test,
+                  verdict=verdict, effect=effect, ci_low=None, ci_high=None, min_effect=0.0,
+                  n_a=n, n_b=0, method="fANOVA ranking" if claim.test == "importance"
+                  else "best trial vs ranges", detail=detail, metric=metric,
+                  axis=", ".join(claim.first or claim.ranges))
+    return Verdict(**fields)
+
+
+def search_verdicts(claims: Sequence[SearchClaimSpec], study: optuna.Study,
+                    search: SearchPlan, imps: Mapping[str, Mapping[str, float]]
+                    ) -> list[Verdict]:
+    """Verdicts of a search's claims (tests ``importance`` and ``inside``).
+
+    ``importance`` (HP-1) reads the fANOVA ranking of the claim's branch (``where``, e.g.
+    ``{optimizer: adam}``; default the unconditional parameters). *Confirmed*: the top
+    parameter is one of ``first`` and the ``last`` parameters' mean rank is below that of
+    the parameters in neither list (when there are any). *Refuted*: the top parameter is
+    not in ``first``, or the ``last`` ones rank above the others on average.
+    *Inconclusive*: fewer than ``min_trials`` complete trials in the branch, or no ranking.
+
+    ``inside`` (HP-2) reads the best complete trial (of the branch). *Confirmed*: every
+    parameter of ``ranges`` lies inside its range and, where the range's edge is also the
+    search space's edge (and not a floor at 0), at least ``margin`` of the range's width
+    (in log10 for log parameters) from it. *Refuted*: a value outside its range or pinned
+    against such an edge (the optimum may lie beyond). *Inconclusive*: too few complete
+    trials, or the best trial lacks a parameter.
+
+    Returns:
+        :class:`orchestrator.verdicts.Verdict` objects, in the claims' order.
+    """
+    out = []
+    for claim in claims:
+        where = dict(claim.where)
+        branch = "all" if not where else "=".join(map(str, next(iter(where.items()))))
+        n = len(branch_trials(study, branch)) if len(where) <= 1 else len(
+            [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if all(str(t.params.get(k)) == str(v) for k, v in where.items())])
+        if n < claim.min_trials:
+            out.append(_verdict(claim, INCONCLUSIVE, f"{n} complete trial(s) in "
+                                f"{branch}, {claim.min_trials} needed.", n=n))
+            continue
+        if claim.test == "importance":
+            imp = imps.get(branch)
+            if not imp:
+                out.append(_verdict(claim, INCONCLUSIVE, f"no fANOVA ranking for {branch}.", n=n))
+                continue
+            out.append(_importance_verdict(claim, dict(imp), n, branch, CONFIRMED, REFUTED))
+        else:
+            best = best_trial(study, where)
+            out.append(_inside_verdict(claim, best, search, n, CONFIRMED, REFUTED, INCONCLUSIVE))
+    return out
+
+
+def _importance_verdict(claim: SearchClaimSpec, imp: dict[str, float], n: int, branch: str,
+                        confirmed: str, refuted: str) -> Verdict:
+    ranking = sorted(imp, key=lambda k: -imp[k])
+    rank = {k: i + 1 for i, k in enumerate(ranking)}
+    last = [k for k in claim.last if k in rank]
+    middle = [k for k in ranking if k not in claim.first and k not in claim.last]
+    top = ranking[0]
+    shown = ", ".join(f"{k} {imp[k]:.2f}" for k in ranking)
+    mean_last = sum(rank[k] for k in last) / len(last) if last else None
+    mean_mid = sum(rank[k] for k in middle) / len(middle) if middle else None
+    effect = imp[top] - max((imp[k] for k in ranking if k != top), default=0.0)
+    problems = []
+    if top not in claim.first:
+        problems.append(f"the top parameter is {top}, not one of {', '.join(claim.first)}")
+    if mean_last is not None and mean_mid is not None and mean_last < mean_mid:
+        problems.append(f"the last group ranks above the middle on average "
+                        f"({mean_last:.1f} vs {mean_mid:.1f})")
+    order = (f"; mean rank last {mean_last:.1f} vs middle {mean_mid:.1f}"
+             if mean_last is not None and mean_mid is not None else "")
+    detail = (f"fANOVA importances ({branch}, {n} complete trials): {shown}{order}; "
+              + (f"refuted ({'; '.join(problems)})." if problems else
+                 f"confirmed ({top} first, the last group below the others)."))
+    return _verdict(claim, refuted if problems else confirmed, detail, effect, n)
+
+
+def _inside_verdict(claim: SearchClaimSpec, best: FrozenTrial | None, search: SearchPlan,
+                    n: int, confirmed: str, refuted: str, inconclusive: str
+                    ) -> Verdict:
+    if best is None:
+        return _verdict(claim, inconclusive, "no complete trial.", n=n)
+    parts, problems = [], []
+    for key, (lo, hi) in claim.ranges.items():
+        if key not in best.params:
+            return _verdict(claim, inconclusive, f"the best trial ({best.number}) has no "
+                            f"{key} (a conditional parameter of another branch?).", n=n)
+        v = float(best.params[key])
+        p: Param | None = next((q for q in search.space.params if q.key == key), None)
+        log = p is not None and p.log and lo > 0
+        f = math.log10 if log else (lambda x: x)
+        width = f(hi) - f(lo)
+        parts.append(f"{key}={v:.4g} in [{lo:g}, {hi:g}]")
+        if not lo <= v <= hi:
+            problems.append(f"{key}={v:.4g} is outside [{lo:g}, {hi:g}]")
+            continue
+        space_lo, space_hi = (p.bounds if p is not None else (None, None))
+        for edge, space_edge, dist in ((lo, space_lo, f(v) - f(lo)), (hi, space_hi, f(hi) - f(v))):
+            at_space_edge = space_edge is not None and math.isclose(float(space_edge), edge,
+                                                                    rel_tol=1e-9, abs_tol=1e-15)
+            if at_space_edge and edge != 0 and dist < claim.margin * width:
+                problems.append(f"{key}={v:.4g} is pinned against the space's edge {edge:g} "
+                                f"(within {claim.margin:.0%} of the range)")
+    detail = (f"best trial {best.number} ({search.metrics[0]}={best.values[0]:.4g}): "
+              + "; ".join(parts) + "; "
+              + (f"refuted ({'; '.join(problems)})." if problems else "confirmed."))
+    return _verdict(claim, refuted if problems else confirmed, detail, None, n,
+                    search.metrics[0])
+
+
+def summary_verdicts(summary: SearchSummary | None) -> list[Verdict]:
+    """The verdicts a search logged (:attr:`SearchSummary.verdicts`) as ``Verdict`` objects,
+    for the sweep's report and ``verdicts.json`` beside the study's own claims."""
+    if summary is None or not summary.verdicts:
+        return []
+    return verdicts_from_json(json.dumps(summary.verdicts))
