@@ -41,7 +41,7 @@ class TrialBuilder:
                  task: registry.Task) -> None:
         self.composer, self.study, self.fixed, self.base, self.task = \
             composer, study, fixed, base, task
-        self.trial_keys = [k for k in base if k not in SWEEP_KEYS]
+        self.trial_keys = [str(k) for k in base if k not in SWEEP_KEYS]
         # The sweep's world size; a ``resources.workers`` axis sets it per trial.
         self.workers = int(OmegaConf.select(base, "resources.workers", default=1) or 1)
         self._composed: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
@@ -60,6 +60,7 @@ class TrialBuilder:
             cfg = self.composer.compose(self.study, [*self.fixed, *(f"{k}={v}" for k, v in ident)]) \
                 if ident else self.base
             resolved = OmegaConf.to_container(cfg, resolve=True)
+            assert isinstance(resolved, dict)  # a composed study is a mapping
             self._composed[ident] = {k: resolved[k] for k in self.trial_keys}
         return copy.deepcopy(self._composed[ident])
 

@@ -15,7 +15,8 @@ _PARSER = OverridesParser.create()
 
 
 def plain_overrides(parsed: list[Override]) -> list[str]:
-    return [o.input_line for o in parsed if not o.is_sweep_override()]
+    return [o.input_line for o in parsed
+            if not o.is_sweep_override() and o.input_line is not None]
 
 
 def parse_overrides(strings: list[str]) -> list[Override]:

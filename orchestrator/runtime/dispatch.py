@@ -34,7 +34,7 @@ from orchestrator.errors import SpecError
 from orchestrator.runtime.memory import is_out_of_memory
 from orchestrator.runtime.slots import new_slot
 from orchestrator.runtime.sysmetrics import SystemMetrics
-from orchestrator.runtime.worker import TrialWorker
+from orchestrator.runtime.worker import TrialWorkerActor
 from tasks.events import Metrics, Summary
 
 
@@ -178,7 +178,7 @@ class Dispatcher:
         if self.resources.memory_mb:
             opts["memory"] = self.resources.memory_mb * 2**20
         threads = max(1, int(self.resources.cpus))
-        return TrialWorker.options(**opts).remote(threads, self.task_modules,
+        return TrialWorkerActor.options(**opts).remote(threads, self.task_modules,
                                                   self.resources.memory_mb)
 
     def _new_slot(self) -> Any:

@@ -21,8 +21,8 @@ import inspect
 import queue
 import threading
 import traceback
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Generator, Iterator
+from typing import Any, cast
 
 from orchestrator.core.results import Failure, Stopped
 from orchestrator.runtime.memory import MemoryWatchdog
@@ -109,7 +109,8 @@ class TrialRunner:
                 kwargs["dist"] = ctx = self.dist
             elif self.rank != 0:
                 return  # not data-parallel: rank 0 runs it alone, the others idle
-            gen = task.run(spec, **kwargs)
+            # A task is a generator function: close() runs its cleanup (finally blocks).
+            gen = cast(Generator[object, None, None], task.run(spec, **kwargs))
             for event in gen:
                 events.put(event)
                 if distributed.any_rank(trial_index in self._stop, ctx):

@@ -47,7 +47,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from orchestrator.core.results import Failure
 from orchestrator.core.specs import Resources
-from orchestrator.runtime.worker import GroupWorker
+from orchestrator.runtime.worker import GroupWorkerActor
 
 #: How long the other ranks may take to end once rank 0's stream has ended (they run the
 #: same final collectives, so normally milliseconds).
@@ -105,7 +105,7 @@ class GroupSlot:
         self.pg = placement_group([dict(bundle) for _ in range(workers)], strategy="PACK")
         threads = max(1, int(resources.cpus))
         self.actors = [
-            GroupWorker.options(
+            GroupWorkerActor.options(
                 num_cpus=resources.cpus, num_gpus=resources.gpus,
                 memory=bundle.get("memory"),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(

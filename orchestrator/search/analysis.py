@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from collections.abc import Callable, Mapping
@@ -184,8 +185,9 @@ def _plots(study: optuna.Study, search: SearchPlan, imps: dict[str, dict[str, fl
     for branch, imp in imps.items():
         name = "importances" if branch == "all" else f"importances-{branch}"
         sub = _sub_study(study, branch_trials(study, branch))
-        plots.append((name, lambda sub=sub, imp=imp: vm.plot_param_importances(
-            sub, evaluator=FanovaImportanceEvaluator(seed=0), params=list(imp), **kw)))
+        plots.append((name, functools.partial(
+            vm.plot_param_importances, sub, evaluator=FanovaImportanceEvaluator(seed=0),
+            params=list(imp), **kw)))
     if multi:
         plots.append(("pareto", lambda: vm.plot_pareto_front(
             study, target_names=list(search.metrics))))

@@ -18,12 +18,11 @@ from orchestrator.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED, Verdict, ver
 # -- HP claims ------------------------------------------------------------------------------
 def _verdict(claim: SearchClaimSpec, verdict: str, detail: str, effect: float | None = None,
              n: int = 0, metric: str | None = None) -> Verdict:
-    fields = dict(id=claim.id, statement=claim.statement, source=claim.source, test=claim.test,
-                  verdict=verdict, effect=effect, ci_low=None, ci_high=None, min_effect=0.0,
-                  n_a=n, n_b=0, method="fANOVA ranking" if claim.test == "importance"
-                  else "best trial vs ranges", detail=detail, metric=metric,
-                  axis=", ".join(claim.first or claim.ranges))
-    return Verdict(**fields)
+    return Verdict(id=claim.id, statement=claim.statement, source=claim.source, test=claim.test,
+                   verdict=verdict, effect=effect, ci_low=None, ci_high=None, min_effect=0.0,
+                   n_a=n, n_b=0, method="fANOVA ranking" if claim.test == "importance"
+                   else "best trial vs ranges", detail=detail, metric=metric,
+                   axis=", ".join(claim.first or claim.ranges))
 
 
 def search_verdicts(claims: Sequence[SearchClaimSpec], study: optuna.Study,

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.config.space import SearchPlan, SearchSpace
@@ -142,7 +143,9 @@ def open_study(search: SearchPlan, storage: str, study_name: str, resume: bool
         study = optuna.create_study(storage=rdb, study_name=study_name,
                                     sampler=make_sampler(search.spec, search.space),
                                     pruner=make_pruner(search.spec),
-                                    directions=list(search.directions))
+                                    directions=[StudyDirection.MAXIMIZE if d == "maximize"
+                                                else StudyDirection.MINIMIZE
+                                                for d in search.directions])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(search.metrics))

@@ -186,7 +186,10 @@ class Tracker:
         try:
             return self.client.create_experiment(name, artifact_location=artifact_root(self.uri, name))
         except MlflowException:  # created meanwhile by another sweep
-            return self.client.get_experiment_by_name(name).experiment_id
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str],
                   params: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
