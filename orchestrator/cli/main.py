@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import jobs
+from orchestrator.cli import jobs, record
 from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 from orchestrator.errors import SpecError, TrackingUnavailable
 
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     store(sp)
 
     jobs.add_parsers(sub, configs, store)  # submit, jobs, logs
+    record.add_parsers(sub, configs, store)  # claims, record
     return p
 
 
@@ -294,3 +295,4 @@ def cmd_cancel(args: argparse.Namespace, out: Console, err: Console) -> int:
 _COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "resume": cmd_resume, "ls": cmd_ls,
              "show": cmd_show, "cancel": cmd_cancel, "report": cmd_report}
 _COMMANDS.update(jobs.COMMANDS)  # submit, jobs, logs
+_COMMANDS.update(record.COMMANDS)  # claims, record
