@@ -20,8 +20,10 @@ Checkpoints and resume (the contract between a task and its runner):
   Checkpoint without losing a step; steps above it that an interrupted attempt reported are
   reported again by the resumed run (the runner decides whether to keep the first or the
   second report).
-* A data-parallel task yields Checkpoints on rank 0 only; the runner passes the same
-  ``resume`` bytes to every rank.
+* A data-parallel task yields each Checkpoint on every rank, so that all ranks yield the
+  same sequence of events (a runner may run a collective per event), but only rank 0's
+  carries the state (all ranks hold the same replicated state); other ranks yield ``b""``.
+  On resume the runner passes rank 0's bytes to every rank.
 * A ``resume`` state the task cannot use (corrupt bytes, another format, another trial's
   config or world size, a model it does not fit) raises :class:`CheckpointError` before
   anything is yielded, with a message naming the problem.

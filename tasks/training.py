@@ -110,9 +110,10 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     fine-tuning task can freeze or unfreeze blocks (and keep frozen ones in eval mode).
 
     Every ``train.checkpoint_every`` epochs a :class:`Checkpoint` follows the epoch's
-    Metrics (rank 0 only when data-parallel). ``resume``, such a checkpoint's state, restores
-    everything the loop and ``model``, ``optimizer`` and ``scheduler`` carry from one epoch to
-    the next, and training continues with the epoch after it. ``config`` (the trial's spec as
+    Metrics (when data-parallel, on every rank, with the state on rank 0 only: ``b""`` on
+    the others). ``resume``, such a checkpoint's state, restores everything the loop and
+    ``model``, ``optimizer`` and ``scheduler`` carry from one epoch to the next, and training
+    continues with the epoch after it. ``config`` (the trial's spec as
     JSON values) is stored in checkpoints and must match on resume, except
     :data:`RUNTIME_FIELDS`. The caller builds ``model``, ``optimizer`` and ``scheduler`` as for
     a fresh run; ``on_epoch_start`` must depend on the epoch only.
@@ -180,7 +181,11 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
             # Dropout draws differ between ranks, so each rank's RNG state is kept; the
             # rest is replicated (DDP's gradients, rank 0's buffers after evaluate).
             rngs = distributed.gather_to_main(rng_state(device), dist)
-            if rngs is not None:
+            if rngs is None:
+                # Every rank yields as many events as rank 0 (a runner may run a collective
+                # per event); only rank 0's carries the state.
+                yield Checkpoint(epoch, b"")
+            else:
                 yield Checkpoint(epoch, _to_bytes({
                     "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": config,
                     "world_size": world,
