@@ -9,7 +9,9 @@ Checkpoints and resume (the contract between a task and its runner):
 
 * A task may yield :class:`Checkpoint` ``(step, state)`` right after ``Metrics(step)``:
   ``state`` is opaque bytes from which the task can continue after ``step``. The built-in
-  tasks write one every ``train.checkpoint_every`` epochs (``tasks.training``).
+  tasks write one every ``train.checkpoint_every`` epochs, at most once per
+  ``train.checkpoint_min_interval_s`` (``tasks.training``), so a runner can store each
+  Checkpoint it gets; only the latest one is needed to resume.
 * A task whose ``run`` accepts a ``resume`` keyword (``tasks.registry.accepts(run,
   "resume")``) is called as ``run(spec, resume=state)`` with the ``state`` of a Checkpoint
   that an earlier attempt of *the same trial* (same spec) yielded. It then yields

@@ -5,9 +5,13 @@ metrics. Divergence (a NaN/inf batch loss, or one past ``diverge_factor`` times 
 batch's, i.e. times chance level at initialisation) ends the run at once with outcome
 ``diverged`` instead of raising, because for LR studies divergence is evidence, not an error.
 
-Every ``train.checkpoint_every`` epochs the loop also yields a :class:`Checkpoint` whose
-state is one ``torch.save``d dict (read by :func:`read_checkpoint`), enough to continue
-exactly where the epoch ended:
+After every ``train.checkpoint_every``-th epoch, unless less than
+``train.checkpoint_min_interval_s`` seconds passed since the last checkpoint (or the start),
+the loop also yields a :class:`Checkpoint`. The interval keeps short trials almost free
+(bench/checkpoint.md: about 1 ms per checkpoint against 10 ms epochs of a digits MLP) while
+long trials, whose epochs outlast it, checkpoint every epoch. Its state is one
+``torch.save``d dict (read by :func:`read_checkpoint`), enough to continue exactly where the
+epoch ended:
 
 ==============  ================================================================
 ``format``      :data:`CHECKPOINT_FORMAT`
@@ -34,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import (Field, NonNegativeInt, PositiveFloat, PositiveInt,
+from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
                       SerializerFunctionWrapHandler, model_serializer)
 from torch import nn
 
@@ -44,11 +48,13 @@ from tasks.events import Checkpoint, CheckpointError, Event, Metrics, Summary
 from tasks.spec import StrictModel
 
 CHECKPOINT_FORMAT = "orch.fit/1"
-#: Epochs between checkpoints by default; bench/checkpoint.md measures what it costs.
+#: Default cadence: every epoch, at most once a minute (bench/checkpoint.md).
 CHECKPOINT_EVERY = 1
+CHECKPOINT_MIN_INTERVAL_S = 60.0
 #: Spec fields a resumed attempt may change: they say where and how often a trial runs,
 #: not what it computes.
-RUNTIME_FIELDS = frozenset({"train.device", "train.checkpoint_every"})
+RUNTIME_FIELDS = frozenset({"train.device", "train.checkpoint_every",
+                            "train.checkpoint_min_interval_s"})
 
 
 class TrainSpec(StrictModel):
@@ -62,14 +68,17 @@ class TrainSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     checkpoint_every: NonNegativeInt = CHECKPOINT_EVERY  # epochs per Checkpoint; 0 = never
+    checkpoint_min_interval_s: NonNegativeFloat = CHECKPOINT_MIN_INTERVAL_S
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Trial keys hash the dumped spec: leaving the default out keeps the keys of trials
-        # run before this field existed (finished runs, shared upstreams) unchanged.
+        # Trial keys hash the dumped spec: leaving the defaults out keeps the keys of trials
+        # run before these fields existed (finished runs, shared upstreams) unchanged.
         d = handler(self)
-        if self.checkpoint_every == CHECKPOINT_EVERY:
-            d.pop("checkpoint_every", None)
+        for name, default in (("checkpoint_every", CHECKPOINT_EVERY),
+                              ("checkpoint_min_interval_s", CHECKPOINT_MIN_INTERVAL_S)):
+            if getattr(self, name) == default:
+                d.pop(name, None)
         return d
 
 
@@ -109,12 +118,13 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     ``on_epoch_start(epoch)`` runs after ``model.train()`` at the start of every epoch, so a
     fine-tuning task can freeze or unfreeze blocks (and keep frozen ones in eval mode).
 
-    Every ``train.checkpoint_every`` epochs a :class:`Checkpoint` follows the epoch's
-    Metrics (when data-parallel, on every rank, with the state on rank 0 only: ``b""`` on
-    the others). ``resume``, such a checkpoint's state, restores everything the loop and
+    Every ``train.checkpoint_every`` epochs, at most once per
+    ``train.checkpoint_min_interval_s``, a :class:`Checkpoint` follows the epoch's Metrics
+    (when data-parallel, on every rank, with the state on rank 0 only: ``b""`` on the
+    others). ``resume``, such a checkpoint's state, restores everything the loop and
     ``model``, ``optimizer`` and ``scheduler`` carry from one epoch to the next, and training
-    continues with the epoch after it. ``config`` (the trial's spec as
-    JSON values) is stored in checkpoints and must match on resume, except
+    continues with the epoch after it. ``config`` (the trial's spec as JSON values) is
+    stored in checkpoints and must match on resume, except
     :data:`RUNTIME_FIELDS`. The caller builds ``model``, ``optimizer`` and ``scheduler`` as for
     a fresh run; ``on_epoch_start`` must depend on the epoch only.
     """
@@ -134,6 +144,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         steps, train_time = ckpt["progress"]["steps"], ckpt["progress"]["train_time"]
         first_loss = ckpt["progress"]["first_loss"]
         start_epoch = ckpt["epoch"] + 1
+    last_checkpoint = time.monotonic()
     for epoch in range(start_epoch, train.epochs):
         model.train()
         if on_epoch_start is not None:
@@ -177,7 +188,11 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                               "val/loss": val_loss, "val/acc": val_acc, "lr": lr,
                               "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
                               **(extra_metrics or {})})
-        if train.checkpoint_every and (epoch + 1) % train.checkpoint_every == 0:
+        due = train.checkpoint_every and (epoch + 1) % train.checkpoint_every == 0
+        # any_rank: the ranks' clocks differ, and every rank must take part in the gather.
+        if due and distributed.any_rank(
+                time.monotonic() - last_checkpoint >= train.checkpoint_min_interval_s, dist):
+            last_checkpoint = time.monotonic()
             # Dropout draws differ between ranks, so each rank's RNG state is kept; the
             # rest is replicated (DDP's gradients, rank 0's buffers after evaluate).
             rngs = distributed.gather_to_main(rng_state(device), dist)
@@ -216,9 +231,12 @@ def rng_state(device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     # As a tensor: torch.load(weights_only=True) refuses numpy arrays.
     np_state["state"]["key"] = torch.from_numpy(np_state["state"]["key"].astype(np.int64))
+    version, words, gauss = random.getstate()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy": np_state, "python": random.getstate()}
+            "numpy": np_state,
+            # One tensor, not 625 ints: torch.save pays a Python callback per object.
+            "python": (version, torch.tensor(words, dtype=torch.int64), gauss)}
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
@@ -230,7 +248,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     np_state["state"] = {**np_state["state"],
                          "key": np_state["state"]["key"].numpy().astype(np.uint32)}
     np.random.set_state(np_state)
-    random.setstate(state["python"])
+    version, words, gauss = state["python"]
+    random.setstate((version, tuple(words.tolist()), gauss))
 
 
 def read_checkpoint(blob: bytes, config: dict[str, Any] | None, world_size: int,

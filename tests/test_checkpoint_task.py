@@ -36,7 +36,8 @@ CLASSIFY: dict[str, Any] = {
     "model": {"name": "mlp_d", "hidden": [32], "dropout": 0.2},
     "optimizer": {"name": "adam", "lr": 3e-3},
     "scheduler": {"name": "cosine", "warmup_epochs": 1.0},  # scheduler state matters
-    "train": {"epochs": 5, "batch_size": 64}, "seed": 3}
+    # No minimum interval: these trials take a second, and every epoch's checkpoint is wanted.
+    "train": {"epochs": 5, "batch_size": 64, "checkpoint_min_interval_s": 0}, "seed": 3}
 
 
 @pytest.fixture(autouse=True)
@@ -110,6 +111,11 @@ def test_checkpoint_cadence_and_off() -> None:
     assert [c.step for c in checkpoints] == [1, 3]
     _, none, _ = _split(list(classify(_classify_spec(checkpoint_every=0))))
     assert none == []
+    # The default minimum interval (a minute) outlasts this whole trial: no checkpoint.
+    default = ClassifySpec.model_validate({**CLASSIFY, "train": {"epochs": 5}})
+    assert default.train.checkpoint_every == 1
+    _, none, _ = _split(list(classify(default)))
+    assert none == []
 
 
 def test_resume_may_change_runtime_fields_only() -> None:
@@ -165,11 +171,11 @@ def test_unusable_checkpoints_raise_naming_the_problem() -> None:
 
 def test_default_checkpoint_every_keeps_old_trial_keys() -> None:
     # Trial keys hash the dumped spec: the default must not appear, other values must.
-    assert "checkpoint_every" not in TrainSpec().model_dump()
-    assert TrainSpec().checkpoint_every >= 1
-    dumped = TrainSpec(checkpoint_every=0).model_dump(mode="json")
-    assert dumped["checkpoint_every"] == 0
-    assert TrainSpec.model_validate(dumped).checkpoint_every == 0
+    assert not {"checkpoint_every", "checkpoint_min_interval_s"} & set(TrainSpec().model_dump())
+    dumped = TrainSpec(checkpoint_every=0, checkpoint_min_interval_s=5).model_dump(mode="json")
+    assert (dumped["checkpoint_every"], dumped["checkpoint_min_interval_s"]) == (0, 5)
+    assert TrainSpec.model_validate(dumped) == TrainSpec(checkpoint_every=0,
+                                                         checkpoint_min_interval_s=5)
 
 
 def test_registry_reports_which_tasks_resume() -> None:
@@ -191,7 +197,7 @@ def test_finetune_resumes_across_the_unfreeze() -> None:
         "model": model, "optimizer": {"name": "adam", "lr": 1e-2},
         "scheduler": {"name": "constant"}, "pretrain": pretrain,
         "strategy": {"name": "gradual", "head_epochs": 2},
-        "train": {"epochs": 4, "batch_size": 16}})
+        "train": {"epochs": 4, "batch_size": 16, "checkpoint_min_interval_s": 0}})
     # Untrained weights stand in for the pretrain run: resume does not care what they learnt.
     torch.manual_seed(0)
     upstream = {"checkpoint.pt": save_checkpoint(build_model(spec.pretrain.model, (1, 8, 8), 5))}
