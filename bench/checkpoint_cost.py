@@ -34,7 +34,6 @@ import torch
 from tasks.classify import ClassifySpec, run
 from tasks.events import Checkpoint, Metrics
 
-
 #: train.* overrides per mode; ``default`` sets nothing.
 MODES: dict[str, dict[str, Any]] = {
     "off": {"checkpoint_every": 0},

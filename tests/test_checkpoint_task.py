@@ -19,7 +19,10 @@ import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
+import yaml
+from pydantic import TypeAdapter
 
+from tasks import data as datasets
 from tasks import registry
 from tasks.classify import ClassifySpec
 from tasks.classify import run as classify
@@ -29,6 +32,7 @@ from tasks.finetune import FinetuneSpec, save_checkpoint
 from tasks.finetune import run as finetune
 from tasks.models import build_model
 from tasks.optimizers import build_optimizer
+from tasks.schedules import SchedulerSpec, build_scheduler
 from tasks.training import TrainSpec, fit
 
 CLASSIFY: dict[str, Any] = {
@@ -157,8 +161,6 @@ def test_unusable_checkpoints_raise_naming_the_problem() -> None:
         next(classify(spec, resume=_saved({**ckpt, "world_size": 2})))
 
     # Same config, other model (a caller that builds a different net): the load fails.
-    from tasks import data as datasets
-
     data = datasets.load(spec.data)
     other = build_model(spec.model.model_copy(update={"hidden": [16]}), data.input_shape,
                         data.num_classes)
@@ -241,3 +243,40 @@ def test_two_ranks_resume_from_rank_zeros_checkpoint(tmp_path: Path) -> None:
         _same_values(summary.values, resumed.values)
     assert ranks[1]["state"] == b""
     _same_values(_split(ranks[0]["after"])[2].values, _split(ranks[1]["after"])[2].values)
+
+
+CONF_SCHEDULERS = Path(__file__).resolve().parent.parent / "conf" / "scheduler"
+SCHEDULERS = sorted(p.stem for p in CONF_SCHEDULERS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("warmup", [0.0, 1.0])
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_resumes_from_its_saved_state(name: str, warmup: float) -> None:
+    # Every family's state must survive torch.load(weights_only=True) (which refuses
+    # arbitrary objects) and continue the same LR sequence in a fresh scheduler.
+    raw = yaml.safe_load((CONF_SCHEDULERS / f"{name}.yaml").read_text())
+    spec = TypeAdapter(SchedulerSpec).validate_python({**raw, "warmup_epochs": warmup})
+
+    def fresh() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+        opt = torch.optim.SGD([{"params": params[:1], "lr": 0.1},
+                               {"params": params[1:], "lr": 0.01}], momentum=0.9)
+        return opt, build_scheduler(opt, spec, steps_per_epoch=7, epochs=6)
+
+    def lrs(opt: torch.optim.Optimizer, sched: Any, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            opt.step()
+            sched.step()
+            out += [g["lr"] for g in opt.param_groups]
+        return out
+
+    opt, sched = fresh()
+    lrs(opt, sched, 16)
+    state = torch.load(io.BytesIO(_saved({"optimizer": opt.state_dict(),
+                                          "scheduler": sched.state_dict()})), weights_only=True)
+    expected = lrs(opt, sched, 20)
+    opt2, sched2 = fresh()
+    opt2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(state["scheduler"])
+    assert lrs(opt2, sched2, 20) == pytest.approx(expected, rel=1e-12)
