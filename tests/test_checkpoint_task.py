@@ -171,6 +171,19 @@ def test_unusable_checkpoints_raise_naming_the_problem() -> None:
         next(events)
 
 
+def test_divergence_reference_survives_a_resume() -> None:
+    # The divergence test compares with the run's first batch loss, not the resumed
+    # attempt's: a checkpoint whose reference is tiny makes the next batch "diverge".
+    spec = _classify_spec()
+    _, state = _until_checkpoint(classify(spec), 1)
+    ckpt = torch.load(io.BytesIO(state), weights_only=True)
+    assert ckpt["progress"]["first_loss"] == pytest.approx(2.3, abs=0.2)  # ~ln(10) at init
+    ckpt["progress"]["first_loss"] = 1e-6
+    events = list(classify(spec, resume=_saved(ckpt)))
+    assert len(events) == 1 and isinstance(events[0], Summary)
+    assert events[0].outcome == "diverged" and "at epoch 2" in events[0].reason
+
+
 def test_default_checkpoint_every_keeps_old_trial_keys() -> None:
     # Trial keys hash the dumped spec: the default must not appear, other values must.
     assert not {"checkpoint_every", "checkpoint_min_interval_s"} & set(TrainSpec().model_dump())
