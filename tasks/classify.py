@@ -40,8 +40,9 @@ def run(spec: ClassifySpec, dist: distributed.DistContext | None = None,
     synced for ``norm: syncbn``), each rank trains on its shard of every global batch of
     ``world_size * train.batch_size`` and the metrics are global (all-reduced).
 
-    Yields a Checkpoint every ``train.checkpoint_every`` epochs; ``resume`` (one's state)
-    continues after its epoch (``tasks.training.fit``).
+    Yields a Checkpoint every ``train.checkpoint_every`` epochs, at most once per
+    ``train.checkpoint_min_interval_s``; ``resume`` (one's state) continues after its epoch
+    (``tasks.training.fit``).
     """
     torch.manual_seed(spec.seed)  # same seed on every rank: identical initial weights
     device = dist.device if dist is not None else pick_device(spec.train.device)

@@ -124,9 +124,9 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     others). ``resume``, such a checkpoint's state, restores everything the loop and
     ``model``, ``optimizer`` and ``scheduler`` carry from one epoch to the next, and training
     continues with the epoch after it. ``config`` (the trial's spec as JSON values) is
-    stored in checkpoints and must match on resume, except
-    :data:`RUNTIME_FIELDS`. The caller builds ``model``, ``optimizer`` and ``scheduler`` as for
-    a fresh run; ``on_epoch_start`` must depend on the epoch only.
+    stored in checkpoints and must match on resume, except :data:`RUNTIME_FIELDS`. The
+    caller builds ``model``, ``optimizer`` and ``scheduler`` as for a fresh run;
+    ``on_epoch_start`` must depend on the epoch only.
     """
     gen = torch.Generator().manual_seed(seed)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
