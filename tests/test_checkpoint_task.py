@@ -231,7 +231,9 @@ def _rank(rank: int, world: int, tmp: str) -> None:
     torch_dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank,
                                   world_size=world, timeout=timedelta(seconds=60))
     ctx = DistContext(rank, world, "gloo")
-    spec = _classify_spec(checkpoint_every=1)
+    # A small training set: every step is a collective, and the machine is shared.
+    spec = ClassifySpec.model_validate({**_classify_spec().model_dump(),
+                                        "data": {"name": "digits", "per_class": 40}})
     out: dict[str, Any] = {"full": list(classify(spec, dist=ctx))}
     # Every rank stops at the same event, as the orchestrator's per-event stop vote does.
     before, state = _until_checkpoint(classify(spec, dist=ctx), 1)
