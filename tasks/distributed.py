@@ -13,7 +13,9 @@ uses the helpers below so that every rank runs the same sequence of collectives:
   ``DistributedSampler`` does over the whole epoch), so k workers at batch b see the same
   examples per step as one worker at batch k*b (BN-6);
 * :func:`reduce_sums`: SUM all-reduce of metric sums, so rank 0 reports global values;
-* :func:`evaluate`: sharded evaluation of rank 0's model, all-reduced.
+* :func:`evaluate`: sharded evaluation of rank 0's model, all-reduced;
+* :func:`gather_to_main`: one picklable object per rank, collected on rank 0 (the RNG
+  states that go into rank 0's checkpoints).
 
 Only rank 0's events are streamed by the orchestrator; the other ranks' are discarded, but
 they are computed identically, which is what keeps the collectives in step.
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -156,6 +159,16 @@ def reduce_batch(loss: float, correct: float, count: int, ctx: DistContext | Non
     loss_sum, correct_sum, n = reduce_sums([loss * count, correct, float(count)], ctx,
                                            ctx.device)
     return loss_sum / n, correct_sum, n
+
+
+def gather_to_main(obj: Any, ctx: DistContext | None) -> list[Any] | None:
+    """Every rank's ``obj`` in rank order on rank 0, None on the others (``[obj]`` for one
+    worker). A collective: every rank calls it at the same point."""
+    if ctx is None or ctx.world_size == 1:
+        return [obj]
+    out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    torch_dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def any_rank(flag: bool, ctx: DistContext | None) -> bool:

@@ -83,14 +83,16 @@ def _setup(spec: ClassifySpec | FinetuneSpec, data: datasets.Dataset, params: An
 
 
 @register("pretrain", PretrainSpec)
-def pretrain(spec: PretrainSpec) -> Iterator[Event]:
-    """Pre-train a classifier on the source task; its weights are the run's artifact."""
+def pretrain(spec: PretrainSpec, resume: bytes | None = None) -> Iterator[Event]:
+    """Pre-train a classifier on the source task; its weights are the run's artifact.
+    ``resume``: the state of a Checkpoint it yielded (``tasks.training.fit``)."""
     torch.manual_seed(spec.seed)
     device = pick_device(spec.train.device)
     data = datasets.load(spec.data)
     model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
     optimizer, scheduler = _setup(spec, data, model.parameters())
-    for event in fit(model, data, optimizer, scheduler, spec.train, spec.seed, device):
+    for event in fit(model, data, optimizer, scheduler, spec.train, spec.seed, device,
+                     resume=resume, config=spec.model_dump(mode="json")):
         if isinstance(event, Summary) and event.outcome == "finished":
             # Only a finished run yields a checkpoint: a diverged pretrain has no artifact,
             # and the orchestrator fails its fine-tune trials as "upstream did not finish".
@@ -269,9 +271,13 @@ def build_finetune_model(spec: FinetuneSpec, data: datasets.Dataset,
 
 
 @register("finetune", FinetuneSpec, upstream=needs_pretrain)
-def run(spec: FinetuneSpec, upstream: dict[str, bytes] | None = None) -> Iterator[Event]:
+def run(spec: FinetuneSpec, upstream: dict[str, bytes] | None = None,
+        resume: bytes | None = None) -> Iterator[Event]:
     """Fine-tune a pre-trained backbone on the target task with one strategy (or train the
-    same model from scratch) and report per-epoch metrics, final metrics and backbone drift."""
+    same model from scratch) and report per-epoch metrics, final metrics and backbone drift.
+
+    ``resume``: the state of a Checkpoint it yielded; the upstream is still needed, since
+    drift is measured from the pre-trained weights."""
     device = pick_device(spec.train.device)
     data = datasets.load(spec.data)
     source: dict[str, Any] = {"task": None}
@@ -291,14 +297,15 @@ def run(spec: FinetuneSpec, upstream: dict[str, bytes] | None = None) -> Iterato
     start = backbone_vector(model)
     optimizer, scheduler = _setup(spec, data, param_groups(model, spec))
     freezer = Freezer(model, spec.strategy, spec.train.epochs)
+    # The Freezer depends on the epoch only, so a resumed run freezes what the original did.
     for event in fit(model, data, optimizer, scheduler, spec.train, spec.seed, device,
-                     on_epoch_start=freezer):
+                     on_epoch_start=freezer, resume=resume, config=spec.model_dump(mode="json")):
         if isinstance(event, Metrics):
             lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
             event = Metrics(event.step, {**event.values, **lrs,
                                          "backbone/drift": drift(model, start),
                                          "backbone/frozen_blocks": float(len(freezer.frozen))})
-        else:
+        elif isinstance(event, Summary):
             d = drift(model, start)
             event = Summary({**event.values, "backbone/drift": d if math.isfinite(d) else 1e30},
                             event.outcome, event.reason,

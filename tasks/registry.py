@@ -9,6 +9,7 @@ command line (``orch sweep --tasks mypkg.mytasks``) whose import calls :func:`re
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -32,6 +33,8 @@ class Task:
     A task with ``upstream`` (fine-tuning needs a pre-trained checkpoint) is called as
     ``run(spec, upstream=artifacts)`` with the upstream run's ``Summary.artifacts``; the
     orchestrator runs each distinct upstream once and reuses it across trials and sweeps.
+    A ``run`` that accepts ``resume`` (see :func:`accepts`) can continue from the state of a
+    :class:`~tasks.events.Checkpoint` it yielded earlier (contract in ``tasks.events``).
     """
 
     name: str
@@ -56,6 +59,17 @@ def register(name: str, spec: type[StrictModel], description: str = "",
         return fn
 
     return wrap
+
+
+def accepts(fn: Callable[..., object], name: str) -> bool:
+    """Whether ``fn`` takes the keyword argument ``name`` (``"dist"``, ``"resume"``, ...), so
+    a runner passes optional inputs only to tasks written for them."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return False
+    return name in params and params[name].kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 def load_plugins(modules: tuple[str, ...] = ()) -> None:
