@@ -19,6 +19,11 @@ from torch import nn
 from tasks.spec import StrictModel
 
 Norm = Literal["none", "bn", "syncbn", "gn", "ln"]
+# Weight init of MLP-d's linear layers (INIT-*): torch's default (Kaiming-uniform with
+# a=sqrt(5)), Xavier/Glorot normal (gain 1, for tanh), Kaiming/He normal (fan-in, for ReLU),
+# or every weight 1/fan_in (symmetric: hidden units of a layer stay identical). Biases are
+# zero in the three explicit schemes.
+Init = Literal["default", "xavier", "kaiming", "constant"]
 Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -33,6 +38,7 @@ class MLPSpec(StrictModel):
     name: Literal["mlp_d"] = "mlp_d"
     hidden: list[PositiveInt] = [128, 64]
     activation: Activation = "relu"
+    init: Init = "default"
     norm: Norm = "none"
     dropout: float = Field(0.0, ge=0, lt=1)
     # torch's convention: running = (1 - momentum) * running + momentum * batch.
@@ -174,7 +180,12 @@ def build_model(spec: MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | 
             if spec.dropout:
                 layers.append(nn.Dropout(spec.dropout))
             width = h
-        return Classifier(nn.Sequential(*layers), nn.Linear(width, num_classes))
+        mlp = Classifier(nn.Sequential(*layers), nn.Linear(width, num_classes))
+        if spec.init != "default":
+            for m in mlp.modules():
+                if isinstance(m, nn.Linear):
+                    _init_linear(m, spec.init)
+        return mlp
 
     in_ch = input_shape[0]
     dims = len(input_shape) - 1  # C x H x W (digits) or C x L (MNIST-1D)
@@ -221,6 +232,16 @@ class _ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x + self.body(x))
+
+
+def _init_linear(layer: nn.Linear, kind: Init) -> None:
+    if kind == "xavier":
+        nn.init.xavier_normal_(layer.weight)
+    elif kind == "kaiming":
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    else:
+        nn.init.constant_(layer.weight, 1.0 / layer.in_features)
+    nn.init.zeros_(layer.bias)
 
 
 class _Residual(nn.Module):

@@ -33,6 +33,9 @@ class TrainSpec(StrictModel):
     diverge_factor: PositiveFloat = 10.0  # x the first batch's loss; a healthy run never gets there
     device: Literal["auto", "cpu", "cuda"] = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Per-layer statistics at the start of every epoch (epoch 0: at initialisation), see
+    # layer_stats(): for the initialisation and activation claims (INIT-*, ACT-*).
+    layer_stats: bool = False
 
 
 def pick_device(choice: str) -> torch.device:
@@ -72,6 +75,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     """
     gen = torch.Generator().manual_seed(seed)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
+    probe = (x_tr[:PROBE_SIZE], y_tr[:PROBE_SIZE])  # fixed: epochs compare like with like
     x_va, y_va = data.x_val.to(device), data.y_val.to(device)
     n = len(x_tr)
     first_loss: float | None = None
@@ -80,6 +84,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         model.train()
         if on_epoch_start is not None:
             on_epoch_start(epoch)
+        layers = layer_stats(distributed.unwrap(model), *probe) if train.layer_stats else {}
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum, correct, seen, epoch_steps = 0.0, 0.0, 0.0, 0
@@ -118,7 +123,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         yield Metrics(epoch, {"train/loss": train_loss, "train/acc": correct / seen,
                               "val/loss": val_loss, "val/acc": val_acc, "lr": lr,
                               "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
-                              **(extra_metrics or {})})
+                              **layers, **(extra_metrics or {})})
 
     test_loss, test_acc = distributed.evaluate(evaluate, model, data.x_test.to(device),
                                                data.y_test.to(device), dist)
@@ -131,6 +136,56 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         "gap/acc": train_eval_acc - test_acc,
         "time/step_ms": 1000 * train_time / max(steps, 1),
     })
+
+
+PROBE_SIZE = 256  # training examples (the first ones) that layer_stats() measures on
+
+
+def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Per-layer statistics of one forward/backward pass on ``(x, y)``, leaving no trace.
+
+    A *layer* is a module with parameters of its own (Linear, Conv, GRU, norm layers), named
+    as in ``model.named_modules()``. ``layer/<name>/act_mean`` and ``act_std`` are over every
+    element of its output (a Linear's output is the pre-activation); ``grad_norm`` is the L2
+    norm of the loss gradient over its own parameters. The pass runs in the model's current
+    mode (training mode keeps BN's batch statistics, as in a training step); buffers (BN's
+    running statistics), the RNG (dropout) and ``.grad`` are restored afterwards, so a run
+    with the statistics trains exactly like one without.
+    """
+    layers = {name: m for name, m in model.named_modules()
+              if any(True for _ in m.parameters(recurse=False))}
+    acts: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable[[nn.Module, object, object], None]:
+        def hook(_: nn.Module, __: object, out: object) -> None:
+            acts[name] = (out[0] if isinstance(out, tuple) else out).detach()  # GRU: (output, h)
+        return hook
+
+    handles = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    grads = {p: p.grad for p in model.parameters()}
+    try:
+        with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []):
+            for p in model.parameters():
+                p.grad = None
+            nn.functional.cross_entropy(model(x), y).backward()
+        out: dict[str, float] = {}
+        for name, m in layers.items():
+            a = acts[name].float()
+            g = [p.grad for p in m.parameters(recurse=False) if p.grad is not None]
+            out[f"layer/{name}/act_mean"] = a.mean().item()
+            out[f"layer/{name}/act_std"] = a.std().item()
+            out[f"layer/{name}/grad_norm"] = (
+                torch.linalg.vector_norm(torch.cat([t.flatten() for t in g])).item() if g else 0.0)
+        return out
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        for p, g0 in grads.items():
+            p.grad = g0
 
 
 def _finite(x: float) -> float:

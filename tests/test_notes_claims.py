@@ -1,8 +1,9 @@
 """Claims of shared/claims.md that a unit check settles without a sweep (mapped in conf/claims.yaml).
 
 OPT-10: one step (three, to exercise the state) of torch's optimizers equals the notes' update
-rule. BN-5: BN momentum changes evaluation only. ERR-1..3: the notes' known errors about
-activation functions, shown wrong against torch's definitions.
+rule. BN-5: BN momentum changes evaluation only. INIT-1: constant init keeps hidden units
+identical. ERR-1..3: the notes' known errors about activation functions, shown wrong against
+torch's definitions. Also the per-layer statistics (train.layer_stats) the INIT/ACT study uses.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import pytest
 import torch
 from torch import nn
 
+from tasks import data as datasets
 from tasks.classify import ClassifySpec, run
 from tasks.events import Metrics
+from tasks.models import build_model
+from tasks.optimizers import build_optimizer
+from tasks.training import fit
 
 STEPS = 3
 
@@ -167,3 +172,61 @@ def test_ERR_3_leaky_relu_is_max_kx_x(k: float) -> None:
     assert not torch.allclose(got, notes)
     # The notes' formula is zero on negatives and scales positives by k: neither leaky nor ReLU.
     assert torch.all(notes[X < 0] == 0) and torch.all(got[X < 0] < 0)
+
+
+def _fit(spec: ClassifySpec) -> tuple[list[Metrics], nn.Module]:
+    torch.manual_seed(spec.seed)
+    data = datasets.load(spec.data)
+    model = build_model(spec.model, data.input_shape, data.num_classes)
+    events = fit(model, data, build_optimizer(model.parameters(), spec.optimizer), None,
+                 spec.train, spec.seed, torch.device("cpu"))
+    return [e for e in events if isinstance(e, Metrics)], model
+
+
+def _mlp_run(**train: object) -> tuple[list[Metrics], nn.Module]:
+    spec = ClassifySpec.model_validate({
+        "data": {"name": "digits"},
+        "model": {"name": "mlp_d", "hidden": [32, 32], "init": train.pop("init", "default"),
+                  "norm": train.pop("norm", "none"), "dropout": 0.2},
+        "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "constant"},
+        "train": {"epochs": 2, "batch_size": 64, "device": "cpu", **train}, "seed": 1,
+    })
+    return _fit(spec)
+
+
+def test_INIT_1_constant_init_keeps_hidden_units_identical() -> None:
+    # Every hidden unit of a layer starts with the same weights; its gradient is then the
+    # same too, so after training they are still copies of one another (no dropout here: its
+    # random masks would break the symmetry).
+    spec = ClassifySpec.model_validate({
+        "data": {"name": "digits"}, "model": {"name": "mlp_d", "hidden": [16, 16], "init": "constant"},
+        "optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": {"name": "constant"},
+        "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
+    })
+    _, model = _fit(spec)
+    hidden = [m for m in model.features if isinstance(m, nn.Linear)]
+    for layer in hidden:
+        assert torch.allclose(layer.weight, layer.weight[:1].expand_as(layer.weight))
+        assert not torch.allclose(layer.weight, torch.full_like(layer.weight, 1 / layer.in_features))
+    # A default-initialised layer's units differ from the start.
+    default = build_model(spec.model.model_copy(update={"init": "default"}), (1, 8, 8), 10)
+    assert not torch.allclose(default.features[1].weight, default.features[1].weight[:1].expand(16, -1))
+
+
+@pytest.mark.parametrize("norm", ["none", "bn"])
+def test_layer_stats_are_reported_and_leave_training_unchanged(norm: str) -> None:
+    # Support for the INIT/ACT study: the probe pass must not touch BN buffers, the RNG
+    # (dropout is on) or the gradients, so the trajectory is bitwise that of a plain run.
+    plain, plain_model = _mlp_run(norm=norm)
+    stats, stats_model = _mlp_run(norm=norm, layer_stats=True)
+    for a, b in zip(plain, stats):
+        assert {k: v for k, v in b.values.items() if not k.startswith("layer/")
+                and k != "time/step_ms"} == {k: v for k, v in a.values.items() if k != "time/step_ms"}
+    for (k, a), (_, b) in zip(plain_model.state_dict().items(), stats_model.state_dict().items()):
+        assert torch.equal(a, b), k
+    layer_keys = {k for k in stats[0].values if k.startswith("layer/")}
+    names = {"features.1", "features.5", "head"} | ({"features.2", "features.6"} if norm == "bn" else set())
+    assert layer_keys == {f"layer/{n}/{s}" for n in names for s in ("act_mean", "act_std", "grad_norm")}
+    assert all(stats[0].values[f"layer/{n}/grad_norm"] > 0 for n in names)
+    # Epoch 0 is measured at initialisation, epoch 1 after training: they differ.
+    assert stats[0].values["layer/head/act_std"] != stats[1].values["layer/head/act_std"]
