@@ -171,7 +171,7 @@ def _mnist1d(spec: MNIST1DSpec) -> Dataset:
     t = torch.from_numpy
     # One input channel, like the digits: 1-D convolutions and recurrent models read N x 1 x 40.
     return Dataset(t(x_train[:, None]), t(y_train), t(x_val[:, None]), t(y_val),
-                   t(x_test[:, None]), t(y_test), int(len(np.unique(y))))
+                   t(x_test[:, None]), t(y_test), len(np.unique(y)))
 
 
 def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float,

@@ -156,8 +156,8 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
               if any(True for _ in m.parameters(recurse=False))}
     acts: dict[str, torch.Tensor] = {}
 
-    def keep(name: str) -> Callable[[nn.Module, object, object], None]:
-        def hook(_: nn.Module, __: object, out: object) -> None:
+    def keep(name: str) -> Callable[[nn.Module, object, torch.Tensor | tuple[torch.Tensor, ...]], None]:
+        def hook(_: nn.Module, __: object, out: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
             acts[name] = (out[0] if isinstance(out, tuple) else out).detach()  # GRU: (output, h)
         return hook
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CLAIM_ID = re.compile(r"^\|\s*((?:OPT|LR|FT|BN|HP|INIT|ACT|REG|ARCH|BNW|ERR)-\d+)\s*\|", re.M)
+CLAIM_ID = re.compile(r"^\|\s*((?:OPT|LR|FT|BN|HP|INIT|ACT|REG|ARCH|BNW|ERR)-\d+)\s*\|", re.MULTILINE)
 KINDS = ("study", "test", "out_of_scope", "pending")
 
 

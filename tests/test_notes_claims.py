@@ -17,7 +17,7 @@ from torch import nn
 from tasks import data as datasets
 from tasks.classify import ClassifySpec, run
 from tasks.events import Metrics
-from tasks.models import build_model
+from tasks.models import Classifier, build_model
 from tasks.optimizers import build_optimizer
 from tasks.training import fit
 
@@ -174,7 +174,7 @@ def test_ERR_3_leaky_relu_is_max_kx_x(k: float) -> None:
     assert torch.all(notes[X < 0] == 0) and torch.all(got[X < 0] < 0)
 
 
-def _fit(spec: ClassifySpec) -> tuple[list[Metrics], nn.Module]:
+def _fit(spec: ClassifySpec) -> tuple[list[Metrics], Classifier]:
     torch.manual_seed(spec.seed)
     data = datasets.load(spec.data)
     model = build_model(spec.model, data.input_shape, data.num_classes)
@@ -183,7 +183,7 @@ def _fit(spec: ClassifySpec) -> tuple[list[Metrics], nn.Module]:
     return [e for e in events if isinstance(e, Metrics)], model
 
 
-def _mlp_run(**train: object) -> tuple[list[Metrics], nn.Module]:
+def _mlp_run(**train: object) -> tuple[list[Metrics], Classifier]:
     spec = ClassifySpec.model_validate({
         "data": {"name": "digits"},
         "model": {"name": "mlp_d", "hidden": [32, 32], "init": train.pop("init", "default"),
@@ -210,7 +210,9 @@ def test_INIT_1_constant_init_keeps_hidden_units_identical() -> None:
         assert not torch.allclose(layer.weight, torch.full_like(layer.weight, 1 / layer.in_features))
     # A default-initialised layer's units differ from the start.
     default = build_model(spec.model.model_copy(update={"init": "default"}), (1, 8, 8), 10)
-    assert not torch.allclose(default.features[1].weight, default.features[1].weight[:1].expand(16, -1))
+    first = default.features[1]
+    assert isinstance(first, nn.Linear)
+    assert not torch.allclose(first.weight, first.weight[:1].expand_as(first.weight))
 
 
 @pytest.mark.parametrize("norm", ["none", "bn"])
