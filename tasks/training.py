@@ -147,7 +147,9 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
     A *layer* is a module with parameters of its own (Linear, Conv, GRU, norm layers), named
     as in ``model.named_modules()``. ``layer/<name>/act_mean`` and ``act_std`` are over every
     element of its output (a Linear's output is the pre-activation); ``grad_norm`` is the L2
-    norm of the loss gradient over its own parameters. The pass runs in the model's current
+    norm of the loss gradient over its own parameters. Each ReLU module reports
+    ``layer/<name>/dead_frac``: the fraction of its units (dimension 1) that output 0 on every
+    probe example and position, i.e. get no gradient (ACT-3). The pass runs in the model's current
     mode (training mode keeps BN's batch statistics, as in a training step); buffers (BN's
     running statistics), the RNG (dropout) and ``.grad`` are restored afterwards, so a run
     with the statistics trains exactly like one without.
@@ -161,7 +163,8 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
             acts[name] = (out[0] if isinstance(out, tuple) else out).detach()  # GRU: (output, h)
         return hook
 
-    handles = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
+    relus = {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    handles = [m.register_forward_hook(keep(name)) for name, m in (layers | relus).items()]
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     grads = {p: p.grad for p in model.parameters()}
     try:
@@ -177,6 +180,9 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
             out[f"layer/{name}/act_std"] = a.std().item()
             out[f"layer/{name}/grad_norm"] = (
                 torch.linalg.vector_norm(torch.cat([t.flatten() for t in g])).item() if g else 0.0)
+        for name in relus:
+            alive = acts[name].transpose(0, 1).flatten(1) > 0  # units x (examples * positions)
+            out[f"layer/{name}/dead_frac"] = 1.0 - alive.any(1).float().mean().item()
         return out
     finally:
         for h in handles:

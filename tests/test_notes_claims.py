@@ -228,7 +228,9 @@ def test_layer_stats_are_reported_and_leave_training_unchanged(norm: str) -> Non
         assert torch.equal(a, b), k
     layer_keys = {k for k in stats[0].values if k.startswith("layer/")}
     names = {"features.1", "features.5", "head"} | ({"features.2", "features.6"} if norm == "bn" else set())
-    assert layer_keys == {f"layer/{n}/{s}" for n in names for s in ("act_mean", "act_std", "grad_norm")}
+    assert layer_keys == ({f"layer/{n}/{s}" for n in names for s in ("act_mean", "act_std", "grad_norm")}
+                          | {"layer/features.3/dead_frac", "layer/features.7/dead_frac"})
+    assert all(0 <= stats[1].values[f"layer/features.{i}/dead_frac"] < 1 for i in (3, 7))
     assert all(stats[0].values[f"layer/{n}/grad_norm"] > 0 for n in names)
     # Epoch 0 is measured at initialisation, epoch 1 after training: they differ.
     assert stats[0].values["layer/head/act_std"] != stats[1].values["layer/head/act_std"]
