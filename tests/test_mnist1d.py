@@ -40,6 +40,7 @@ def test_generated_offline_with_published_sizes_and_rng_left_alone(
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     datasets._load_cached.cache_clear()
+    datasets._mnist1d_raw.cache_clear()
     np.random.seed(7)
     random.seed(7)
     expected_np, expected_py = np.random.rand(), random.random()
@@ -63,6 +64,7 @@ def test_cached_per_process_and_deterministic(plain: datasets.Dataset) -> None:
     first = datasets.load(datasets.MNIST1DSpec())
     assert datasets.load(datasets.MNIST1DSpec()) is first
     datasets._load_cached.cache_clear()
+    datasets._mnist1d_raw.cache_clear()
     again = datasets.load(datasets.MNIST1DSpec())
     assert again is not plain
     torch.testing.assert_close(again.x_train, plain.x_train, rtol=0, atol=0)
