@@ -1,4 +1,6 @@
-"""Small models for the digits tasks: MLP-d, CNN-d and a residual CNN.
+"""Small models for the built-in tasks: MLP-d, CNN-d and a residual CNN for the digits
+(CNN-d and the residual CNN also take 1-D inputs, N x C x L, with 1-D convolutions), and the
+four MNIST-1D baselines (logistic regression, MLP, 1-D CNN, GRU).
 
 Every model is ``features`` (the backbone, a Sequential of blocks) followed by ``head``
 (one Linear layer). Fine-tuning freezes or re-initialises by that split, and the norm
@@ -17,6 +19,11 @@ from torch import nn
 from tasks.spec import StrictModel
 
 Norm = Literal["none", "bn", "syncbn", "gn", "ln"]
+# Weight init of MLP-d's linear layers (INIT-*): torch's default (Kaiming-uniform with
+# a=sqrt(5)), Xavier/Glorot normal (gain 1, for tanh), Kaiming/He normal (fan-in, for ReLU),
+# or every weight 1/fan_in (symmetric: hidden units of a layer stay identical). Biases are
+# zero in the three explicit schemes.
+Init = Literal["default", "xavier", "kaiming", "constant"]
 Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -31,6 +38,7 @@ class MLPSpec(StrictModel):
     name: Literal["mlp_d"] = "mlp_d"
     hidden: list[PositiveInt] = [128, 64]
     activation: Activation = "relu"
+    init: Init = "default"
     norm: Norm = "none"
     dropout: float = Field(0.0, ge=0, lt=1)
     # torch's convention: running = (1 - momentum) * running + momentum * batch.
@@ -63,7 +71,50 @@ class ResNetSpec(StrictModel):
     bn_momentum: float = Field(0.1, gt=0, le=1)
 
 
-ModelSpec = Annotated[MLPSpec | CNNSpec | ResNetSpec, Field(discriminator="name")]
+# The MNIST-1D baselines mirror the models of the dataset's repository
+# (github.com/greydanus/mnist1d, notebooks/models.py: LinearBase, MLPBase, ConvBase, GRUBase),
+# whose published accuracies conf/study/mnist1d_baselines.yaml replicates. They have no norm
+# layer; ``norm`` exists because the data-parallel path reads it.
+
+
+class LogRegSpec(StrictModel):
+    """Logistic regression: one linear layer on the flattened input (LinearBase)."""
+
+    name: Literal["logreg_1d"] = "logreg_1d"
+    norm: Literal["none"] = "none"
+
+
+class MLP1DSpec(StrictModel):
+    """MLPBase: linear + ReLU, a residual linear + ReLU block, linear head (hidden 100)."""
+
+    name: Literal["mlp_1d"] = "mlp_1d"
+    hidden: PositiveInt = 100
+    activation: Activation = "relu"
+    norm: Literal["none"] = "none"
+
+
+class CNN1DSpec(StrictModel):
+    """ConvBase: three strided 1-D convolutions (kernel 5, 3, 3; stride 2; 25 channels), ReLU,
+    then a linear head on the flattened feature map (not pooled: position stays visible)."""
+
+    name: Literal["cnn_1d"] = "cnn_1d"
+    channels: PositiveInt = 25
+    activation: Activation = "relu"
+    norm: Literal["none"] = "none"
+
+
+class GRU1DSpec(StrictModel):
+    """GRUBase: a bidirectional GRU (hidden 6) over the sequence, one scalar per step; the head
+    reads the outputs of every step (flattened)."""
+
+    name: Literal["gru_1d"] = "gru_1d"
+    hidden: PositiveInt = 6
+    bidirectional: bool = True
+    norm: Literal["none"] = "none"
+
+
+ModelSpec = Annotated[MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | CNN1DSpec | GRU1DSpec,
+                      Field(discriminator="name")]
 
 
 class Classifier(nn.Module):
@@ -79,11 +130,13 @@ class Classifier(nn.Module):
 
 
 def norm_layer(kind: Norm, channels: int, *, spatial: bool, groups: int = 4,
-               momentum: float = 0.1) -> nn.Module:
-    """The normalisation layer a config names. ``syncbn`` builds a BatchNorm here; data-parallel
-    trials convert it to the synced version once the process group exists."""
+               momentum: float = 0.1, dims: int = 2) -> nn.Module:
+    """The normalisation layer a config names (``dims``: 1 or 2 spatial dimensions). ``syncbn``
+    builds a BatchNorm here; data-parallel trials convert it to the synced version once the
+    process group exists."""
     if kind in ("bn", "syncbn"):
-        return (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, momentum=momentum)
+        bn = nn.BatchNorm2d if spatial and dims == 2 else nn.BatchNorm1d
+        return bn(channels, momentum=momentum)
     if kind == "gn":
         return nn.GroupNorm(min(groups, channels), channels)
     if kind == "ln":
@@ -92,59 +145,124 @@ def norm_layer(kind: Norm, channels: int, *, spatial: bool, groups: int = 4,
     return nn.Identity()
 
 
-def build_model(spec: MLPSpec | CNNSpec | ResNetSpec, input_shape: tuple[int, ...],
-                num_classes: int) -> Classifier:
+def build_model(spec: MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | CNN1DSpec
+                | GRU1DSpec, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
     """Instantiate the model a spec names for inputs of ``input_shape`` (without the batch)."""
+    width = int(torch.tensor(input_shape).prod())
+    if isinstance(spec, LogRegSpec):
+        return Classifier(nn.Sequential(nn.Flatten()), nn.Linear(width, num_classes))
+    if isinstance(spec, MLP1DSpec):
+        act1d = _ACTIVATIONS[spec.activation]
+        return Classifier(
+            nn.Sequential(nn.Flatten(), nn.Linear(width, spec.hidden), act1d(),
+                          _Residual(nn.Sequential(nn.Linear(spec.hidden, spec.hidden), act1d()))),
+            nn.Linear(spec.hidden, num_classes))
+    if isinstance(spec, CNN1DSpec):
+        act1d = _ACTIVATIONS[spec.activation]
+        c, length = input_shape[0], input_shape[-1]
+        convs: list[nn.Module] = []
+        for k_in, k in ((c, 5), (spec.channels, 3), (spec.channels, 3)):
+            convs += [nn.Conv1d(k_in, spec.channels, k, stride=2, padding=1), act1d()]
+            length = (length + 2 - k) // 2 + 1
+        return Classifier(nn.Sequential(*convs, nn.Flatten()),
+                          nn.Linear(spec.channels * length, num_classes))
+    if isinstance(spec, GRU1DSpec):
+        directions = 2 if spec.bidirectional else 1
+        return Classifier(nn.Sequential(_GRUFeatures(input_shape[0], spec.hidden, spec.bidirectional)),
+                          nn.Linear(directions * spec.hidden * input_shape[-1], num_classes))
+
     act = _ACTIVATIONS[spec.activation]
     if isinstance(spec, MLPSpec):
         layers: list[nn.Module] = [nn.Flatten()]
-        width = int(torch.tensor(input_shape).prod())
         for h in spec.hidden:
             layers += [nn.Linear(width, h), norm_layer(spec.norm, h, spatial=False,
                                                        momentum=spec.bn_momentum), act()]
             if spec.dropout:
                 layers.append(nn.Dropout(spec.dropout))
             width = h
-        return Classifier(nn.Sequential(*layers), nn.Linear(width, num_classes))
+        mlp = Classifier(nn.Sequential(*layers), nn.Linear(width, num_classes))
+        if spec.init != "default":
+            for m in mlp.modules():
+                if isinstance(m, nn.Linear):
+                    _init_linear(m, spec.init)
+        return mlp
 
     in_ch = input_shape[0]
+    dims = len(input_shape) - 1  # C x H x W (digits) or C x L (MNIST-1D)
+    conv = nn.Conv2d if dims == 2 else nn.Conv1d
+    pool = nn.AdaptiveAvgPool2d if dims == 2 else nn.AdaptiveAvgPool1d
     if isinstance(spec, CNNSpec):
         blocks: list[nn.Module] = []
         for out_ch in spec.channels:
             blocks.append(nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=spec.norm == "none"),
+                conv(in_ch, out_ch, 3, padding=1, bias=spec.norm == "none"),
                 norm_layer(spec.norm, out_ch, spatial=True, groups=spec.gn_groups,
-                           momentum=spec.bn_momentum),
+                           momentum=spec.bn_momentum, dims=dims),
                 act()))
             in_ch = out_ch
-        tail: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        tail: list[nn.Module] = [pool(1), nn.Flatten()]
         if spec.dropout:
             tail.append(nn.Dropout(spec.dropout))
         return Classifier(nn.Sequential(*blocks, nn.Sequential(*tail)), nn.Linear(in_ch, num_classes))
 
     stem = nn.Sequential(
-        nn.Conv2d(in_ch, spec.width, 3, padding=1, bias=False),
+        conv(in_ch, spec.width, 3, padding=1, bias=False),
         norm_layer(spec.norm, spec.width, spatial=True, groups=spec.gn_groups,
-                   momentum=spec.bn_momentum), act())
-    res = [_ResidualBlock(spec, act) for _ in range(spec.blocks)]
-    tail = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+                   momentum=spec.bn_momentum, dims=dims), act())
+    res = [_ResidualBlock(spec, act, dims) for _ in range(spec.blocks)]
+    tail = [pool(1), nn.Flatten()]
     if spec.dropout:
         tail.append(nn.Dropout(spec.dropout))
     return Classifier(nn.Sequential(stem, *res, nn.Sequential(*tail)), nn.Linear(spec.width, num_classes))
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, spec: ResNetSpec, act: type[nn.Module]) -> None:
+    def __init__(self, spec: ResNetSpec, act: type[nn.Module], dims: int) -> None:
         super().__init__()
         w = spec.width
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
 
         def norm() -> nn.Module:
             return norm_layer(spec.norm, w, spatial=True, groups=spec.gn_groups,
-                              momentum=spec.bn_momentum)
+                              momentum=spec.bn_momentum, dims=dims)
 
-        self.body = nn.Sequential(nn.Conv2d(w, w, 3, padding=1, bias=False), norm(), act(),
-                                  nn.Conv2d(w, w, 3, padding=1, bias=False), norm())
+        self.body = nn.Sequential(conv(w, w, 3, padding=1, bias=False), norm(), act(),
+                                  conv(w, w, 3, padding=1, bias=False), norm())
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x + self.body(x))
+
+
+def _init_linear(layer: nn.Linear, kind: Init) -> None:
+    if kind == "xavier":
+        nn.init.xavier_normal_(layer.weight)
+    elif kind == "kaiming":
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    else:
+        nn.init.constant_(layer.weight, 1.0 / layer.in_features)
+    nn.init.zeros_(layer.bias)
+
+
+class _Residual(nn.Module):
+    """``x + body(x)``: MLPBase's second hidden layer."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class _GRUFeatures(nn.Module):
+    """A GRU over the L positions of an N x C x L input (C features per step), its outputs at
+    every step flattened: N x (directions * hidden * L). Zero initial state (torch's default)."""
+
+    def __init__(self, channels: int, hidden: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.gru = nn.GRU(channels, hidden, batch_first=True, bidirectional=bidirectional)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x.transpose(1, 2))
+        return out.flatten(1)

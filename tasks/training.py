@@ -67,6 +67,9 @@ class TrainSpec(StrictModel):
     diverge_factor: PositiveFloat = 10.0  # x the first batch's loss; a healthy run never gets there
     device: Literal["auto", "cpu", "cuda"] = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Per-layer statistics at the start of every epoch (epoch 0: at initialisation), see
+    # layer_stats(): for the initialisation and activation claims (INIT-*, ACT-*).
+    layer_stats: bool = False
     checkpoint_every: NonNegativeInt = CHECKPOINT_EVERY  # epochs per Checkpoint; 0 = never
     checkpoint_min_interval_s: NonNegativeFloat = CHECKPOINT_MIN_INTERVAL_S
 
@@ -76,7 +79,8 @@ class TrainSpec(StrictModel):
         # run before these fields existed (finished runs, shared upstreams) unchanged.
         d = handler(self)
         for name, default in (("checkpoint_every", CHECKPOINT_EVERY),
-                              ("checkpoint_min_interval_s", CHECKPOINT_MIN_INTERVAL_S)):
+                              ("checkpoint_min_interval_s", CHECKPOINT_MIN_INTERVAL_S),
+                              ("layer_stats", False)):
             if getattr(self, name) == default:
                 d.pop(name, None)
         return d
@@ -130,6 +134,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
     """
     gen = torch.Generator().manual_seed(seed)
     x_tr, y_tr = data.x_train.to(device), data.y_train.to(device)
+    probe = (x_tr[:PROBE_SIZE], y_tr[:PROBE_SIZE])  # fixed: epochs compare like with like
     x_va, y_va = data.x_val.to(device), data.y_val.to(device)
     n = len(x_tr)
     world = dist.world_size if dist is not None else 1
@@ -149,6 +154,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         model.train()
         if on_epoch_start is not None:
             on_epoch_start(epoch)
+        layers = layer_stats(distributed.unwrap(model), *probe) if train.layer_stats else {}
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum, correct, seen, epoch_steps = 0.0, 0.0, 0.0, 0
@@ -187,7 +193,7 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         yield Metrics(epoch, {"train/loss": train_loss, "train/acc": correct / seen,
                               "val/loss": val_loss, "val/acc": val_acc, "lr": lr,
                               "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
-                              **(extra_metrics or {})})
+                              **layers, **(extra_metrics or {})})
         due = train.checkpoint_every and (epoch + 1) % train.checkpoint_every == 0
         # any_rank: the ranks' clocks differ, and every rank must take part in the gather.
         if due and distributed.any_rank(
@@ -314,6 +320,62 @@ def _to_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
+
+
+PROBE_SIZE = 256  # training examples (the first ones) that layer_stats() measures on
+
+
+def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Per-layer statistics of one forward/backward pass on ``(x, y)``, leaving no trace.
+
+    A *layer* is a module with parameters of its own (Linear, Conv, GRU, norm layers), named
+    as in ``model.named_modules()``. ``layer/<name>/act_mean`` and ``act_std`` are over every
+    element of its output (a Linear's output is the pre-activation); ``grad_norm`` is the L2
+    norm of the loss gradient over its own parameters. Each ReLU module reports
+    ``layer/<name>/dead_frac``: the fraction of its units (dimension 1) that output 0 on every
+    probe example and position, i.e. get no gradient (ACT-3). The pass runs in the model's current
+    mode (training mode keeps BN's batch statistics, as in a training step); buffers (BN's
+    running statistics), the RNG (dropout) and ``.grad`` are restored afterwards, so a run
+    with the statistics trains exactly like one without.
+    """
+    layers = {name: m for name, m in model.named_modules()
+              if any(True for _ in m.parameters(recurse=False))}
+    acts: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable[[nn.Module, object, torch.Tensor | tuple[torch.Tensor, ...]], None]:
+        def hook(_: nn.Module, __: object, out: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
+            acts[name] = (out[0] if isinstance(out, tuple) else out).detach()  # GRU: (output, h)
+        return hook
+
+    relus = {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
+    handles = [m.register_forward_hook(keep(name)) for name, m in (layers | relus).items()]
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    grads = {p: p.grad for p in model.parameters()}
+    try:
+        with torch.random.fork_rng(devices=[x.device.index or 0] if x.is_cuda else []):
+            for p in model.parameters():
+                p.grad = None
+            nn.functional.cross_entropy(model(x), y).backward()
+        out: dict[str, float] = {}
+        for name, m in layers.items():
+            a = acts[name].float()
+            g = [p.grad for p in m.parameters(recurse=False) if p.grad is not None]
+            out[f"layer/{name}/act_mean"] = a.mean().item()
+            out[f"layer/{name}/act_std"] = a.std().item()
+            out[f"layer/{name}/grad_norm"] = (
+                torch.linalg.vector_norm(torch.cat([t.flatten() for t in g])).item() if g else 0.0)
+        for name in relus:
+            alive = acts[name].transpose(0, 1).flatten(1) > 0  # units x (examples * positions)
+            out[f"layer/{name}/dead_frac"] = 1.0 - alive.any(1).float().mean().item()
+        return out
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        for p, g0 in grads.items():
+            p.grad = g0
 
 
 def _finite(x: float) -> float:
