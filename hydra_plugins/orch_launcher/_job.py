@@ -134,7 +134,7 @@ def _run_in_private_run(payload: JobPayload) -> tuple[Any, Captured]:
 def run(spec: HydraJobSpec) -> Iterator[Summary]:
     """Run the job; yield one Summary carrying its :class:`JobRecord`; re-raise its error
     (after the Summary, so what it logged before failing still reaches its run)."""
-    import cloudpickle
+    from ray import cloudpickle
     from hydra.core.utils import JobStatus
 
     payload: JobPayload = cloudpickle.loads(spec.payload)
