@@ -16,7 +16,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, LauncherTestSuite
+from hydra.test_utils.launcher_common_tests import (
+    BatchedSweeperTestSuite,
+    LauncherTestSuite,
+)
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking as tr

@@ -19,6 +19,8 @@ import copy
 import json
 import logging
 import pickle
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -26,14 +28,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray import cloudpickle  # keeps code file names (tracebacks), unlike cloudpickle 3.1
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    setup_globals,
+)
 from omegaconf import DictConfig, OmegaConf, open_dict
+# Ray's cloudpickle keeps code file names (tracebacks show the app's lines); cloudpickle 3.1
+# drops them.
+from ray import cloudpickle
 
-from hydra_plugins.orch_launcher._job import RECORD, TASK, Captured, JobPayload, JobRecord
+from hydra_plugins.orch_launcher._job import (
+    RECORD,
+    TASK,
+    Captured,
+    JobPayload,
+    JobRecord,
+)
 from orchestrator import tracking as tr
 from orchestrator.dispatch import Cancelled, Dispatcher, GridSource
 from orchestrator.specs import Resources, Trial
@@ -68,8 +84,7 @@ class LauncherOptions:
         """Validated like an orch sweep's ``resources`` (a bad value fails before Ray starts)."""
         given = OmegaConf.to_container(resources) if isinstance(resources, DictConfig) \
             else dict(resources or {})
-        return cls(address, tracking_uri, experiment,
-                   Resources.model_validate({k: v for k, v in given.items() if v is not None}),
+        return cls(address, tracking_uri, experiment, Resources.model_validate(given),
                    max_concurrent)
 
 
@@ -123,8 +138,19 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     # Resolved once here: workers run in other processes (a relative path, ${now:...}).
     sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    # Workers' private MLflow stores (``_job``): removed once this launch's actors are gone.
+    store_dir = tempfile.mkdtemp(prefix="orch-hydra-jobs-")
+    try:
+        return _launch(launcher, job_overrides, initial_job_idx, sweep_dir, store_dir)
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+            sweep_dir: Path, store_dir: str) -> list[JobReturn]:
+    config: DictConfig = launcher.config
     state = Singleton.get_state()
-    jobs = [_prepare(launcher, sweep_dir, initial_job_idx + i, list(o), state)
+    jobs = [_prepare(launcher, sweep_dir, initial_job_idx + i, list(o), state, store_dir)
             for i, o in enumerate(job_overrides)]
     # The sweeper reads HydraConfig after launching; _prepare set it per job.
     HydraConfig.instance().set_config(config)
@@ -160,6 +186,9 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         finally:
             dispatcher.shutdown()
     session.finish(cancelled)
+    if cancelled:  # Ctrl-C or `orch cancel`: jobs that never started have no JobReturn
+        raise Cancelled(f"multirun {session.sweep_id} was cancelled; its finished jobs are "
+                        f"kept (the same command runs the rest)")
     return [recorder.returns[j.trial.index] for j in jobs]
 
 
@@ -191,7 +220,7 @@ def _open_session(opts: LauncherOptions, config: DictConfig) -> Session:
 
 
 def _prepare(launcher: Any, sweep_dir: Path, idx: int, overrides: list[str],
-             singleton_state: dict[Any, Any]) -> Job:
+             singleton_state: dict[Any, Any], store_dir: str) -> Job:
     """The job's config (as Hydra's basic launcher makes it), identity and payload."""
     sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
         launcher.config, overrides)
@@ -210,7 +239,7 @@ def _prepare(launcher: Any, sweep_dir: Path, idx: int, overrides: list[str],
     assert isinstance(resolved, dict)
     key = Trial.make_key(f"hydra:{sweep_config.hydra.job.name}", resolved)
     payload = cloudpickle.dumps(JobPayload(launcher.hydra_context, launcher.task_function,
-                                           sweep_config, singleton_state))
+                                           sweep_config, singleton_state, store_dir))
     params = override_params(overrides)
     trial = Trial(index=idx, task=TASK, config={"payload": payload}, arm=params, seed=0, key=key)
     return Job(trial, overrides, params, sweep_config, resolved)
@@ -305,8 +334,9 @@ class JobRecorder:
         """What the job logged to its private run, into its child run."""
         from mlflow.entities import Param
 
-        # A job may log a param its override already set; a different value goes under job/.
-        params = [Param(k if job.params.get(k, v) == v else f"job/{k}", v)
+        # A job may log a param its override already set (MLflow refuses a second value):
+        # the same value is skipped, a different one goes under job/.
+        params = [Param(k, v) if k not in job.params else Param(f"job/{k}", v)
                   for k, v in captured.params.items() if job.params.get(k) != v]
         if params:
             self.tracker.client.log_batch(run_id, params=params)

@@ -8,16 +8,15 @@ tags, metric histories (with steps and timestamps) and artifacts are read back a
 the driver, which copies them into the job's child run. So the job sees an active run
 (``mlflow.active_run()``) and the sweep's store has a single writer, the driver: no
 "database is locked" with sqlite. The private store is made once per worker process (its
-schema migration costs ~1.5 s) and each job's artifacts are deleted once sent.
+schema migration costs ~1.5 s) under a directory the driver names per launch and removes
+when the launch ends (the actors are killed then, so no handler of theirs would run); each
+job's artifacts are deleted once sent.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import pickle
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,16 +65,19 @@ class JobPayload:
     task_function: Any
     config: Any
     singleton_state: dict[Any, Any]
+    #: Where workers make their private stores (one subdirectory per process).
+    store_dir: str
 
 
 class _PrivateStore:
     """This process's MLflow store for jobs' in-job logging (one run per job)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store_dir: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.root = Path(tempfile.mkdtemp(prefix="orch-hydra-job-"))
-        atexit.register(shutil.rmtree, self.root, ignore_errors=True)
+        self.store_dir = store_dir
+        self.root = Path(store_dir) / str(os.getpid())
+        self.root.mkdir(parents=True, exist_ok=True)
         self.uri = f"sqlite:///{self.root / 'jobs.db'}"
         self.client = MlflowClient(self.uri)
         # An explicit artifact location: MLflow's default is ./mlruns in the job's cwd.
@@ -99,10 +101,10 @@ class _PrivateStore:
 _store: _PrivateStore | None = None
 
 
-def _private_store() -> _PrivateStore:
+def _private_store(store_dir: str) -> _PrivateStore:
     global _store
-    if _store is None:
-        _store = _PrivateStore()
+    if _store is None or _store.store_dir != store_dir:
+        _store = _PrivateStore(store_dir)
     return _store
 
 
@@ -112,7 +114,7 @@ def _run_in_private_run(payload: JobPayload) -> tuple[Any, Captured]:
     from hydra.core.singleton import Singleton
     from hydra.core.utils import run_job, setup_globals
 
-    store = _private_store()
+    store = _private_store(payload.store_dir)
     setup_globals()
     Singleton.set_state(payload.singleton_state)
     # The job's mlflow calls go to the private store whatever $MLFLOW_TRACKING_URI says.
@@ -134,8 +136,8 @@ def _run_in_private_run(payload: JobPayload) -> tuple[Any, Captured]:
 def run(spec: HydraJobSpec) -> Iterator[Summary]:
     """Run the job; yield one Summary carrying its :class:`JobRecord`; re-raise its error
     (after the Summary, so what it logged before failing still reaches its run)."""
-    from ray import cloudpickle
     from hydra.core.utils import JobStatus
+    from ray import cloudpickle
 
     payload: JobPayload = cloudpickle.loads(spec.payload)
     ret, captured = _run_in_private_run(payload)

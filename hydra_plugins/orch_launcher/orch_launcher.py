@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -14,16 +14,16 @@ from omegaconf import DictConfig
 class OrchLauncher(Launcher):
     """Runs a multirun's jobs on orch's reusable Ray actors; one MLflow child run per job."""
 
-    def __init__(self, address: Optional[str] = None, tracking_uri: Optional[str] = None,
-                 experiment: Optional[str] = None, resources: Any = None,
-                 max_concurrent: Optional[int] = None) -> None:
+    def __init__(self, address: str | None = None, tracking_uri: str | None = None,
+                 experiment: str | None = None, resources: Any = None,
+                 max_concurrent: int | None = None) -> None:
         from hydra_plugins.orch_launcher._core import LauncherOptions
 
         self.options = LauncherOptions.from_config(address, tracking_uri, experiment,
                                                    resources, max_concurrent)
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
         #: The multirun's state across ``launch`` calls (a sweeper may launch several
         #: batches): one parent run for all of them.
         self.session: Any = None
