@@ -42,7 +42,8 @@ def _multirun(tmp_path: Path, launcher: list[str], env: dict[str, str] | None = 
     try:
         out, _ = proc.communicate(timeout=400)
     finally:
-        left = _session_processes(proc.pid)
+        # Ray's processes end within moments of the driver's exit; a minute is generous.
+        _, left = psutil.wait_procs(_session_processes(proc.pid), timeout=60)
         for p in left:
             p.kill()
     assert not left, f"processes left behind: {[p.info for p in left]}"

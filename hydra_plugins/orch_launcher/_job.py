@@ -128,7 +128,7 @@ def _run_in_private_run(payload: JobPayload) -> tuple[Any, Captured]:
     finally:
         while mlflow.active_run() is not None:  # the job may have left nested runs open
             mlflow.end_run()
-        os.chdir(cwd)
+        os.chdir(cwd)  # a job that changed directory itself: the next job starts here again
     return ret, store.collect(run.info.run_id)
 
 
