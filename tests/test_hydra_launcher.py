@@ -21,6 +21,7 @@ from hydra.test_utils.launcher_common_tests import (
     LauncherTestSuite,
 )
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
 
 from orchestrator import tracking as tr
 
@@ -143,6 +144,33 @@ def store_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_session) -
     puts a sqlite store's artifacts in ./mlruns)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.usefixtures("hydra_restore_singletons", "store_in_tmp")
+def test_rerun_returns_the_stored_values(hydra_sweep_runner, tmp_path: Path) -> None:
+    """A re-run gives Hydra the finished jobs' stored return values without running them."""
+
+    def task(cfg: DictConfig) -> dict:
+        return {"foo": cfg.foo, "bar": cfg.bar, "note": "not a metric"}
+
+    def sweep() -> list:
+        with hydra_sweep_runner(calling_file=None, calling_module="hydra.test_utils.a_module",
+                                task_function=task, config_path="configs",
+                                config_name="compose.yaml",
+                                overrides=["hydra/launcher=orch", "bar=100,200"],
+                                temp_dir=tmp_path / "runs") as run:
+            return [r.return_value for batch in run.returns for r in batch]
+
+    expected = [{"foo": 10, "bar": 100, "note": "not a metric"},
+                {"foo": 10, "bar": 200, "note": "not a metric"}]
+    assert sweep() == expected
+    assert sweep() == expected
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("a_module").experiment_id],
+                              f"tags.`{tr.TAG_KIND}` = 'trial'")
+    reused = [r for r in runs if tr.TAG_REUSED in r.data.tags]
+    assert len(runs) == 4 and len(reused) == 2
+    assert {r.data.metrics["bar"] for r in reused} == {100.0, 200.0}
 
 
 @pytest.mark.usefixtures("store_in_tmp")

@@ -39,6 +39,7 @@ from hydra.core.utils import (
     setup_globals,
 )
 from omegaconf import DictConfig, OmegaConf, open_dict
+
 # Ray's cloudpickle keeps code file names (tracebacks show the app's lines); cloudpickle 3.1
 # drops them.
 from ray import cloudpickle
