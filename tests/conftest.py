@@ -53,9 +53,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     after = _checkout_state()
     if before is not None and after is not None and after != before:
         changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
-        session.config.get_terminal_reporter().write_line(
-            "the tests changed the checkout (they must write only in their temp dirs): "
-            + "; ".join(changed[:10]), red=True)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = ("the tests changed the checkout (they must write only in their temp "
+                   "dirs): " + "; ".join(changed[:10]))
+        if reporter is not None:
+            reporter.write_line(message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
