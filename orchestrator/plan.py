@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ValidationError
 
+from orchestrator import grammar
 from orchestrator.compose import Composer
 from orchestrator.errors import SpecError, describe_validation_error
 from orchestrator.specs import SWEEP_KEYS, SweepSpec, Trial
 from tasks import registry
-
-_PARSER = OverridesParser.create()
 
 
 @dataclass(frozen=True)
@@ -51,10 +49,8 @@ def _plain(parsed: list[Override]) -> list[str]:
 
 
 def parse_overrides(strings: list[str]) -> list[Override]:
-    try:
-        return _PARSER.parse_overrides(strings)
-    except HydraException as e:
-        raise SpecError(f"overrides: {e}") from None
+    """Hydra overrides, parsed with limits (:func:`orchestrator.grammar.parse`)."""
+    return grammar.parse(strings)
 
 
 def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool = False
@@ -89,16 +85,23 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
             raise SpecError(f"{o.key_or_group}: a grid axis must be a choice, range or glob; "
                             f"interval() belongs in a search space")
     grids = spec.sweep.grids or {"": {}}
-    trials: list[Trial] = []
-    axes: dict[str, list[Any]] = {}
-    seen: dict[str, int] = {}
+    cap = spec.sweep.max_trials
+    all_axes: dict[str, dict[str, list[Any]]] = {}
     for name, grid in grids.items():
         where = f"sweep.grids.{name}." if name else "sweep.axes."
         declared = {**spec.sweep.axes, **grid}
         # A command-line axis replaces the grids' axis on its key; one no grid has is shared.
         mine = [o for o in cli_axes if o.key_or_group in declared
                 or not any(o.key_or_group in g for g in grids.values())]
-        grid_axes = _axes(composer, base, declared, spec.sweep.seeds, mine, pinned, where)
+        all_axes[name] = _axes(composer, base, declared, spec.sweep.seeds, mine, pinned,
+                               where, cap)
+    total = sum(math.prod(len(v) for v in a.values()) for a in all_axes.values())
+    if total > cap:
+        _too_many(total, cap, "sweep.grids: the grids together")
+    trials: list[Trial] = []
+    axes: dict[str, list[Any]] = {}
+    seen: dict[str, int] = {}
+    for name, grid_axes in all_axes.items():
         for t in _trials(composer, study, fixed, base, grid_axes, task):
             arm = {"grid": name, **t.arm} if name else t.arm
             if t.key in seen:  # grids may overlap: the trial runs once, with an arm in each
@@ -146,21 +149,39 @@ def _task(name: str) -> registry.Task:
         raise SpecError(f"task.name: {e.args[0]}") from None
 
 
+def _too_many(count: int, cap: int, what: str) -> NoReturn:
+    raise SpecError(f"{what}: {count:,} trials planned, more than sweep.max_trials = "
+                    f"{cap:,}; allowed: at most {cap:,} (fewer axis values or seeds, or "
+                    f"raise sweep.max_trials)")
+
+
 def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: int,
-          cli_axes: list[Override], pinned: set[str], where: str) -> dict[str, list[Any]]:
-    axes: dict[str, list[Any]] = {}
+          cli_axes: list[Override], pinned: set[str], where: str, cap: int
+          ) -> dict[str, list[Any]]:
+    # Each axis as a list or a parsed sweep; the trial count (the product of the axis
+    # sizes) is checked against the cap before any sweep is expanded.
+    pending: dict[str, list[Any] | Override] = {}
     for key, value in declared.items():
         if key in pinned:
             continue
         if isinstance(value, list):
-            axes[key] = value
+            pending[key] = value
             continue
-        (o,) = parse_overrides([f"{key}={value}"])
-        axes[key] = _expand(composer, o) if o.is_sweep_override() else [o.value()]
+        (o,) = grammar.parse([f"{key}={value}"], field=f"{where}{key}")
+        pending[key] = o if o.is_sweep_override() else [o.value()]
     for o in cli_axes:
-        axes[o.key_or_group] = _expand(composer, o)
-    if "seed" not in axes and "seed" not in pinned:
-        axes["seed"] = list(range(seeds))
+        pending[o.key_or_group] = o
+    if "seed" not in pending and "seed" not in pinned:
+        pending["seed"] = range(seeds)  # type: ignore[assignment] - sized, not expanded
+    sizes = [len(v) if not isinstance(v, Override)
+             else grammar.sweep_size(v, lambda k=k: composer.group_options(k))
+             for k, v in pending.items()]
+    count = math.prod(sizes)
+    if count > cap:
+        shown = " x ".join(f"{k}={n:,}" for k, n in zip(pending, sizes))
+        _too_many(count, cap, f"{where.rstrip('.')} ({shown})")
+    axes = {k: _expand(composer, v) if isinstance(v, Override) else list(v)
+            for k, v in pending.items()}
     for key, values in axes.items():
         if not values:
             raise SpecError(f"{where}{key}: the axis has no values")
@@ -178,12 +199,10 @@ def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: 
 _ABSENT = object()
 
 
-def _expand(composer: Composer, o: Override) -> list[Any]:
-    o.config_loader = composer._loader  # glob() asks the loader for a group's options
-    try:
-        return list(o.sweep_iterator())
-    except HydraException as e:
-        raise SpecError(f"{o.key_or_group}: {e}") from None
+def _expand(composer: Composer, o: Override, where: str | None = None) -> list[Any]:
+    key = o.key_or_group
+    return grammar.expand(o, composer.is_group(key), lambda: composer.group_options(key),
+                          where or key)
 
 
 class TrialBuilder:

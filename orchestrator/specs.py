@@ -50,6 +50,9 @@ class SweepSettings(StrictModel):
     mode: Literal["min", "max"] = "max"
     max_concurrent: PositiveInt | None = None
     retries: NonNegativeInt = 1
+    #: Most trials a grid may plan; counted (product of axis sizes) before expanding, so a
+    #: typo like range(10**9) is bad input, not a minute of planning and a MemoryError.
+    max_trials: PositiveInt = 10_000
 
 
 class Resources(StrictModel):
