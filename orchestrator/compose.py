@@ -16,9 +16,10 @@ from hydra.core.object_type import ObjectType
 from hydra.errors import HydraException
 from hydra.types import RunMode
 import yaml
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from orchestrator import safe_yaml
 from orchestrator.errors import SpecError
 
 PRIMARY_CONFIG = "config"
@@ -45,6 +46,7 @@ class Composer:
             user = Path(config_dir).resolve()
             if not user.is_dir():
                 raise SpecError(f"--config-dir: {str(config_dir)!r} is not a directory")
+            safe_yaml.check_config_dir(user)  # before Hydra expands any alias in it
             search_path.prepend("orch-user", f"file://{user}",
                                 anchor=SearchPathQuery(provider="main"))
         self.config_dir = config_dir
@@ -68,6 +70,8 @@ class Composer:
         return self._compose(study, tuple(overrides))
 
     def _compose(self, study: str, overrides: tuple[str, ...]) -> DictConfig:
+        for o in overrides:  # a group choice's interpolation is resolved inside Hydra
+            safe_yaml.check_resolvers(o, f"overrides: {o}")
         try:
             cfg = self._loader.load_configuration(
                 PRIMARY_CONFIG, overrides=[f"study={study}", *overrides], run_mode=RunMode.RUN)
@@ -77,6 +81,8 @@ class Composer:
             raise SpecError(f"config: not valid YAML: {e}") from None
         with open_dict(cfg):
             cfg.pop("hydra", None)
+        # Nothing has resolved the user's values yet; every later reader would.
+        safe_yaml.check_tree(OmegaConf.to_container(cfg, resolve=False))
         return cfg
 
     def __repr__(self) -> str:

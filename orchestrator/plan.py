@@ -21,7 +21,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ValidationError
 
-from orchestrator import grammar
+from orchestrator import grammar, safe_yaml
 from orchestrator.compose import Composer
 from orchestrator.errors import SpecError, describe_validation_error
 from orchestrator.specs import SWEEP_KEYS, SweepSpec, Trial
@@ -49,7 +49,10 @@ def _plain(parsed: list[Override]) -> list[str]:
 
 
 def parse_overrides(strings: list[str]) -> list[Override]:
-    """Hydra overrides, parsed with limits (:func:`orchestrator.grammar.parse`)."""
+    """Hydra overrides, parsed with limits (:func:`orchestrator.grammar.parse`); no
+    resolver that reads outside the config (:mod:`orchestrator.safe_yaml`)."""
+    for s in strings:
+        safe_yaml.check_resolvers(s, f"overrides: {s}")
     return grammar.parse(strings)
 
 
