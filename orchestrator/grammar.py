@@ -26,7 +26,7 @@ from typing import Any, List, Optional, Union
 from hydra._internal.grammar import grammar_functions
 from hydra.core.override_parser.overrides_parser import OverridesParser, create_functions
 from hydra.core.override_parser.types import (ChoiceSweep, ElementType, Glob, IntervalSweep,
-                                              Override, RangeSweep)
+                                              Override, QuotedString, RangeSweep)
 from hydra.errors import HydraException
 
 from orchestrator.errors import SpecError
@@ -118,14 +118,9 @@ def _nesting(text: str) -> int:
 
 
 def _reason(e: BaseException) -> str:
-    """The informative line of a Hydra parse error (it adds a header and a docs link)."""
-    lines = [ln.strip() for ln in str(e).splitlines()
-             if ln.strip() and not ln.startswith("See https") and not ln.startswith("Error parsing")
-             and ln.strip() != "^"]
-    text = lines[0] if lines else type(e).__name__
-    # "ValueError while evaluating 'range(0,5,0)': range(): ..." -> the function's own words
-    m = re.match(r"\w+ while evaluating '.*?': (.*)", text)
-    return m.group(1) if m else text
+    """Hydra's parse error on one line, less its link to the docs."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    return " ".join(ln for ln in lines if ln and ln != "^" and not ln.startswith("See https"))
 
 
 def parse(strings: list[str], field: str = "overrides") -> list[Override]:
@@ -147,8 +142,7 @@ def parse(strings: list[str], field: str = "overrides") -> list[Override]:
         try:
             (o,) = _PARSER.parse_overrides([s])
         except HydraException as e:
-            raise SpecError(f"{field}: {shown!r} is not a valid override: {_reason(e)} "
-                            f"(see {_GRAMMAR_HELP})") from None
+            raise SpecError(f"{field}: {_reason(e)} (see {_GRAMMAR_HELP})") from None
         except ValueError as e:  # int(text) past sys.get_int_max_str_digits()
             if "digits" in str(e):
                 raise SpecError(f"{field}: {shown!r} has an integer literal longer than "
@@ -240,9 +234,21 @@ def expand(o: Override, is_group: bool, group_options: Callable[[], list[str]],
         raise SpecError(f"{where}: {_text(o)!r} has {n:,} values; allowed: at most "
                         f"{MAX_EXPANSION:,}")
     try:
-        return list(o.sweep_iterator())
+        return [plain(x) for x in o.sweep_iterator()]
     except (HydraException, ValueError, TypeError) as e:
         raise SpecError(f"{where}: {_text(o)!r}: {_reason(e)}") from None
+
+
+def plain(x: Any) -> Any:
+    """A parsed element as a config value: Hydra leaves quoted strings nested in lists and
+    dicts as ``QuotedString`` objects."""
+    if isinstance(x, QuotedString):
+        return x.text
+    if isinstance(x, list):
+        return [plain(i) for i in x]
+    if isinstance(x, dict):
+        return {plain(k): plain(v) for k, v in x.items()}
+    return x
 
 
 def _text(o: Override) -> str:
