@@ -302,7 +302,7 @@ def _choice(key: str, values: list[Any], source: str, is_group: bool,
 
 def _text(o: Override) -> str:
     """The value part of an override as written (``interval(0, 1)``)."""
-    return o.input_line.split("=", 1)[1] if o.input_line else str(o.value())
+    return o.input_line.partition("=")[2] or o.input_line if o.input_line else str(o.value())
 
 
 def plan_search(builder: "TrialBuilder", spec: SearchSpec, cli_axes: list[Override],
