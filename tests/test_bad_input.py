@@ -64,3 +64,68 @@ def test_bad_input_found_against_the_cluster_exits_2(ray_session, case: dict[str
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys) -> None:
     _run_case(case, tmp_path, monkeypatch, capsys)
+
+
+# -- Hydra's grammar as Hydra's own tests state it ---------------------------------------------
+# hydra-core 1.3.8 sorts a range whose stop is off the step wrongly (sort(range(7,0,-3)) is
+# 3,6,9); orchestrator.grammar registers upstream Hydra's fix. Rows copied from Hydra's
+# tests/test_overrides_parser.py: test_range, test_sort (its range rows) and
+# test_sort_range_materializes_to_sorted_values.
+from hydra.core.override_parser.types import RangeSweep  # noqa: E402
+
+from orchestrator import grammar  # noqa: E402
+
+HYDRA_RANGE = [
+    ("range(10,11)", RangeSweep(start=10, stop=11, step=1)),
+    ("range (10,11)", RangeSweep(start=10, stop=11, step=1)),
+    ("range(1,10,2)", RangeSweep(start=1, stop=10, step=2)),
+    ("range(start=1,stop=10,step=2)", RangeSweep(start=1, stop=10, step=2)),
+    ("range(1.0, 3.14)", RangeSweep(start=1.0, stop=3.14, step=1)),
+    ("range(1.0, 3.14, 0.1)", RangeSweep(start=1.0, stop=3.14, step=0.1)),
+    ("range(10)", RangeSweep(start=0, stop=10, step=1)),
+    ("range(-10)", RangeSweep(start=0, stop=-10, step=1)),
+    ("range(-10, step=-1)", RangeSweep(start=0, stop=-10, step=-1)),
+    ("range(5.5)", RangeSweep(start=0, stop=5.5, step=1)),
+    ("range(5.5, step=0.5)", RangeSweep(start=0, stop=5.5, step=0.5)),
+    ("sort(range(1, 10))", RangeSweep(start=1, stop=10, step=1)),
+    ("sort(range(9,0,-1))", RangeSweep(start=1, stop=10, step=1)),
+    ("sort(range(1,10),reverse=True)", RangeSweep(start=9, stop=0, step=-1)),
+    ("sort(sort(range(1, 10),reverse=true))", RangeSweep(start=1, stop=10, step=1)),
+    ("sort(range(0,2,0.5))", RangeSweep(start=0, stop=2, step=0.5)),
+    ("sort(range(1.5,-0.5,-0.5))", RangeSweep(start=0.0, stop=1.75, step=0.5)),
+    ("sort(range(0,2,0.5),reverse=true)", RangeSweep(start=1.5, stop=-0.25, step=-0.5)),
+    ("sort(range(0,5,2),reverse=True)", RangeSweep(start=4, stop=-2, step=-2)),
+    ("sort(range(4,-1,-2))", RangeSweep(start=0, stop=6, step=2)),
+    ("sort(range(7,0,-3))", RangeSweep(start=1, stop=10, step=3)),
+    ("shuffle(range(1, 10))", RangeSweep(start=1, stop=10, step=1, shuffle=True)),
+]
+
+
+@pytest.mark.parametrize("text, expected", HYDRA_RANGE, ids=[t for t, _ in HYDRA_RANGE])
+def test_range_and_sort_parse_as_hydras_tests_expect(text: str, expected: RangeSweep) -> None:
+    (o,) = grammar.parse([f"x={text}"])
+    assert o.value() == expected
+
+
+@pytest.mark.parametrize("start, stop, step", [
+    (0, 5, 2), (4, -1, -2), (7, 0, -3), (1, 10, 1), (0, 1, 1), (0, 0, 1), (1, 0, 1),
+    (0, 2, 0.5), (0, 1.3, 0.5), (1.3, 0, -0.5), (0, 1, 0.1), (0, 1, 0.2), (0, 0.3, 0.1),
+    (1, 0, -0.1)])
+def test_sorted_range_has_the_ranges_values_sorted(start: float, stop: float,
+                                                   step: float) -> None:
+    (o,) = grammar.parse([f"x=range({start},{stop},{step})"])
+    original = list(o.value().range())
+    assert grammar.range_bounds(o.value())[0] == len(original)  # counted as iterated
+    for reverse in (False, True):
+        (s,) = grammar.parse([f"x=sort(range({start},{stop},{step}),reverse={reverse})"])
+        assert list(s.value().range()) == pytest.approx(sorted(original, reverse=reverse))
+
+
+def test_sorted_range_sweeps_the_seeds_hydra_documents(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "optimizers", "--dry-run", "optimizer=sgd", "model=mlp_d",
+                 "seed=sort(range(7,0,-3))"]) == 0
+    seeds = [line.rsplit("seed=", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert seeds == ["1", "4", "7"]
+    assert list(tmp_path.iterdir()) == []
