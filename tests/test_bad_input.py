@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
+from orchestrator.errors import SpecError
 
 CORPUS: list[dict[str, Any]] = yaml.safe_load(
     (Path(__file__).parent / "data" / "bad_inputs.yaml").read_text())
@@ -129,3 +130,72 @@ def test_sorted_range_sweeps_the_seeds_hydra_documents(
     seeds = [line.rsplit("seed=", 1)[1] for line in capsys.readouterr().out.splitlines()]
     assert seeds == ["1", "4", "7"]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- secrets: user configs cannot read the environment ----------------------------------------
+SECRET = "s3cr3t-value-7f1c"
+
+
+def _dump(plan: Any) -> str:
+    import json
+
+    return json.dumps([plan.config, *(t.config for t in plan.trials)], default=str)
+
+
+@pytest.mark.parametrize("where", ["override", "study file", "option file"])
+def test_env_resolver_is_refused_and_the_value_never_shown(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("ORCH_TEST_SECRET", SECRET)
+    monkeypatch.delenv("ORCH_ALLOW_RESOLVERS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "conf"
+    (conf / "study").mkdir(parents=True)
+    (conf / "optimizer").mkdir()
+    argv = ["sweep", "optimizers", "--dry-run", "--config-dir", str(conf)]
+    if where == "override":
+        argv.append("study.description=${oc.env:ORCH_TEST_SECRET}")
+    elif where == "study file":
+        (conf / "study" / "leak.yaml").write_text(
+            "# @package _global_\nstudy: {name: leak, description: '${oc.env:ORCH_TEST_SECRET}'}\n")
+        argv[1] = "leak"
+    else:  # a file the study does not even use is refused: it is the user's config dir
+        (conf / "optimizer" / "leak.yaml").write_text("lr: ${oc.env:ORCH_TEST_SECRET}\n")
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "resolver 'oc.env'" in err and len(err.strip().splitlines()) == 1
+    assert SECRET not in out + err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]
+
+
+def test_allow_list_admits_one_variable_and_the_plan_holds_no_other(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.compose import composer
+    from orchestrator.plan import plan_sweep
+
+    monkeypatch.setenv("ORCH_TEST_SECRET", SECRET)
+    monkeypatch.setenv("ORCH_TEST_EPOCHS", "3")
+    monkeypatch.setenv("ORCH_ALLOW_RESOLVERS", "oc.env:ORCH_TEST_EPOCHS")
+    plan = plan_sweep(composer(None), "optimizers",
+                      ["optimizer=sgd", "model=mlp_d", "train.epochs=${oc.env:ORCH_TEST_EPOCHS}"])
+    assert {t.config["train"]["epochs"] for t in plan.trials} == {3}
+    assert SECRET not in _dump(plan)
+    # The allow-list names one variable: another is still refused.
+    with pytest.raises(SpecError, match=r"resolver 'oc.env'.*oc.env:ORCH_TEST_SECRET"):
+        plan_sweep(composer(None), "optimizers",
+                   ["optimizer=sgd", "study.description=${oc.env:ORCH_TEST_SECRET}"])
+    monkeypatch.setenv("ORCH_ALLOW_RESOLVERS", "oc.env")  # the operator allows them all
+    plan = plan_sweep(composer(None), "optimizers",
+                      ["optimizer=sgd", "model=mlp_d",
+                       "study.description=${oc.env:ORCH_TEST_SECRET}"])
+    assert SECRET in _dump(plan)  # the check above could fail: this is where it would show
+
+
+def test_builtin_studies_write_no_environment_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.compose import composer
+    from orchestrator.plan import plan_sweep
+
+    monkeypatch.setenv("ORCH_TEST_SECRET", SECRET)
+    monkeypatch.setenv("ORCH_ALLOW_RESOLVERS", "oc.env")  # even where an operator allows it
+    c = composer(None)
+    for study in c.studies():
+        assert SECRET not in _dump(plan_sweep(c, study, [], quick=True)), study
