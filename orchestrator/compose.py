@@ -76,9 +76,9 @@ class Composer:
             cfg = self._loader.load_configuration(
                 PRIMARY_CONFIG, overrides=[f"study={study}", *overrides], run_mode=RunMode.RUN)
         except (HydraException, OmegaConfBaseException) as e:
-            raise SpecError(f"config: {e}") from None
+            raise SpecError(f"config: {_one_line(e)}") from None
         except yaml.YAMLError as e:  # a malformed YAML file of the user's: bad input too
-            raise SpecError(f"config: not valid YAML: {e}") from None
+            raise SpecError(f"config: not valid YAML: {_one_line(e)}") from None
         with open_dict(cfg):
             cfg.pop("hydra", None)
         # Nothing has resolved the user's values yet; every later reader would.
@@ -87,6 +87,11 @@ class Composer:
 
     def __repr__(self) -> str:
         return f"Composer(config_dir={self.config_dir!r})"
+
+
+def _one_line(e: Exception) -> str:
+    """Hydra's and PyYAML's messages span lines (hints, marks); bad input is one line."""
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
 @lru_cache(maxsize=4)
