@@ -83,6 +83,10 @@ class Composer:
             cfg.pop("hydra", None)
         # Nothing has resolved the user's values yet; every later reader would.
         safe_yaml.check_tree(OmegaConf.to_container(cfg, resolve=False))
+        try:  # every reader resolves: a missing or cyclic interpolation is bad input here
+            OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as e:
+            raise SpecError(f"config: {_one_line(e)}") from None
         return cfg
 
     def __repr__(self) -> str:

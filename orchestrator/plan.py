@@ -153,9 +153,14 @@ def _task(name: str) -> registry.Task:
 
 
 def _too_many(count: int, cap: int, what: str) -> NoReturn:
-    raise SpecError(f"{what}: {count:,} trials planned, more than sweep.max_trials = "
+    raise SpecError(f"{what}: {_count(count)} trials planned, more than sweep.max_trials = "
                     f"{cap:,}; allowed: at most {cap:,} (fewer axis values or seeds, or "
                     f"raise sweep.max_trials)")
+
+
+def _count(n: int) -> str:
+    # Python refuses to print an int of more than 4,300 digits, and nobody reads 30.
+    return f"{n:,}" if n < 10**30 else f"about 10^{int(n.bit_length() * math.log10(2))}"
 
 
 def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: int,
@@ -176,12 +181,13 @@ def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: 
         pending[o.key_or_group] = o
     if "seed" not in pending and "seed" not in pinned:
         pending["seed"] = range(seeds)  # type: ignore[assignment] - sized, not expanded
-    sizes = [len(v) if not isinstance(v, Override)
-             else grammar.sweep_size(v, lambda k=k: composer.group_options(k))
+    # (len() of a range past sys.maxsize raises: sweep.seeds is an unbounded int)
+    sizes = [grammar.sweep_size(v, lambda k=k: composer.group_options(k))
+             if isinstance(v, Override) else v.stop if isinstance(v, range) else len(v)
              for k, v in pending.items()]
     count = math.prod(sizes)
     if count > cap:
-        shown = " x ".join(f"{k}={n:,}" for k, n in zip(pending, sizes))
+        shown = " x ".join(f"{k}={_count(n)}" for k, n in zip(pending, sizes))
         _too_many(count, cap, f"{where.rstrip('.')} ({shown})")
     axes = {k: _expand(composer, v) if isinstance(v, Override) else list(v)
             for k, v in pending.items()}

@@ -17,8 +17,10 @@ An operator allows more with ``ORCH_ALLOW_RESOLVERS``: comma-separated resolver 
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,7 @@ def _walk(root: yaml.Node, name: str) -> None:
                             f"levels deep; allowed: up to {MAX_DEPTH}")
         if isinstance(node, yaml.ScalarNode):
             check_resolvers(str(node.value), f"{name}: {where or '<root>'}")
+            _check_number(node, f"{name}: {where or '<root>'}")
             sizes[id(node)] = 1
             continue
         open_nodes.add(id(node))
@@ -143,6 +146,24 @@ def _walk(root: yaml.Node, name: str) -> None:
         for key, child in _labelled(node):
             path = f"{where}{key}" if key.startswith("[") or not where else f"{where}.{key}"
             stack.append((child, depth + 1, path, False))
+
+
+def _check_number(node: yaml.ScalarNode, where: str) -> None:
+    """YAML numbers PyYAML cannot build (a ValueError inside Hydra) or builds as ``inf``."""
+    text = str(node.value).replace("_", "")
+    if node.tag.endswith(":int"):
+        digits = sum(ch.isdigit() for ch in text)
+        limit = sys.get_int_max_str_digits() or 4300
+        if digits > limit:
+            raise SpecError(f"{where}: an integer of {digits} digits; allowed: up to {limit}")
+    elif node.tag.endswith(":float") and "inf" not in text.lower() and "nan" not in text.lower():
+        try:
+            overflow = math.isinf(float(text))
+        except ValueError:  # a YAML 1.1 form Python does not read (1:30.5): PyYAML's business
+            overflow = False
+        if overflow:
+            raise SpecError(f"{where}: {node.value} is beyond the float range; allowed: "
+                            f"finite numbers, or .inf written as .inf")
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
