@@ -11,8 +11,9 @@ The fix: hydra-core 1.3.8's ``sort()`` of a ``range()`` whose stop is not on the
 (``sort(range(7,0,-3))``) gives 3,6,9; Hydra's own tests expect 1,4,7. The parser here
 registers a ``sort`` that reverses a range from its real first and last element.
 
-No ``from __future__ import annotations`` here: Hydra checks function arguments against
-the signatures' annotations at call time, which must be real types, not strings.
+No ``from __future__ import annotations`` here, and ``typing`` unions in the registered
+functions: Hydra checks function arguments against their annotations at call time, and
+its checker knows ``typing.Union``, not strings or ``X | Y``.
 """
 
 import decimal
@@ -21,12 +22,22 @@ import re
 import sys
 from collections.abc import Callable
 from copy import copy
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Union  # noqa: UP035 - see the module doc
 
 from hydra._internal.grammar import grammar_functions
-from hydra.core.override_parser.overrides_parser import OverridesParser, create_functions
-from hydra.core.override_parser.types import (ChoiceSweep, ElementType, Glob, IntervalSweep,
-                                              Override, QuotedString, RangeSweep)
+from hydra.core.override_parser.overrides_parser import (
+    OverridesParser,
+    create_functions,
+)
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    ElementType,
+    Glob,
+    IntervalSweep,
+    Override,
+    QuotedString,
+    RangeSweep,
+)
 from hydra.errors import HydraException
 
 from orchestrator.errors import SpecError
@@ -42,8 +53,8 @@ MAX_EXPANSION = 100_000
 _GRAMMAR_HELP = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
-def _range(start: Union[int, float], stop: Optional[Union[int, float]] = None,
-           step: Union[int, float] = 1) -> RangeSweep:
+def _range(start: Union[int, float], stop: Optional[Union[int, float]] = None,  # noqa: UP007, UP045, PYI041
+           step: Union[int, float] = 1) -> RangeSweep:  # noqa: UP007, PYI041
     # Hydra's FloatRange with step 0 yields None forever; a non-finite bound never ends.
     for name, x in (("start", start), ("stop", stop), ("step", step)):
         if isinstance(x, float) and not math.isfinite(x):
@@ -54,9 +65,9 @@ def _range(start: Union[int, float], stop: Optional[Union[int, float]] = None,
     return grammar_functions.range(start, stop, step)
 
 
-def _sort(*args: Union[ElementType, ChoiceSweep, RangeSweep],
-          sweep: Optional[Union[ChoiceSweep, RangeSweep]] = None,
-          list: Optional[List[Any]] = None,  # noqa: A002 - Hydra's keyword
+def _sort(*args: Union[ElementType, ChoiceSweep, RangeSweep],  # noqa: UP007
+          sweep: Optional[Union[ChoiceSweep, RangeSweep]] = None,  # noqa: UP007, UP045
+          list: Optional[List[Any]] = None,  # noqa: UP006, UP045 - Hydra's keyword
           reverse: bool = False) -> Any:
     target = sweep if sweep is not None else (args[0] if len(args) == 1 else None)
     if isinstance(target, RangeSweep):
@@ -196,9 +207,19 @@ def range_bounds(v: RangeSweep) -> tuple[int, Any, Any]:
     start, stop, step = (decimal.Decimal(x) for x in (v.start, v.stop, v.step))
     if step == 0 or (step > 0 and start >= stop) or (step < 0 and start <= stop):
         return 0, None, None
-    q, r = divmod(abs(stop - start), abs(step))
-    n = int(q) + (1 if r else 0)
-    return n, float(start), float(start + (n - 1) * step)
+    # Exact: a float has at most ~770 significant digits and a quotient at most ~630
+    # (1.8e308 / 5e-324); the default 28 digits would raise DivisionImpossible.
+    with decimal.localcontext() as ctx:
+        ctx.prec = 2000
+        q, r = divmod(abs(stop - start), abs(step))
+        n = int(q) + (1 if r else 0)
+        return n, float(start), float(start + (n - 1) * step)
+
+
+def count_text(n: int) -> str:
+    """``n`` for a message: Python refuses to print an int of over 4,300 digits, and nobody
+    reads 30."""
+    return f"{n:,}" if n < 10**30 else f"about 10^{int(n.bit_length() * math.log10(2))}"
 
 
 def sweep_size(o: Override, group_options: Callable[[], list[str]]) -> int:
@@ -231,7 +252,7 @@ def expand(o: Override, is_group: bool, group_options: Callable[[], list[str]],
         return v.filter(group_options())
     n = sweep_size(o, group_options)
     if n > MAX_EXPANSION:
-        raise SpecError(f"{where}: {_text(o)!r} has {n:,} values; allowed: at most "
+        raise SpecError(f"{where}: {_text(o)!r} has {count_text(n)} values; allowed: at most "
                         f"{MAX_EXPANSION:,}")
     try:
         return [plain(x) for x in o.sweep_iterator()]

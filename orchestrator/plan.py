@@ -153,14 +153,9 @@ def _task(name: str) -> registry.Task:
 
 
 def _too_many(count: int, cap: int, what: str) -> NoReturn:
-    raise SpecError(f"{what}: {_count(count)} trials planned, more than sweep.max_trials = "
-                    f"{cap:,}; allowed: at most {cap:,} (fewer axis values or seeds, or "
+    raise SpecError(f"{what}: {grammar.count_text(count)} trials planned, more than "
+                    f"sweep.max_trials = {cap:,}; allowed: at most {cap:,} (fewer axis values or seeds, or "
                     f"raise sweep.max_trials)")
-
-
-def _count(n: int) -> str:
-    # Python refuses to print an int of more than 4,300 digits, and nobody reads 30.
-    return f"{n:,}" if n < 10**30 else f"about 10^{int(n.bit_length() * math.log10(2))}"
 
 
 def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: int,
@@ -187,7 +182,7 @@ def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: 
              for k, v in pending.items()]
     count = math.prod(sizes)
     if count > cap:
-        shown = " x ".join(f"{k}={_count(n)}" for k, n in zip(pending, sizes))
+        shown = " x ".join(f"{k}={grammar.count_text(n)}" for k, n in zip(pending, sizes))
         _too_many(count, cap, f"{where.rstrip('.')} ({shown})")
     axes = {k: _expand(composer, v) if isinstance(v, Override) else list(v)
             for k, v in pending.items()}

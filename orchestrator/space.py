@@ -34,11 +34,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hydra.core.override_parser.types import (ChoiceSweep, Glob, IntervalSweep, Override,
-                                              RangeSweep)
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    Glob,
+    IntervalSweep,
+    Override,
+    RangeSweep,
+)
 from omegaconf import OmegaConf
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from orchestrator import grammar
 from orchestrator.errors import SpecError
@@ -53,6 +62,8 @@ WHERE = "search.space."
 #: Group-choice combinations checked exhaustively at plan time; beyond it, each alone.
 _MAX_COMBOS = 256
 _ABSENT = object()
+#: Steps of a float range(): beyond 2**53 consecutive floats are no longer one step apart.
+_MAX_FLOAT_STEPS = 2**53
 
 
 @dataclass(frozen=True)
@@ -259,6 +270,9 @@ def parse_param(key: str, value: Any, is_group: bool, group_options: list[str] |
         lo, hi, step = min(first, last), max(first, last), abs(v.step)
         if all(isinstance(x, int) for x in (v.start, v.stop, v.step)):
             return Param(key, IntDistribution(int(lo), int(hi), step=int(step)), source)
+        if n > _MAX_FLOAT_STEPS:  # Optuna's decimal arithmetic fails; floats blur anyway
+            raise SpecError(f"{where}: {source!r} has {grammar.count_text(n)} steps; allowed: a "
+                            f"float range of at most 2**53 steps, or interval(lo, hi)")
         return Param(key, FloatDistribution(float(lo), float(hi), step=float(step)), source)
     assert isinstance(v, IntervalSweep)  # the grammar has no other sweep
     lo, hi = v.start, v.end
@@ -349,7 +363,7 @@ def plan_search(builder: "TrialBuilder", spec: SearchSpec, cli_axes: list[Overri
         space.grid()  # raises for a continuous dimension
     if spec.sampler == "cmaes":
         try:
-            import cmaes  # noqa: F401
+            import cmaes
         except ImportError:
             raise SpecError("search.sampler: 'cmaes' needs the cmaes package (pip install "
                             "cmaes); allowed without it: tpe, random, grid, nsga2") from None

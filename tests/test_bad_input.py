@@ -72,9 +72,9 @@ def test_bad_input_found_against_the_cluster_exits_2(ray_session, case: dict[str
 # 3,6,9); orchestrator.grammar registers upstream Hydra's fix. Rows copied from Hydra's
 # tests/test_overrides_parser.py: test_range, test_sort (its range rows) and
 # test_sort_range_materializes_to_sorted_values.
-from hydra.core.override_parser.types import RangeSweep  # noqa: E402
+from hydra.core.override_parser.types import RangeSweep
 
-from orchestrator import grammar  # noqa: E402
+from orchestrator import grammar
 
 HYDRA_RANGE = [
     ("range(10,11)", RangeSweep(start=10, stop=11, step=1)),

@@ -218,7 +218,7 @@ def test_alias_bomb_as_a_subprocess_exits_2_in_bounded_memory(tmp_path: Path) ->
         [sys.executable, "-m", "orchestrator.cli", "sweep", "bomb",
          "seed=range(0,1000000000000)", "--dry-run", "--config-dir", str(tmp_path / "conf"),
          "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: study/bomb.yaml: expands to more than")
     assert "Traceback" not in proc.stderr

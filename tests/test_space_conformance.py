@@ -12,7 +12,7 @@ this service makes of it, and the verdict:
 
 Rows come from the sweeper's own tests (``test_create_optuna_distribution_from_override``,
 ``test_create_params_from_overrides``), its examples, and the grammar's other forms. The
-sweeper column is checked against the sweeper's function itself (copied verbatim below:
+sweeper column is checked against the sweeper's function itself (copied below:
 the plugin is not installed here), run on Hydra's parser and Optuna as installed; ours is
 checked both as a study file's ``search.space`` entry and as a command-line sweep.
 """
@@ -22,27 +22,37 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import (ChoiceSweep, IntervalSweep, Override, RangeSweep,
-                                              Transformer)
-from optuna.distributions import (BaseDistribution, CategoricalChoiceType,
-                                  CategoricalDistribution, FloatDistribution, IntDistribution)
+from hydra.core.override_parser.types import (
+    ChoiceSweep,
+    IntervalSweep,
+    Override,
+    RangeSweep,
+    Transformer,
+)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalChoiceType,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from orchestrator import grammar
 from orchestrator.errors import SpecError
 from orchestrator.space import parse_param
 
 
-# -- the sweeper's function, verbatim (hydra_plugins/hydra_optuna_sweeper/_impl.py) ---------
+# -- the sweeper's function, verbatim but for list[] (hydra_optuna_sweeper/_impl.py) --------
 def create_optuna_distribution_from_override(override: Override) -> Any:
     if not override.is_sweep_override():
         return override.get_value_element_as_str()
 
     value = override.value()
-    choices: List[CategoricalChoiceType] = []
+    choices: list[CategoricalChoiceType] = []
     if override.is_choice_sweep():
         assert isinstance(value, ChoiceSweep)
         for x in override.sweep_iterator(transformer=Transformer.encode):
@@ -106,7 +116,7 @@ class Fixed:
     text: str
 
 
-C, F, I = CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E741
+C, F, I = CategoricalDistribution, FloatDistribution, IntDistribution
 GROUP = "optimizer"
 OPTIONS = ["adam", "sgd", "sgd_momentum"]
 END = "range() excludes its end here (Hydra grid sweeps, Python); the sweeper includes it"
@@ -213,7 +223,7 @@ def _sweeper(text: str) -> Any:
         if o.is_delete():  # create_params_from_overrides keeps it as a fixed override
             return Fixed("null")
         d = create_optuna_distribution_from_override(o)
-    except Exception as e:  # noqa: BLE001 - the sweeper's failure is a row's expectation
+    except Exception as e:  # noqa: BLE001 - the sweeper's failure is the expectation
         return Fails(f"{type(e).__name__}: {e}")
     return d if isinstance(d, BaseDistribution) else Fixed(d)
 
