@@ -154,8 +154,8 @@ def _task(name: str) -> registry.Task:
 
 def _too_many(count: int, cap: int, what: str) -> NoReturn:
     raise SpecError(f"{what}: {grammar.count_text(count)} trials planned, more than "
-                    f"sweep.max_trials = {cap:,}; allowed: at most {cap:,} (fewer axis values or seeds, or "
-                    f"raise sweep.max_trials)")
+                    f"sweep.max_trials = {cap:,}; allowed: at most {cap:,} (fewer axis values "
+                    f"or seeds, or raise sweep.max_trials)")
 
 
 def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: int,
@@ -203,10 +203,9 @@ def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: 
 _ABSENT = object()
 
 
-def _expand(composer: Composer, o: Override, where: str | None = None) -> list[Any]:
+def _expand(composer: Composer, o: Override) -> list[Any]:
     key = o.key_or_group
-    return grammar.expand(o, composer.is_group(key), lambda: composer.group_options(key),
-                          where or key)
+    return grammar.expand(o, composer.is_group(key), lambda: composer.group_options(key), key)
 
 
 class TrialBuilder:
