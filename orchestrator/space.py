@@ -11,7 +11,11 @@ config group (``optimizer``) to a distribution, written as a Hydra override valu
                                        Hydra's grid sweeps and Python (Hydra's Optuna
                                        sweeper includes it; this service keeps one meaning)
 ``a,b,c``, ``choice(a, b)``, a list    categorical; for a config group, its option names
+``glob(sgd*)``                         a config group's options that match (categorical)
 =====================================  ==================================================
+
+``tests/test_space_conformance.py`` compares every form with Hydra's Optuna sweeper: the
+same distribution, or a documented difference, or a refusal that says why.
 
 ``search.conditions`` makes a parameter conditional: ``{optimizer.momentum: {optimizer:
 sgd_momentum}}`` suggests ``optimizer.momentum`` only in trials whose ``optimizer`` is

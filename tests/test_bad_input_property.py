@@ -128,7 +128,7 @@ def _workdir() -> Iterator[Path]:
             os.chdir(old)
 
 
-def _check_run(work: Path, study: str, overrides: list[str]) -> None:
+def _check_run(work: Path, study: str, overrides: list[str]) -> int:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -136,9 +136,8 @@ def _check_run(work: Path, study: str, overrides: list[str]) -> None:
                          str(work / "conf"), "--tracking-uri",
                          f"sqlite:///{work / 'mlflow.db'}"])
         except SystemExit as e:  # argparse: an override that looks like an option
-            code = e.code
-            assert code == 2 and "orch: error: " in err.getvalue(), err.getvalue()
-            return
+            assert e.code == 2 and "orch: error: " in err.getvalue(), err.getvalue()
+            return 2
     text = err.getvalue()
     assert code in (0, 2), (code, overrides, text)
     assert "Traceback" not in text, text
@@ -148,6 +147,7 @@ def _check_run(work: Path, study: str, overrides: list[str]) -> None:
         if "Input should" not in text and "Extra inputs" not in text:
             assert len(text.strip().splitlines()) == 1, text
     assert sorted(p.name for p in work.iterdir()) == ["conf"], "something was written"
+    return code
 
 
 def _peak_rss_mb() -> float:
@@ -165,12 +165,15 @@ def test_overrides_exit_0_or_2_without_traceback_or_writes() -> None:
         _check_run(work, "tiny", [])  # imports and caches: not part of the RSS bound
         before = _peak_rss_mb()
 
+        codes: list[int] = []
+
         @PROPERTY
         @given(st.lists(OVERRIDE, min_size=1, max_size=3))
         def prop(overrides: list[str]) -> None:
-            _check_run(work, "tiny", overrides)
+            codes.append(_check_run(work, "tiny", overrides))
 
         prop()
+        assert set(codes) == {0, 2}, "the generator should yield valid and invalid sweeps"
         assert _peak_rss_mb() - before < RSS_GROWTH_MB
 
 
@@ -179,7 +182,9 @@ def test_study_files_exit_0_or_2_without_traceback_or_writes() -> None:
         _check_run(work, "tiny", [])
         before = _peak_rss_mb()
 
-        @settings(PROPERTY, max_examples=10)
+        codes: list[int] = []
+
+        @settings(PROPERTY, max_examples=6)
         @given(study_files())
         def prop(text: str) -> None:
             # A new config dir each time: the composer is cached per directory.
@@ -192,12 +197,14 @@ def test_study_files_exit_0_or_2_without_traceback_or_writes() -> None:
                     code = main(["sweep", "gen", "--dry-run", "--config-dir", str(conf),
                                  "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"])
                 assert code in (0, 2), (code, text, err.getvalue())
+                codes.append(code)
                 assert "Traceback" not in err.getvalue(), err.getvalue()
                 assert sorted(p.name for p in work.iterdir()) == sorted(["conf", conf.name])
             finally:
                 shutil.rmtree(conf)
 
         prop()
+        assert set(codes) == {0, 2}, "the generator should yield valid and invalid studies"
         assert _peak_rss_mb() - before < RSS_GROWTH_MB
 
 
