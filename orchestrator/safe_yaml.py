@@ -33,6 +33,8 @@ from orchestrator.errors import SpecError
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 MAX_BYTES = 1_000_000
+#: YAML files a config dir may hold (each is read before Hydra starts).
+MAX_FILES = 1_000
 #: Resolvers that read only the config itself.
 PURE_RESOLVERS = frozenset({"oc.select", "oc.dict.keys", "oc.dict.values", "oc.deprecated"})
 ALLOW_ENV = "ORCH_ALLOW_RESOLVERS"
@@ -90,7 +92,13 @@ def check_config_dir(root: Path) -> None:
     Raises:
         SpecError: Naming the file (relative to ``root``) and the limit.
     """
-    for path in sorted(p for ext in ("*.yaml", "*.yml") for p in root.rglob(ext)):
+    paths = []
+    for folder, _, files in os.walk(root):  # symlinked folders not followed: no cycles
+        paths += [Path(folder) / f for f in files if f.endswith((".yaml", ".yml"))]
+        if len(paths) > MAX_FILES:
+            raise SpecError(f"--config-dir: {root} holds more than {MAX_FILES:,} YAML files; "
+                            f"allowed: a folder of studies and options, up to {MAX_FILES:,}")
+    for path in sorted(paths):
         if path.is_file():
             check_yaml_file(path, path.relative_to(root).as_posix())
 

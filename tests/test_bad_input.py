@@ -199,3 +199,17 @@ def test_builtin_studies_write_no_environment_value(monkeypatch: pytest.MonkeyPa
     c = composer(None)
     for study in c.studies():
         assert SECRET not in _dump(plan_sweep(c, study, [], quick=True)), study
+
+
+def test_config_dir_with_too_many_yaml_files_exits_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from orchestrator import safe_yaml
+
+    conf = tmp_path / "conf" / "optimizer"
+    conf.mkdir(parents=True)
+    for i in range(safe_yaml.MAX_FILES + 1):  # e.g. --config-dir ~ by mistake
+        (conf / f"o{i}.yaml").write_text("lr: 0.1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", "optimizers", "--dry-run", "--config-dir", str(tmp_path / "conf")]) == 2
+    assert "holds more than 1,000 YAML files" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]
