@@ -16,9 +16,10 @@ from hydra._internal.utils import create_config_search_path
 from hydra.core.object_type import ObjectType
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from orchestrator.config import safe_yaml
 from orchestrator.errors import SpecError
 
 PRIMARY_CONFIG = "config"
@@ -47,15 +48,11 @@ class Composer:
             user = Path(config_dir).resolve()
             if not user.is_dir():
                 raise SpecError(f"--config-dir: {str(config_dir)!r} is not a directory")
+            safe_yaml.check_config_dir(user)  # before Hydra expands any alias in it
             search_path.prepend("orch-user", f"file://{user}",
                                 anchor=SearchPathQuery(provider="main"))
         self.config_dir = config_dir
         self._loader = ConfigLoaderImpl(config_search_path=search_path)
-
-    @property
-    def loader(self) -> ConfigLoaderImpl:
-        """Hydra's config loader over this search path (``glob()`` sweeps ask it for options)."""
-        return self._loader
 
     def group_options(self, group: str) -> list[str]:
         """Option names of a config group (e.g. ``optimizer`` -> ``adam, sgd, ...``)."""
@@ -75,19 +72,32 @@ class Composer:
         return self._compose(study, tuple(overrides))
 
     def _compose(self, study: str, overrides: tuple[str, ...]) -> DictConfig:
+        for o in overrides:  # a group choice's interpolation is resolved inside Hydra
+            safe_yaml.check_resolvers(o, f"overrides: {o}")
         try:
             cfg = self._loader.load_configuration(
                 PRIMARY_CONFIG, overrides=[f"study={study}", *overrides], run_mode=RunMode.RUN)
         except (HydraException, OmegaConfBaseException) as e:
-            raise SpecError(f"config: {e}") from None
+            raise SpecError(f"config: {_one_line(e)}") from None
         except yaml.YAMLError as e:  # a malformed YAML file of the user's: bad input too
-            raise SpecError(f"config: not valid YAML: {e}") from None
+            raise SpecError(f"config: not valid YAML: {_one_line(e)}") from None
         with open_dict(cfg):
             cfg.pop("hydra", None)
+        # Nothing has resolved the user's values yet; every later reader would.
+        safe_yaml.check_tree(OmegaConf.to_container(cfg, resolve=False))
+        try:  # every reader resolves: a missing or cyclic interpolation is bad input here
+            OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as e:
+            raise SpecError(f"config: {_one_line(e)}") from None
         return cfg
 
     def __repr__(self) -> str:
         return f"Composer(config_dir={self.config_dir!r})"
+
+
+def _one_line(e: Exception) -> str:
+    """Hydra's and PyYAML's messages span lines (hints, marks); bad input is one line."""
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
 
 
 @lru_cache(maxsize=4)

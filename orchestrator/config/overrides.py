@@ -1,17 +1,14 @@
-"""Hydra's override grammar, parsed by Hydra's own parser, and sweep overrides expanded."""
+"""Hydra's override grammar, parsed by Hydra's own parser with limits
+(:mod:`orchestrator.config.grammar`), and sweep overrides expanded."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException
 
+from orchestrator.config import grammar, safe_yaml
 from orchestrator.config.compose import Composer
-from orchestrator.errors import SpecError
-
-_PARSER = OverridesParser.create()
 
 
 def plain_overrides(parsed: list[Override]) -> list[str]:
@@ -20,15 +17,14 @@ def plain_overrides(parsed: list[Override]) -> list[str]:
 
 
 def parse_overrides(strings: list[str]) -> list[Override]:
-    try:
-        return _PARSER.parse_overrides(strings)
-    except HydraException as e:
-        raise SpecError(f"overrides: {e}") from None
+    """Hydra overrides, parsed with limits (:func:`grammar.parse`); no resolver that reads
+    outside the config (:mod:`orchestrator.config.safe_yaml`)."""
+    for s in strings:
+        safe_yaml.check_resolvers(s, f"overrides: {s}")
+    return grammar.parse(strings)
 
 
 def expand(composer: Composer, o: Override) -> list[Any]:
-    o.config_loader = composer.loader  # glob() asks the loader for a group's options
-    try:
-        return list(o.sweep_iterator())
-    except HydraException as e:
-        raise SpecError(f"{o.key_or_group}: {e}") from None
+    """A sweep override's values (a group's ``glob()`` against the group's options)."""
+    key = o.key_or_group
+    return grammar.expand(o, composer.is_group(key), lambda: composer.group_options(key), key)

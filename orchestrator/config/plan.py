@@ -12,13 +12,15 @@ keeps planning a 1,000-trial sweep well under a second.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ValidationError
 
+from orchestrator.config import grammar
 from orchestrator.config.builder import TrialBuilder, task_by_name
 from orchestrator.config.compose import Composer
 from orchestrator.config.overrides import expand, parse_overrides, plain_overrides
@@ -74,16 +76,23 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
             raise SpecError(f"{o.key_or_group}: a grid axis must be a choice, range or glob; "
                             f"interval() belongs in a search space")
     grids = spec.sweep.grids or {"": {}}
-    trials: list[Trial] = []
-    axes: dict[str, list[Any]] = {}
-    seen: dict[str, int] = {}
+    cap = spec.sweep.max_trials
+    all_axes: dict[str, dict[str, list[Any]]] = {}
     for name, grid in grids.items():
         where = f"sweep.grids.{name}." if name else "sweep.axes."
         declared = {**spec.sweep.axes, **grid}
         # A command-line axis replaces the grids' axis on its key; one no grid has is shared.
         mine = [o for o in cli_axes if o.key_or_group in declared
                 or not any(o.key_or_group in g for g in grids.values())]
-        grid_axes = _axes(composer, base, declared, spec.sweep.seeds, mine, pinned, where)
+        all_axes[name] = _axes(composer, base, declared, spec.sweep.seeds, mine, pinned,
+                               where, cap)
+    total = sum(math.prod(len(v) for v in a.values()) for a in all_axes.values())
+    if total > cap:
+        _too_many(total, cap, "sweep.grids: the grids together")
+    trials: list[Trial] = []
+    axes: dict[str, list[Any]] = {}
+    seen: dict[str, int] = {}
+    for name, grid_axes in all_axes.items():
         for t in _trials(composer, study, fixed, base, grid_axes, task):
             arm = {"grid": name, **t.arm} if name else t.arm
             if t.key in seen:  # grids may overlap: the trial runs once, with an arm in each
@@ -124,21 +133,40 @@ def _validate_sweep(cfg: DictConfig) -> SweepSpec:
         raise SpecError(describe_validation_error(e, raw)) from None
 
 
+def _too_many(count: int, cap: int, what: str) -> NoReturn:
+    raise SpecError(f"{what}: {grammar.count_text(count)} trials planned, more than "
+                    f"sweep.max_trials = {cap:,}; allowed: at most {cap:,} (fewer axis values "
+                    f"or seeds, or raise sweep.max_trials)")
+
+
 def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: int,
-          cli_axes: list[Override], pinned: set[str], where: str) -> dict[str, list[Any]]:
-    axes: dict[str, list[Any]] = {}
+          cli_axes: list[Override], pinned: set[str], where: str, cap: int
+          ) -> dict[str, list[Any]]:
+    # Each axis as a list or a parsed sweep; the trial count (the product of the axis
+    # sizes) is checked against the cap before any sweep is expanded.
+    pending: dict[str, list[Any] | Override] = {}
     for key, value in declared.items():
         if key in pinned:
             continue
         if isinstance(value, list):
-            axes[key] = value
+            pending[key] = value
             continue
-        (o,) = parse_overrides([f"{key}={value}"])
-        axes[key] = expand(composer, o) if o.is_sweep_override() else [o.value()]
+        (o,) = grammar.parse([f"{key}={value}"], field=f"{where}{key}")
+        pending[key] = o if o.is_sweep_override() else [o.value()]
     for o in cli_axes:
-        axes[o.key_or_group] = expand(composer, o)
-    if "seed" not in axes and "seed" not in pinned:
-        axes["seed"] = list(range(seeds))
+        pending[o.key_or_group] = o
+    if "seed" not in pending and "seed" not in pinned:
+        pending["seed"] = range(seeds)  # type: ignore[assignment] - sized, not expanded
+    # (len() of a range past sys.maxsize raises: sweep.seeds is an unbounded int)
+    sizes = [grammar.sweep_size(v, lambda k=k: composer.group_options(k))
+             if isinstance(v, Override) else v.stop if isinstance(v, range) else len(v)
+             for k, v in pending.items()]
+    count = math.prod(sizes)
+    if count > cap:
+        shown = " x ".join(f"{k}={grammar.count_text(n)}" for k, n in zip(pending, sizes))
+        _too_many(count, cap, f"{where.rstrip('.')} ({shown})")
+    axes = {k: expand(composer, v) if isinstance(v, Override) else list(v)
+            for k, v in pending.items()}
     for key, values in axes.items():
         if not values:
             raise SpecError(f"{where}{key}: the axis has no values")

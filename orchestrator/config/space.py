@@ -11,7 +11,11 @@ config group (``optimizer``) to a distribution, written as a Hydra override valu
                                        Hydra's grid sweeps and Python (Hydra's Optuna
                                        sweeper includes it; this service keeps one meaning)
 ``a,b,c``, ``choice(a, b)``, a list    categorical; for a config group, its option names
+``glob(sgd*)``                         a config group's options that match (categorical)
 =====================================  ==================================================
+
+``tests/test_space_conformance.py`` compares every form with Hydra's Optuna sweeper: the
+same distribution, or a documented difference, or a refusal that says why.
 
 ``search.conditions`` makes a parameter conditional: ``{optimizer.momentum: {optimizer:
 sgd_momentum}}`` suggests ``optimizer.momentum`` only in trials whose ``optimizer`` is
@@ -34,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, Override, RangeSweep
 from omegaconf import OmegaConf
 from optuna.distributions import (
     BaseDistribution,
@@ -43,8 +47,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from orchestrator.config import grammar
 from orchestrator.config.builder import TrialBuilder
-from orchestrator.config.overrides import expand, parse_overrides
 from orchestrator.core.specs import SearchSpec, Trial
 from orchestrator.errors import SpecError
 
@@ -55,6 +59,8 @@ WHERE = "search.space."
 #: Group-choice combinations checked exhaustively at plan time; beyond it, each alone.
 _MAX_COMBOS = 256
 _ABSENT = object()
+#: Steps of a float range(): beyond 2**53 consecutive floats are no longer one step apart.
+_MAX_FLOAT_STEPS = 2**53
 
 
 @dataclass(frozen=True)
@@ -190,15 +196,23 @@ class SearchPlan:
 
 
 # -- parsing --------------------------------------------------------------------------------
+_ALLOWED = ("allowed: interval(lo, hi), tag(log, interval(lo, hi)), int(interval(lo, hi)), "
+            "range(start, stop[, step]), a,b,c / choice(a, b) / a list, glob(...) for a "
+            "config group")
+
+
 def parse_param(key: str, value: Any, is_group: bool, group_options: list[str] | None = None,
                 override: Override | None = None) -> Param:
     """One space entry (``key: "tag(log, interval(1e-4, 1e-1))"``) as a :class:`Param`.
+
+    Every form Hydra's Optuna sweeper accepts gives its distribution or a sentence saying
+    why not (``tests/test_space_conformance.py`` is the table).
 
     Args:
         key: The config key or group.
         value: The grammar string, or a list (a choice of its items).
         is_group: Whether ``key`` is a config group.
-        group_options: The group's options, to check a choice against.
+        group_options: The group's options, to check a choice against and to expand glob().
         override: An already parsed override (a command-line sweep) instead of ``value``.
 
     Raises:
@@ -212,49 +226,52 @@ def parse_param(key: str, value: Any, is_group: bool, group_options: list[str] |
             return _choice(key, list(value), str(value), is_group, group_options)
         if not isinstance(value, str):
             raise SpecError(f"{where}: {value!r} is a single value, not a distribution; "
-                            f"allowed: interval(lo, hi), tag(log, interval(lo, hi)), "
-                            f"int(interval(lo, hi)), range(start, stop[, step]), a,b,c "
-                            f"(to fix a key, set it outside search.space)")
-        try:
-            (override,) = parse_overrides([f"{key}={value}"])
-        except SpecError as e:
-            raise SpecError(f"{where}: {value!r} is not valid grammar ({_first(e)}); allowed: "
-                            f"interval(lo, hi), tag(log, interval(lo, hi)), "
-                            f"int(interval(lo, hi)), range(start, stop[, step]), a,b,c") from None
+                            f"{_ALLOWED} (to fix a key, set it outside search.space)")
+        (override,) = grammar.parse([f"{key}={value}"], field=where)
     source = str(value) if value is not None else _text(override)
+    if override.is_delete() or not override.is_sweep_override():
+        raise SpecError(f"{where}: {source!r} is a single value, not a distribution; "
+                        f"{_ALLOWED} (to fix a key, set it outside search.space; the Optuna "
+                        f"sweeper would pass it on as a fixed override)")
     v = override.value()
-    if not override.is_sweep_override():
-        raise SpecError(f"{where}: {source!r} is a single value, not a distribution; allowed: "
-                        f"interval(lo, hi), tag(log, interval(lo, hi)), int(interval(lo, hi)), "
-                        f"range(start, stop[, step]), a,b,c (to fix a key, set it outside "
-                        f"search.space)")
     tags = set(getattr(v, "tags", set()) or set())
     if tags - {"log"}:
         raise SpecError(f"{where}: unknown tag(s) {sorted(tags - {'log'})} in {source!r}; "
-                        f"allowed: log")
-    if isinstance(v, ChoiceSweep) or (isinstance(v, RangeSweep) and v.shuffle):
+                        f"allowed: log (the Optuna sweeper ignores other tags, so a typo of "
+                        f"log would go unnoticed)")
+    options = group_options or []
+    if isinstance(v, (ChoiceSweep, Glob)) or (isinstance(v, RangeSweep) and v.shuffle):
         if "log" in tags:
             raise SpecError(f"{where}: tag log applies to interval() only, not to {source!r}")
-        return _choice(key, list(override.sweep_iterator()), source, is_group, group_options)
+        values = grammar.expand(override, is_group, lambda: options, where)
+        if isinstance(v, Glob) and not values:
+            raise SpecError(f"{where}: {source!r} matches no option of group {key!r}; "
+                            f"allowed: a glob matching some of {', '.join(options)}")
+        return _choice(key, values, source, is_group, group_options)
     if is_group:
         raise SpecError(f"{where}: {key!r} is a config group; its space must be a choice of "
-                        f"its options ({', '.join(group_options or [])}), not {source!r}")
+                        f"its options ({', '.join(options)}), not {source!r}")
     if isinstance(v, RangeSweep):
         if "log" in tags:
-            raise SpecError(f"{where}: tag log with range() is not supported (a log scale "
-                            f"has no fixed step); allowed: tag(log, interval(lo, hi))")
-        values = list(override.sweep_iterator())
-        if not values:
+            raise SpecError(f"{where}: tag log with range() is not supported (the Optuna "
+                            f"sweeper drops the tag and samples the range uniformly); "
+                            f"allowed: tag(log, int(interval(lo, hi)))")
+        n, first, last = grammar.range_bounds(v)
+        if n == 0:
             raise SpecError(f"{where}: {source!r} is empty (the end is excluded and must lie "
                             f"beyond the start in the step's direction)")
-        if len(values) == 1:
-            raise SpecError(f"{where}: {source!r} has a single value {values[0]!r}; allowed: "
-                            f"a range of two or more values, or set the key outside the space")
-        lo, hi, step = min(values), max(values), abs(v.step)
+        if n == 1:
+            raise SpecError(f"{where}: {source!r} has a single value {first!r} (the end is "
+                            f"excluded); allowed: a range of two or more values, or set the "
+                            f"key outside the space")
+        lo, hi, step = min(first, last), max(first, last), abs(v.step)
         if all(isinstance(x, int) for x in (v.start, v.stop, v.step)):
             return Param(key, IntDistribution(int(lo), int(hi), step=int(step)), source)
+        if n > _MAX_FLOAT_STEPS:  # Optuna's decimal arithmetic fails; floats blur anyway
+            raise SpecError(f"{where}: {source!r} has {grammar.count_text(n)} steps; allowed: a "
+                            f"float range of at most 2**53 steps, or interval(lo, hi)")
         return Param(key, FloatDistribution(float(lo), float(hi), step=float(step)), source)
-    assert isinstance(v, IntervalSweep)
+    assert isinstance(v, IntervalSweep)  # the grammar has no other sweep
     lo, hi = v.start, v.end
     if not lo < hi:
         raise SpecError(f"{where}: {source!r} has low {lo!r} >= high {hi!r}; allowed: "
@@ -270,37 +287,33 @@ def parse_param(key: str, value: Any, is_group: bool, group_options: list[str] |
 
 def _choice(key: str, values: list[Any], source: str, is_group: bool,
             group_options: list[str] | None) -> Param:
+    """A categorical parameter. Its labels are what Optuna stores: scalars as they are, a
+    list or dict as its JSON text (the sweeper's label is Hydra's text of it; the config
+    value is the same), which ``decode`` maps back to the value."""
     where = f"{WHERE}{key}"
     if is_group:
         bad = [x for x in values if x not in (group_options or [])]
         if bad:
             raise SpecError(f"{where}: {bad[0]!r} is not an option of group {key!r}; "
                             f"allowed: {', '.join(group_options or [])}")
-    labels, decode = [], []
-    for x in values:
+    labels = [json.dumps(x) if isinstance(x, (list, dict)) else x for x in values]
+    decode = []
+    for x, label in zip(values, labels):
         if isinstance(x, (list, dict)):
-            # Optuna's storage keeps scalars only: a list choice is stored as its JSON text.
-            text = json.dumps(x)
-            labels.append(text)
-            decode.append((text, x))
-        elif x is None or isinstance(x, (str, int, float, bool)):
-            labels.append(x)
-        else:
+            decode.append((label, x))
+        elif not (x is None or isinstance(x, (str, int, float, bool))):
             raise SpecError(f"{where}: choice {x!r} of type {type(x).__name__} is not allowed; "
-                            f"allowed: numbers, strings, booleans, null, lists")
-    if len(set(map(str, labels))) != len(labels):
+                            f"allowed: numbers, strings, booleans, null, lists, dicts")
+    # Type and value: True and 'True' are two choices (str() would make them one).
+    seen = [(type(label).__name__, label) for label in labels]
+    if len(set(seen)) != len(seen):
         raise SpecError(f"{where}: {source!r} repeats a choice; allowed: distinct values")
     return Param(key, CategoricalDistribution(labels), source, is_group, (), tuple(decode))
 
 
 def _text(o: Override) -> str:
     """The value part of an override as written (``interval(0, 1)``)."""
-    return o.input_line.split("=", 1)[1] if o.input_line else str(o.value())
-
-
-def _first(e: Exception) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return lines[1].strip() if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+    return o.input_line.partition("=")[2] or o.input_line if o.input_line else str(o.value())
 
 
 def plan_search(builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override],
@@ -329,20 +342,13 @@ def plan_search(builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override
     entries: dict[str, tuple[Any, Override | None]] = {
         k: (v, None) for k, v in spec.space.items() if k not in pinned}
     for o in cli_axes:
-        o.config_loader = composer.loader  # glob() asks the loader for a group's options
         # `search.space.optimizer.lr=interval(..)` names the space's key in full.
         entries[o.key_or_group.removeprefix(WHERE)] = (None, o)
     params: dict[str, Param] = {}
     for key, (value, override) in entries.items():
         group = builder.is_group(key)
         options = composer.group_options(key) if group else None
-        if override is not None and override.is_choice_sweep():
-            # glob() and choices of group options expand like grid axes.
-            values = expand(composer, override)
-            params[key] = _choice(key, values, _text(override), group,
-                                  options)
-        else:
-            params[key] = parse_param(key, value, group, options, override)
+        params[key] = parse_param(key, value, group, options, override)
     if not params:
         raise SpecError("search.space: no parameter left to search (every key is pinned); "
                         "allowed: at least one distribution")
@@ -354,7 +360,7 @@ def plan_search(builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override
         space.grid()  # raises for a continuous dimension
     if spec.sampler == "cmaes":
         try:
-            import cmaes  # noqa: F401
+            import cmaes
         except ImportError:
             raise SpecError("search.sampler: 'cmaes' needs the cmaes package (pip install "
                             "cmaes); allowed without it: tpe, random, grid, nsga2") from None

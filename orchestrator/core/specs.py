@@ -50,6 +50,9 @@ class SweepSettings(StrictModel):
     mode: Literal["min", "max"] = "max"
     max_concurrent: PositiveInt | None = None
     retries: NonNegativeInt = 1
+    #: Most trials a grid may plan; counted (product of axis sizes) before expanding, so a
+    #: typo like range(10**9) is bad input, not a minute of planning and a MemoryError.
+    max_trials: PositiveInt = 10_000
 
 
 class Resources(StrictModel):
@@ -120,7 +123,7 @@ class PrunerSpec(StrictModel):
 
 
 class SearchClaimSpec(StrictModel):
-    """A claim about a search (HP-1, HP-2), checked by :func:`orchestrator.search.optuna_search.search_verdicts`.
+    """A claim about a search (HP-1, HP-2), checked by :func:`orchestrator.search.search_verdicts`.
 
     ``importance``: the most important parameter (fANOVA) is one of ``first`` and the
     ``last`` parameters rank, on average, below the others. ``inside``: the best trial's
@@ -154,7 +157,7 @@ class SearchClaimSpec(StrictModel):
 
 
 class SearchSpec(StrictModel):
-    """A hyperparameter search (Optuna) instead of a grid; ``orchestrator.search.optuna_search`` runs it.
+    """A hyperparameter search (Optuna) instead of a grid; ``orchestrator.search`` runs it.
 
     ``space`` maps a config key (``optimizer.lr``) or config group (``optimizer``) to a
     distribution in the grammar of Hydra's Optuna sweeper: ``interval(1e-4, 1e-1)``,
