@@ -25,59 +25,95 @@ Evidence.
     about the arm and are left out). An arm with fewer than ``min_seeds`` such trials makes
     the verdict inconclusive (the numbers are still reported when they can be computed).
 
-Effect and interval.
+Sanity gate (``learned``).
+    A claim's ``learned: {metric, above}`` (or the study-wide default passed to
+    :func:`evaluate`, for claims that state none) is checked before any test: every arm in
+    play (a and b for compare, every arm for best, the arm for replicate; per group with
+    ``group_by``) whose mean ``metric`` over its finished trials is not above ``above`` makes
+    the claim inconclusive, with a detail starting "arm X did not learn (...)". Rate claims
+    never take it: a diverged arm is their evidence, not a broken experiment.
+
+Effect and estimate.
     Every effect is oriented so that a *positive* effect supports the prediction's "a" side
     (``compare``: a is better under ``mode``; ``rate``: a has fewer events; trends: the
     rate moves in the predicted direction). ``compare`` and ``best`` take the difference of
-    means with a t-interval at ``confidence``: *paired* (one-sample t on the per-pair
-    differences) when both arms hold exactly the same pairing keys, once each (the seed,
-    plus every other arm column: ``model`` when two models were swept), else Welch's
-    unequal-variance t. Rate differences use Newcombe's hybrid score interval built from
-    each arm's Wilson interval; their significance comes from an exact test (below).
+    means with a t distribution: *paired* (one-sample t on the per-pair differences) when
+    both arms hold exactly the same pairing keys, once each (the seed, plus every other arm
+    column: ``model`` when two models were swept), else Welch's unequal-variance t. Rate
+    differences use Newcombe's hybrid score interval built from each arm's Wilson interval
+    (its p-values by inverting it: the level at which its bound reaches the threshold).
 
-Decisions (``m`` = ``min_effect`` >= 0, ``[lo, hi]`` the interval, ``e`` the effect).
-    ``a_better``: confirmed if ``lo > 0`` and ``e >= m``; refuted if ``hi < m`` (the
-    advantage is confidently smaller than the smallest one that counts; with ``m = 0`` this
-    is "b is significantly better"); else inconclusive. ``b_better`` is the mirror
-    (the same rules on ``-e``, ``[-hi, -lo]``). ``a_not_worse``: confirmed if ``lo > -m``,
-    refuted if ``hi < -m``; ``b_not_worse`` the mirror. ``equal`` (needs ``m > 0``, the
-    equivalence margin): confirmed if ``[lo, hi]`` lies inside ``[-m, m]``, refuted if it
-    lies entirely outside (``lo > m`` or ``hi < -m``). Confirmation and refutation are
-    disjoint by construction.
+Decisions: two one-sided tests (``m`` = ``min_effect`` >= 0, ``alpha`` = (1 - confidence)/2).
+    Each claim has a *confirming* and a *refuting* one-sided test; confirmed when the first
+    is significant (p < its level), refuted when the second is, else inconclusive. The two
+    cannot both hold. ``a_better``: confirming H1 "effect > m", refuting H1 "effect < m";
+    at a true effect exactly ``m`` each fires with probability <= alpha, so "confirmed"
+    means "the effect is at least the margin" with that error (the former rule "estimate
+    >= m and lower bound > 0" confirmed 22% of the time at the margin). With ``m = 0`` this
+    is "a significantly better" / "b significantly better". ``b_better`` and
+    ``b_not_worse`` are the mirrors (the same on ``-effect``). ``a_not_worse``: "effect >
+    -m" / "effect < -m". ``equal`` (``m > 0``) is TOST: confirmed when both "effect > -m" and
+    "effect < m" are significant (p = the larger), refuted when either "effect > m" or
+    "effect < -m" is (p = the smaller). The interval shown is the two-sided
+    ``1 - 2 * level`` interval, so confirmed <=> its lower bound (both bounds for equal) is
+    past the threshold. ``Verdict.p_confirm``/``p_refute`` are the two p's and
+    ``Verdict.p_value`` the smaller: the raw one-sided p of the decisive test.
 
 ``best``.
     Per-arm means over the finished seeds; arms with fewer than ``min_seeds`` are left out
-    (and named). Confirmed when the best arm inside ``predict_in`` beats the best arm
-    outside it with an interval above 0 and an effect ``>= min_effect``; refuted when the
-    best outside arm beats *every* eligible inside arm with an interval above 0; else
-    inconclusive. The reported effect is best inside minus best outside.
+    (and named). The predicted arm is the best arm inside ``predict_in``; it is compared with
+    *every* eligible arm outside it (``d_j`` = predicted minus arm j). Confirmed when every
+    ``d_j > m`` is significant at ``level / #inside`` (all must hold, an intersection-union
+    test needing no correction over the outside arms; the Bonferroni factor pays for having
+    picked the best of the inside arms); refuted when some ``d_j < m`` is significant at
+    ``level / #outside`` (Bonferroni over the outside arms: with 6 equal arms the former
+    "best outside beats best inside" rule refuted 11.5% of the time). The numbers shown are
+    those of the comparison that decided it (the strongest rival when refuted, else the
+    closest arm).
 
 ``rate`` with ``a``/``b`` ("Fisher exact").
-    Fisher's exact test on the 2x2 table of events. For ``a_better``/``b_better`` the
-    "interval above/below 0" of the rules is replaced by the one-sided exact p-value at
-    ``(1 - confidence) / 2`` (the level of one bound of a two-sided interval); refuted also
-    when the exact test is significant the other way, or when the Newcombe interval of the
-    predicted reduction lies below ``min_effect``. ``equal`` and ``*_not_worse`` use the
-    Newcombe interval with the rules above.
+    For ``a_better``/``b_better`` the two tests are Fisher's exact one-sided tests (with
+    ``m > 0`` confirming also needs the Newcombe test of "reduction > m", the p being the
+    larger, and refuting is the Newcombe test of "reduction < m"). ``equal`` and
+    ``*_not_worse`` use the Newcombe p's with the rules above.
 
 ``rate`` with ``increasing``/``decreasing`` ("Spearman trend").
     Spearman's rank correlation between the numeric axis value and the event indicator over
-    all evidence trials (ranks make it indifferent to a log-spaced axis), one-sided at
-    ``(1 - confidence) / 2``. The effect is the change of the event rate from the lowest to
-    the highest axis value (negated for ``decreasing``), with its Newcombe interval.
-    Confirmed when the trend is significant in the predicted direction and the effect is
-    ``>= min_effect``; refuted when it is significant the other way, or when the rates are
-    *flat with enough samples*: the interval of the end-to-end change lies entirely below
-    ``min_effect`` (only possible with ``min_effect > 0``, and only once the arms hold enough
-    seeds for the interval to be that narrow); else inconclusive.
+    all evidence trials (ranks make it indifferent to a log-spaced axis), one-sided. The
+    effect is the change of the event rate from the lowest to the highest axis value
+    (negated for ``decreasing``), with its Newcombe interval. With ``m = 0`` the tests are
+    the trend in / against the predicted direction. With ``m > 0`` confirming needs the
+    trend and "change > m" (p = the larger); refuting takes the reversed trend or "change <
+    m" (*flat with enough samples*), p = twice the smaller (Bonferroni over the two).
 
-``group_by``.
-    The claim is evaluated once per value of the column (one sub-verdict each, in
-    ``Verdict.groups``) and is read as "holds in every group": refuted if any group is
-    refuted, confirmed if every group is confirmed, else inconclusive. The overall numbers
-    are those of the group that decided it (the first refuted group; when all are
-    confirmed, the one with the weakest evidence, i.e. the lowest ``ci_low``; otherwise the
-    first inconclusive group), and the detail says which.
+``replicate``.
+    One arm (``where``, plus ``axis``/``a`` when given) against a published number:
+    one-sample t on the arm's finished values. "replicated" when the interval of the mean lies
+    within ``published +- tolerance`` (TOST, as ``equal``), "not replicated" when it lies
+    entirely outside, else inconclusive.
+
+``group_by`` (``groups: all | any``).
+    The claim is evaluated once per value of the column (sub-verdicts in ``Verdict.groups``).
+    ``all`` (default, "holds in every group"): confirmed when every group is confirmed, each
+    at the claim's level (intersection-union); refuted when some group is refuted at
+    ``level / #groups`` (a union over groups, Bonferroni); claim p's: max of the confirming,
+    ``#groups x`` min of the refuting. ``any`` ("holds in some group") is the mirror:
+    confirmed when some group is confirmed at ``level / #groups``, refuted when every group
+    is refuted at the level. The overall numbers are those of the group that decided it (the
+    first refuted, or the weakest confirmed, or the first inconclusive), and the detail says
+    which; a group whose arm did not learn leads the detail.
+
+Multiplicity across claims (Holm).
+    :func:`evaluate` takes the raw p (``Verdict.p_value``) of every claim that reached a test
+    (a claim inconclusive for want of data or learning makes no error and is not counted:
+    ``k`` tested claims) and Holm-adjusts them: sorted ascending, ``p_adj(r) =
+    max_{j <= r} min(1, (k - j) p(j))`` (0-based ``r``), in ``Verdict.p_adjusted``. The claim
+    of rank ``r`` is then decided with its tests at one-sided level ``alpha / (k - r)``
+    (its interval shown at ``1 - 2 alpha / (k - r)``), and it is decided only when ``p_adj
+    < alpha``, i.e. when every claim with a smaller p was decided too (Holm's step-down);
+    otherwise it is inconclusive and the detail says so. This keeps, for each direction, the
+    chance that *any* claim of the call is wrongly confirmed (or wrongly refuted) at about
+    ``alpha``. Claims should share one ``confidence``; each is compared with its own alpha.
 """
 
 from __future__ import annotations
