@@ -221,7 +221,7 @@ class ClaimSpec(StrictModel):
     tolerance: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _fits_test(self) -> "ClaimSpec":
+    def _fits_test(self) -> ClaimSpec:
         # Each message names the field and what is allowed, like every SpecError.
         def need(name: str) -> None:
             if getattr(self, name) in (None, []):
@@ -324,7 +324,7 @@ class Verdict:
     method: str
     detail: str
     arms: tuple[ArmStats, ...] = ()
-    groups: tuple["Verdict", ...] = ()
+    groups: tuple[Verdict, ...] = ()
     metric: str | None = None
     axis: str = ""
     predict: str | None = None
@@ -400,7 +400,7 @@ class _Levels:
         return 1.0 - 2.0 * self.confirm
 
 
-def _alpha(claim: "ClaimSpec") -> float:
+def _alpha(claim: ClaimSpec) -> float:
     return (1.0 - claim.confidence) / 2.0
 
 
@@ -435,13 +435,13 @@ class _Shift:
         h = float(_stats().t.ppf(0.5 + confidence / 2, self.df)) * self.se
         return self.effect - h, self.effect + h
 
-    def flip(self) -> "_Shift":
+    def flip(self) -> _Shift:
         return replace(self, effect=-self.effect)
 
 
 def _wilson_z(k: int, n: int, z: float) -> tuple[float, float]:
     # Closed form, so that p-values can be found by bisection on z without scipy calls.
-    p, z2 = k / n, z * z
+    z2 = z * z
     centre = (k + z2 / 2) / (n + z2)
     half = z / (n + z2) * math.sqrt(k * (n - k) / n + z2 / 4)
     return max(0.0, centre - half), min(1.0, centre + half)
@@ -498,7 +498,7 @@ class _RateDiff:
     def p_lt(self, thr: float) -> float:
         return self._p(thr, lower=False)
 
-    def flip(self) -> "_RateDiff":
+    def flip(self) -> _RateDiff:
         return replace(self, sign=-self.sign)
 
 
@@ -633,7 +633,7 @@ class _Context:
     study-wide ``learned`` default."""
 
     def __init__(self, history: History | None, axes: Sequence[str] | None,
-                 learned: "LearnedSpec | None" = None) -> None:
+                 learned: LearnedSpec | None = None) -> None:
         self.history, self.axes, self.learned = history, axes, learned
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
 
@@ -692,7 +692,7 @@ def _excluded_note(counts: Mapping[str, int], missing: int, what: str) -> str:
     return f" (not counted: {', '.join(parts)})" if parts else ""
 
 
-def _not_learned(spec: "LearnedSpec", arms: Mapping[str, pd.DataFrame]) -> str:
+def _not_learned(spec: LearnedSpec, arms: Mapping[str, pd.DataFrame]) -> str:
     """"arm X did not learn (...)" for every arm whose mean ``spec.metric`` over its finished
     trials is not above ``spec.above``; arms without such trials are left to the test."""
     bad = []
@@ -724,8 +724,8 @@ def _decided(claim: ClaimSpec, lv: _Levels, p_c: float | None, p_r: float | None
     """The Verdict fields of a decision: verdict, p's and the interval's level."""
     verdict, reason = _decide(predict, p_c, p_r, lv)
     p = None if p_c is None or p_r is None else min(p_c, p_r)
-    return dict(verdict=verdict, p_value=p, p_confirm=p_c, p_refute=p_r,
-                confidence=lv.confidence, reason=reason)
+    return {"verdict": verdict, "p_value": p, "p_confirm": p_c, "p_refute": p_r,
+            "confidence": lv.confidence, "reason": reason}
 
 
 def _metric_name(claim: ClaimSpec) -> str:
@@ -1233,6 +1233,20 @@ def verdicts_from_json(text: str) -> list[Verdict]:
     return [_verdict_from_dict(d) for d in json.loads(text)]
 
 
-__all__ = ["ArmStats", "ClaimSpec", "History", "LearnedSpec", "Verdict", "evaluate", "parse_claims",
-           "values_match", "verdicts_from_json", "verdicts_to_json", "CONFIRMED", "REFUTED",
-           "INCONCLUSIVE", "REPLICATED", "NOT_REPLICATED"]
+__all__ = [
+    "CONFIRMED",
+    "INCONCLUSIVE",
+    "NOT_REPLICATED",
+    "REFUTED",
+    "REPLICATED",
+    "ArmStats",
+    "ClaimSpec",
+    "History",
+    "LearnedSpec",
+    "Verdict",
+    "evaluate",
+    "parse_claims",
+    "values_match",
+    "verdicts_from_json",
+    "verdicts_to_json",
+]

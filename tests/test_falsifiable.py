@@ -31,8 +31,13 @@ import yaml
 
 from orchestrator.compose import composer
 from orchestrator.plan import plan_sweep
-from orchestrator.verdicts import (TREND_PREDICTS, ClaimSpec, evaluate, parse_claims,
-                                   values_match)
+from orchestrator.verdicts import (
+    TREND_PREDICTS,
+    ClaimSpec,
+    evaluate,
+    parse_claims,
+    values_match,
+)
 
 STUDIES = Path(__file__).resolve().parent.parent / "conf" / "study"
 BASE = 0.6       # every metric's value where the scenario says nothing
