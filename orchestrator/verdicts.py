@@ -4,8 +4,9 @@ A study states claims in data (``study.claims`` of ``conf/study/*.yaml``); each 
 :class:`ClaimSpec`, validated at plan time like the rest of the config (a malformed claim is
 exit 2 before anything runs). :func:`evaluate` turns the claims and a sweep's trial table
 (exactly as :meth:`orchestrator.Client.trials` returns it) into :class:`Verdict` objects:
-``confirmed``, ``refuted`` or ``inconclusive``, each with an effect size, a confidence
-interval and one readable sentence with the numbers.
+``confirmed``, ``refuted`` or ``inconclusive`` (``replicated``, ``not replicated`` or
+``inconclusive`` for replication claims), each with an effect size, a confidence interval,
+the raw and Holm-adjusted p of its decisive test and one readable sentence with the numbers.
 
 Rules
 -----
@@ -402,10 +403,6 @@ class _Levels:
 
 def _alpha(claim: ClaimSpec) -> float:
     return (1.0 - claim.confidence) / 2.0
-
-
-def _clean(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
 @dataclass(frozen=True)
