@@ -232,6 +232,11 @@ def _arms_html(arms: Sequence[ArmStats]) -> str:
                       classes="arms", border=0)
 
 
+def _sanity_first(verdicts: Sequence[Verdict]) -> list[Verdict]:
+    """Claims whose arms did not learn lead: their other numbers mean nothing."""
+    return sorted(verdicts, key=lambda v: " did not learn (" not in v.detail)
+
+
 def _verdict_html(v: Verdict) -> str:
     colour = _COLOURS.get(v.verdict, "#57606a")
     ci = f"[{_num(v.ci_low)}, {_num(v.ci_high)}]" if v.ci_low is not None else ""
@@ -240,7 +245,8 @@ def _verdict_html(v: Verdict) -> str:
                     if x)
     cells = [("effect", _num(v.effect, "{:+.4g}")), (f"{v.confidence:.0%} CI", ci),
              ("min_effect", _num(v.min_effect, "{:g}")), ("n a / b", f"{v.n_a} / {v.n_b}"),
-             ("method", v.method), ("p", _num(v.p_value, "{:.3g}"))]
+             ("method", v.method), ("p (one-sided, raw)", _num(v.p_value, "{:.3g}")),
+             ("p (Holm over the claims)", _num(v.p_adjusted, "{:.3g}"))]
     numbers = "".join(f"<th>{_e(k)}</th>" for k, _ in cells)
     values = "".join(f"<td>{_e(x)}</td>" for _, x in cells)
     groups = ""
@@ -385,7 +391,7 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
 &middot; generated {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
 <p class=counts><b>{len(trials)}</b> trials: {count_html}</p>
 <h2>Verdicts <small>{_e(summary)}</small></h2>
-{"".join(_verdict_html(v) for v in verdicts) or "<p>the study states no claims</p>"}
+{"".join(_verdict_html(v) for v in _sanity_first(verdicts)) or "<p>the study states no claims</p>"}
 {search_html}
 <h2>Learning curves</h2>
 {figs_html}

@@ -221,10 +221,10 @@ def test_best_confirmed_refuted_inconclusive() -> None:
     df = table(U_SHAPE, metric="train/loss", axis="optimizer.lr")
     v = one(best([1e-3, 1e-2, 1e-1]), df)
     assert v.verdict == "confirmed", v.detail
-    assert "best predicted 0.01" in v.detail and "best other 1 " in v.detail
-    assert v.effect == pytest.approx(0.8)  # best outside is lr=1 (0.9) vs 0.1, lower is better
+    assert "predicted 0.01" in v.detail and "closest 1 " in v.detail
+    assert v.effect == pytest.approx(0.8)  # closest outside is lr=1 (0.9) vs 0.1, lower is better
     refuted = one(best([1e-4, 1.0]), df)
-    assert refuted.verdict == "refuted" and "0.01 beats every predicted arm" in refuted.detail
+    assert refuted.verdict == "refuted" and "0.01 beats the predicted arm" in refuted.detail
     close = table({1e-3: (0.100, 20.0), 1e-2: (0.101, -20.0)}, metric="train/loss",
                   axis="optimizer.lr")
     assert one(best([1e-2]), close).verdict == "inconclusive"
@@ -288,7 +288,9 @@ def test_rate_pair_rules(predict: str, events: dict, min_effect: float, expected
 
 def test_rate_pair_p_value_is_fishers_and_too_few_is_inconclusive() -> None:
     v = one(rate("a_better"), rate_table({2.0: (0, 10), 0.0: (8, 10)}))
-    assert v.p_value == pytest.approx(stats.fisher_exact([[0, 10], [8, 2]]).pvalue)
+    # The decisive p is Fisher's one-sided one (a has fewer events), not the two-sided one.
+    assert v.p_value == pytest.approx(
+        stats.fisher_exact([[0, 10], [8, 2]], alternative="less").pvalue)
     few = one(rate("a_better"), rate_table({2.0: (0, 2), 0.0: (2, 2)}))
     assert few.verdict == "inconclusive" and "too few trials: a has 2" in few.detail
 
@@ -301,7 +303,8 @@ LR_DIVERGE = {1e-3: (0, 4), 1e-2: (0, 4), 1e-1: (1, 4), 1.0: (4, 4), 10.0: (4, 4
 
 
 @pytest.mark.parametrize("predict,events,min_effect,expected", [
-    ("increasing", LR_DIVERGE, 0.5, "confirmed"),
+    ("increasing", LR_DIVERGE, 0.2, "confirmed"),
+    ("increasing", LR_DIVERGE, 0.5, "inconclusive"),  # change +1 but lower bound 0.31 < 0.5
     ("decreasing", LR_DIVERGE, 0.0, "refuted"),
     ("increasing", {1e-3: (1, 3), 1e-2: (1, 3), 1.0: (2, 3)}, 0.0, "inconclusive"),
     ("increasing", {1e-3: (0, 30), 1e-2: (0, 30), 1.0: (0, 30)}, 0.2, "refuted"),  # flat
@@ -422,3 +425,120 @@ def test_json_round_trip_keeps_groups_arms_and_missing_numbers() -> None:
 def test_empty_table_is_inconclusive() -> None:
     (v,) = evaluate([compare("a_better")], pd.DataFrame())
     assert v.verdict == "inconclusive" and "no trials" in v.detail
+
+
+# -- margins, multiplicity, the sanity gate, replication ------------------------------------
+def test_confirming_needs_the_lower_bound_past_min_effect() -> None:
+    """Estimate above the margin but the interval reaches below it: no longer confirmed."""
+    df = table({"x": (0.815, 1.0), "y": (0.80, -1.0)})  # effect 0.015, CI about +-0.01
+    v = one(compare("a_better", min_effect=0.01), df)
+    assert v.effect > 0.01 and v.ci_low < 0.01 < v.ci_high
+    assert v.verdict == "inconclusive", v.detail
+    assert one(compare("a_better", min_effect=0.001), df).verdict == "confirmed"
+
+
+def test_best_refutes_only_when_an_outside_arm_wins_after_bonferroni() -> None:
+    """One outside arm ahead with one-sided p between alpha/5 and alpha: the former rule
+    (best outside vs best inside at alpha) refuted; over 5 outside arms it is inconclusive."""
+    noise = [0.010, -0.012, 0.004, -0.006, 0.002, 0.0]
+    arms = {"p": (0.80, 1.0), "q": (0.82, -1.0), **{f"o{i}": (0.70, 1.0) for i in range(4)}}
+    claim = {"id": "B", "test": "best", "metric": "test/acc", "mode": "max",
+             "axis": "optimizer", "predict_in": ["p"]}
+    v = one(claim, table(arms, seeds=6, noise=noise))
+    assert 0.025 / 5 < v.p_refute / 5 < 0.025, v.detail  # raw p of the q comparison
+    assert v.verdict == "inconclusive" and "closest q" in v.detail, v.detail
+    clear = table({**arms, "q": (0.85, -1.0)}, seeds=6, noise=noise)
+    assert one(claim, clear).verdict == "refuted"
+
+
+def test_holm_across_claims_decides_on_adjusted_p() -> None:
+    df = table({"x": (0.815, 1.0), "y": (0.80, -1.0)})  # a_better at m=0: p about 0.001
+    alone = one(compare("a_better"), df)
+    assert alone.verdict == "confirmed" and alone.p_adjusted == alone.p_value
+    claims = [compare("a_better", id=f"C{i}") for i in range(40)]
+    many = evaluate(claims, df)  # 40 copies: Holm multiplies the smallest p by 40
+    assert all(v.p_adjusted == pytest.approx(min(1.0, 40 * alone.p_value)) for v in many)
+    assert all(v.verdict == "inconclusive" and "Holm over 40 claims" in v.detail for v in many)
+    assert many[0].confidence == pytest.approx(1 - 2 * 0.025 / 40)
+    few = evaluate(claims[:3], df)
+    assert [v.verdict for v in few] == ["confirmed"] * 3
+    assert [round(v.p_adjusted / alone.p_value) for v in few] == [3, 3, 3]
+
+
+def test_groups_all_and_any() -> None:
+    good = table(CLEAR_A, extra={"model": "mlp_d"})
+    noisy = table(NOISY, extra={"model": "cnn_d"})
+    bad = table(CLEAR_B, extra={"model": "cnn_d"})
+    both = pd.concat([good, noisy], ignore_index=True)
+    assert one(compare("a_better", group_by="model"), both).verdict == "inconclusive"
+    v = one(compare("a_better", group_by="model", groups="any"), both)
+    assert v.verdict == "confirmed" and "confirmed in model=mlp_d" in v.detail
+    mixed = pd.concat([good, bad], ignore_index=True)
+    assert one(compare("a_better", group_by="model", groups="any"), mixed).verdict == "confirmed"
+    assert one(compare("a_better", group_by="model"), mixed).verdict == "refuted"
+    two_bad = pd.concat([table(CLEAR_B, extra={"model": "mlp_d"}), bad], ignore_index=True)
+    assert one(compare("a_better", group_by="model", groups="any"), two_bad).verdict == "refuted"
+    with pytest.raises(SpecError, match="groups is used only with group_by"):
+        evaluate([compare("a_better", groups="any")], good)
+
+
+def test_learned_gate_makes_the_claim_inconclusive_first() -> None:
+    df = table({"x": 0.30, "y": 0.09})
+    gate = {"metric": "test/acc", "above": 0.15}
+    v = one(compare("a_better", learned=gate), df)
+    assert v.verdict == "inconclusive" and v.p_value is None
+    assert v.detail.startswith("arm y did not learn (mean test/acc 0.09")
+    # The study-wide default applies to claims without their own gate, not to rate claims.
+    (d, r) = evaluate([compare("a_better"), rate("a_better")],
+                      pd.concat([df, rate_table({2.0: (0, 10), 0.0: (8, 10)})]),
+                      learned=gate)
+    assert d.detail.startswith("arm y did not learn") and r.verdict == "confirmed"
+    assert one(compare("a_better", learned={**gate, "above": 0.05}), df).verdict == "confirmed"
+    # A gate on another metric (step time claims gated on accuracy).
+    timed = df.assign(**{"time/step_ms": [10.0] * 5 + [20.0] * 5})
+    t = one(compare("a_better", metric="time/step_ms", mode="min", learned=gate), timed)
+    assert t.detail.startswith("arm y did not learn")
+    grouped = pd.concat([table(CLEAR_A, extra={"model": "mlp_d"}),
+                         table({"x": 0.30, "y": 0.09}, extra={"model": "cnn_d"})])
+    g = one(compare("a_better", group_by="model", learned=gate), grouped)
+    assert g.verdict == "inconclusive" and g.detail.startswith("arm y did not learn")
+    with pytest.raises(SpecError, match="learned"):
+        evaluate([rate("a_better", learned=gate)], df)
+
+
+def replicate(**kw) -> dict:
+    return {"id": "REP", "test": "replicate", "metric": "test/acc", "published": 0.85,
+            "tolerance": 0.02, "source": "paper, table 2", "where": {"optimizer": "x"}, **kw}
+
+
+def test_replicate_verdicts() -> None:
+    assert one(replicate(), table({"x": 0.851})).verdict == "replicated"
+    far = one(replicate(), table({"x": 0.90}))
+    assert far.verdict == "not replicated" and far.effect == pytest.approx(0.05)
+    edge = one(replicate(), table({"x": (0.869, 5.0)}))  # CI crosses 0.87
+    assert edge.verdict == "inconclusive", edge.detail
+    by_axis = one(replicate(where={}, axis="optimizer", a="y"), table({"x": 0.9, "y": 0.85}))
+    assert by_axis.verdict == "replicated" and by_axis.n_a == 5
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({k: v for k, v in replicate().items() if k != "published"}, "published is required"),
+    ({k: v for k, v in replicate().items() if k != "source"}, "source is required"),
+    (replicate(tolerance=0), "tolerance"),
+    (replicate(mode="max"), "mode is not used"),
+    (replicate(axis="optimizer"), "axis and a together"),
+    (compare("a_better", published=0.8), "published is not used"),
+    ({k: v for k, v in compare("a_better").items() if k != "axis"}, "axis is required"),
+])
+def test_replicate_spec_rejects(raw: dict, needle: str) -> None:
+    with pytest.raises(SpecError, match=needle):
+        evaluate([raw], table(CLEAR_A))
+
+
+def test_json_without_the_new_fields_still_loads() -> None:
+    (v,) = evaluate([compare("a_better")], table(CLEAR_A))
+    assert v.p_confirm is not None and v.p_adjusted == v.p_value
+    old = [{k: x for k, x in d.items() if k not in ("p_adjusted", "p_confirm", "p_refute")}
+           for d in __import__("json").loads(verdicts_to_json([v]))]
+    (back,) = verdicts_from_json(__import__("json").dumps(old))
+    assert back.p_adjusted is None and back.verdict == "confirmed"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
-from orchestrator.verdicts import ClaimSpec
+from orchestrator.verdicts import ClaimSpec, LearnedSpec
 from tasks.spec import StrictModel
 
 #: Top-level config keys that describe the sweep; every other key belongs to the trial.
@@ -24,6 +24,9 @@ class StudyInfo(StrictModel):
     name: str = Field(min_length=1)
     description: str = ""
     claims: list[ClaimSpec] = []  # checked at plan time: a malformed claim is exit 2
+    #: The sanity gate every claim without its own ``learned`` uses: an arm whose mean metric
+    #: is not above it "did not learn" and its claims are inconclusive.
+    learned: LearnedSpec | None = None
     quick: list[str] = []
 
     @field_validator("claims")

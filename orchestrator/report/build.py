@@ -37,6 +37,11 @@ def _claims(config: dict[str, Any]) -> list[ClaimSpec]:
     return parse_claims((config.get("study") or {}).get("claims") or [])
 
 
+def _learned(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The study-wide sanity gate (``study.learned``), if the study states one."""
+    return (config.get("study") or {}).get("learned") or None
+
+
 class _Histories:
     """Cached ``history(run_id, metric)`` over one store; a reused run reads its source's."""
 
@@ -73,8 +78,9 @@ def compute_verdicts(tracking_uri: str | None, sweep_id: str) -> list[Verdict]:
     reader = StoreReader(tracking_uri)
     parent = reader.sweep_run(sweep_id)
     trials = reader.trials(sweep_id)
-    return evaluate(_claims(_config(reader, parent.info.run_id)), trials,
-                    _Histories(reader, trials), _axes(parent))
+    config = _config(reader, parent.info.run_id)
+    return evaluate(_claims(config), trials, _Histories(reader, trials), _axes(parent),
+                    _learned(config))
 
 
 def curve_metrics(metric: str) -> list[str]:
@@ -110,7 +116,7 @@ def report_sweep(tracking_uri: str | None, sweep_id: str, out_dir: str | Path | 
     history = _Histories(reader, trials)
     axes = _axes(parent)
     config = _config(reader, pid)
-    verdicts = evaluate(_claims(config), trials, history, axes)
+    verdicts = evaluate(_claims(config), trials, history, axes, _learned(config))
     study = config.get("study") or {}
     metric = tags.get(schema.TAG_METRIC, "val/acc")
     info = SweepInfo(sweep_id=tags[schema.TAG_SWEEP], study=tags.get(schema.TAG_STUDY, ""),

@@ -7,9 +7,14 @@ Pure data in, verdicts out: no Ray, no MLflow, no Hydra. The rules are documente
 from orchestrator.verdicts.engine import (
     CONFIRMED,
     INCONCLUSIVE,
+    NOT_REPLICATED,
+    PAIR_PREDICTS,
     REFUTED,
+    REPLICATED,
+    TREND_PREDICTS,
     ArmStats,
     ClaimSpec,
+    LearnedSpec,
     Verdict,
     evaluate,
     parse_claims,
@@ -18,5 +23,6 @@ from orchestrator.verdicts.engine import (
     verdicts_to_json,
 )
 
-__all__ = ["CONFIRMED", "INCONCLUSIVE", "REFUTED", "ArmStats", "ClaimSpec", "Verdict", "evaluate",
+__all__ = ["CONFIRMED", "INCONCLUSIVE", "NOT_REPLICATED", "PAIR_PREDICTS", "REFUTED", "REPLICATED",
+           "TREND_PREDICTS", "ArmStats", "ClaimSpec", "LearnedSpec", "Verdict", "evaluate",
            "parse_claims", "values_match", "verdicts_from_json", "verdicts_to_json"]

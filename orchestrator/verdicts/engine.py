@@ -4,8 +4,9 @@ A study states claims in data (``study.claims`` of ``conf/study/*.yaml``); each 
 :class:`ClaimSpec`, validated at plan time like the rest of the config (a malformed claim is
 exit 2 before anything runs). :func:`evaluate` turns the claims and a sweep's trial table
 (exactly as :meth:`orchestrator.Client.trials` returns it) into :class:`Verdict` objects:
-``confirmed``, ``refuted`` or ``inconclusive``, each with an effect size, a confidence
-interval and one readable sentence with the numbers.
+``confirmed``, ``refuted`` or ``inconclusive`` (``replicated``, ``not replicated`` or
+``inconclusive`` for replication claims), each with an effect size, a confidence interval,
+the raw and Holm-adjusted p of its decisive test and one readable sentence with the numbers.
 
 Rules
 -----
@@ -25,59 +26,95 @@ Evidence.
     about the arm and are left out). An arm with fewer than ``min_seeds`` such trials makes
     the verdict inconclusive (the numbers are still reported when they can be computed).
 
-Effect and interval.
+Sanity gate (``learned``).
+    A claim's ``learned: {metric, above}`` (or the study-wide default passed to
+    :func:`evaluate`, for claims that state none) is checked before any test: every arm in
+    play (a and b for compare, every arm for best, the arm for replicate; per group with
+    ``group_by``) whose mean ``metric`` over its finished trials is not above ``above`` makes
+    the claim inconclusive, with a detail starting "arm X did not learn (...)". Rate claims
+    never take it: a diverged arm is their evidence, not a broken experiment.
+
+Effect and estimate.
     Every effect is oriented so that a *positive* effect supports the prediction's "a" side
     (``compare``: a is better under ``mode``; ``rate``: a has fewer events; trends: the
     rate moves in the predicted direction). ``compare`` and ``best`` take the difference of
-    means with a t-interval at ``confidence``: *paired* (one-sample t on the per-pair
-    differences) when both arms hold exactly the same pairing keys, once each (the seed,
-    plus every other arm column: ``model`` when two models were swept), else Welch's
-    unequal-variance t. Rate differences use Newcombe's hybrid score interval built from
-    each arm's Wilson interval; their significance comes from an exact test (below).
+    means with a t distribution: *paired* (one-sample t on the per-pair differences) when
+    both arms hold exactly the same pairing keys, once each (the seed, plus every other arm
+    column: ``model`` when two models were swept), else Welch's unequal-variance t. Rate
+    differences use Newcombe's hybrid score interval built from each arm's Wilson interval
+    (its p-values by inverting it: the level at which its bound reaches the threshold).
 
-Decisions (``m`` = ``min_effect`` >= 0, ``[lo, hi]`` the interval, ``e`` the effect).
-    ``a_better``: confirmed if ``lo > 0`` and ``e >= m``; refuted if ``hi < m`` (the
-    advantage is confidently smaller than the smallest one that counts; with ``m = 0`` this
-    is "b is significantly better"); else inconclusive. ``b_better`` is the mirror
-    (the same rules on ``-e``, ``[-hi, -lo]``). ``a_not_worse``: confirmed if ``lo > -m``,
-    refuted if ``hi < -m``; ``b_not_worse`` the mirror. ``equal`` (needs ``m > 0``, the
-    equivalence margin): confirmed if ``[lo, hi]`` lies inside ``[-m, m]``, refuted if it
-    lies entirely outside (``lo > m`` or ``hi < -m``). Confirmation and refutation are
-    disjoint by construction.
+Decisions: two one-sided tests (``m`` = ``min_effect`` >= 0, ``alpha`` = (1 - confidence)/2).
+    Each claim has a *confirming* and a *refuting* one-sided test; confirmed when the first
+    is significant (p < its level), refuted when the second is, else inconclusive. The two
+    cannot both hold. ``a_better``: confirming H1 "effect > m", refuting H1 "effect < m";
+    at a true effect exactly ``m`` each fires with probability <= alpha, so "confirmed"
+    means "the effect is at least the margin" with that error (the former rule "estimate
+    >= m and lower bound > 0" confirmed 22% of the time at the margin). With ``m = 0`` this
+    is "a significantly better" / "b significantly better". ``b_better`` and
+    ``b_not_worse`` are the mirrors (the same on ``-effect``). ``a_not_worse``: "effect >
+    -m" / "effect < -m". ``equal`` (``m > 0``) is TOST: confirmed when both "effect > -m" and
+    "effect < m" are significant (p = the larger), refuted when either "effect > m" or
+    "effect < -m" is (p = the smaller). The interval shown is the two-sided
+    ``1 - 2 * level`` interval, so confirmed <=> its lower bound (both bounds for equal) is
+    past the threshold. ``Verdict.p_confirm``/``p_refute`` are the two p's and
+    ``Verdict.p_value`` the smaller: the raw one-sided p of the decisive test.
 
 ``best``.
     Per-arm means over the finished seeds; arms with fewer than ``min_seeds`` are left out
-    (and named). Confirmed when the best arm inside ``predict_in`` beats the best arm
-    outside it with an interval above 0 and an effect ``>= min_effect``; refuted when the
-    best outside arm beats *every* eligible inside arm with an interval above 0; else
-    inconclusive. The reported effect is best inside minus best outside.
+    (and named). The predicted arm is the best arm inside ``predict_in``; it is compared with
+    *every* eligible arm outside it (``d_j`` = predicted minus arm j). Confirmed when every
+    ``d_j > m`` is significant at ``level / #inside`` (all must hold, an intersection-union
+    test needing no correction over the outside arms; the Bonferroni factor pays for having
+    picked the best of the inside arms); refuted when some ``d_j < m`` is significant at
+    ``level / #outside`` (Bonferroni over the outside arms: with 6 equal arms the former
+    "best outside beats best inside" rule refuted 11.5% of the time). The numbers shown are
+    those of the comparison that decided it (the strongest rival when refuted, else the
+    closest arm).
 
 ``rate`` with ``a``/``b`` ("Fisher exact").
-    Fisher's exact test on the 2x2 table of events. For ``a_better``/``b_better`` the
-    "interval above/below 0" of the rules is replaced by the one-sided exact p-value at
-    ``(1 - confidence) / 2`` (the level of one bound of a two-sided interval); refuted also
-    when the exact test is significant the other way, or when the Newcombe interval of the
-    predicted reduction lies below ``min_effect``. ``equal`` and ``*_not_worse`` use the
-    Newcombe interval with the rules above.
+    For ``a_better``/``b_better`` the two tests are Fisher's exact one-sided tests (with
+    ``m > 0`` confirming also needs the Newcombe test of "reduction > m", the p being the
+    larger, and refuting is the Newcombe test of "reduction < m"). ``equal`` and
+    ``*_not_worse`` use the Newcombe p's with the rules above.
 
 ``rate`` with ``increasing``/``decreasing`` ("Spearman trend").
     Spearman's rank correlation between the numeric axis value and the event indicator over
-    all evidence trials (ranks make it indifferent to a log-spaced axis), one-sided at
-    ``(1 - confidence) / 2``. The effect is the change of the event rate from the lowest to
-    the highest axis value (negated for ``decreasing``), with its Newcombe interval.
-    Confirmed when the trend is significant in the predicted direction and the effect is
-    ``>= min_effect``; refuted when it is significant the other way, or when the rates are
-    *flat with enough samples*: the interval of the end-to-end change lies entirely below
-    ``min_effect`` (only possible with ``min_effect > 0``, and only once the arms hold enough
-    seeds for the interval to be that narrow); else inconclusive.
+    all evidence trials (ranks make it indifferent to a log-spaced axis), one-sided. The
+    effect is the change of the event rate from the lowest to the highest axis value
+    (negated for ``decreasing``), with its Newcombe interval. With ``m = 0`` the tests are
+    the trend in / against the predicted direction. With ``m > 0`` confirming needs the
+    trend and "change > m" (p = the larger); refuting takes the reversed trend or "change <
+    m" (*flat with enough samples*), p = twice the smaller (Bonferroni over the two).
 
-``group_by``.
-    The claim is evaluated once per value of the column (one sub-verdict each, in
-    ``Verdict.groups``) and is read as "holds in every group": refuted if any group is
-    refuted, confirmed if every group is confirmed, else inconclusive. The overall numbers
-    are those of the group that decided it (the first refuted group; when all are
-    confirmed, the one with the weakest evidence, i.e. the lowest ``ci_low``; otherwise the
-    first inconclusive group), and the detail says which.
+``replicate``.
+    One arm (``where``, plus ``axis``/``a`` when given) against a published number:
+    one-sample t on the arm's finished values. "replicated" when the interval of the mean lies
+    within ``published +- tolerance`` (TOST, as ``equal``), "not replicated" when it lies
+    entirely outside, else inconclusive.
+
+``group_by`` (``groups: all | any``).
+    The claim is evaluated once per value of the column (sub-verdicts in ``Verdict.groups``).
+    ``all`` (default, "holds in every group"): confirmed when every group is confirmed, each
+    at the claim's level (intersection-union); refuted when some group is refuted at
+    ``level / #groups`` (a union over groups, Bonferroni); claim p's: max of the confirming,
+    ``#groups x`` min of the refuting. ``any`` ("holds in some group") is the mirror:
+    confirmed when some group is confirmed at ``level / #groups``, refuted when every group
+    is refuted at the level. The overall numbers are those of the group that decided it (the
+    first refuted, or the weakest confirmed, or the first inconclusive), and the detail says
+    which; a group whose arm did not learn leads the detail.
+
+Multiplicity across claims (Holm).
+    :func:`evaluate` takes the raw p (``Verdict.p_value``) of every claim that reached a test
+    (a claim inconclusive for want of data or learning makes no error and is not counted:
+    ``k`` tested claims) and Holm-adjusts them: sorted ascending, ``p_adj(r) =
+    max_{j <= r} min(1, (k - j) p(j))`` (0-based ``r``), in ``Verdict.p_adjusted``. The claim
+    of rank ``r`` is then decided with its tests at one-sided level ``alpha / (k - r)``
+    (its interval shown at ``1 - 2 alpha / (k - r)``), and it is decided only when ``p_adj
+    < alpha``, i.e. when every claim with a smaller p was decided too (Holm's step-down);
+    otherwise it is inconclusive and the detail says so. This keeps, for each direction, the
+    chance that *any* claim of the call is wrongly confirmed (or wrongly refuted) at about
+    ``alpha``. Claims should share one ``confidence``; each is compared with its own alpha.
 """
 
 from __future__ import annotations
@@ -109,6 +146,8 @@ Scalar = bool | int | float | str
 History = Callable[[str, str], pd.DataFrame]
 
 CONFIRMED, REFUTED, INCONCLUSIVE = "confirmed", "refuted", "inconclusive"
+#: The verdicts of ``test: replicate`` (confirmed / refuted under other names).
+REPLICATED, NOT_REPLICATED = "replicated", "not replicated"
 PAIR_PREDICTS = ("a_better", "b_better", "equal", "a_not_worse", "b_not_worse")
 TREND_PREDICTS = ("increasing", "decreasing")
 #: Outcomes that are evidence about an arm; of those, EVENTS count as events for rate claims.
@@ -119,6 +158,13 @@ META_COLUMNS = frozenset({"run_id", "trial_index", "trial_key", "outcome", "stat
                           "node", "reused_from", "attempt", "start_time"})
 
 
+class LearnedSpec(StrictModel):
+    """The sanity gate: every arm's mean ``metric`` must be above ``above`` (chance + margin)."""
+
+    metric: str = Field(min_length=1)
+    above: float
+
+
 class ClaimSpec(StrictModel):
     """One claim of a study, checked by :func:`evaluate`.
 
@@ -127,46 +173,56 @@ class ClaimSpec(StrictModel):
         source: Where the notes say it (``002:L1099``).
         statement: The claim in words.
         test: ``compare`` (arm a vs arm b on a metric), ``best`` (the best arm lies in
-            ``predict_in``) or ``rate`` (diverged/failed fraction, between two arms or as a
-            trend along a numeric axis).
+            ``predict_in``), ``rate`` (diverged/failed fraction, between two arms or as a
+            trend along a numeric axis) or ``replicate`` (one arm's mean vs a published
+            number).
         metric: The metric (``test/acc``); required for compare and best, absent for rate.
         mode: ``max`` or ``min``: which direction of the metric is better.
-        axis: The trial-table column that holds the arms (``optimizer``, ``optimizer.lr``).
-        a: Arm a's value on ``axis``.
+        axis: The trial-table column that holds the arms (``optimizer``, ``optimizer.lr``);
+            optional for replicate (the arm is then ``where`` alone).
+        a: Arm a's value on ``axis`` (for replicate: the arm, when ``axis`` is given).
         b: Arm b's value on ``axis``.
         predict: ``a_better``, ``b_better``, ``equal``, ``a_not_worse``, ``b_not_worse``;
             ``increasing``/``decreasing`` for rate trends; omitted for best.
         predict_in: For best: the axis values among which the best arm is predicted.
         group_by: Optional column: one sub-verdict per value, combined (module docstring).
+        groups: With group_by: ``all`` (the claim holds in every group) or ``any``.
         min_effect: Smallest effect that counts, in metric units (event-rate units for
             rate claims); for ``equal`` the equivalence margin, which must be above 0.
         where: Column -> value (or list of values) filter applied before anything else.
         at_step: Use the metric's value at this step of its per-epoch history.
         min_seeds: Fewer usable trials in an arm make the verdict inconclusive.
-        confidence: Confidence level of the intervals and tests.
+        confidence: Confidence level of the intervals and tests (before corrections).
+        learned: The sanity gate (overrides the study-wide default of :func:`evaluate`).
+        published: For replicate: the published value of the metric.
+        tolerance: For replicate: how far from ``published`` still replicates (> 0).
     """
 
     id: str = Field(min_length=1)
     source: str = ""
     statement: str = ""
-    test: Literal["compare", "best", "rate"]
+    test: Literal["compare", "best", "rate", "replicate"]
     metric: str | None = Field(None, min_length=1)
     mode: Literal["min", "max"] | None = None
-    axis: str = Field(min_length=1)
+    axis: str | None = Field(None, min_length=1)
     a: Scalar | None = None
     b: Scalar | None = None
     predict: Literal["a_better", "b_better", "equal", "a_not_worse", "b_not_worse",
                      "increasing", "decreasing"] | None = None
     predict_in: list[Scalar] | None = None
     group_by: str | None = Field(None, min_length=1)
+    groups: Literal["all", "any"] = "all"
     min_effect: float = Field(0.0, ge=0)
     where: dict[str, Scalar | list[Scalar]] = {}
     at_step: NonNegativeInt | None = None
     min_seeds: int = Field(3, ge=2)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    learned: LearnedSpec | None = None
+    published: float | None = None
+    tolerance: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _fits_test(self) -> "ClaimSpec":
+    def _fits_test(self) -> ClaimSpec:
         # Each message names the field and what is allowed, like every SpecError.
         def need(name: str) -> None:
             if getattr(self, name) in (None, []):
@@ -177,6 +233,10 @@ class ClaimSpec(StrictModel):
                 raise ValueError(f"claim {self.id!r}: {name} is not used by test "
                                  f"{self.test!r} ({why})")
 
+        if self.test != "replicate":
+            need("axis")
+            forbid("published", "it belongs to test 'replicate'")
+            forbid("tolerance", "it belongs to test 'replicate'")
         if self.test == "compare":
             for name in ("metric", "mode", "a", "b", "predict"):
                 need(name)
@@ -190,7 +250,18 @@ class ClaimSpec(StrictModel):
             forbid("a", "best compares every arm")
             forbid("b", "best compares every arm")
             forbid("predict", "the prediction is predict_in")
+        elif self.test == "replicate":
+            for name in ("metric", "published", "tolerance", "source"):
+                if getattr(self, name) in (None, ""):
+                    raise ValueError(f"claim {self.id!r}: {name} is required for test "
+                                     f"'replicate'")
+            for name in ("mode", "b", "predict", "predict_in"):
+                forbid(name, "replicate compares one arm with a published value")
+            if (self.axis is None) != (self.a is None):
+                raise ValueError(f"claim {self.id!r}: test 'replicate' takes axis and a "
+                                 f"together (the arm) or neither (the arm is where)")
         else:  # rate
+            forbid("learned", "rate claims count outcomes; a diverged arm is their evidence")
             forbid("metric", "rate claims count diverged/failed outcomes")
             forbid("mode", "rate claims count diverged/failed outcomes")
             forbid("at_step", "rate claims count diverged/failed outcomes")
@@ -208,6 +279,8 @@ class ClaimSpec(StrictModel):
         if self.predict == "equal" and self.min_effect <= 0:
             raise ValueError(f"claim {self.id!r}: min_effect must be > 0 for predict 'equal' "
                              f"(it is the equivalence margin)")
+        if self.group_by is None and self.groups != "all":
+            raise ValueError(f"claim {self.id!r}: groups is used only with group_by")
         if self.group_by is not None and self.group_by == self.axis:
             raise ValueError(f"claim {self.id!r}: group_by must differ from axis {self.axis!r}")
         return self
@@ -252,13 +325,16 @@ class Verdict:
     method: str
     detail: str
     arms: tuple[ArmStats, ...] = ()
-    groups: tuple["Verdict", ...] = ()
+    groups: tuple[Verdict, ...] = ()
     metric: str | None = None
     axis: str = ""
     predict: str | None = None
-    p_value: float | None = None
-    confidence: float = 0.95
+    p_value: float | None = None     # raw one-sided p of the decisive test
+    confidence: float = 0.95         # the level of the interval shown
     group: str | None = None     # the group_by value of a sub-verdict
+    p_adjusted: float | None = None  # p_value, Holm-adjusted over the claims of one evaluate
+    p_confirm: float | None = None   # one-sided p of the confirming test
+    p_refute: float | None = None    # one-sided p of the refuting test
 
 
 # -- value matching -------------------------------------------------------------------------
@@ -313,17 +389,117 @@ def _mask(column: pd.Series, target: Any) -> pd.Series:
 
 # -- statistics -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Diff:
-    effect: float | None
-    lo: float | None
-    hi: float | None
-    p: float | None
+class _Levels:
+    """One-sided significance levels of a claim's two decisive tests, after corrections."""
+
+    confirm: float
+    refute: float
+
+    @property
+    def confidence(self) -> float:
+        """The two-sided level of the interval shown: its lower bound is the confirming test."""
+        return 1.0 - 2.0 * self.confirm
+
+
+def _alpha(claim: ClaimSpec) -> float:
+    return (1.0 - claim.confidence) / 2.0
+
+
+@dataclass(frozen=True)
+class _Shift:
+    """An estimate ``effect`` with a t (or normal, ``df = inf``) sampling distribution."""
+
+    effect: float
+    se: float
+    df: float
     method: str
     n_pairs: int = 0
 
+    def p_gt(self, thr: float) -> float:
+        """One-sided p of "the true effect is above ``thr``"."""
+        if self.se <= 0:
+            return 0.0 if self.effect > thr else 1.0
+        return float(_stats().t.sf((self.effect - thr) / self.se, self.df))
 
-def _clean(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
+    def p_lt(self, thr: float) -> float:
+        if self.se <= 0:
+            return 0.0 if self.effect < thr else 1.0
+        return float(_stats().t.cdf((self.effect - thr) / self.se, self.df))
+
+    def ci(self, confidence: float) -> tuple[float, float]:
+        if self.se <= 0:
+            return self.effect, self.effect
+        h = float(_stats().t.ppf(0.5 + confidence / 2, self.df)) * self.se
+        return self.effect - h, self.effect + h
+
+    def flip(self) -> _Shift:
+        return replace(self, effect=-self.effect)
+
+
+def _wilson_z(k: int, n: int, z: float) -> tuple[float, float]:
+    # Closed form, so that p-values can be found by bisection on z without scipy calls.
+    z2 = z * z
+    centre = (k + z2 / 2) / (n + z2)
+    half = z / (n + z2) * math.sqrt(k * (n - k) / n + z2 / 4)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class _RateDiff:
+    """Rate b minus rate a with Newcombe's hybrid score interval; p-values by inverting it."""
+
+    k_a: int
+    n_a: int
+    k_b: int
+    n_b: int
+    sign: float = 1.0
+
+    @property
+    def effect(self) -> float:
+        return self.sign * (self.k_b / self.n_b - self.k_a / self.n_a)
+
+    def _bounds(self, z: float) -> tuple[float, float]:
+        pa, pb = self.k_a / self.n_a, self.k_b / self.n_b
+        la, ua = _wilson_z(self.k_a, self.n_a, z)
+        lb, ub = _wilson_z(self.k_b, self.n_b, z)
+        d = pb - pa
+        lo, hi = d - math.hypot(pb - lb, ua - pa), d + math.hypot(ub - pb, pa - la)
+        return (lo, hi) if self.sign > 0 else (-hi, -lo)
+
+    def ci(self, confidence: float) -> tuple[float, float]:
+        return self._bounds(float(_stats().norm.ppf(0.5 + confidence / 2)))
+
+    def _p(self, thr: float, lower: bool) -> float:
+        """One-sided p of "above thr" (``lower``) or "below thr": the level at which the
+        interval's bound just reaches ``thr`` (bounds widen monotonically with z)."""
+        e = self.effect
+        if e == thr:
+            return 0.5
+        if (e < thr) if lower else (e > thr):
+            return 1.0 - self._p(thr, not lower)
+
+        def beyond(z: float) -> bool:
+            lo, hi = self._bounds(z)
+            return lo > thr if lower else hi < thr
+        z_in, z_out = 0.0, 40.0
+        if beyond(z_out):
+            return 0.0
+        for _ in range(50):
+            mid = (z_in + z_out) / 2
+            z_in, z_out = (mid, z_out) if beyond(mid) else (z_in, mid)
+        return float(_stats().norm.sf(z_in))
+
+    def p_gt(self, thr: float) -> float:
+        return self._p(thr, lower=True)
+
+    def p_lt(self, thr: float) -> float:
+        return self._p(thr, lower=False)
+
+    def flip(self) -> _RateDiff:
+        return replace(self, sign=-self.sign)
+
+
+Estimate = _Shift | _RateDiff
 
 
 def _mean_ci(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
@@ -334,7 +510,7 @@ def _mean_ci(values: np.ndarray, confidence: float) -> tuple[float | None, float
     if sd == 0.0:
         return mean, mean
     lo, hi = _stats().t.interval(confidence, len(values) - 1, loc=mean,
-                              scale=sd / math.sqrt(len(values)))
+                                 scale=sd / math.sqrt(len(values)))
     return float(lo), float(hi)
 
 
@@ -343,89 +519,74 @@ def _pair_keys(rows: pd.DataFrame, cols: list[str]) -> list[tuple[Any, ...]]:
 
 
 def _no_spread(x: np.ndarray) -> bool:
-    # Rounding leaves ~1e-17 of spread in "identical" values; scipy then reports a
-    # meaningless interval with a precision warning, so such spread counts as none.
-    return float(np.std(x, ddof=1)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
+    # Rounding leaves ~1e-17 of spread in "identical" values; a t-statistic on it is
+    # meaningless, so such spread counts as none.
+    return len(x) < 2 or float(np.std(x, ddof=1)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
 
 
-def _difference(a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[str],
-                confidence: float) -> _Diff:
-    """``sign * (mean a - mean b)`` with a paired or Welch t-interval."""
+def _difference(a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[str]
+                ) -> _Shift | None:
+    """``sign * (mean a - mean b)``, paired or Welch; ``None`` with fewer than 2 values."""
     if len(a) < 2 or len(b) < 2:
-        return _Diff(None, None, None, None, "t (too few values)")
+        return None
     if pair_cols:
         ka, kb = _pair_keys(a, pair_cols), _pair_keys(b, pair_cols)
         if len(set(ka)) == len(ka) and len(set(kb)) == len(kb) and set(ka) == set(kb):
             vb = dict(zip(kb, b["value"]))
             d = sign * (a["value"].to_numpy(float) - np.array([vb[k] for k in ka], float))
-            effect = float(d.mean())
-            if _no_spread(d):  # deterministic: scipy's t is undefined
-                return _Diff(effect, effect, effect, 0.0 if effect else 1.0, "paired t", len(d))
-            res = _stats().ttest_1samp(d, 0.0)
-            ci = res.confidence_interval(confidence)
-            return _Diff(effect, float(ci.low), float(ci.high), float(res.pvalue), "paired t",
-                         len(d))
+            se = 0.0 if _no_spread(d) else float(np.std(d, ddof=1)) / math.sqrt(len(d))
+            return _Shift(float(d.mean()), se, len(d) - 1, "paired t", len(d))
     x, y = sign * a["value"].to_numpy(float), sign * b["value"].to_numpy(float)
     effect = float(x.mean() - y.mean())
     if _no_spread(x) and _no_spread(y):
-        return _Diff(effect, effect, effect, 0.0 if effect else 1.0, "Welch t")
-    res = _stats().ttest_ind(x, y, equal_var=False)
-    ci = res.confidence_interval(confidence)
-    return _Diff(effect, float(ci.low), float(ci.high), float(res.pvalue), "Welch t")
+        return _Shift(effect, 0.0, math.inf, "Welch t")
+    vx, vy = float(np.var(x, ddof=1)) / len(x), float(np.var(y, ddof=1)) / len(y)
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    return _Shift(effect, math.sqrt(vx + vy), df, "Welch t")
 
 
 def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
-    ci = _stats().binomtest(k, n).proportion_ci(confidence, method="wilson")
-    return float(ci.low), float(ci.high)
+    return _wilson_z(k, n, float(_stats().norm.ppf(0.5 + confidence / 2)))
 
 
-def _newcombe(k_a: int, n_a: int, k_b: int, n_b: int, confidence: float
-              ) -> tuple[float, float, float]:
-    """Rate b minus rate a with Newcombe's hybrid score interval (from Wilson intervals)."""
-    pa, pb = k_a / n_a, k_b / n_b
-    la, ua = _wilson(k_a, n_a, confidence)
-    lb, ub = _wilson(k_b, n_b, confidence)
-    d = pb - pa
-    return d, d - math.hypot(pb - lb, ua - pa), d + math.hypot(ub - pb, pa - la)
-
-
-def _decide(predict: str, e: float | None, lo: float | None, hi: float | None, m: float,
-            sig_pos: bool | None = None, sig_neg: bool | None = None) -> tuple[str, str]:
-    """Apply the module's decision rules; returns (verdict, the reason in words).
-
-    ``sig_pos``/``sig_neg`` replace "interval above 0"/"below 0" where an exact test
-    decides significance (rate claims).
-    """
-    if e is None or lo is None or hi is None:
-        return INCONCLUSIVE, "no interval could be computed"
+def _p_values(predict: str, est: Estimate, m: float) -> tuple[float, float]:
+    """(p of the confirming test, p of the refuting test), both one-sided (module docstring).
+    ``est`` is oriented so that a positive effect favours a (or the predicted trend)."""
     if predict in ("b_better", "b_not_worse"):
-        e, lo, hi = -e, -hi, -lo
-        sig_pos, sig_neg = sig_neg, sig_pos
-        predict = "a_" + predict[2:]
-    pos = lo > 0 if sig_pos is None else sig_pos
-    neg = hi < 0 if sig_neg is None else sig_neg
-    if predict in ("a_better", "increasing", "decreasing"):
-        if pos and e >= m:
-            return CONFIRMED, "significantly better and at least min_effect"
-        if neg:
-            return REFUTED, "significantly worse"
-        if hi < m:
-            return REFUTED, "the interval lies below min_effect"
-        if pos:
-            return INCONCLUSIVE, "significant but the effect is below min_effect"
-        return INCONCLUSIVE, "the interval includes 0"
+        est, predict = est.flip(), "a_" + predict[2:]
     if predict == "a_not_worse":
-        if lo > -m:
-            return CONFIRMED, "the interval lies above -min_effect"
-        if hi < -m:
-            return REFUTED, "the interval lies below -min_effect"
-        return INCONCLUSIVE, "the interval straddles -min_effect"
-    # equal
-    if -m <= lo and hi <= m:
-        return CONFIRMED, "the interval lies inside +-min_effect"
-    if lo > m or hi < -m:
-        return REFUTED, "the interval lies outside +-min_effect"
-    return INCONCLUSIVE, "the interval crosses +-min_effect"
+        return est.p_gt(-m), est.p_lt(-m)
+    if predict in ("equal", "replicate"):
+        return max(est.p_gt(-m), est.p_lt(m)), min(est.p_gt(m), est.p_lt(-m))
+    return est.p_gt(m), est.p_lt(m)  # a_better, trends, best
+
+
+_REASONS = {
+    "a_better": ("the effect is above min_effect", "the effect is below min_effect",
+                 "min_effect lies inside the interval"),
+    "a_not_worse": ("the effect is above -min_effect", "the effect is below -min_effect",
+                    "-min_effect lies inside the interval"),
+    "equal": ("the interval lies inside +-min_effect", "the interval lies outside +-min_effect",
+              "the interval crosses +-min_effect"),
+    "replicate": ("the interval lies inside published +- tolerance",
+                  "the interval lies outside published +- tolerance",
+                  "the interval crosses published +- tolerance"),
+}
+
+
+def _decide(predict: str, p_c: float | None, p_r: float | None, lv: _Levels
+            ) -> tuple[str, str]:
+    """Confirmed when the confirming test is significant at ``lv.confirm``, refuted when the
+    refuting one is at ``lv.refute``; returns (verdict, the reason in words)."""
+    if p_c is None or p_r is None:
+        return INCONCLUSIVE, "no interval could be computed"
+    key = predict.replace("b_", "a_") if predict.startswith("b_") else predict
+    yes, no, neither = _REASONS.get(key, _REASONS["a_better"])
+    if p_c < lv.confirm:
+        return CONFIRMED, f"{yes}: one-sided p={p_c:.3g} < {lv.confirm:.3g}"
+    if p_r < lv.refute:
+        return REFUTED, f"{no}: one-sided p={p_r:.3g} < {lv.refute:.3g}"
+    return INCONCLUSIVE, f"{neither}: p={p_c:.3g} for, {p_r:.3g} against"
 
 
 def _fmt(x: float | None) -> str:
@@ -465,10 +626,12 @@ def _rate_stats(label: str, rows: pd.DataFrame, confidence: float) -> ArmStats:
 
 
 class _Context:
-    """What a test needs besides the claim: the history source and the pairing columns."""
+    """What a test needs besides the claim: the history source, the pairing columns and the
+    study-wide ``learned`` default."""
 
-    def __init__(self, history: History | None, axes: Sequence[str] | None) -> None:
-        self.history, self.axes = history, axes
+    def __init__(self, history: History | None, axes: Sequence[str] | None,
+                 learned: LearnedSpec | None = None) -> None:
+        self.history, self.axes, self.learned = history, axes, learned
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
 
     def at_step(self, run_id: str, metric: str, step: int) -> float:
@@ -526,15 +689,40 @@ def _excluded_note(counts: Mapping[str, int], missing: int, what: str) -> str:
     return f" (not counted: {', '.join(parts)})" if parts else ""
 
 
+def _not_learned(spec: LearnedSpec, arms: Mapping[str, pd.DataFrame]) -> str:
+    """"arm X did not learn (...)" for every arm whose mean ``spec.metric`` over its finished
+    trials is not above ``spec.above``; arms without such trials are left to the test."""
+    bad = []
+    for label, rows in arms.items():
+        fin = rows[rows["outcome"] == "finished"] if "outcome" in rows else rows
+        if spec.metric not in fin.columns:
+            continue
+        v = pd.to_numeric(fin[spec.metric], errors="coerce").to_numpy(float)
+        v = v[np.isfinite(v)]
+        if len(v) and float(v.mean()) <= spec.above:
+            bad.append(f"arm {label} did not learn (mean {spec.metric} {float(v.mean()):.4g} "
+                       f"<= {spec.above:g} over {len(v)} finished trials)")
+    return "; ".join(bad)
+
+
 # -- the tests ------------------------------------------------------------------------------
 def _base(claim: ClaimSpec, **kw: Any) -> Verdict:
     fields: dict[str, Any] = dict(
         id=claim.id, statement=claim.statement, source=claim.source, test=claim.test,
         verdict=INCONCLUSIVE, effect=None, ci_low=None, ci_high=None,
         min_effect=claim.min_effect, n_a=0, n_b=0, method="", detail="", metric=claim.metric,
-        axis=claim.axis, predict=claim.predict, confidence=claim.confidence)
+        axis=claim.axis or "", predict=claim.predict, confidence=claim.confidence)
     fields.update(kw)
     return Verdict(**fields)
+
+
+def _decided(claim: ClaimSpec, lv: _Levels, p_c: float | None, p_r: float | None,
+             predict: str) -> dict[str, Any]:
+    """The Verdict fields of a decision: verdict, p's and the interval's level."""
+    verdict, reason = _decide(predict, p_c, p_r, lv)
+    p = None if p_c is None or p_r is None else min(p_c, p_r)
+    return {"verdict": verdict, "p_value": p, "p_confirm": p_c, "p_refute": p_r,
+            "confidence": lv.confidence, "reason": reason}
 
 
 def _metric_name(claim: ClaimSpec) -> str:
@@ -543,60 +731,66 @@ def _metric_name(claim: ClaimSpec) -> str:
     return f"{claim.metric}{at} ({better} is better)"
 
 
-def _compare(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
+def _compare(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
     ok, missing, problem = _with_values(claim, rows, ctx)
     if problem:
         return _base(claim, detail=problem)
-    in_a, in_b = _mask(rows[claim.axis], claim.a), _mask(rows[claim.axis], claim.b)
-    a, b = ok[_mask(ok[claim.axis], claim.a)], ok[_mask(ok[claim.axis], claim.b)]
+    axis = claim.axis or ""
+    in_a, in_b = _mask(rows[axis], claim.a), _mask(rows[axis], claim.b)
+    a, b = ok[_mask(ok[axis], claim.a)], ok[_mask(ok[axis], claim.b)]
     la, lb = _label(claim.a), _label(claim.b)
     arms = (_arm_stats(la, rows[in_a], a["value"].to_numpy(float), claim.confidence),
             _arm_stats(lb, rows[in_b], b["value"].to_numpy(float), claim.confidence))
     pair = _pair_columns(claim, rows, a, b, ctx.axes)
-    d = _difference(a, b, 1.0 if claim.mode == "max" else -1.0, pair, claim.confidence)
+    d = _difference(a, b, 1.0 if claim.mode == "max" else -1.0, pair)
+    lo, hi = d.ci(lv.confidence) if d else (None, None)
+    effect = d.effect if d else None
+    method = d.method if d else "t (too few values)"
     note = _excluded_note(_outcome_counts(rows[in_a | in_b]), missing,
                           f"a value of {claim.metric}" + (f" at step {claim.at_step}"
                                                            if claim.at_step is not None else ""))
-    head = (f"{claim.axis}={la} vs {lb} on {_metric_name(claim)}: ")
-    if len(a) < claim.min_seeds or len(b) < claim.min_seeds:
-        numbers = (f"effect {_signed(d.effect)}, {claim.confidence:.0%} CI "
-                   f"[{_fmt(d.lo)}, {_fmt(d.hi)}]; " if d.effect is not None else "")
+    head = f"{axis}={la} vs {lb} on {_metric_name(claim)}: "
+    level = f"{lv.confidence:.3g}"
+    if len(a) < claim.min_seeds or len(b) < claim.min_seeds or d is None:
+        numbers = (f"effect {_signed(effect)}, {level} CI [{_fmt(lo)}, {_fmt(hi)}]; "
+                   if d else "")
         detail = (f"{head}{numbers}too few finished seeds: a has {len(a)}, b has {len(b)}, "
                   f"min_seeds is {claim.min_seeds}{note}.")
-        return _base(claim, effect=d.effect, ci_low=d.lo, ci_high=d.hi, n_a=len(a),
-                     n_b=len(b), method=d.method, detail=detail, arms=arms, p_value=d.p)
-    verdict, reason = _decide(claim.predict or "", d.effect, d.lo, d.hi, claim.min_effect)
+        return _base(claim, effect=effect, ci_low=lo, ci_high=hi, n_a=len(a), n_b=len(b),
+                     method=method, detail=detail, arms=arms)
+    p_c, p_r = _p_values(claim.predict or "", d, claim.min_effect)
+    dec = _decided(claim, lv, p_c, p_r, claim.predict or "")
     paired = f", {d.n_pairs} pairs on {'+'.join(pair)}" if d.method == "paired t" else ""
     detail = (f"{head}mean {_fmt(arms[0].mean)} vs {_fmt(arms[1].mean)}, effect "
-              f"{_signed(d.effect)} (a minus b, positive = a better), {claim.confidence:.0%} "
-              f"CI [{_fmt(d.lo)}, {_fmt(d.hi)}], min_effect {claim.min_effect:g}, "
+              f"{_signed(effect)} (a minus b, positive = a better), {level} CI "
+              f"[{_fmt(lo)}, {_fmt(hi)}], min_effect {claim.min_effect:g}, "
               f"{d.method}{paired}, n={len(a)}/{len(b)}{note}; predicted {claim.predict}: "
-              f"{verdict} ({reason}).")
-    return _base(claim, verdict=verdict, effect=d.effect, ci_low=d.lo, ci_high=d.hi,
-                 n_a=len(a), n_b=len(b), method=d.method, detail=detail, arms=arms,
-                 p_value=d.p)
+              f"{dec['verdict']} ({dec.pop('reason')}).")
+    return _base(claim, effect=effect, ci_low=lo, ci_high=hi, n_a=len(a), n_b=len(b),
+                 method=d.method, detail=detail, arms=arms, **dec)
 
 
-def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
+def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
     ok, missing, problem = _with_values(claim, rows, ctx)
     if problem:
         return _base(claim, detail=problem)
+    axis = claim.axis or ""
     sign = 1.0 if claim.mode == "max" else -1.0
-    keys = rows[claim.axis].map(_norm)
+    keys = rows[axis].map(_norm)
     arm_rows: dict[Any, pd.DataFrame] = {}
     for k in dict.fromkeys(k for k in keys if k is not None):
         arm_rows[k] = rows[_is(keys, k)]
-    ok_keys = ok[claim.axis].map(_norm)
+    ok_keys = ok[axis].map(_norm)
     values = {k: ok[_is(ok_keys, k)] for k in arm_rows}
-    arms = tuple(_arm_stats(_label(r[claim.axis].iloc[0]), r,
+    arms = tuple(_arm_stats(_label(r[axis].iloc[0]), r,
                             values[k]["value"].to_numpy(float), claim.confidence)
                  for k, r in arm_rows.items())
     inside_keys = {k for k, r in arm_rows.items()
-                   if any(values_match(r[claim.axis].iloc[0], p) for p in claim.predict_in or [])}
+                   if any(values_match(r[axis].iloc[0], p) for p in claim.predict_in or [])}
     eligible = {k for k in arm_rows if len(values[k]) >= claim.min_seeds}
-    left_out = [_label(arm_rows[k][claim.axis].iloc[0]) for k in arm_rows if k not in eligible]
+    left_out = [_label(arm_rows[k][axis].iloc[0]) for k in arm_rows if k not in eligible]
     never = [_label(p) for p in claim.predict_in or []
-             if not any(values_match(r[claim.axis].iloc[0], p) for r in arm_rows.values())]
+             if not any(values_match(r[axis].iloc[0], p) for r in arm_rows.values())]
     notes = ""
     if left_out:
         notes += (f"; arms with fewer than {claim.min_seeds} finished seeds left out: "
@@ -606,7 +800,7 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
     notes += _excluded_note(_outcome_counts(rows), missing, f"a value of {claim.metric}")
     inside = [k for k in arm_rows if k in inside_keys and k in eligible]
     outside = [k for k in arm_rows if k not in inside_keys and k in eligible]
-    head = f"best {claim.axis} on {_metric_name(claim)}: "
+    head = f"best {axis} on {_metric_name(claim)}: "
     if not inside or not outside:
         side = "inside predict_in" if not inside else "outside predict_in"
         return _base(claim, arms=arms, method="best arm",
@@ -615,30 +809,41 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
     def mean(k: Any) -> float:
         return sign * float(values[k]["value"].mean())
 
-    best_in, best_out = max(inside, key=mean), max(outside, key=mean)
-    pair = _pair_columns(claim, rows, values[best_in], values[best_out], ctx.axes)
-    d = _difference(values[best_in], values[best_out], sign, pair, claim.confidence)
-    lin = _label(arm_rows[best_in][claim.axis].iloc[0])
-    lout = _label(arm_rows[best_out][claim.axis].iloc[0])
-    verdict, reason = INCONCLUSIVE, "neither side wins with an interval excluding 0"
-    if d.lo is not None and d.lo > 0 and d.effect is not None and d.effect >= claim.min_effect:
-        verdict, reason = CONFIRMED, "the best predicted arm wins with the interval above 0"
-    else:
-        beaten = [_difference(values[best_out], values[k], sign,
-                              _pair_columns(claim, rows, values[best_out], values[k], ctx.axes),
-                              claim.confidence) for k in inside]
-        if all(x.lo is not None and x.lo > 0 for x in beaten):
-            verdict, reason = REFUTED, f"{lout} beats every predicted arm with intervals above 0"
-        elif d.lo is not None and d.lo > 0:
-            reason = "the best predicted arm wins but by less than min_effect"
-    detail = (f"{head}best predicted {lin} (mean {_fmt(sign * mean(best_in))}) vs best other "
-              f"{lout} (mean {_fmt(sign * mean(best_out))}): effect {_signed(d.effect)}, "
-              f"{claim.confidence:.0%} CI [{_fmt(d.lo)}, {_fmt(d.hi)}], min_effect "
-              f"{claim.min_effect:g}, {d.method}, n={len(values[best_in])}/"
-              f"{len(values[best_out])}{notes}; {verdict} ({reason}).")
-    return _base(claim, verdict=verdict, effect=d.effect, ci_low=d.lo, ci_high=d.hi,
-                 n_a=len(values[best_in]), n_b=len(values[best_out]), method=d.method,
-                 detail=detail, arms=arms, p_value=d.p)
+    def label(k: Any) -> str:
+        return _label(arm_rows[k][axis].iloc[0])
+
+    # The predicted arm vs every eligible outside arm (module docstring: confirming needs
+    # all of them, at alpha / #inside; refuting needs one, at alpha / #outside).
+    best_in = max(inside, key=mean)
+    diffs = {k: _difference(values[best_in], values[k], sign,
+                            _pair_columns(claim, rows, values[best_in], values[k], ctx.axes))
+             for k in outside}
+    if any(d is None for d in diffs.values()):
+        return _base(claim, arms=arms, method="best arm",
+                     detail=f"{head}an arm has fewer than 2 values{notes}.")
+    m = claim.min_effect
+    p_each = {k: (d.p_gt(m), d.p_lt(m)) for k, d in diffs.items() if d is not None}
+    p_c = min(1.0, len(inside) * max(p for p, _ in p_each.values()))
+    weakest = max(outside, key=lambda k: (p_each[k][0], -diffs[k].effect))  # type: ignore[union-attr]
+    strongest_rival = min(outside, key=lambda k: (p_each[k][1], diffs[k].effect))  # type: ignore[union-attr]
+    p_r = min(1.0, len(outside) * p_each[strongest_rival][1])
+    dec = _decided(claim, lv, p_c, p_r, "a_better")
+    shown = strongest_rival if dec["verdict"] == REFUTED else weakest
+    d = diffs[shown]
+    assert d is not None
+    level = 1 - 2 * (lv.confirm / len(inside))  # the level one comparison is held to
+    lo, hi = d.ci(level)
+    reason = dec.pop("reason")
+    why = f"{label(shown)} beats the predicted arm; {reason}" if dec["verdict"] == REFUTED else reason
+    detail = (f"{head}predicted {label(best_in)} (mean {_fmt(sign * mean(best_in))}) vs each of "
+              f"{len(outside)} other arm(s); closest {label(shown)} (mean "
+              f"{_fmt(sign * mean(shown))}): effect {_signed(d.effect)}, {level:.3g} CI "
+              f"[{_fmt(lo)}, {_fmt(hi)}], min_effect {m:g}, {d.method}, "
+              f"n={len(values[best_in])}/{len(values[shown])}; p for={p_c:.3g} (x{len(inside)} "
+              f"inside), against={p_r:.3g} (x{len(outside)} outside){notes}; "
+              f"{dec['verdict']} ({why}).")
+    return _base(claim, effect=d.effect, ci_low=lo, ci_high=hi, n_a=len(values[best_in]),
+                 n_b=len(values[shown]), method=d.method, detail=detail, arms=arms, **dec)
 
 
 def _events(rows: pd.DataFrame) -> tuple[int, int]:
@@ -646,53 +851,56 @@ def _events(rows: pd.DataFrame) -> tuple[int, int]:
     return int(out.isin(EVENTS).sum()), int(out.isin(EVIDENCE).sum())
 
 
-def _rate_pair(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
-    ra, rb = rows[_mask(rows[claim.axis], claim.a)], rows[_mask(rows[claim.axis], claim.b)]
+def _rate_pair(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
+    axis = claim.axis or ""
+    ra, rb = rows[_mask(rows[axis], claim.a)], rows[_mask(rows[axis], claim.b)]
     la, lb = _label(claim.a), _label(claim.b)
     arms = (_rate_stats(la, ra, claim.confidence), _rate_stats(lb, rb, claim.confidence))
     (ka, na), (kb, nb) = _events(ra), _events(rb)
-    head = f"diverged/failed rate, {claim.axis}={la} vs {lb}: "
+    head = f"diverged/failed rate, {axis}={la} vs {lb}: "
     if na == 0 or nb == 0:
         return _base(claim, n_a=na, n_b=nb, method="Fisher exact", arms=arms,
                      detail=f"{head}no finished/diverged/failed trial in arm "
                             f"{'a' if na == 0 else 'b'}.")
     table = [[ka, na - ka], [kb, nb - kb]]
-    # "less": arm a has lower odds of an event than arm b (a is better).
-    p_a_fewer = float(_stats().fisher_exact(table, alternative="less").pvalue)
-    p_a_more = float(_stats().fisher_exact(table, alternative="greater").pvalue)
-    p_two = float(_stats().fisher_exact(table).pvalue)
-    effect, lo, hi = _newcombe(ka, na, kb, nb, claim.confidence)
+    est = _RateDiff(ka, na, kb, nb)  # rate b minus rate a: positive = a has fewer events
+    lo, hi = est.ci(lv.confidence)
     rates = f"{ka}/{na} = {ka / na:.0%} vs {kb}/{nb} = {kb / nb:.0%}"
-    numbers = (f"{rates}; effect {_signed(effect)} (rate b minus rate a, positive = a has "
-               f"fewer events), {claim.confidence:.0%} CI [{_fmt(lo)}, {_fmt(hi)}], "
-               f"Fisher exact p={p_two:.3g}")
+    numbers = (f"{rates}; effect {_signed(est.effect)} (rate b minus rate a, positive = a has "
+               f"fewer events), {lv.confidence:.3g} CI [{_fmt(lo)}, {_fmt(hi)}]")
     if na < claim.min_seeds or nb < claim.min_seeds:
-        return _base(claim, effect=effect, ci_low=lo, ci_high=hi, n_a=na, n_b=nb,
-                     method="Fisher exact", arms=arms, p_value=p_two,
+        return _base(claim, effect=est.effect, ci_low=lo, ci_high=hi, n_a=na, n_b=nb,
+                     method="Fisher exact", arms=arms,
                      detail=f"{head}{numbers}; too few trials: a has {na}, b has {nb}, "
                             f"min_seeds is {claim.min_seeds}.")
-    alpha = (1 - claim.confidence) / 2
-    sig = {}
-    if claim.predict in ("a_better", "b_better"):
-        sig = dict(sig_pos=p_a_fewer < alpha, sig_neg=p_a_more < alpha)
-    verdict, reason = _decide(claim.predict or "", effect, lo, hi, claim.min_effect, **sig)
-    return _base(claim, verdict=verdict, effect=effect, ci_low=lo, ci_high=hi, n_a=na,
-                 n_b=nb, method="Fisher exact", arms=arms, p_value=p_two,
+    predict = claim.predict or ""
+    p_c, p_r = _p_values(predict, est, claim.min_effect)
+    if predict in ("a_better", "b_better"):
+        # "less": arm a has lower odds of an event than arm b (a is better). Fisher is exact
+        # where Newcombe is approximate; with a margin, confirming needs both.
+        fewer = float(_stats().fisher_exact(table, alternative="less").pvalue)
+        more = float(_stats().fisher_exact(table, alternative="greater").pvalue)
+        f_c, f_r = (fewer, more) if predict == "a_better" else (more, fewer)
+        p_c, p_r = (f_c, f_r) if claim.min_effect == 0 else (max(f_c, p_c), p_r)
+    dec = _decided(claim, lv, p_c, p_r, predict)
+    return _base(claim, effect=est.effect, ci_low=lo, ci_high=hi, n_a=na, n_b=nb,
+                 method="Fisher exact", arms=arms,
                  detail=f"{head}{numbers}, min_effect {claim.min_effect:g}; predicted "
-                        f"{claim.predict}: {verdict} ({reason}).")
+                        f"{predict}: {dec['verdict']} ({dec.pop('reason')}).", **dec)
 
 
-def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
+def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
+    axis = claim.axis or ""
     ev = rows[rows["outcome"].isin(EVIDENCE)]
-    keys = ev[claim.axis].map(_norm)
-    head = f"diverged/failed rate along {claim.axis}: "
+    keys = ev[axis].map(_norm)
+    head = f"diverged/failed rate along {axis}: "
     if any(k is not None and k[0] != "num" for k in keys):
         return _base(claim, method="Spearman trend",
                      detail=f"{head}the axis is not numeric, so no trend can be tested.")
     ev = ev[keys.notna()]
-    x_all = ev[claim.axis].map(lambda v: _norm(v)[1]).astype(float)  # type: ignore[index]
+    x_all = ev[axis].map(lambda v: _norm(v)[1]).astype(float)  # type: ignore[index]
     arms_by_x = {x: ev[x_all == x] for x in sorted(set(x_all))}
-    arms = tuple(_rate_stats(f"{x:g}", rows[rows[claim.axis].map(
+    arms = tuple(_rate_stats(f"{x:g}", rows[rows[axis].map(
         lambda v, x=x: values_match(v, x))], claim.confidence) for x in arms_by_x)
     eligible = [x for x, r in arms_by_x.items() if len(r) >= claim.min_seeds]
     left_out = [f"{x:g}" for x in arms_by_x if x not in eligible]
@@ -703,72 +911,163 @@ def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
                      detail=f"{head}{len(eligible)} axis value(s) with at least "
                             f"{claim.min_seeds} trials; a trend needs 2 or more{note}.")
     use = ev[x_all.isin(eligible)]
-    x = use[claim.axis].map(lambda v: _norm(v)[1]).astype(float).to_numpy()  # type: ignore[index]
+    x = use[axis].map(lambda v: _norm(v)[1]).astype(float).to_numpy()  # type: ignore[index]
     y = use["outcome"].isin(EVENTS).to_numpy(float)
-    sign = 1.0 if claim.predict == "increasing" else -1.0
+    up = claim.predict == "increasing"
     if y.min() == y.max():  # no variation in events: Spearman is undefined, nothing is significant
-        rho, p_up, p_down, p_two = math.nan, 1.0, 1.0, 1.0
+        rho, p_up, p_down = math.nan, 1.0, 1.0
     else:
         rho = float(_stats().spearmanr(x, y).statistic)
-        p_two = float(_stats().spearmanr(x, y).pvalue)
         p_up = float(_stats().spearmanr(x, y, alternative="greater").pvalue)
         p_down = float(_stats().spearmanr(x, y, alternative="less").pvalue)
     (k_lo, n_lo), (k_hi, n_hi) = _events(arms_by_x[eligible[0]]), _events(arms_by_x[eligible[-1]])
-    d, lo, hi = _newcombe(k_lo, n_lo, k_hi, n_hi, claim.confidence)  # rate(high x) - rate(low x)
-    effect, lo, hi = (d, lo, hi) if sign > 0 else (-d, -hi, -lo)
-    alpha = (1 - claim.confidence) / 2
-    p_for, p_against = (p_up, p_down) if sign > 0 else (p_down, p_up)
-    verdict, reason = _decide(claim.predict or "", effect, lo, hi, claim.min_effect,
-                              sig_pos=p_for < alpha, sig_neg=p_against < alpha)
+    est = _RateDiff(k_lo, n_lo, k_hi, n_hi, 1.0 if up else -1.0)  # oriented end-to-end change
+    lo, hi = est.ci(lv.confidence)
+    p_for, p_against = (p_up, p_down) if up else (p_down, p_up)
+    m = claim.min_effect
+    if m == 0:
+        p_c, p_r = p_for, p_against
+    else:
+        # Confirming needs the trend and an end-to-end change above the margin (both);
+        # refuting takes either a reversed trend or a change confidently below the margin,
+        # so that union is Bonferroni-corrected (x2).
+        p_c = max(p_for, est.p_gt(m))
+        p_r = min(1.0, 2 * min(p_against, est.p_lt(m)))
+    dec = _decided(claim, lv, p_c, p_r, "a_better")
     rates = ", ".join(f"{xv:g}: {_events(arms_by_x[xv])[0]}/{len(arms_by_x[xv])}"
                       for xv in eligible)
     detail = (f"{head}events per value {rates}; Spearman rho "
               f"{'undefined (no variation in events)' if math.isnan(rho) else f'{rho:+.3f}'}, "
-              f"one-sided p={p_for:.3g} ({claim.predict}); end-to-end change {_signed(effect)} "
-              f"(oriented: positive = {claim.predict}), {claim.confidence:.0%} CI "
-              f"[{_fmt(lo)}, {_fmt(hi)}], min_effect {claim.min_effect:g}{note}; "
-              f"{verdict} ({reason}).")
-    return _base(claim, verdict=verdict, effect=effect, ci_low=lo, ci_high=hi, n_a=n_hi,
-                 n_b=n_lo, method="Spearman trend", detail=detail, arms=arms,
-                 p_value=_clean(p_two))
+              f"one-sided p={p_for:.3g} ({claim.predict}); end-to-end change "
+              f"{_signed(est.effect)} (oriented: positive = {claim.predict}), "
+              f"{lv.confidence:.3g} CI [{_fmt(lo)}, {_fmt(hi)}], min_effect {m:g}{note}; "
+              f"{dec['verdict']} ({dec.pop('reason')}).")
+    return _base(claim, effect=est.effect, ci_low=lo, ci_high=hi, n_a=n_hi, n_b=n_lo,
+                 method="Spearman trend", detail=detail, arms=arms, **dec)
 
 
-def _run_test(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> Verdict:
+def _replicate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
+    ok, missing, problem = _with_values(claim, rows, ctx)
+    if problem:
+        return _base(claim, detail=problem)
+    label = _arm_label(claim)
+    v = ok["value"].to_numpy(float)
+    arm = _arm_stats(label, rows, v, lv.confidence)
+    pub, tol = float(claim.published or 0.0), float(claim.tolerance or 0.0)
+    head = (f"{label} on {claim.metric}{'' if claim.at_step is None else f' at step {claim.at_step}'}"
+            f" vs published {pub:g} +- {tol:g} ({claim.source}): ")
+    note = _excluded_note(_outcome_counts(rows), missing, f"a value of {claim.metric}")
+    if len(v) < claim.min_seeds:
+        return _base(claim, n_a=len(v), method="one-sample t", arms=(arm,),
+                     detail=f"{head}too few finished seeds: {len(v)}, min_seeds is "
+                            f"{claim.min_seeds}{note}.")
+    se = 0.0 if _no_spread(v) else float(np.std(v, ddof=1)) / math.sqrt(len(v))
+    est = _Shift(float(v.mean()) - pub, se, len(v) - 1, "one-sample t")
+    lo, hi = est.ci(lv.confidence)
+    p_c, p_r = _p_values("replicate", est, tol)
+    dec = _decided(claim, lv, p_c, p_r, "replicate")
+    detail = (f"{head}mean {_fmt(float(v.mean()))}, {lv.confidence:.3g} CI "
+              f"[{_fmt(pub + lo)}, {_fmt(pub + hi)}], n={len(v)}{note}; "
+              f"{_RENAME[dec['verdict']]} ({dec.pop('reason')}).")
+    return _base(claim, effect=est.effect, ci_low=lo, ci_high=hi, n_a=len(v),
+                 method="one-sample t", detail=detail, arms=(arm,), **dec)
+
+
+#: The verdict words of replication claims (the engine decides in confirmed/refuted).
+_RENAME = {CONFIRMED: REPLICATED, REFUTED: NOT_REPLICATED, INCONCLUSIVE: INCONCLUSIVE}
+
+
+def _arm_label(claim: ClaimSpec) -> str:
+    parts = [f"{claim.axis}={_label(claim.a)}"] if claim.axis else []
+    parts += [f"{k}={v if isinstance(v, list) else _label(v)}" for k, v in claim.where.items()]
+    return ", ".join(parts) or "every trial"
+
+
+def _gate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> str:
+    """The sanity gate: "arm X did not learn (...)", or "" when every arm in play learned."""
+    spec = claim.learned or (ctx.learned if claim.test != "rate" else None)
+    if spec is None:
+        return ""
+    if claim.test == "replicate":
+        return _not_learned(spec, {_arm_label(claim): rows})
+    axis = claim.axis or ""
+    keys = rows[axis].map(_norm)
     if claim.test == "compare":
-        return _compare(claim, rows, ctx)
+        wanted = [_norm(claim.a), _norm(claim.b)]
+        keys = keys[keys.map(lambda k: k in wanted).astype(bool)]
+    arms = {_label(rows.loc[keys.index[_is(keys, k).to_numpy()][0], axis]): rows.loc[
+        keys.index[_is(keys, k).to_numpy()]] for k in dict.fromkeys(keys)}
+    return _not_learned(spec, arms)
+
+
+def _run_test(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
+    problem = _gate(claim, rows, ctx)
+    if problem:
+        return _base(claim, detail=f"{problem}.")
+    if claim.test == "compare":
+        return _compare(claim, rows, ctx, lv)
     if claim.test == "best":
-        return _best(claim, rows, ctx)
+        return _best(claim, rows, ctx, lv)
+    if claim.test == "replicate":
+        return _replicate(claim, rows, ctx, lv)
     if claim.predict in TREND_PREDICTS:
-        return _rate_trend(claim, rows, ctx)
-    return _rate_pair(claim, rows, ctx)
+        return _rate_trend(claim, rows, ctx, lv)
+    return _rate_pair(claim, rows, ctx, lv)
 
 
 def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
-    """"Holds in every group": any refuted -> refuted, all confirmed -> confirmed."""
+    """``groups: all``: any refuted -> refuted, all confirmed -> confirmed; ``any``: any
+    confirmed -> confirmed, all refuted -> refuted. p's follow (module docstring)."""
     label = {s.group: s.verdict for s in subs}
     summary = ", ".join(f"{claim.group_by}={g}: {v}" for g, v in label.items())
+    n = len(subs)
+    tested = all(s.p_confirm is not None and s.p_refute is not None for s in subs)
+    pcs = [s.p_confirm if s.p_confirm is not None else 1.0 for s in subs]
+    prs = [s.p_refute if s.p_refute is not None else 1.0 for s in subs]
     refuted = [s for s in subs if s.verdict == REFUTED]
-    if refuted:
-        decider, verdict, why = refuted[0], REFUTED, f"refuted in {claim.group_by}={refuted[0].group}"
-    elif all(s.verdict == CONFIRMED for s in subs):
-        decider = min(subs, key=lambda s: s.ci_low if s.ci_low is not None else math.inf)
-        verdict, why = CONFIRMED, (f"confirmed in every group; weakest "
-                                   f"{claim.group_by}={decider.group}")
+    confirmed = [s for s in subs if s.verdict == CONFIRMED]
+    inconclusive = [s for s in subs if s.verdict == INCONCLUSIVE]
+    if claim.groups == "all":
+        p_c, p_r = max(pcs), min(1.0, n * min(prs))
+        if refuted:
+            decider, verdict = refuted[0], REFUTED
+            why = f"refuted in {claim.group_by}={decider.group}"
+        elif len(confirmed) == n:
+            decider = max(subs, key=lambda s: s.p_confirm or 0.0)
+            verdict, why = CONFIRMED, f"confirmed in every group; weakest {claim.group_by}={decider.group}"
+        else:
+            decider, verdict = inconclusive[0], INCONCLUSIVE
+            why = f"inconclusive in {claim.group_by}={decider.group}"
     else:
-        decider = next(s for s in subs if s.verdict == INCONCLUSIVE)
-        verdict, why = INCONCLUSIVE, f"inconclusive in {claim.group_by}={decider.group}"
+        p_c, p_r = min(1.0, n * min(pcs)), max(prs)
+        if confirmed:
+            decider = min(confirmed, key=lambda s: s.p_confirm or 0.0)
+            verdict, why = CONFIRMED, f"confirmed in {claim.group_by}={decider.group}"
+        elif len(refuted) == n:
+            decider = max(subs, key=lambda s: s.p_refute or 0.0)
+            verdict, why = REFUTED, f"refuted in every group; weakest {claim.group_by}={decider.group}"
+        else:
+            decider, verdict = inconclusive[0], INCONCLUSIVE
+            why = f"confirmed in no group, inconclusive in {claim.group_by}={decider.group}"
+    lead = ""
+    if verdict == INCONCLUSIVE and " did not learn (" in decider.detail:
+        # The sanity failure leads, so that a report reader sees it before any number.
+        lead = f"{decider.detail.rstrip('.')} in {claim.group_by}={decider.group}; "
     return _base(claim, verdict=verdict, effect=decider.effect, ci_low=decider.ci_low,
                  ci_high=decider.ci_high, n_a=sum(s.n_a for s in subs),
                  n_b=sum(s.n_b for s in subs), method=decider.method, arms=decider.arms,
-                 groups=tuple(subs), p_value=decider.p_value,
-                 detail=f"per {claim.group_by}: {summary}; overall {verdict} ({why}; numbers "
-                        f"from that group).")
+                 groups=tuple(subs), p_value=min(p_c, p_r) if tested else None,
+                 p_confirm=p_c if tested else None, p_refute=p_r if tested else None,
+                 confidence=decider.confidence,
+                 detail=f"{lead}per {claim.group_by} ({claim.groups} must hold): {summary}; "
+                        f"overall {verdict} ({why}; numbers from that group).")
 
 
 def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if trials is None or trials.empty:
         return pd.DataFrame(), "the sweep has no trials"
-    needed = [claim.axis, *claim.where, *([claim.group_by] if claim.group_by else []), "outcome"]
+    needed = [*([claim.axis] if claim.axis else []), *claim.where,
+              *([claim.group_by] if claim.group_by else []), "outcome"]
     missing = [c for c in dict.fromkeys(needed) if c not in trials.columns]
     if missing:
         return pd.DataFrame(), (f"column(s) {', '.join(map(repr, missing))} not in the trials "
@@ -776,28 +1075,61 @@ def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     rows = trials
     for col, value in claim.where.items():
         rows = rows[_mask(rows[col], value)]
-    rows = rows[rows[claim.axis].map(_norm).notna()]
+    if claim.axis:
+        rows = rows[rows[claim.axis].map(_norm).notna()]
+        if claim.test == "replicate":
+            rows = rows[_mask(rows[claim.axis], claim.a)]
     if rows.empty:
         return rows, f"no trial matches where={claim.where} with a value of {claim.axis}"
     return rows, ""
 
 
-def _evaluate_one(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context) -> Verdict:
+def _evaluate_one(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: float
+                  ) -> Verdict:
+    """One claim, decided at the one-sided level ``alpha`` (before group corrections)."""
+    v = _evaluate_raw(claim, trials, ctx, alpha)
+    if claim.test != "replicate":
+        return v
+    return replace(v, verdict=_RENAME[v.verdict],
+                   groups=tuple(replace(g, verdict=_RENAME[g.verdict]) for g in v.groups))
+
+
+def _evaluate_raw(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: float
+                  ) -> Verdict:
     rows, problem = _select(claim, trials)
     if problem:
         return _base(claim, detail=f"{problem}.")
     if claim.group_by is None:
-        return _run_test(claim, rows, ctx)
+        return _run_test(claim, rows, ctx, _Levels(alpha, alpha))
     gkeys = rows[claim.group_by].map(_norm)
+    groups = list(dict.fromkeys(k for k in gkeys if k is not None))
+    if not groups:
+        return _base(claim, detail=f"no trial has a value of {claim.group_by}.")
+    n = len(groups)
+    # all: intersection-union for confirming (each group at alpha), a union for refuting
+    # (Bonferroni); any: the other way round.
+    lv = _Levels(alpha, alpha / n) if claim.groups == "all" else _Levels(alpha / n, alpha)
     subs = []
-    for k in dict.fromkeys(k for k in gkeys if k is not None):
+    for k in groups:
         part = rows[_is(gkeys, k)]
         g = _label(part[claim.group_by].iloc[0])
-        sub = _run_test(claim, part, ctx)
+        sub = _run_test(claim, part, ctx, lv)
         subs.append(replace(sub, id=f"{claim.id}[{claim.group_by}={g}]", group=g))
-    if not subs:
-        return _base(claim, detail=f"no trial has a value of {claim.group_by}.")
     return _combine(claim, subs)
+
+
+def _holm(ps: Sequence[float | None]) -> tuple[list[float | None], list[int], int]:
+    """Holm-adjusted p's (``None`` stays ``None``), each claim's rank among the tested ones
+    (0 = smallest p) and their number."""
+    order = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])  # type: ignore[arg-type, return-value]
+    k = len(order)
+    adjusted: list[float | None] = [None] * len(ps)
+    ranks = [-1] * len(ps)
+    running = 0.0
+    for r, i in enumerate(order):
+        running = max(running, min(1.0, (k - r) * float(ps[i])))  # type: ignore[arg-type]
+        adjusted[i], ranks[i] = running, r
+    return adjusted, ranks, k
 
 
 def parse_claims(raw: Sequence[ClaimSpec | Mapping[str, Any]], where: str = "study.claims"
@@ -820,9 +1152,9 @@ def parse_claims(raw: Sequence[ClaimSpec | Mapping[str, Any]], where: str = "stu
 
 
 def evaluate(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials: pd.DataFrame,
-             history: History | None = None, axes: Sequence[str] | None = None
-             ) -> list[Verdict]:
-    """Check each claim against a sweep's trials.
+             history: History | None = None, axes: Sequence[str] | None = None,
+             learned: LearnedSpec | Mapping[str, Any] | None = None) -> list[Verdict]:
+    """Check each claim against a sweep's trials, Holm-corrected across the claims.
 
     Args:
         claims: :class:`ClaimSpec` objects or their mappings (validated here).
@@ -831,15 +1163,43 @@ def evaluate(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials: pd.DataFra
             claims with ``at_step`` (a claim without it is then inconclusive).
         axes: The sweep's arm columns (the parent run's ``orch.axes``), used as pairing
             keys besides ``seed``; inferred from the table when not given.
+        learned: The study-wide sanity gate, for every claim that states none (rate claims
+            excepted).
 
     Returns:
         One :class:`Verdict` per claim, in order.
 
     Raises:
-        SpecError: A claim given as a mapping is malformed.
+        SpecError: A claim (or ``learned``) given as a mapping is malformed.
     """
-    ctx = _Context(history, axes)
-    return [_evaluate_one(c, trials, ctx) for c in parse_claims(claims)]
+    if learned is not None and not isinstance(learned, LearnedSpec):
+        try:
+            learned = LearnedSpec.model_validate(dict(learned))
+        except ValidationError as e:
+            raise SpecError(describe_validation_error(e, dict(learned),
+                                                      prefix="study.learned.")) from None
+    specs = parse_claims(claims)
+    ctx = _Context(history, axes, learned)
+    first = [_evaluate_one(c, trials, ctx, _alpha(c)) for c in specs]
+    adjusted, ranks, k = _holm([v.p_value for v in first])
+    out = []
+    for c, v, p_adj, r in zip(specs, first, adjusted, ranks):
+        if p_adj is None:
+            out.append(v)
+            continue
+        # Holm's step-down: the claim with the r-th smallest p is held to alpha / (k - r);
+        # it is decided only if every claim with a smaller p was (then p_adj < alpha).
+        level = _alpha(c) / (k - r)
+        w = v if k - r == 1 else _evaluate_one(c, trials, ctx, level)
+        note = f" Holm over {k} claims: p={v.p_value:.3g}, adjusted p={p_adj:.3g}"
+        if w.verdict != INCONCLUSIVE and p_adj >= _alpha(c):
+            w = replace(w, verdict=INCONCLUSIVE)
+            note += ("; a claim with a smaller p was not decided, so this one is not either: "
+                     "inconclusive.")
+        else:
+            note += f"; decided at one-sided level {level:.3g}."
+        out.append(replace(w, p_adjusted=p_adj, detail=w.detail + (note if k > 1 else "")))
+    return out
 
 
 # -- JSON -----------------------------------------------------------------------------------
@@ -870,6 +1230,20 @@ def verdicts_from_json(text: str) -> list[Verdict]:
     return [_verdict_from_dict(d) for d in json.loads(text)]
 
 
-__all__ = ["ArmStats", "ClaimSpec", "History", "Verdict", "evaluate", "parse_claims",
-           "values_match", "verdicts_from_json", "verdicts_to_json", "CONFIRMED", "REFUTED",
-           "INCONCLUSIVE"]
+__all__ = [
+    "CONFIRMED",
+    "INCONCLUSIVE",
+    "NOT_REPLICATED",
+    "REFUTED",
+    "REPLICATED",
+    "ArmStats",
+    "ClaimSpec",
+    "History",
+    "LearnedSpec",
+    "Verdict",
+    "evaluate",
+    "parse_claims",
+    "values_match",
+    "verdicts_from_json",
+    "verdicts_to_json",
+]
