@@ -23,7 +23,7 @@ from hydra.test_utils.launcher_common_tests import (
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from orchestrator import tracking as tr
+from orchestrator.store import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "tests" / "plugins" / "hydra_app" / "train.py"
@@ -63,7 +63,7 @@ def _session_processes(sid: int) -> list[psutil.Process]:
 
 
 def _children(client: MlflowClient, experiment_id: str, parent: str) -> list:
-    return client.search_runs([experiment_id], f"tags.`{tr.TAG_PARENT}` = '{parent}'")
+    return client.search_runs([experiment_id], f"tags.`{schema.TAG_PARENT}` = '{parent}'")
 
 
 def test_hydra_app_unchanged_on_orch(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_hydra_app_unchanged_on_orch(tmp_path: Path) -> None:
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("train")  # the app's job name
-    parents = client.search_runs([exp.experiment_id], f"tags.`{tr.TAG_KIND}` = 'sweep'")
+    parents = client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_KIND}` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0].info.run_id
     assert parents[0].data.metrics["trials/finished"] == 2
@@ -101,15 +101,15 @@ def test_hydra_app_unchanged_on_orch(tmp_path: Path) -> None:
 
     failed = children["2"]
     assert failed.info.status == "FAILED"
-    assert failed.data.tags[tr.TAG_OUTCOME] == "failed"
-    assert failed.data.tags[tr.TAG_ERROR] == "ValueError: x=2 is the input this app fails on"
+    assert failed.data.tags[schema.TAG_OUTCOME] == "failed"
+    assert failed.data.tags[schema.TAG_ERROR] == "ValueError: x=2 is the input this app fails on"
     trace = Path(client.download_artifacts(failed.info.run_id, "error/traceback.txt",
                                            str(tmp_path / "trace")))
     assert "raise ValueError" in trace.read_text()
     assert "return_value" not in failed.data.metrics
     for x in ("1", "3"):
         run = children[x]
-        assert run.info.status == "FINISHED" and run.data.tags[tr.TAG_OUTCOME] == "finished"
+        assert run.info.status == "FINISHED" and run.data.tags[schema.TAG_OUTCOME] == "finished"
         assert run.data.metrics["return_value"] == int(x) * 2.0
     assert (tmp_path / "multirun" / "multirun.yaml").exists()
 
@@ -118,19 +118,19 @@ def test_hydra_app_unchanged_on_orch(tmp_path: Path) -> None:
     trained_before = {r.info.run_id for r in client.search_runs([exp.experiment_id])}
     second = _multirun(tmp_path, orch)
     assert second.returncode == first.returncode, second.stdout
-    parents = client.search_runs([exp.experiment_id], f"tags.`{tr.TAG_KIND}` = 'sweep'",
+    parents = client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_KIND}` = 'sweep'",
                                  order_by=["attributes.start_time DESC"])
     assert len(parents) == 2
     rerun = {r.data.params["x"]: r for r in _children(client, exp.experiment_id,
                                                       parents[0].info.run_id)}
-    assert rerun["1"].data.tags[tr.TAG_REUSED] == children["1"].info.run_id
-    assert rerun["3"].data.tags[tr.TAG_REUSED] == children["3"].info.run_id
+    assert rerun["1"].data.tags[schema.TAG_REUSED] == children["1"].info.run_id
+    assert rerun["3"].data.tags[schema.TAG_REUSED] == children["3"].info.run_id
     assert rerun["3"].data.metrics["return_value"] == 6.0
-    assert tr.TAG_REUSED not in rerun["2"].data.tags
-    assert rerun["2"].data.tags[tr.TAG_OUTCOME] == "failed"
-    trained = [r for r in client.search_runs([exp.experiment_id], f"tags.`{tr.TAG_KIND}` = 'trial'")
-               if tr.TAG_REUSED not in r.data.tags]
-    finished = [r for r in trained if r.data.tags[tr.TAG_OUTCOME] == "finished"]
+    assert schema.TAG_REUSED not in rerun["2"].data.tags
+    assert rerun["2"].data.tags[schema.TAG_OUTCOME] == "failed"
+    trained = [r for r in client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_KIND}` = 'trial'")
+               if schema.TAG_REUSED not in r.data.tags]
+    finished = [r for r in trained if r.data.tags[schema.TAG_OUTCOME] == "finished"]
     assert {r.info.run_id for r in finished} <= trained_before and len(finished) == 2
     assert len(trained) == 4  # 3 of the first multirun + x=2 again
 
@@ -167,8 +167,8 @@ def test_rerun_returns_the_stored_values(hydra_sweep_runner, tmp_path: Path) -> 
     assert sweep() == expected
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("a_module").experiment_id],
-                              f"tags.`{tr.TAG_KIND}` = 'trial'")
-    reused = [r for r in runs if tr.TAG_REUSED in r.data.tags]
+                              f"tags.`{schema.TAG_KIND}` = 'trial'")
+    reused = [r for r in runs if schema.TAG_REUSED in r.data.tags]
     assert len(runs) == 4 and len(reused) == 2
     assert {r.data.metrics["bar"] for r in reused} == {100.0, 200.0}
 
