@@ -50,6 +50,8 @@ class SweepSettings(StrictModel):
     mode: Literal["min", "max"] = "max"
     max_concurrent: PositiveInt | None = None
     retries: NonNegativeInt = 1
+    #: Checkpoints kept per trial attempt (the latest ones; resuming needs only the last).
+    checkpoints_keep: PositiveInt = 2
 
 
 class Resources(StrictModel):
