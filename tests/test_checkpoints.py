@@ -22,7 +22,7 @@ from orchestrator.store.reader import StoreReader
 from orchestrator.sweep.checkpoints import TrialCheckpoints
 from tasks.events import Checkpoint
 from tests.sweep_process import start_sweep
-from tests.test_failures import is_trial_worker
+from tests.test_failures import is_trial_worker, user_conf
 
 PLUGINS = "tests.plugins.paced_classify"
 EPOCHS = 40
@@ -76,7 +76,8 @@ def test_store_keeps_the_latest_behind_a_pointer_and_copies_history(tracking_uri
     # A checkpoint the task refused: the next attempt starts over, and a later resume does
     # not look past that attempt for an older checkpoint.
     again.unusable("k", "CheckpointError: corrupt")
-    assert again.resume_state("k") is None and again.restart_reason("k") == "CheckpointError: corrupt"
+    assert again.resume_state("k") is None
+    assert again.restart_reason("k") == "CheckpointError: corrupt"
     again.tracker.set_tags(second, {schema.TAG_RESTARTED: "CheckpointError: corrupt"})
     later = TrialCheckpoints(writer.Tracker(tracking_uri), keep=2)
     later.find_interrupted(StoreReader(tracking_uri), exp, "s1", {"k"})
@@ -84,13 +85,13 @@ def test_store_keeps_the_latest_behind_a_pointer_and_copies_history(tracking_uri
 
 
 # -- end to end -----------------------------------------------------------------------------
-def _trial_run(uri: str, **tags: str) -> list[Any]:
-    exp = MlflowClient(uri).get_experiment_by_name("optimizers")
+def _trial_run(uri: str, experiment: str = "optimizers") -> list[Any]:
+    """The experiment's trial runs (every attempt), oldest first."""
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
     if exp is None:
         return []
-    query = " and ".join([f"tags.`{schema.TAG_KIND}` = 'trial'",
-                          *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
-    return MlflowClient(uri).search_runs([exp.experiment_id], query,
+    return MlflowClient(uri).search_runs([exp.experiment_id],
+                                         f"tags.`{schema.TAG_KIND}` = 'trial'",
                                          order_by=["attributes.start_time ASC"])
 
 
@@ -114,12 +115,13 @@ def _assert_same_result(run: Any, reference: dict[str, float]) -> None:
         assert run.data.metrics[name] == pytest.approx(reference[name], rel=1e-5, abs=1e-6), name
 
 
-def _wait_for_checkpoint(uri: str, alive: Any, timeout: float = 300) -> Any:
+def _wait_for_checkpoint(uri: str, alive: Any, experiment: str = "optimizers",
+                         timeout: float = 300) -> Any:
     """The running trial's run once it points at a checkpoint after step 0."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive():
         try:
-            for run in _trial_run(uri):
+            for run in _trial_run(uri, experiment):
                 if run.info.status == "RUNNING" and \
                         int(run.data.tags.get(schema.TAG_CHECKPOINT_STEP, 0)) > 0:
                     return run
@@ -177,3 +179,37 @@ def test_worker_killed_then_retried_attempt_resumes(ray_session, tracking_uri: s
     assert second.data.tags[schema.TAG_OUTCOME] == "finished"
     _assert_history_once(tracking_uri, second.info.run_id)
     _assert_same_result(second, _reference(tmp_path))
+
+
+def test_unusable_checkpoint_restarts_the_trial_once_from_scratch(
+        ray_session, tracking_uri: str, tmp_path: Path) -> None:
+    """The retried attempt's task refuses the checkpoint: that attempt fails with the
+    task's message and a third runs from scratch, once, saying so; the sweep finishes."""
+    conf = user_conf(tmp_path, "stepper", "steppers",
+                     {"steps": 20, "step_s": 0.3, "refuse_resume": True},
+                     {"seeds": 1, "metric": "final"})
+    codes: list[int] = []
+    sweep = threading.Thread(target=lambda: codes.append(main(
+        ["sweep", "steppers", "--config-dir", str(conf), "--tasks", "tests.plugins.resumable",
+         "--tracking-uri", tracking_uri])))
+    sweep.start()
+    victim = _wait_for_checkpoint(tracking_uri, sweep.is_alive, experiment="steppers")
+    pid = int(victim.data.tags[schema.TAG_PID])
+    assert is_trial_worker(pid)
+    os.kill(pid, signal.SIGKILL)
+    sweep.join(timeout=600)
+    assert not sweep.is_alive() and codes == [0]
+
+    died, refused, fresh = _trial_run(tracking_uri, experiment="steppers")
+    assert died.data.tags[schema.TAG_OUTCOME] == schema.RETRIED
+    assert refused.data.tags[schema.TAG_OUTCOME] == schema.RETRIED
+    assert refused.info.status == "FAILED"
+    assert int(refused.data.tags[schema.TAG_RESUMED_STEP]) > 0
+    message = "CheckpointError: refused: this task's checkpoints are not resumable"
+    assert refused.data.tags[schema.TAG_ERROR] == message
+    assert fresh.data.tags[schema.TAG_OUTCOME] == "finished"
+    assert fresh.data.tags[schema.TAG_RESTARTED] == message
+    assert schema.TAG_RESUMED_STEP not in fresh.data.tags
+    steps = [m.step for m in MlflowClient(tracking_uri).get_metric_history(
+        fresh.info.run_id, "score")]
+    assert steps == list(range(20))
