@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from orchestrator.store.reader import StoreReader
 from orchestrator.sweep.checkpoints import TrialCheckpoints
 from tasks.events import Checkpoint
 from tests.sweep_process import start_sweep
-from tests.test_failures import is_trial_worker, user_conf
+from tests.test_failures import MlflowServer, is_trial_worker, user_conf
 
 PLUGINS = "tests.plugins.paced_classify"
 EPOCHS = 40
@@ -34,7 +35,22 @@ FINAL = ("test/acc", "test/loss", "train/eval_loss", "val/acc", "val/loss")
 
 
 # -- the store side -------------------------------------------------------------------------
-def test_store_keeps_the_latest_behind_a_pointer_and_copies_history(tracking_uri: str) -> None:
+@pytest.fixture(params=["sqlite", "server"])
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The sqlite default, or a real ``mlflow server`` with served artifacts."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mlflow.db'}"
+        return
+    server = MlflowServer(tmp_path).start()
+    try:
+        yield server.uri
+    finally:
+        server.kill()
+
+
+@pytest.mark.slow
+def test_store_keeps_the_latest_behind_a_pointer_and_copies_history(store_uri: str) -> None:
+    tracking_uri = store_uri
     tracker = writer.Tracker(tracking_uri)
     exp = tracker.experiment_id("ckpt")
     tags = {schema.TAG_KIND: schema.KIND_TRIAL, schema.TAG_SWEEP: "s1", schema.TAG_KEY: "k"}
@@ -213,3 +229,42 @@ def test_unusable_checkpoint_restarts_the_trial_once_from_scratch(
     steps = [m.step for m in MlflowClient(tracking_uri).get_metric_history(
         fresh.info.run_id, "score")]
     assert steps == list(range(20))
+
+
+def test_two_rank_trial_resumes_every_rank_from_rank_0s_checkpoint(
+        ray_session, tracking_uri: str, tmp_path: Path) -> None:
+    """A rank > 0 dies: the retried gang resumes, every rank from rank 0's stored state (a
+    rank starting over would train other epochs than rank 0, and the result would differ)."""
+    from tests.test_ddp import _workers
+
+    epochs = 12
+    args = ["bn_sync", "resources.workers=2", "model.norm=syncbn", "train.batch_size=8",
+            "sweep.seeds=1", "data.per_class=60", f"train.epochs={epochs}",
+            "train.checkpoint_every=1", "train.checkpoint_min_interval_s=0",
+            "task.name=classify_paced", "--tasks", PLUGINS]
+    proc = start_sweep(tracking_uri, args)
+    try:
+        victim = _wait_for_checkpoint(tracking_uri, lambda: proc.poll() is None,
+                                      experiment="bn_sync")
+        (rank1,) = _workers(proc, "GroupWorker.run_rank")  # rank 0 runs ``run``
+        rank1.kill()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+
+    first, second = _trial_run(tracking_uri, experiment="bn_sync")
+    assert first.info.run_id == victim.info.run_id
+    assert first.data.tags[schema.TAG_OUTCOME] == schema.RETRIED
+    assert second.data.tags[schema.TAG_OUTCOME] == "finished"
+    k = int(second.data.tags[schema.TAG_RESUMED_STEP])
+    assert k > 0
+    ml = MlflowClient(tracking_uri)
+    assert sorted(m.step for m in ml.get_metric_history(second.info.run_id, "val/acc")) == \
+        list(range(epochs))
+
+    reference = f"sqlite:///{tmp_path / 'reference.db'}"
+    assert main(["sweep", *args, "--tracking-uri", reference]) == 0
+    (whole,) = _trial_run(reference, experiment="bn_sync")
+    _assert_same_result(second, whole.data.metrics)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from tasks import classify
+from tasks import classify, distributed
 from tasks.events import Event, Metrics
 from tasks.registry import register
 
@@ -18,9 +18,10 @@ PACE_S = 0.25
 
 
 @register("classify_paced", classify.ClassifySpec)
-def paced(spec: classify.ClassifySpec, resume: bytes | None = None) -> Iterator[Event]:
-    """``classify``, with a pause after each epoch; resumes like it."""
-    for event in classify.run(spec, resume=resume):
+def paced(spec: classify.ClassifySpec, dist: distributed.DistContext | None = None,
+          resume: bytes | None = None) -> Iterator[Event]:
+    """``classify``, with a pause after each epoch; data-parallel and resumes like it."""
+    for event in classify.run(spec, dist=dist, resume=resume):
         yield event
         if isinstance(event, Metrics):
             time.sleep(PACE_S)
