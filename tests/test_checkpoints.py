@@ -148,7 +148,7 @@ def _wait_for_checkpoint(uri: str, alive: Any, experiment: str = "optimizers",
 
 
 def test_driver_killed_then_resumed_continues_from_the_checkpoint(
-        ray_session, tracking_uri: str, tmp_path: Path) -> None:
+        ray_session, tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     proc = start_sweep(tracking_uri, SWEEP)
     try:
         victim = _wait_for_checkpoint(tracking_uri, lambda: proc.poll() is None)
@@ -171,6 +171,9 @@ def test_driver_killed_then_resumed_continues_from_the_checkpoint(
     _assert_same_result(resumed, _reference(tmp_path))
     df = Client(tracking_uri).trials(sweep_id)
     assert len(df) == 1 and df.resumed_from_step.iloc[0] == k
+    capsys.readouterr()
+    assert main(["show", sweep_id, "--tracking-uri", tracking_uri]) == 0
+    assert f"resumed from its checkpoint at step {k} (attempt" in capsys.readouterr().out
 
 
 def test_worker_killed_then_retried_attempt_resumes(ray_session, tracking_uri: str,

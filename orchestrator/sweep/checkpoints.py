@@ -168,6 +168,12 @@ class TrialCheckpoints:
         unusable checkpoint."""
         return self._restart.pop(key, None)
 
+    def forget(self, key: str) -> None:
+        """The trial is settled: drop what the driver held for it (states can be large)."""
+        self._latest.pop(key, None)
+        self._stored.pop(key, None)
+        self._restart.pop(key, None)
+
     # -- helpers --------------------------------------------------------------------------
     def _repo(self, run_id: str) -> Any:
         if run_id not in self._repos:

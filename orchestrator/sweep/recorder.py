@@ -15,6 +15,7 @@ from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.store import schema, writer
 from orchestrator.sweep.checkpoints import Resume, TrialCheckpoints
 from orchestrator.sweep.progress import SweepProgress
+from tasks import registry
 from tasks.events import Checkpoint, CheckpointError, Metrics, Summary
 
 #: The error type of a task that could not resume from its checkpoint (tasks.events).
@@ -79,7 +80,10 @@ class Recorder:
         return found.checkpoint
 
     def trial_checkpoint(self, trial: Trial, event: Checkpoint) -> None:
-        self.checkpoints.save(trial.key, self.run_ids[trial.index], event)
+        # A task that yields checkpoints but takes no ``resume`` would start over from one,
+        # and the history copied up to it would repeat its steps: not stored.
+        if registry.accepts(registry.get(trial.task).run, "resume"):
+            self.checkpoints.save(trial.key, self.run_ids[trial.index], event)
 
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
         tags = {**self.trial_tags(trial), schema.TAG_ATTEMPT: attempt,
@@ -150,6 +154,7 @@ class Recorder:
         if not final:  # a retry ends this attempt only; the trial runs again
             self.progress.running -= 1
             return
+        self.checkpoints.forget(trial.key)  # its state in memory is needed no more
         if summary is not None and self.source is not None:
             # A per-step objective (val/acc) is already in the run as its last step's value;
             # the result gets it too (the table, best/<metric>), without logging it twice.
