@@ -64,8 +64,9 @@ class Client:
         """One row per trial of a sweep: outcome, axes, params (dotted) and final metrics.
 
         Attempts that were retried after a worker died are left out: the row is the
-        trial's last attempt. A trial that overlapping sub-grids share ran once and has a
-        row per grid (same ``run_id``), so each grid's claims see it.
+        trial's last attempt; ``resumed_from_step`` is the checkpoint step that attempt
+        continued from (None: it ran from the start). A trial that overlapping sub-grids
+        share ran once and has a row per grid (same ``run_id``), so each grid's claims see it.
         """
         return self.reader.trials(sweep_id)
 

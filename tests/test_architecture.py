@@ -19,6 +19,7 @@ PACKAGES = ("orchestrator", "tasks", "dashboards", "hydra_plugins")
 LAZY_BY_RULE = {
     # Each command imports the layers it needs when it runs (module docstring).
     Path("orchestrator/cli/main.py"),
+    Path("orchestrator/cli/record.py"),
 }
 
 

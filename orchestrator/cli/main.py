@@ -15,6 +15,7 @@ import argparse
 import math
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +23,9 @@ from rich.table import Table
 from orchestrator.cli import jobs, record
 from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 from orchestrator.errors import SpecError, TrackingUnavailable
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -238,6 +242,7 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
     rows = [({a: r.get(a) for a in axes}, r.get("seed"), r["outcome"], {metric: r.get(metric)},
              r.get("error") or "") for r in df.to_dict("records")]
     _trial_table(out, rows, metric)
+    _resumed_note(out, df)
     try:
         verdicts = client.verdicts(args.sweep_id)
     except Exception as e:  # noqa: BLE001 - the trials are shown; verdicts are extra
@@ -245,6 +250,16 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
         return EXIT_OK
     _verdict_table(out, verdicts)
     return EXIT_OK
+
+
+def _resumed_note(out: Console, df: pd.DataFrame) -> None:
+    """A line under the table per trial whose last attempt continued from a checkpoint."""
+    if df.empty or "resumed_from_step" not in df:
+        return
+    for r in df[df.resumed_from_step.notna()].to_dict("records"):
+        out.print(f"trial {r['trial_index']} (seed {r.get('seed')}) resumed from its checkpoint "
+                  f"at step {int(r['resumed_from_step'])} (attempt {r['attempt']})",
+                  highlight=False)
 
 
 def _verdict_table(out: Console, verdicts: list) -> None:  # list[Verdict]; lazy import

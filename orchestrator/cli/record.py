@@ -5,6 +5,8 @@ built-in studies into one store and write their verdict tables from it).
 it just filled: ``dashboards/results/<study>.json`` keeps each sweep's verdicts with the
 sweep id, seeds, package versions and the machine, and the tables between the markers of
 ``dashboards/README.md`` are generated from those files, never typed.
+
+Like the other commands, each imports the layers it needs when it runs.
 """
 
 from __future__ import annotations

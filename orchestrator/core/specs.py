@@ -56,6 +56,8 @@ class SweepSettings(StrictModel):
     #: Most trials a grid may plan; counted (product of axis sizes) before expanding, so a
     #: typo like range(10**9) is bad input, not a minute of planning and a MemoryError.
     max_trials: PositiveInt = 10_000
+    #: Checkpoints kept per trial attempt (the latest ones; resuming needs only the last).
+    checkpoints_keep: PositiveInt = 2
 
 
 class Resources(StrictModel):

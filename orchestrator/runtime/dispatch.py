@@ -35,7 +35,7 @@ from orchestrator.runtime.memory import is_out_of_memory
 from orchestrator.runtime.slots import new_slot
 from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.runtime.worker import TrialWorkerActor
-from tasks.events import Metrics, Summary
+from tasks.events import Checkpoint, CheckpointError, Metrics, Summary
 
 
 class TrialSource(Protocol):
@@ -82,6 +82,11 @@ class Listener(Protocol):
     def trial_ended(self, trial: Trial, outcome: str, summary: Summary | None,
                     failure: Failure | None) -> None: ...
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None: ...
+    def resume_state(self, trial: Trial) -> Checkpoint | None:
+        """The checkpoint the trial's attempt about to start resumes from (None: from
+        scratch); asked right before each launch."""
+    def trial_checkpoint(self, trial: Trial, event: Checkpoint) -> None:
+        """Store a checkpoint (rank 0's, with its state) of the trial's running attempt."""
     def tick(self) -> bool:
         """Called every loop turn; flush buffers. Return True to cancel the sweep."""
 
@@ -129,6 +134,7 @@ class _Running:
     trial: Trial
     slot: int
     attempt: int
+    resumed: bool = False
     stopping: bool = False
     summary: Summary | None = None
     failure: Failure | None = None
@@ -239,8 +245,11 @@ class Dispatcher:
                 listener: Listener) -> None:
         attempt = self._attempts[trial.index] = self._attempts.get(trial.index, 0) + 1
         upstream = self.inputs[trial.upstream.key] if trial.upstream else None
-        gen = self._actors[slot].launch(trial.index, trial.task, trial.config, upstream)
-        running[gen] = _Running(trial, slot, attempt)
+        ckpt = listener.resume_state(trial)
+        # Put once: every rank of a gang resolves the same object.
+        resume = ray.put(ckpt.state) if ckpt is not None else None
+        gen = self._actors[slot].launch(trial.index, trial.task, trial.config, upstream, resume)
+        running[gen] = _Running(trial, slot, attempt, resumed=ckpt is not None)
         listener.trial_started(trial, attempt, self._nodes[slot])
 
     def _drain(self, gen: Any, running: dict[Any, _Running], listener: Listener,
@@ -255,6 +264,8 @@ class Dispatcher:
                 died = self._actors[state.slot].settle(state.failure is not None)
                 if died is not None:
                     self._worker_died(state, died, listener, source)
+                    return True
+                if self._restart_unusable(state, listener, source):
                     return True
                 self._end(state, listener, source)
                 if self._actors[state.slot].broken:
@@ -277,6 +288,9 @@ class Dispatcher:
                 if (source.report(state.trial, event) or stop) and not state.stopping:
                     state.stopping = True
                     self._actors[state.slot].stop(state.trial.index)
+            elif isinstance(event, Checkpoint):
+                if event.state:  # an empty state (a rank > 0's) is nothing to resume from
+                    listener.trial_checkpoint(state.trial, event)
             elif isinstance(event, Summary):
                 state.summary = event
             elif isinstance(event, Failure):
@@ -310,6 +324,20 @@ class Dispatcher:
         self._ended.append((state.trial, outcome, state.summary, state.failure, source))
         if source.learns_from_results:
             self._report_ended(listener)
+
+    def _restart_unusable(self, state: _Running, listener: Listener,
+                          source: TrialSource) -> bool:
+        """A resumed attempt whose task refused its checkpoint (``CheckpointError``): run the
+        trial again from scratch (the listener drops the checkpoint, so this happens once
+        per checkpoint, not in a loop). True when it was queued again."""
+        failure = state.failure
+        if not (state.resumed and failure is not None
+                and failure.error_type == CheckpointError.__name__ and source.retry(state.trial)):
+            return False
+        listener.trial_retrying(state.trial, state.attempt, failure)
+        if self._actors[state.slot].broken:
+            self._replace_actor(state.slot, kill=True)
+        return True
 
     def _worker_died(self, state: _Running, err: Exception, listener: Listener,
                      source: TrialSource) -> None:

@@ -61,8 +61,12 @@ class TrialRunner:
         self._stop.add(trial_index)
 
     def run(self, trial_index: int, task_name: str, config: dict[str, Any],
-            upstream: dict[str, bytes] | None = None) -> Iterator[object]:
+            upstream: dict[str, bytes] | None = None,
+            resume: bytes | None = None) -> Iterator[object]:
         """The trial's events, then possibly :class:`Stopped` or a :class:`Failure`.
+
+        ``resume`` (a Checkpoint's state of an earlier attempt) goes to a task that accepts
+        it, which then continues after that checkpoint's step (``tasks.events``).
 
         A raised error of the task becomes a ``Failure`` event; going over the memory limit
         ends the stream with ``Failure("MemoryLimitExceeded", ..., restart_worker=True)``.
@@ -70,7 +74,8 @@ class TrialRunner:
         self._stop.discard(trial_index)
         events: queue.SimpleQueue[object] = queue.SimpleQueue()
         thread = threading.Thread(target=self._produce, name=f"trial-{trial_index}",
-                                  args=(trial_index, task_name, config, upstream, events),
+                                  args=(trial_index, task_name, config, upstream, resume,
+                                        events),
                                   daemon=True)
         sampler = SystemSampler() if self.sample else None
         watchdog = MemoryWatchdog(self.memory_mb)
@@ -98,12 +103,15 @@ class TrialRunner:
                 return
 
     def _produce(self, trial_index: int, task_name: str, config: dict[str, Any],
-                 upstream: dict[str, bytes] | None, events: queue.SimpleQueue[object]) -> None:
+                 upstream: dict[str, bytes] | None, resume: bytes | None,
+                 events: queue.SimpleQueue[object]) -> None:
         """Run the task in this thread, putting its events (then ``_DONE``) on ``events``."""
         try:
             task = registry.get(task_name)
             spec = task.spec.model_validate(config)
             kwargs: dict[str, Any] = {"upstream": upstream} if task.upstream else {}
+            if resume is not None and registry.accepts(task.run, "resume"):
+                kwargs["resume"] = resume
             ctx = None
             if self.dist is not None and accepts(task.run, "dist"):
                 kwargs["dist"] = ctx = self.dist

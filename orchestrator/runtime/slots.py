@@ -69,9 +69,10 @@ class ActorSlot:
     def info(self) -> Any:
         return self.actor.info.remote()
 
-    def launch(self, trial_index: int, task: str, config: dict, upstream: Any) -> Any:
+    def launch(self, trial_index: int, task: str, config: dict, upstream: Any,
+               resume: Any = None) -> Any:
         return self.actor.run.options(num_returns="streaming").remote(
-            trial_index, task, config, upstream)
+            trial_index, task, config, upstream, resume)
 
     def stop(self, trial_index: int) -> None:
         self.actor.stop.remote(trial_index)
@@ -123,12 +124,15 @@ class GroupSlot:
         """Rank 0's node, ready once the whole gang has joined the process group."""
         return self._ready
 
-    def launch(self, trial_index: int, task: str, config: dict, upstream: Any) -> Any:
-        self._rank_refs = [a.run_rank.remote(trial_index, task, config, upstream)
+    def launch(self, trial_index: int, task: str, config: dict, upstream: Any,
+               resume: Any = None) -> Any:
+        """Start the trial on every rank; ``resume`` (rank 0's checkpoint state, an object
+        ref) goes to every rank, which all continue from the same replicated state."""
+        self._rank_refs = [a.run_rank.remote(trial_index, task, config, upstream, resume)
                            for a in self.actors[1:]]
         self._rank_error_at = None
         return self.actors[0].run.options(num_returns="streaming").remote(
-            trial_index, task, config, upstream)
+            trial_index, task, config, upstream, resume)
 
     def stop(self, trial_index: int) -> None:
         for a in self.actors:

@@ -52,10 +52,12 @@ class TrialWorker:
         self._runner.stop(trial_index)
 
     def run(self, trial_index: int, task_name: str, config: dict[str, Any],
-            upstream: dict[str, bytes] | None = None) -> Iterator[object]:
+            upstream: dict[str, bytes] | None = None,
+            resume: bytes | None = None) -> Iterator[object]:
         """The trial's events, streamed. ``upstream`` (resolved by Ray from an object ref)
-        holds the artifacts of the run the task needs first, for tasks with an upstream."""
-        yield from self._runner.run(trial_index, task_name, config, upstream)
+        holds the artifacts of the run the task needs first, for tasks with an upstream;
+        ``resume`` the state of a checkpoint of an earlier attempt to continue from."""
+        yield from self._runner.run(trial_index, task_name, config, upstream, resume)
 
 
 class GroupWorker:
@@ -104,26 +106,29 @@ class GroupWorker:
             self._runner.stop(trial_index)
 
     def run(self, trial_index: int, task_name: str, config: dict[str, Any],
-            upstream: dict[str, bytes] | None = None) -> Iterator[object]:
+            upstream: dict[str, bytes] | None = None,
+            resume: bytes | None = None) -> Iterator[object]:
         """Rank 0: the trial's events, streamed."""
-        yield from self._events(trial_index, task_name, config, upstream)
+        yield from self._events(trial_index, task_name, config, upstream, resume)
 
     def run_rank(self, trial_index: int, task_name: str, config: dict[str, Any],
-                 upstream: dict[str, bytes] | None = None) -> Failure | None:
+                 upstream: dict[str, bytes] | None = None,
+                 resume: bytes | None = None) -> Failure | None:
         """Ranks > 0: run the trial in step with rank 0, discarding its events; its error."""
         failure = None
-        for event in self._events(trial_index, task_name, config, upstream):
+        for event in self._events(trial_index, task_name, config, upstream, resume):
             if isinstance(event, Failure):
                 failure = event
         return failure
 
     def _events(self, trial_index: int, task_name: str, config: dict[str, Any],
-                upstream: dict[str, bytes] | None) -> Iterator[object]:
+                upstream: dict[str, bytes] | None,
+                resume: bytes | None) -> Iterator[object]:
         if not self._joined.wait(JOIN_TIMEOUT_S):
             yield Failure("RuntimeError", f"rank {self.rank} did not join its process group "
                                           f"in {JOIN_TIMEOUT_S:.0f}s", "")
             return
-        yield from self._runner.run(trial_index, task_name, config, upstream)
+        yield from self._runner.run(trial_index, task_name, config, upstream, resume)
 
 
 # Ray's actor classes, made here rather than with the decorator: the decorated class's

@@ -116,7 +116,8 @@ class StoreReader:
     def trials(self, sweep_id: str) -> pd.DataFrame:
         """One row per trial of a sweep: outcome, axes, params (dotted) and final metrics.
 
-        Attempts that were retried are left out: the row is the trial's last attempt. A
+        Attempts that were retried are left out: the row is the trial's last attempt, and
+        ``resumed_from_step`` the checkpoint step it continued from (None if it did not). A
         trial that overlapping sub-grids share ran once and has a row per grid (same
         ``run_id``), so each grid's claims see it.
         """
@@ -135,6 +136,9 @@ class StoreReader:
                 "status": r.info.status, "error": t.get(schema.TAG_ERROR, ""),
                 "node": t.get(schema.TAG_NODE, ""), "reused_from": t.get(schema.TAG_REUSED),
                 "attempt": int(t.get(schema.TAG_ATTEMPT, 1)), "start_time": r.info.start_time,
+                # The step of the checkpoint this attempt continued from (None: from scratch).
+                "resumed_from_step": int(t[schema.TAG_RESUMED_STEP])
+                if schema.TAG_RESUMED_STEP in t else None,
             }
             row.update(json.loads(t.get(schema.TAG_ARM, "{}")))
             row["_also"] = t.get(schema.TAG_ALSO)

@@ -13,6 +13,11 @@ Who writes what (the contract, like Optuna's storage docs):
   run shows a terminal status only once its result is written.
 * A run left RUNNING belongs to a live driver, or to a dead one: ``orch resume`` settles
   those of its own sweep (outcome written: the status is completed; else ``interrupted``).
+* A trial's checkpoints are artifacts of its attempt's run (``checkpoint_path``), the
+  latest ``sweep.checkpoints_keep`` kept; ``TAG_CHECKPOINT_STEP`` names the usable one and
+  is written after its artifact and after the run's metrics up to that step. An attempt
+  that resumed from one carries ``TAG_RESUMED_STEP``/``TAG_RESUMED_RUN`` and a copy of the
+  earlier run's metric history up to that step.
 """
 
 from __future__ import annotations
@@ -62,6 +67,13 @@ TAG_PID = "orch.pid"              # the worker process that ran the attempt (on 
 TAG_REUSED = "orch.reused_from"   # run id of the finished run with the same key
 TAG_UPSTREAM = "orch.upstream_key"  # the trial key of the run this one needed first
 TAG_OPTUNA_TRIAL = "orch.optuna_trial"
+#: The pointer to the run's latest stored checkpoint (its step K): written only after the
+#: artifact ``checkpoint_path(K)`` is complete, so a newer artifact without it is ignored.
+TAG_CHECKPOINT_STEP = "orch.checkpoint_step"
+TAG_RESUMED_STEP = "orch.resumed_from_step"  # this attempt continued after step K ...
+TAG_RESUMED_RUN = "orch.resumed_from_run"    # ... of this run's checkpoint
+#: This attempt started over: the previous one could not resume (the CheckpointError).
+TAG_RESTARTED = "orch.restarted_from_scratch"
 
 # -- artifacts ------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"
@@ -70,6 +82,7 @@ REPORT_FOLDER = "report"
 SEARCH_FOLDER = "search"          # a search's plots, importances and summary.json
 OUTPUTS_FOLDER = "outputs"        # a task's Summary.artifacts
 TRACEBACK_ARTIFACT = "error/traceback.txt"
+CHECKPOINTS_FOLDER = "checkpoints"  # a trial's resume states, the latest few kept
 
 # -- outcomes -------------------------------------------------------------------------------
 #: MLflow run status for each trial outcome. A diverged run is FAILED (its training did)
@@ -91,6 +104,21 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
 def is_server(uri: str) -> bool:
     """True for a tracking *server* (http/https), as opposed to a database or local files."""
     return uri.startswith(("http://", "https://"))
+
+
+def checkpoint_path(step: int) -> str:
+    """The artifact path of a trial's checkpoint after step ``step``."""
+    return f"{CHECKPOINTS_FOLDER}/{checkpoint_name(step)}"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}.pt"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a checkpoint artifact's file name; None for any other file."""
+    m = re.fullmatch(r"step-(\d+)\.pt", name)
+    return int(m.group(1)) if m else None
 
 
 def verdict_tag(claim_id: str) -> str:

@@ -13,9 +13,13 @@ from orchestrator.runtime.dispatch import TrialSource
 from orchestrator.runtime.metrics import SweepMetrics
 from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.store import schema, writer
+from orchestrator.sweep.checkpoints import Resume, TrialCheckpoints
 from orchestrator.sweep.progress import SweepProgress
-from tasks.events import Metrics, Summary
+from tasks import registry
+from tasks.events import Checkpoint, CheckpointError, Metrics, Summary
 
+#: The error type of a task that could not resume from its checkpoint (tasks.events).
+CHECKPOINT_ERROR = CheckpointError.__name__
 #: Seconds between two looks at the parent run for ``orch cancel``.
 CANCEL_CHECK_S = 2.0
 
@@ -39,6 +43,8 @@ class Recorder:
         self.run_ids: dict[int, str] = {}
         self.last_step: dict[int, int] = {}
         self.results: list[TrialResult] = []
+        self.checkpoints = TrialCheckpoints(tracker, plan.spec.sweep.checkpoints_keep)
+        self._resuming: dict[int, Resume] = {}  # trial index -> what its new attempt resumes
         self.commit = writer.git_commit()
         self._last_cancel_check = time.monotonic()
         # Prometheus series through Ray's metrics agent (orchestrator/runtime/metrics.py).
@@ -64,15 +70,41 @@ class Recorder:
         world = {"resources.workers": trial.workers} if trial.workers > 1 else {}
         return {"task": trial.task, **writer.flatten(trial.config), **world}
 
+    def resume_state(self, trial: Trial) -> Checkpoint | None:
+        """The checkpoint the trial's attempt about to start resumes from, if any."""
+        found = self.checkpoints.resume_state(trial.key)
+        if found is None:
+            self._resuming.pop(trial.index, None)
+            return None
+        self._resuming[trial.index] = found
+        return found.checkpoint
+
+    def trial_checkpoint(self, trial: Trial, event: Checkpoint) -> None:
+        # A task that yields checkpoints but takes no ``resume`` would start over from one,
+        # and the history copied up to it would repeat its steps: not stored.
+        if registry.accepts(registry.get(trial.task).run, "resume"):
+            self.checkpoints.save(trial.key, self.run_ids[trial.index], event)
+
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
         tags = {**self.trial_tags(trial), schema.TAG_ATTEMPT: attempt,
                 schema.TAG_NODE: node.hostname, schema.TAG_NODE_ID: node.node_id,
                 schema.TAG_PID: node.pid}
+        resumed = self._resuming.pop(trial.index, None)
+        if resumed is not None:
+            tags[schema.TAG_RESUMED_STEP] = resumed.checkpoint.step
+            tags[schema.TAG_RESUMED_RUN] = resumed.run_id
+        restarted = self.checkpoints.restart_reason(trial.key)
+        if restarted is not None:
+            tags[schema.TAG_RESTARTED] = restarted[:5000]
         name = (f"{trial.index:04d}-" if trial.index >= 0 else "") + \
             "-".join(str(v) for v in trial.arm.values())
         run_id = self.run_ids[trial.index] = self.tracker.start_run(
             self.experiment_id, f"{name}-s{trial.seed}", tags, self.trial_params(trial),
             {"task": trial.task, **trial.config})
+        if resumed is not None:
+            # Steps up to K come from the earlier run; the task reports K+1 onwards.
+            self.checkpoints.copy_history(resumed.run_id, run_id, resumed.checkpoint.step)
+            self.last_step[trial.index] = resumed.checkpoint.step
         if self.source is not None:
             self.source.started(trial, run_id)
         self.progress.started()
@@ -89,6 +121,8 @@ class Recorder:
                                  event.timestamp_ms)
 
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None:
+        if failure.error_type == CHECKPOINT_ERROR:
+            self.checkpoints.unusable(trial.key, f"{failure.error_type}: {failure.message}")
         self._close(trial, "failed", None, failure, final=False)
 
     def trial_ended(self, trial: Trial, outcome: str, summary: Summary | None,
@@ -120,6 +154,7 @@ class Recorder:
         if not final:  # a retry ends this attempt only; the trial runs again
             self.progress.running -= 1
             return
+        self.checkpoints.forget(trial.key)  # its state in memory is needed no more
         if summary is not None and self.source is not None:
             # A per-step objective (val/acc) is already in the run as its last step's value;
             # the result gets it too (the table, best/<metric>), without logging it twice.

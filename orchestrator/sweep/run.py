@@ -106,6 +106,9 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
             rec = Recorder(tracker, plan, experiment_id, parent, sweep_id, progress)
         rec.results.extend(previous)
         pending = [t for t in plan.trials if t.key not in finished_here]
+        if resume is not None:  # interrupted trials continue from their latest checkpoint
+            rec.checkpoints.find_interrupted(reader, experiment_id, sweep_id,
+                                             {t.key for t in pending})
         for r in previous:
             progress.reused(r.metrics.get(spec.sweep.metric))
         done = reader.done_runs(experiment_id, {t.key for t in pending})
