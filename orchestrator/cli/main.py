@@ -35,13 +35,18 @@ def _parser() -> argparse.ArgumentParser:
     def configs(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config-dir", help="your own studies/options, searched before conf/")
         sp.add_argument("--tasks", action="append", default=[], metavar="MODULE",
-                        help="import MODULE to register your own tasks (repeatable)")
+                        help="import MODULE (a dotted name, found from the current "
+                        "directory as python -m does, or a .py file) to register your own "
+                        "tasks (repeatable)")
 
     sp = sub.add_parser("studies", help="list the studies, one line each")
     configs(sp)
 
-    sp = sub.add_parser("sweep", help="run a study: orch sweep NAME [key=value | key=a,b ...]")
-    sp.add_argument("study")
+    sp = sub.add_parser("sweep", help="run a study: orch sweep NAME [key=value | key=a,b ...]; "
+                        "or a task with no study: orch sweep --task NAME key=a,b")
+    sp.add_argument("study", nargs="?", help="the study (omit with --task)")
+    sp.add_argument("--task", help="sweep this registered task with no study file (the "
+                    "study is named after it; set sweep.metric=... for its metric)")
     sp.add_argument("overrides", nargs="*", help="Hydra overrides; sweeps (a,b / range() / "
                     "glob()) become axes")
     sp.add_argument("--quick", action="store_true", help="the study's quick variant")
@@ -109,7 +114,21 @@ def _composer(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps --h
     from orchestrator.config.compose import composer
     from tasks import registry
 
-    registry.load_plugins(tuple(args.tasks))
+    # A file path travels to the workers (and the parent run's tags) as an absolute path.
+    args.tasks = [registry.resolve_module(m) for m in args.tasks]
+    try:
+        registry.load_plugins(tuple(args.tasks))
+    except registry.PluginError as e:
+        raise SpecError(str(e)) from None
+    if getattr(args, "task", None):
+        from orchestrator.cli.adhoc import task_study
+
+        if args.study is not None:  # `--task T a=1,2`: argparse took the first override
+            args.overrides = [args.study, *args.overrides]
+        args.study = args.task
+        args.config_dir = task_study(args.task, args.config_dir)
+    elif hasattr(args, "study") and args.study is None:
+        raise SpecError("sweep: a study is required (orch sweep NAME), or --task NAME")
     return composer(args.config_dir)
 
 
@@ -129,7 +148,8 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.config.plan import plan_sweep
     from orchestrator.sweep import run_sweep
 
-    plan = plan_sweep(_composer(args), args.study, list(args.overrides), quick=args.quick)
+    c = _composer(args)
+    plan = plan_sweep(c, args.study, list(args.overrides), quick=args.quick)
     _check_address(args.address, plan.spec.cluster)
     if plan.search is not None:
         from orchestrator.search import budget
