@@ -204,6 +204,8 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
               highlight=False)
     for line in result.unwritten:
         err.print(f"[yellow]not written to the tracking store:[/] {line}", highlight=False)
+    if not result.unwritten:
+        _where_to_look(result, err)
     if result.cancelled:
         err.print("sweep cancelled", highlight=False)
         return EXIT_CANCELLED
@@ -212,6 +214,21 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
                   f"failed after retries; the lines above say what is missing", highlight=False)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _where_to_look(result, err: Console) -> None:  # noqa: ANN001 - SweepResult, lazy import
+    """The parent run and its report in MLflow's UI (and how to start it for a local store)."""
+    from orchestrator.client import Client
+    from orchestrator.sweep.mlflow_ui import where_to_look
+
+    try:
+        artifact_uri = Client(result.tracking_uri).mlflow.get_run(
+            result.parent_run_id).info.artifact_uri
+    except Exception:  # noqa: BLE001 - the URLs do not need it; only the local report path does
+        artifact_uri = None
+    for line in where_to_look(result.tracking_uri, result.experiment_id, result.parent_run_id,
+                              artifact_uri):
+        err.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _trial_table(out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str) -> None:
