@@ -192,7 +192,9 @@ def use_local_token(address: str) -> bool:
     the token will be sent.
     """
     from ray._private.authentication.authentication_token_setup import (
-        AUTH_MODE_ENV_VAR, maybe_enable_token_auth_if_token_available)
+        AUTH_MODE_ENV_VAR,
+        maybe_enable_token_auth_if_token_available,
+    )
 
     mode = os.environ.get(AUTH_MODE_ENV_VAR)
     if mode is not None:
