@@ -44,36 +44,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_sweep_in_mlflow_ui_in_a_real_browser(tmp_path: Path) -> None:
-    from tests.browser import CHROMIUM, Browser
-
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real sweep of a tiny task (2 arms x 2 seeds) into a sqlite store in a tmp dir."""
+    work = tmp_path_factory.mktemp("ui")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200",
-           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+           "XDG_CACHE_HOME": str(work / "cache")}
     r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", "--task", "quadratic",
                         "--tasks", "tests.plugins.quadratic", "x=0.1,0.5", "seed=range(2)",
                         "steps=2", "sweep.metric=final"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                       cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    db = tmp_path / "mlflow.db"
-    assert f"mlflow ui --backend-store-uri sqlite:///{db} --port 5000" in r.stderr
     m = re.search(r"parent run: http://127\.0\.0\.1:5000/#/experiments/(\w+)/runs/(\w+)", r.stderr)
     assert m, r.stderr
-    experiment_id, run_id = m.groups()
-    assert re.search(r"report file: .*/report/report\.html", r.stderr)
+    return {"work": work, "env": env, "stderr": r.stderr, "db": work / "mlflow.db",
+            "experiment_id": m.group(1), "run_id": m.group(2)}
 
+
+@pytest.mark.slow
+def test_sweep_tells_where_to_look(swept: dict) -> None:
+    err, db = swept["stderr"], swept["db"]
+    assert f"mlflow ui --backend-store-uri sqlite:///{db} --port 5000" in err
+    assert re.search(r"report file: .*/report/report\.html", err)
+    # Not a terminal: one plain line per ended trial, no progress bar.
+    assert len(re.findall(r"^\[\d/4\] x=0\.\d seed=\d: finished", err, re.M)) == 4
     client = MlflowClient(f"sqlite:///{db}")
+    experiment_id, run_id = swept["experiment_id"], swept["run_id"]
     assert client.get_experiment(experiment_id).tags[mlflow_ui.EXPERIMENT_KIND_TAG] == \
         mlflow_ui.MODEL_TRAINING
     parent = client.get_run(run_id)
-    sweep_id = parent.data.tags["orch.sweep_id"]
     note = parent.data.tags[mlflow_ui.NOTE_TAG]
-    assert f"sweep `{sweep_id}`: 4 trials: 4 finished." in note and "Best `final`" in note
+    assert f"sweep `{parent.data.tags['orch.sweep_id']}`: 4 trials: 4 finished." in note
+    assert "Best `final` = -0.04 (x=0.5 seed=" in note
     assert parent.data.metrics["trials/finished"] == 4
     assert parent.data.metrics["trials/running"] == 0
     # Published while it ran (the first at once), then the final count.
     assert len(client.get_metric_history(run_id, "trials/done")) >= 2
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["ls"], ["show", "quadratic"]])
+def test_ls_and_show_fit_80_columns(swept: dict, command: list[str]) -> None:
+    sweep_id = MlflowClient(f"sqlite:///{swept['db']}").get_run(
+        swept["run_id"]).data.tags["orch.sweep_id"]
+    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *command],
+                       cwd=swept["work"], env={**swept["env"], "COLUMNS": "80"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert sweep_id in r.stdout  # whole, to paste into orch show
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80, r.stdout
+    wide = subprocess.run([sys.executable, "-m", "orchestrator.cli", *command, "--wide"],
+                          cwd=swept["work"], env={**swept["env"], "COLUMNS": "80"},
+                          capture_output=True, text=True, timeout=300)
+    assert wide.returncode == 0, wide.stderr
+    if command == ["ls"]:
+        assert "study" not in r.stdout.splitlines()[0] and "study" in wide.stdout
+
+
+@pytest.mark.slow
+def test_sweep_in_mlflow_ui_in_a_real_browser(swept: dict, tmp_path: Path) -> None:
+    from tests.browser import CHROMIUM, Browser
+
+    db, experiment_id, run_id = swept["db"], swept["experiment_id"], swept["run_id"]
+    client = MlflowClient(f"sqlite:///{db}")
+    sweep_id = client.get_run(run_id).data.tags["orch.sweep_id"]
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (make browser-check-deps installs it)")
     port = _free_port()
@@ -81,7 +115,7 @@ def test_sweep_in_mlflow_ui_in_a_real_browser(tmp_path: Path) -> None:
     ui = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui",
                            "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
                            "--port", str(port), "--workers", "1"],
-                          cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                          cwd=swept["work"], stdout=log, stderr=subprocess.STDOUT,
                           start_new_session=True)
     browser = None
     try:

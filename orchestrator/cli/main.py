@@ -17,10 +17,10 @@ import os
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator.cli import jobs
 from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+from orchestrator.cli.tables import fitted_table, print_table
 from orchestrator.errors import SpecError, TrackingUnavailable
 
 
@@ -61,11 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--address", help="an existing Ray cluster (default: start one locally)")
     store(sp)
 
+    def wide(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--wide", action="store_true", help="every column, however wide "
+                        "(by default the least important are dropped to fit the terminal)")
+
     sp = sub.add_parser("ls", help="sweeps in the store")
+    wide(sp)
     store(sp)
 
     sp = sub.add_parser("show", help="a sweep's trials as a table, then its verdicts")
     sp.add_argument("sweep_id")
+    wide(sp)
     store(sp)
 
     sp = sub.add_parser("report", help="rebuild a sweep's verdicts and HTML report on its "
@@ -231,31 +237,38 @@ def _where_to_look(result, err: Console) -> None:  # noqa: ANN001 - SweepResult,
         err.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
-def _trial_table(out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str) -> None:
-    table = Table(show_lines=False)
+def _trial_table(out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str,
+                 wide: bool = False) -> None:
     axis_names = list(dict.fromkeys(k for arm, *_ in rows for k in arm))
-    for name in [*axis_names, "seed", "outcome", metric]:
-        table.add_column(name)
+    cells = []
     for arm, seed, outcome, metrics, error in rows:
         value = metrics.get(metric)
-        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else error[:40]
-        table.add_row(*(str(arm.get(a, "")) for a in axis_names), str(seed), outcome, shown)
-    out.print(table)
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
+        cells.append([*(str(arm.get(a, "")) for a in axis_names), str(seed), outcome, shown,
+                      error if wide else error[:40]])
+    n = len(axis_names)
+    # The arm and its result first; then the axes in order; the error text last.
+    headers = [*axis_names, "seed", "outcome", metric, "error"]
+    if not any(c[-1] for c in cells):
+        headers, cells = headers[:-1], [c[:-1] for c in cells]
+    priority = [n + 1, n + 2, *range(n), n]
+    print_table(out, fitted_table(out, headers, cells, priority, wide), wide)
 
 
 def cmd_ls(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.client import Client
 
     df = Client(args.tracking_uri).sweeps()
-    table = Table()
-    for col in ("sweep_id", "study", "status", "start_time", "n_trials", "finished", "failed", "best"):
-        table.add_column(col)
+    headers = ["sweep_id", "status", "finished", "failed", "best", "metric", "started", "study"]
+    rows = []
     for row in df.itertuples():
         best = "" if row.best is None or (isinstance(row.best, float) and math.isnan(row.best)) \
-            else f"{row.metric}={row.best:.4f}"
-        table.add_row(row.sweep_id, row.study, row.status, str(row.start_time)[:19],
-                      str(row.n_trials), str(row.finished), str(row.failed), best)
-    out.print(table)
+            else f"{row.best:.4f}"
+        rows.append([row.sweep_id, row.status, f"{row.finished}/{row.n_trials}", str(row.failed),
+                     best, str(row.metric or ""), str(row.start_time)[:16], row.study])
+    # The full id (to paste into orch show) always; the study is its prefix anyway.
+    table = fitted_table(out, headers, rows, [0, 1, 2, 4, 3, 5, 6, 7], args.wide)
+    print_table(out, table, args.wide)
     return EXIT_OK
 
 
@@ -268,22 +281,22 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
     parent = client.sweep_run(args.sweep_id)
     df = client.trials(args.sweep_id)
     metric = parent.data.tags.get("orch.metric", "val/acc")
-    out.print(f"sweep {parent.data.tags['orch.sweep_id']} ({parent.info.status}), "
-              f"run {parent.info.run_id}", highlight=False)
+    out.print(f"sweep {parent.data.tags['orch.sweep_id']} ({parent.info.status})\n"
+              f"parent run {parent.info.run_id}", highlight=False)
     axes = [a for a in json.loads(parent.data.tags.get("orch.axes", "[]")) if a != "seed"]
     rows = [({a: r.get(a) for a in axes}, r.get("seed"), r["outcome"], {metric: r.get(metric)},
              r.get("error") or "") for r in df.to_dict("records")]
-    _trial_table(out, rows, metric)
+    _trial_table(out, rows, metric, args.wide)
     try:
         verdicts = client.verdicts(args.sweep_id)
     except Exception as e:  # noqa: BLE001 - the trials are shown; verdicts are extra
         err.print(f"[yellow]warning:[/] no verdicts: {type(e).__name__}: {e}", highlight=False)
         return EXIT_OK
-    _verdict_table(out, verdicts)
+    _verdict_table(out, verdicts, args.wide)
     return EXIT_OK
 
 
-def _verdict_table(out: Console, verdicts: list) -> None:  # list[Verdict]; lazy import
+def _verdict_table(out: Console, verdicts: list, wide: bool = False) -> None:  # list[Verdict]
     from rich.markup import escape
 
     from orchestrator.report import verdict_rows
@@ -291,14 +304,15 @@ def _verdict_table(out: Console, verdicts: list) -> None:  # list[Verdict]; lazy
     if not verdicts:
         return
     colour = {"confirmed": "green", "refuted": "red", "inconclusive": "yellow"}
-    table = Table(title="verdicts", title_justify="left")
-    for name in ("claim", "test", "verdict", "effect", "CI", "n a/b", "method"):
-        table.add_column(name)
+    rows = []
     for row in verdict_rows(verdicts):
         cells = [escape(c) for c in row]  # ids and intervals hold brackets: not markup
         cells[2] = f"[{colour.get(row[2], 'white')}]{escape(row[2])}[/]"
-        table.add_row(*cells)
-    out.print(table)
+        rows.append(cells)
+    headers = ["claim", "test", "verdict", "effect", "CI", "n a/b", "method"]
+    table = fitted_table(out, headers, rows, [0, 2, 3, 4, 5, 1, 6], wide, title="verdicts",
+                         markup_column=2)
+    print_table(out, table, wide)
 
 
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -1,0 +1,61 @@
+"""Tables that fit the terminal: whole cells, fewer columns.
+
+A sweep id cut to ``quadra…`` cannot be pasted into ``orch show``; so rather than let
+rich squeeze every column, the least important columns are dropped until the rest fit
+(``--wide`` keeps them all), and the key column is never shortened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+#: Spaces between two columns (rich's padding of one on each side).
+GAP = 2
+
+
+def fitted_table(console: Console, headers: Sequence[str], rows: Sequence[Sequence[str]],
+                 priority: Sequence[int], wide: bool = False, title: str | None = None,
+                 markup_column: int | None = None) -> Table:
+    """A table of the columns of ``headers`` that fit ``console.width``.
+
+    ``priority`` lists column indices, most important first; columns not in it go last.
+    The first of them is kept whole whatever the width. ``markup_column``'s cells hold
+    rich markup (a colour) that does not count towards their width.
+    """
+    widths = [max([len(h)] + [len(_plain(r[i], i == markup_column)) for r in rows])
+              for i, h in enumerate(headers)]
+    order = [*priority, *(i for i in range(len(headers)) if i not in priority)]
+    keep: list[int] = []
+    used = 0
+    for i in order:
+        need = widths[i] + (GAP if keep else 0)
+        if not wide and keep and used + need > console.width:
+            continue  # a narrower, less important column may still fit
+        keep.append(i)
+        used += need
+    keep.sort()
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title,
+                  title_justify="left")
+    for i in keep:  # whole cells: a column is as wide as its widest cell
+        table.add_column(headers[i], no_wrap=True, overflow="ellipsis", min_width=widths[i])
+    for r in rows:
+        table.add_row(*(r[i] for i in keep))
+    return table
+
+
+def print_table(console: Console, table: Table, wide: bool) -> None:
+    """``--wide``: every column whole, however wide the lines get."""
+    need = sum(c.min_width or 0 for c in table.columns) + GAP * (len(table.columns) - 1)
+    console.print(table, width=max(need, console.width) if wide else None)
+
+
+def _plain(cell: str, markup: bool) -> str:
+    if not markup:
+        return cell
+    from rich.text import Text
+
+    return Text.from_markup(cell).plain
