@@ -239,7 +239,10 @@ def submit(study: str, overrides: Sequence[str], *, address: str | None,
     if job_id is not None and not _JOB_ID.match(job_id):
         raise SpecError(f"--job-id: {job_id!r} may hold only letters, digits and _ . : -")
     env, remote_config_dir = runtime_env(config_dir, working_dir)
-    registry.load_plugins(tuple(tasks))
+    try:
+        registry.load_plugins(tuple(tasks))
+    except registry.PluginError as e:
+        raise SpecError(str(e)) from None
     plan = plan_sweep(composer(config_dir), study, list(overrides), quick=quick)
     command = entrypoint(study, overrides, uri, quick=quick, config_dir=remote_config_dir,
                          tasks=tasks)

@@ -194,9 +194,13 @@ def _check_address(address: str | None, cluster: "ClusterSpec") -> None:  # noqa
 
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.sweep import resume_sweep
+    from tasks.registry import PluginError
 
-    result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
-                          list(args.overrides))
+    try:
+        result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
+                              list(args.overrides))
+    except PluginError as e:  # the sweep's --tasks module is gone or broken: bad input
+        raise SpecError(str(e)) from None
     return _report_result(result, result.metric, out, err)
 
 
