@@ -61,7 +61,7 @@ def task_study(task: str, config_dir: str | None) -> str:
 def _defaults(spec: type) -> dict[str, Any]:
     """The spec's default values; none when a field has no default (the user sets it)."""
     try:
-        return spec().model_dump(mode="json")  # type: ignore[no-any-return]
+        return dict(spec().model_dump(mode="json"))
     except Exception:  # noqa: BLE001 - pydantic's ValidationError: a required field
         return {}
 

@@ -67,7 +67,7 @@ class SweepProgress:
     def add_total(self, n: int) -> None:
         """Runs added on the way (upstream runs such as pre-training)."""
         self.total += n
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(self._task, total=self.total)
 
     def reused(self, value: float | None) -> None:
@@ -116,7 +116,7 @@ class SweepProgress:
             self.best = value
 
     def _refresh(self) -> None:
-        if self._bar is None:
+        if self._bar is None or self._task is None:
             return
         best = "-" if math.isnan(self.best) else f"{self.best:.4g}"
         self._bar.update(self._task, completed=self.done,
