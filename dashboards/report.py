@@ -302,22 +302,29 @@ def _verdict_html(v: Verdict) -> str:
             f"<details><summary>per arm</summary>{_arms_html(v.arms)}</details></div>")
 
 
-def _pinned(v: Verdict, axes: Sequence[str]) -> bool:
-    """A claim over an axis the sweep did not vary: there is nothing to compare."""
-    return bool(v.axis) and v.axis not in axes and not v.groups
+def _axis_values(trials: pd.DataFrame, axis: str) -> list[str] | None:
+    """The values ``axis`` took; a config group's choice is its ``.name`` column
+    (optimizer=adam -> optimizer.name). None when no column holds it."""
+    col = next((c for c in (axis, f"{axis}.name") if c in trials.columns), None)
+    return sorted({str(x) for x in trials[col].dropna()}) if col else None
+
+
+def _pinned(v: Verdict, trials: pd.DataFrame, axes: Sequence[str]) -> bool:
+    """A claim over one axis the sweep did not vary: there is nothing to compare."""
+    if not v.axis or v.groups or v.axis in axes or "," in v.axis:  # "a, b": search params
+        return False
+    return len(_axis_values(trials, v.axis) or []) <= 1
 
 
 def _untestable_html(v: Verdict, trials: pd.DataFrame) -> str:
     """One line saying why the claim cannot be tested here (its axis was pinned)."""
     colour = _COLOURS.get(v.verdict, "#57606a")
-    # A config group's choice is its `.name` column (optimizer=adam -> optimizer.name).
-    col = next((c for c in (v.axis, f"{v.axis}.name") if c in trials.columns), None)
-    values = sorted({str(x) for x in trials[col].dropna()}) if col else []
-    to = f" to {', '.join(values)}" if values else ""
+    values = _axis_values(trials, v.axis)
+    why = f"was pinned to {values[0]}" if values else "did not vary"
     return (f'<p class="verdict" style="border-left-color:{colour}">'
             f'<span class="badge" style="background:{colour}">not testable</span> '
-            f"<b>{_e(v.id)}</b> {_e(v.statement)}: the axis <code>{_e(v.axis)}</code> was "
-            f"pinned{_e(to)} in this sweep, so its arms cannot be compared (make "
+            f"<b>{_e(v.id)}</b> {_e(v.statement)}: the axis <code>{_e(v.axis)}</code> "
+            f"{_e(why)} in this sweep, so its arms cannot be compared (make "
             f"<code>{_e(v.axis)}</code> a sweep axis to test it).</p>")
 
 
@@ -448,7 +455,7 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
 &middot; generated {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
 <p class=counts><b>{len(trials)}</b> trials: {count_html}</p>
 <h2>Verdicts <small>{_e(summary)}</small></h2>
-{"".join(_untestable_html(v, trials) if _pinned(v, axes) else _verdict_html(v)
+{"".join(_untestable_html(v, trials) if _pinned(v, trials, axes) else _verdict_html(v)
          for v in verdicts) or "<p>the study states no claims</p>"}
 {search_html}
 <h2>Learning curves</h2>
