@@ -314,7 +314,7 @@ def _verdict_table(out: Console, verdicts: list, wide: bool = False) -> None:  #
         cells[2] = f"[{colour.get(row[2], 'white')}]{escape(row[2])}[/]"
         rows.append(cells)
     headers = ["claim", "test", "verdict", "effect", "CI", "n a/b", "method"]
-    table = fitted_table(out, headers, rows, [0, 2, 3, 4, 5, 1, 6], wide, title="verdicts",
+    table = fitted_table(out, headers, rows, [0, 2, 3, 4, 5, 6, 1], wide, title="verdicts",
                          markup_column=2)
     print_table(out, table, wide)
 
