@@ -229,13 +229,13 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
 def _where_to_look(result, err: Console) -> None:  # noqa: ANN001 - SweepResult, lazy import
     """The parent run and its report in MLflow's UI (and how to start it for a local store)."""
     from orchestrator.client import Client
+    from orchestrator.store import schema
     from orchestrator.sweep.mlflow_ui import where_to_look
 
-    try:
+    artifact_uri = None  # the report's file, for a store on this machine
+    if not schema.is_server(result.tracking_uri):
         artifact_uri = Client(result.tracking_uri).mlflow.get_run(
             result.parent_run_id).info.artifact_uri
-    except Exception:  # noqa: BLE001 - the URLs do not need it; only the local report path does
-        artifact_uri = None
     for line in where_to_look(result.tracking_uri, result.experiment_id, result.parent_run_id,
                               artifact_uri):
         err.print(line, highlight=False, soft_wrap=True, markup=False)

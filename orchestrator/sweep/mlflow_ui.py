@@ -9,6 +9,7 @@ the parent run's description (the first thing its page shows), keeps the parent'
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 from collections.abc import Callable, Sequence
@@ -32,9 +33,14 @@ def start(tracker: writer.Tracker, experiment_id: str, parent: str, plan: SweepP
           sweep_id: str) -> Callable[[dict[str, float]], None]:
     """Tag the experiment and the parent's description; returns the publisher of the
     parent's live trial counts (for :class:`~orchestrator.sweep.progress.SweepProgress`)."""
-    exp = tracker.client.get_experiment(experiment_id)
-    if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind the user set in the UI stays
-        tracker.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    try:
+        with _quick(tracker):
+            exp = tracker.client.get_experiment(experiment_id)
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # a kind the user set in the UI stays
+                tracker.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG,
+                                                  MODEL_TRAINING)
+    except Exception:  # noqa: BLE001 - a label for the UI; the sweep must not fail on it
+        pass
     spec = plan.spec
     planned = f"{len(plan.trials)} trials" if plan.search is None else "an Optuna search"
     axes = ", ".join(k for k in plan.axes if k != "seed") or "none"
@@ -67,7 +73,11 @@ def finish(tracker: writer.Tracker, parent: str, sweep_id: str, plan: SweepPlan,
         best = (max if mode == "max" else min)(done, key=lambda r: r.metrics[metric])
         arm = " ".join(f"{k}={v}" for k, v in best.trial.arm.items())
         lines.append(f"Best `{metric}` = {best.metrics[metric]:.4g} ({arm} seed={best.trial.seed}).")
-    tags = tracker.client.get_run(parent).data.tags
+    try:  # the verdict tags the report wrote
+        with _quick(tracker):
+            tags = tracker.client.get_run(parent).data.tags
+    except Exception:  # noqa: BLE001 - the store went away: a description without verdicts
+        tags = {}
     verdicts = [f"{k[len(schema.TAG_VERDICT):]} {v}" for k, v in sorted(tags.items())
                 if k.startswith(schema.TAG_VERDICT)]
     if verdicts:
@@ -77,6 +87,11 @@ def finish(tracker: writer.Tracker, parent: str, sweep_id: str, plan: SweepPlan,
     tracker.set_tags(parent, {NOTE_TAG: "\n\n".join(lines)})
     tracker.log_metrics(parent, {"trials/running": 0.0, "trials/done": float(len(results))},
                         step=0)
+
+
+def _quick(tracker: writer.Tracker) -> contextlib.AbstractContextManager[None]:
+    """A server's request fails in seconds, not after MLflow's minutes of retries."""
+    return writer.fast_http() if schema.is_server(tracker.uri) else contextlib.nullcontext()
 
 
 def run_url(base: str, experiment_id: str, run_id: str, artifact: str | None = None) -> str:
