@@ -59,7 +59,12 @@ def start(tracker: writer.Tracker, experiment_id: str, parent: str, plan: SweepP
 
 def finish(tracker: writer.Tracker, parent: str, sweep_id: str, plan: SweepPlan,
            results: Sequence[TrialResult], cancelled: bool) -> None:
-    """The parent's description at the end: trials, best, verdicts, where the report is."""
+    """The parent's description at the end: trials, best, verdicts, where the report is.
+
+    Not when the store already lost writes: another one would only wait out the outage
+    again (``orch resume`` ends the sweep properly later)."""
+    if tracker.unwritten:
+        return
     spec = plan.spec
     metric, mode = spec.sweep.metric, spec.sweep.mode
     counts = {o: sum(r.outcome == o for r in results)
