@@ -270,8 +270,14 @@ def cmd_ls(args: argparse.Namespace, out: Console, err: Console) -> int:
             else f"{row.best:.4f}"
         rows.append([row.sweep_id, row.status, f"{row.finished}/{row.n_trials}", str(row.failed),
                      best, str(row.metric or ""), str(row.start_time)[:16], row.study])
+    if len({r[5] for r in rows}) == 1:  # one metric: named in the header, not per row
+        headers = [*headers[:4], f"best {rows[0][5]}", *headers[6:]]
+        rows = [[*r[:5], *r[6:]] for r in rows]
+        priority = [0, 1, 2, 4, 3, 5, 6]
+    else:
+        priority = [0, 1, 2, 4, 3, 5, 6, 7]
     # The full id (to paste into orch show) always; the study is its prefix anyway.
-    table = fitted_table(out, headers, rows, [0, 1, 2, 4, 3, 5, 6, 7], args.wide)
+    table = fitted_table(out, headers, rows, priority, args.wide)
     print_table(out, table, args.wide)
     return EXIT_OK
 

@@ -1,8 +1,9 @@
 """Tables that fit the terminal: whole cells, fewer columns.
 
 A sweep id cut to ``quadra…`` cannot be pasted into ``orch show``; so rather than let
-rich squeeze every column, the least important columns are dropped until the rest fit
-(``--wide`` keeps them all), and the key column is never shortened.
+rich squeeze every column, columns are placed whole, most important first; one that does
+not fit is cut only if at least ``MIN_CUT`` characters are left, else dropped (``--wide``
+keeps them all whole). The first column is never shortened.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-#: Spaces between two columns (rich's padding of one on each side).
-GAP = 2
+#: Characters between two columns: rich's padding of one on each side and the box's divider.
+GAP = 3
+#: A column narrower than its cells is kept, cut with an ellipsis, if this much room is left.
+MIN_CUT = 8
 
 
 def fitted_table(console: Console, headers: Sequence[str], rows: Sequence[Sequence[str]],
@@ -29,19 +32,24 @@ def fitted_table(console: Console, headers: Sequence[str], rows: Sequence[Sequen
     widths = [max([len(h)] + [len(_plain(r[i], i == markup_column)) for r in rows])
               for i, h in enumerate(headers)]
     order = [*priority, *(i for i in range(len(headers)) if i not in priority)]
-    keep: list[int] = []
+    width: dict[int, int] = {}  # column -> its width on screen
     used = 0
     for i in order:
-        need = widths[i] + (GAP if keep else 0)
-        if not wide and keep and used + need > console.width:
+        gap = GAP if width else 0
+        room = console.width - used - gap
+        if wide or not width or widths[i] <= room:
+            width[i] = widths[i]
+        elif room >= MIN_CUT:  # the last column that fits at all keeps its start
+            width[i] = room
+        else:
             continue  # a narrower, less important column may still fit
-        keep.append(i)
-        used += need
-    keep.sort()
+        used += width[i] + gap
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title,
                   title_justify="left")
-    for i in keep:  # whole cells: a column is as wide as its widest cell
-        table.add_column(headers[i], no_wrap=True, overflow="ellipsis", min_width=widths[i])
+    keep = sorted(width)
+    for i in keep:
+        table.add_column(headers[i], no_wrap=True, overflow="ellipsis", min_width=width[i],
+                         max_width=width[i])
     for r in rows:
         table.add_row(*(r[i] for i in keep))
     return table
