@@ -58,7 +58,15 @@ def fitted_table(console: Console, headers: Sequence[str], rows: Sequence[Sequen
 def print_table(console: Console, table: Table, wide: bool) -> None:
     """``--wide``: every column whole, however wide the lines get."""
     need = sum(c.min_width or 0 for c in table.columns) + GAP * (len(table.columns) - 1)
-    console.print(table, width=max(need, console.width) if wide else None)
+    if not wide:
+        console.print(table)
+        return
+    saved = console.width  # print(width=...) would be capped at the console's width
+    console.width = max(need, saved)
+    try:
+        console.print(table)
+    finally:
+        console.width = saved
 
 
 def _plain(cell: str, markup: bool) -> str:
