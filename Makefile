@@ -2,12 +2,14 @@
 # make demo:      a real study end to end on the embedded default (local Ray, sqlite MLflow).
 # make test:      the whole test suite (what .ci/run calls, after make lint).
 # make test-fast: the unit tests only (no sweep end to end), a few minutes.
+# make browser-check-deps: Debian's chromium, for tests/test_mlflow_ui.py's check of MLflow's
+#                 UI in a real headless browser (skipped, with the reason, without it).
 # make lint:      ruff (lint and format check), mypy, and the layering contract (import-linter).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint bench studies clean
+.PHONY: install demo test test-fast lint bench studies clean browser-check-deps
 
 $(BIN)/orch: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +31,9 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+browser-check-deps:
+	apt-get update && apt-get install -y chromium
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,10 +6,11 @@ writes ``report.html`` with every figure embedded as base64 PNG (so the page can
 or opened from MLflow's artifact view) and also saved beside it. It reads no store: the
 MLflow side lives in :mod:`orchestrator.report.build`.
 
-The learning curves stay readable for large sweeps: one panel per value of the first axis
-that varies (e.g. one per ``grid`` or per ``optimizer``), one line per remaining arm with
-the mean over seeds and a min-max band, a single legend for the whole figure whose colours
-are the same in every panel.
+The learning curves compare arms: one axis per metric with one line per arm (the mean
+over seeds and a min-max band), so arms are read against one y scale. Past ``MAX_LINES``
+arms the axis is split into panels by the axis with the fewest values, all on the same y
+scale, colours the same in every panel. A metric with one value per trial (``test/acc``)
+is drawn as points: the seeds and their mean with a t-interval, per arm.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from orchestrator.verdicts import ArmStats, Verdict  # noqa: E402
 Histories = Mapping[str, Mapping[str, pd.DataFrame]]
 
 MAX_PANELS = 24          # beyond this a panel per value is no longer a glance
+MAX_LINES = 12           # arms on one axis before it is split into panels (same y scale)
 _COLOURS = {"confirmed": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#9a6700"}
 
 
@@ -110,11 +112,21 @@ def _curve(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def _curves_figure(metric: str, trials: pd.DataFrame, runs: Mapping[str, pd.DataFrame],
                    cols: list[str]) -> plt.Figure | None:
+    """All arms on one axis (mean over seeds, min-max band); a metric with one value per
+    run is drawn as points with intervals instead. Past ``MAX_LINES`` arms, one panel per
+    value of the axis with the fewest values, every panel on the same y scale."""
     fin = trials[(trials["outcome"] == "finished") & trials["run_id"].isin(list(runs))]
+    fin = fin[[len(runs[r]) > 0 for r in fin["run_id"]]]
     if fin.empty:
         return None
-    panel_col = next((c for c in cols if 2 <= fin[c].dropna().astype(str).nunique()
-                      <= MAX_PANELS), None)
+    if all(len(runs[r]) <= 1 for r in fin["run_id"]):
+        return _points_figure(metric, fin, runs, cols)
+    labels = [_arm_label(r, cols) for r in fin.to_dict("records")]
+    panel_col = None
+    if len(set(labels)) > MAX_LINES:
+        counts = {c: fin[c].dropna().astype(str).nunique() for c in cols}
+        panel_col = min((c for c in cols if 2 <= counts[c] <= MAX_PANELS),
+                        key=lambda c: counts[c], default=None)
     line_cols = [c for c in cols if c != panel_col]
     panels = list(dict.fromkeys(fin[panel_col].astype(str))) if panel_col else ["all"]
     fin = fin.assign(_line=[_arm_label(r, line_cols) for r in fin.to_dict("records")],
@@ -122,29 +134,27 @@ def _curves_figure(metric: str, trials: pd.DataFrame, runs: Mapping[str, pd.Data
     lines = list(dict.fromkeys(fin["_line"]))
     cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
     colour = {name: cmap(i % cmap.N) for i, name in enumerate(lines)}
-    ncols = min(4, len(panels))
+    ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     legend_cols = max(1, math.ceil(len(lines) / 24))
-    fig, axs = plt.subplots(nrows, ncols, figsize=(4.0 * ncols + 2.2 * legend_cols,
-                                                   3.0 * nrows + 0.6),
-                            squeeze=False, sharex=True)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(5.0 * ncols + 2.2 * legend_cols,
+                                                   3.6 * nrows + 0.6),
+                            squeeze=False, sharex=True, sharey=True)
     positive = True
     for ax, panel in zip(axs.flat, panels):
         part = fin[fin["_panel"] == panel]
         for name, group in part.groupby("_line", sort=False):
-            frames = [runs[r] for r in group["run_id"] if len(runs[r])]
-            if not frames:
-                continue
-            c = _curve(frames)
+            c = _curve([runs[r] for r in group["run_id"]])
             positive &= bool((c["min"] > 0).all())
-            ax.plot(c["step"], c["mean"], color=colour[name], lw=1.4,
+            ax.plot(c["step"], c["mean"], color=colour[name], lw=1.6,
                     marker="o" if len(c) == 1 else None, ms=3, label=name)
             if (c["count"] > 1).any():
                 ax.fill_between(c["step"], c["min"], c["max"], color=colour[name], alpha=0.15,
                                 lw=0)
-        ax.set_title(f"{panel_col}={panel}" if panel_col else metric, fontsize=9)
+        if panel_col:  # one axis: the figure's title names the metric
+            ax.set_title(f"{panel_col}={panel}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=8)
+        ax.tick_params(labelsize=8, labelleft=True)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are epochs
     for ax in list(axs.flat)[len(panels):]:
         ax.set_visible(False)
@@ -165,6 +175,40 @@ def _curves_figure(metric: str, trials: pd.DataFrame, runs: Mapping[str, pd.Data
     if len(lines) > 1 or line_cols:
         fig.legend(handles, lines, loc="center left", bbox_to_anchor=(1.0, 0.5),
                    fontsize=7, ncols=legend_cols, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _points_figure(metric: str, fin: pd.DataFrame, runs: Mapping[str, pd.DataFrame],
+                   cols: list[str], confidence: float = 0.95) -> plt.Figure:
+    """One value per run (``test/acc``): per arm its seeds as dots and their mean with a
+    t-interval, the arms on one axis, in plan order."""
+    values = fin.assign(_arm=[_arm_label(r, cols) for r in fin.to_dict("records")],
+                        _v=[float(runs[r]["value"].iloc[-1]) for r in fin["run_id"]])
+    arms = list(dict.fromkeys(values["_arm"]))
+    n = values.groupby("_arm", sort=False)["_v"].count()
+    fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.38 * len(arms)))
+    rng = np.random.default_rng(0)  # a fixed jitter: the same report twice is the same PNG
+    for i, arm in enumerate(arms):
+        v = values.loc[values["_arm"] == arm, "_v"].to_numpy(float)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            continue
+        ax.scatter(v, i + rng.uniform(-0.12, 0.12, len(v)), s=12, color="#8c959f", zorder=2)
+        mean = float(v.mean())
+        lo = hi = mean
+        if len(v) > 1 and v.std(ddof=1) > 0:
+            lo, hi = stats.t.interval(confidence, len(v) - 1, loc=mean,
+                                      scale=v.std(ddof=1) / math.sqrt(len(v)))
+        ax.errorbar([mean], [i], xerr=[[mean - lo], [hi - mean]], fmt="o", color="#0969da",
+                    ms=6, capsize=3, lw=1.6, zorder=3)
+    ax.set_yticks(range(len(arms)), [f"{a} (n={n[a]})" for a in arms], fontsize=8)
+    ax.invert_yaxis()  # the first arm at the top, as in the tables
+    ax.set_xlabel(metric, fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{metric}: one value per trial; dots = seeds, bar = mean and "
+                 f"{confidence:.0%} t-interval", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -262,6 +306,32 @@ def _verdict_html(v: Verdict) -> str:
             f"<table class=numbers><tr>{numbers}</tr><tr>{values}</tr></table>"
             f"<p class=detail>{_e(v.detail)}</p>{groups}"
             f"<details><summary>per arm</summary>{_arms_html(v.arms)}</details></div>")
+
+
+def _axis_values(trials: pd.DataFrame, axis: str) -> list[str] | None:
+    """The values ``axis`` took; a config group's choice is its ``.name`` column
+    (optimizer=adam -> optimizer.name). None when no column holds it."""
+    col = next((c for c in (axis, f"{axis}.name") if c in trials.columns), None)
+    return sorted({str(x) for x in trials[col].dropna()}) if col else None
+
+
+def _pinned(v: Verdict, trials: pd.DataFrame, axes: Sequence[str]) -> bool:
+    """A claim over one axis the sweep did not vary: there is nothing to compare."""
+    if not v.axis or v.groups or v.axis in axes or "," in v.axis:  # "a, b": search params
+        return False
+    return len(_axis_values(trials, v.axis) or []) <= 1
+
+
+def _untestable_html(v: Verdict, trials: pd.DataFrame) -> str:
+    """One line saying why the claim cannot be tested here (its axis was pinned)."""
+    colour = _COLOURS.get(v.verdict, "#57606a")
+    values = _axis_values(trials, v.axis)
+    why = f"was pinned to {values[0]}" if values else "did not vary"
+    return (f'<p class="verdict" style="border-left-color:{colour}">'
+            f'<span class="badge" style="background:{colour}">not testable</span> '
+            f"<b>{_e(v.id)}</b> {_e(v.statement)}: the axis <code>{_e(v.axis)}</code> "
+            f"{_e(why)} in this sweep, so its arms cannot be compared (make "
+            f"<code>{_e(v.axis)}</code> a sweep axis to test it).</p>")
 
 
 def _trials_html(trials: pd.DataFrame, cols: Sequence[str], sweep: SweepInfo) -> str:
@@ -391,7 +461,8 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
 &middot; generated {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
 <p class=counts><b>{len(trials)}</b> trials: {count_html}</p>
 <h2>Verdicts <small>{_e(summary)}</small></h2>
-{"".join(_verdict_html(v) for v in _sanity_first(verdicts)) or "<p>the study states no claims</p>"}
+{"".join(_untestable_html(v, trials) if _pinned(v, trials, axes) else _verdict_html(v)
+         for v in _sanity_first(verdicts)) or "<p>the study states no claims</p>"}
 {search_html}
 <h2>Learning curves</h2>
 {figs_html}

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import importlib.util
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -44,6 +47,10 @@ class Task:
     upstream: Upstream | None = None
 
 
+class PluginError(ImportError):
+    """A ``--tasks`` module that cannot be found or fails to import (bad input)."""
+
+
 _TASKS: dict[str, Task] = {}
 _loaded = False
 
@@ -73,7 +80,12 @@ def accepts(fn: Callable[..., object], name: str) -> bool:
 
 
 def load_plugins(modules: tuple[str, ...] = ()) -> None:
-    """Import the built-in task modules, the entry points, and ``modules`` (idempotent)."""
+    """Import the built-in task modules, the entry points, and ``modules`` (idempotent).
+
+    A module is a dotted name, imported as ``python -m`` would (the current directory
+    first on the path), or a path to a ``.py`` file. Either failing is a
+    :class:`PluginError` naming it.
+    """
     global _loaded
     if not _loaded:
         for mod in BUILTIN_MODULES:
@@ -84,7 +96,49 @@ def load_plugins(modules: tuple[str, ...] = ()) -> None:
                 _TASKS[obj.name] = obj
         _loaded = True
     for mod in modules:
-        importlib.import_module(mod)
+        _import(mod)
+
+
+def resolve_module(module: str) -> str:
+    """``module`` as a worker elsewhere on this machine can import it: a file path made
+    absolute (a worker's directory is not ours); a dotted name unchanged."""
+    return os.path.abspath(module) if _is_path(module) else module
+
+
+def _is_path(module: str) -> bool:
+    return module.endswith(".py") or os.sep in module
+
+
+def _import(module: str) -> None:
+    try:
+        if _is_path(module):
+            path = os.path.abspath(module)
+            if not os.path.isfile(path):
+                raise PluginError(f"--tasks: {module!r}: no such file")
+            name = f"orch_tasks_{os.path.splitext(os.path.basename(path))[0]}"
+            if name in sys.modules:
+                return
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None  # a .py file always has both
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod  # dataclasses and pickling look the module up by name
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return
+        # `python -m` puts the current directory first; `orch` (a console script) does not.
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        importlib.import_module(module)
+    except PluginError:
+        raise
+    except ModuleNotFoundError as e:
+        where = "" if e.name != module.split(".")[0] else f" (not in {os.getcwd()} or on the path)"
+        raise PluginError(f"--tasks: {module!r}: no module named {e.name!r}{where}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the user's module raises is bad input
+        raise PluginError(f"--tasks: {module!r} failed to import: {type(e).__name__}: {e}") from None
 
 
 def get(name: str) -> Task:

@@ -144,3 +144,56 @@ def test_sweep_ends_with_verdicts_report_and_tags(ray_session, tracking_uri: str
     assert paths[:2] == ["verdicts.json", "report/report.html"]
     assert json.loads(Path(ml.download_artifacts(pid, "verdicts.json", str(tmp_path / "x")))
                       .read_text())[2]["id"] == "OPT-8/early"
+
+
+def _small_sweep() -> tuple[pd.DataFrame, dict]:
+    """3 optimizers x 3 seeds: per-epoch val/acc, one test/acc value per trial."""
+    rows, curves = [], {"val/acc": {}, "test/acc": {}}
+    for i, (opt, seed) in enumerate((o, s) for o in ("sgd", "adam", "rmsprop") for s in range(3)):
+        acc = {"sgd": 0.3, "adam": 0.8, "rmsprop": 0.85}[opt] + 0.01 * seed
+        rid = f"run{i}"
+        rows.append({"run_id": rid, "trial_index": i, "outcome": "finished", "seed": seed,
+                     "optimizer": opt, "optimizer.name": opt, "test/acc": acc, "error": ""})
+        curves["val/acc"][rid] = pd.DataFrame({"step": range(4),
+                                               "value": [acc * (s + 1) / 4 for s in range(4)]})
+        curves["test/acc"][rid] = pd.DataFrame({"step": [3], "value": [acc]})
+    return pd.DataFrame(rows), curves
+
+
+def test_curves_overlay_arms_and_one_value_metrics_are_points(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from dashboards.report import _curves_figure
+
+    trials, curves = _small_sweep()
+    fig = _curves_figure("val/acc", trials, curves["val/acc"], ["optimizer"])
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 1 and len(visible[0].get_lines()) == 3  # one axis, a line per arm
+    plt.close(fig)
+    fig = _curves_figure("test/acc", trials, curves["test/acc"], ["optimizer"])
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "optimizer=sgd (n=3)", "optimizer=adam (n=3)", "optimizer=rmsprop (n=3)"]
+    assert len(ax.collections) >= 3  # each arm's seeds as dots (plus its interval bars)
+    plt.close(fig)
+    # The 200-trial sweep has 20 arms: panels by its 2-valued axis, on one y scale.
+    big, big_curves = _big_sweep()
+    fig = _curves_figure("val/acc", big, big_curves["val/acc"], ["grid", "optimizer.lr",
+                                                                  "scheduler"])
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2 and visible[0].get_ylim() == visible[1].get_ylim()
+    plt.close(fig)
+
+
+def test_a_claim_on_a_pinned_axis_is_one_line(tmp_path: Path) -> None:
+    trials, curves = _small_sweep()
+    pinned = trials[trials["optimizer"] == "adam"].drop(columns=["optimizer"])
+    claims = [{"id": "OPT-1", "statement": "momentum helps", "test": "compare",
+               "metric": "test/acc", "mode": "max", "axis": "optimizer", "a": "sgd",
+               "b": "adam", "predict": "a_better", "min_effect": 0.01}]
+    verdicts = evaluate(claims, pinned, axes=["seed"])
+    (page, *_) = build_report(tmp_path, SweepInfo("s", "optimizers"), pinned, verdicts,
+                              curves, ["seed"])
+    text = page.read_text()
+    assert "the axis <code>optimizer</code> was pinned to adam in this sweep" in text
+    assert "not in the trials table" not in text  # not the list of every column

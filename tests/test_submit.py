@@ -131,7 +131,7 @@ def ray_head(tmp_path: Path) -> Iterator[dict]:
     token.write_text(secrets.token_hex(32))
     gcs, dash, metrics, agent = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ,
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job runs `orch`
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job runs `python`
            "RAY_USAGE_STATS_ENABLED": "0",
            # Token auth as in docker/compose.yaml; a token file of its own, so the user's
            # ~/.ray/auth_token (shared with other sessions) plays no part.
@@ -161,6 +161,9 @@ def ray_head(tmp_path: Path) -> Iterator[dict]:
 
 
 def orch(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``orch`` as a user runs it next to a local cluster: the token found as Ray's own
+    client finds it (here ``RAY_AUTH_TOKEN_PATH``), without ``RAY_AUTH_MODE`` set."""
+    env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
     return subprocess.run([str(BIN / "orch"), *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=ROOT)
 
@@ -276,7 +279,8 @@ def test_submit_entrypoint_and_runtime_env(tmp_path: Path, monkeypatch: pytest.M
 
     cmd = entrypoint("optimizers", ["seed=range(3)", "optimizer=sgd,adam"], "http://mlflow:5000",
                      quick=True, config_dir="studies", tasks=["my.tasks"])
-    assert shlex.split(cmd) == ["orch", "sweep", "optimizers", "seed=range(3)",
+    assert shlex.split(cmd) == ["python", "-m", "orchestrator.cli", "sweep", "optimizers",
+                                "seed=range(3)",
                                 "optimizer=sgd,adam", "--quick", "--config-dir", "studies",
                                 "--tasks", "my.tasks", "--address", "auto",
                                 "--tracking-uri", "http://mlflow:5000"]
@@ -310,3 +314,29 @@ def test_sweep_metrics_queue_wait_and_running() -> None:
     m.ended(0, "finished")
     m.ended(1, "failed")
     assert m.running == 0
+
+
+def test_submit_finds_a_local_clusters_token_as_ray_does(tmp_path: Path) -> None:
+    """RAY_AUTH_MODE unset: a token (here at RAY_AUTH_TOKEN_PATH) is sent to a cluster on
+    this machine, never to a remote one; an explicit mode is respected."""
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    code = ("import sys; from orchestrator.cli.jobs import use_local_token; "
+            "print(use_local_token(sys.argv[1]))")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+
+    def ask(address: str, **env: str) -> str:
+        r = subprocess.run([sys.executable, "-c", code, address], capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path,
+                           env={**base, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), **env})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert ask("http://127.0.0.1:8265", RAY_AUTH_TOKEN_PATH=str(token)) == "True"
+    assert ask("http://10.1.2.3:8265", RAY_AUTH_TOKEN_PATH=str(token)) == "False"
+    assert ask("http://127.0.0.1:8265") == "False"  # no token anywhere (HOME is empty)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    assert ask("http://localhost:8265") == "True"  # ~/.ray/auth_token, as `ray start` writes
+    assert ask("http://127.0.0.1:8265", RAY_AUTH_MODE="disabled") == "False"

@@ -5,6 +5,8 @@ the sweep. ``orch submit`` instead hands the driver itself to the cluster throug
 Job API (the dashboard's HTTP port, 8265): the job's entrypoint is the same
 ``orch sweep STUDY overrides... --address auto --tracking-uri URI`` run on the head node,
 so a submitted sweep behaves exactly like a local one, and the user's machine can go away.
+The entrypoint is ``python -m orchestrator.cli sweep ...``: the cluster's own Python (the
+one on the head's PATH, as for any Ray job), not whichever ``orch`` script is found there.
 
 Two consequences shape the checks below:
 
@@ -120,12 +122,13 @@ def cluster_tracking_uri(tracking_uri: str | None, address: str) -> str:
 
 def entrypoint(study: str, overrides: Sequence[str], tracking_uri: str, *, quick: bool = False,
                config_dir: str | None = None, tasks: Sequence[str] = ()) -> str:
-    """The shell command the job runs: ``orch sweep`` against the cluster it runs on.
+    """The shell command the job runs: ``orch sweep`` (as ``python -m orchestrator.cli``)
+    against the cluster it runs on.
 
     ``--address auto`` because the job's driver must join the job's own cluster rather than
     start a private Ray inside the head container (the study's cluster default).
     """
-    argv = ["orch", "sweep", study, *overrides]
+    argv = ["python", "-m", "orchestrator.cli", "sweep", study, *overrides]
     if quick:
         argv.append("--quick")
     if config_dir:
@@ -165,15 +168,40 @@ def _client(address: str) -> Any:
     """A JobSubmissionClient; connection and auth failures become ClusterUnavailable.
 
     A cluster started with token auth (``RAY_AUTH_MODE=token``, as docker/compose.yaml
-    does) needs the same ``RAY_AUTH_TOKEN`` here: Ray's client sends it when set.
+    does) needs its token here; Ray's client sends it when ``RAY_AUTH_MODE=token``.
     """
     from ray.job_submission import JobSubmissionClient
 
+    use_local_token(address)
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - ConnectionError, AuthenticationError, HTTP errors
         raise ClusterUnavailable(f"Ray Job API at {address} is unavailable: "
                                  f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+
+
+def use_local_token(address: str) -> bool:
+    """Send the token of a cluster on this machine as ``ray.init()`` does for a local one.
+
+    Ray's token (``$RAY_AUTH_TOKEN``, the file ``$RAY_AUTH_TOKEN_PATH``, else
+    ``~/.ray/auth_token``, which a local ``ray start`` writes) is sent only in token mode.
+    With ``RAY_AUTH_MODE`` unset and a loopback address, that mode is turned on when a token
+    is found (``maybe_enable_token_auth_if_token_available``, what ``ray start`` and
+    ``ray.init(address="auto")`` call). A remote cluster still needs ``RAY_AUTH_MODE=token``
+    set by the user: this machine's token is not sent to another host unasked. True when
+    the token will be sent.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        AUTH_MODE_ENV_VAR,
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    mode = os.environ.get(AUTH_MODE_ENV_VAR)
+    if mode is not None:
+        return mode.lower() == "token"
+    if not _is_loopback(urlparse(address).hostname or ""):
+        return False
+    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _call(address: str, job_id: str, fn: Callable[[], Any]) -> Any:
@@ -211,7 +239,10 @@ def submit(study: str, overrides: Sequence[str], *, address: str | None,
     if job_id is not None and not _JOB_ID.match(job_id):
         raise SpecError(f"--job-id: {job_id!r} may hold only letters, digits and _ . : -")
     env, remote_config_dir = runtime_env(config_dir, working_dir)
-    registry.load_plugins(tuple(tasks))
+    try:
+        registry.load_plugins(tuple(tasks))
+    except registry.PluginError as e:
+        raise SpecError(str(e)) from None
     plan = plan_sweep(composer(config_dir), study, list(overrides), quick=quick)
     command = entrypoint(study, overrides, uri, quick=quick, config_dir=remote_config_dir,
                          tasks=tasks)

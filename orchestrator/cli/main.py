@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator.cli import jobs, record
 from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+from orchestrator.cli.tables import fitted_table, print_table
 from orchestrator.errors import SpecError, TrackingUnavailable
 
 if TYPE_CHECKING:
@@ -39,13 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     def configs(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config-dir", help="your own studies/options, searched before conf/")
         sp.add_argument("--tasks", action="append", default=[], metavar="MODULE",
-                        help="import MODULE to register your own tasks (repeatable)")
+                        help="import MODULE (a dotted name, found from the current "
+                        "directory as python -m does, or a .py file) to register your own "
+                        "tasks (repeatable)")
 
     sp = sub.add_parser("studies", help="list the studies, one line each")
     configs(sp)
 
-    sp = sub.add_parser("sweep", help="run a study: orch sweep NAME [key=value | key=a,b ...]")
-    sp.add_argument("study")
+    sp = sub.add_parser("sweep", help="run a study: orch sweep NAME [key=value | key=a,b ...]; "
+                        "or a task with no study: orch sweep --task NAME key=a,b")
+    sp.add_argument("study", nargs="?", help="the study (omit with --task)")
+    sp.add_argument("--task", help="sweep this registered task with no study file (the "
+                    "study is named after it; set sweep.metric=... for its metric)")
     sp.add_argument("overrides", nargs="*", help="Hydra overrides; sweeps (a,b / range() / "
                     "glob()) become axes")
     sp.add_argument("--quick", action="store_true", help="the study's quick variant")
@@ -60,11 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--address", help="an existing Ray cluster (default: start one locally)")
     store(sp)
 
+    def wide(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--wide", action="store_true", help="every column, however wide "
+                        "(by default the least important are dropped to fit the terminal)")
+
     sp = sub.add_parser("ls", help="sweeps in the store")
+    wide(sp)
     store(sp)
 
     sp = sub.add_parser("show", help="a sweep's trials as a table, then its verdicts")
     sp.add_argument("sweep_id")
+    wide(sp)
     store(sp)
 
     sp = sub.add_parser("report", help="rebuild a sweep's verdicts and HTML report on its "
@@ -114,7 +125,21 @@ def _composer(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps --h
     from orchestrator.config.compose import composer
     from tasks import registry
 
-    registry.load_plugins(tuple(args.tasks))
+    # A file path travels to the workers (and the parent run's tags) as an absolute path.
+    args.tasks = [registry.resolve_module(m) for m in args.tasks]
+    try:
+        registry.load_plugins(tuple(args.tasks))
+    except registry.PluginError as e:
+        raise SpecError(str(e)) from None
+    if getattr(args, "task", None):
+        from orchestrator.cli.adhoc import task_study
+
+        if args.study is not None:  # `--task T a=1,2`: argparse took the first override
+            args.overrides = [args.study, *args.overrides]
+        args.study = args.task
+        args.config_dir = task_study(args.task, args.config_dir)
+    elif hasattr(args, "study") and args.study is None:
+        raise SpecError("sweep: a study is required (orch sweep NAME), or --task NAME")
     return composer(args.config_dir)
 
 
@@ -134,7 +159,8 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.config.plan import plan_sweep
     from orchestrator.sweep import run_sweep
 
-    plan = plan_sweep(_composer(args), args.study, list(args.overrides), quick=args.quick)
+    c = _composer(args)
+    plan = plan_sweep(c, args.study, list(args.overrides), quick=args.quick)
     _check_address(args.address, plan.spec.cluster)
     if plan.search is not None:
         from orchestrator.search import budget
@@ -173,9 +199,13 @@ def _check_address(address: str | None, cluster: "ClusterSpec") -> None:  # noqa
 
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.sweep import resume_sweep
+    from tasks.registry import PluginError
 
-    result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
-                          list(args.overrides))
+    try:
+        result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
+                              list(args.overrides))
+    except PluginError as e:  # the sweep's --tasks module is gone or broken: bad input
+        raise SpecError(str(e)) from None
     return _report_result(result, result.metric, out, err)
 
 
@@ -189,6 +219,8 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
               highlight=False)
     for line in result.unwritten:
         err.print(f"[yellow]not written to the tracking store:[/] {line}", highlight=False)
+    if not result.unwritten:
+        _where_to_look(result, err)
     if result.cancelled:
         err.print("sweep cancelled", highlight=False)
         return EXIT_CANCELLED
@@ -199,31 +231,59 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
     return EXIT_OK
 
 
-def _trial_table(out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str) -> None:
-    table = Table(show_lines=False)
+def _where_to_look(result, err: Console) -> None:  # noqa: ANN001 - SweepResult, lazy import
+    """The parent run and its report in MLflow's UI (and how to start it for a local store)."""
+    from orchestrator.client import Client
+    from orchestrator.store import schema
+    from orchestrator.sweep.mlflow_ui import where_to_look
+
+    artifact_uri = None  # the report's file, for a store on this machine
+    if not schema.is_server(result.tracking_uri):
+        artifact_uri = Client(result.tracking_uri).mlflow.get_run(
+            result.parent_run_id).info.artifact_uri
+    for line in where_to_look(result.tracking_uri, result.experiment_id, result.parent_run_id,
+                              artifact_uri):
+        err.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def _trial_table(out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str,
+                 wide: bool = False) -> None:
     axis_names = list(dict.fromkeys(k for arm, *_ in rows for k in arm))
-    for name in [*axis_names, "seed", "outcome", metric]:
-        table.add_column(name)
+    cells = []
     for arm, seed, outcome, metrics, error in rows:
         value = metrics.get(metric)
-        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else error[:40]
-        table.add_row(*(str(arm.get(a, "")) for a in axis_names), str(seed), outcome, shown)
-    out.print(table)
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
+        cells.append([*(str(arm.get(a, "")) for a in axis_names), str(seed), outcome, shown,
+                      error if wide else error[:40]])
+    n = len(axis_names)
+    # The arm and its result first; then the axes in order; the error text last.
+    headers = [*axis_names, "seed", "outcome", metric, "error"]
+    if not any(c[-1] for c in cells):
+        headers, cells = headers[:-1], [c[:-1] for c in cells]
+    priority = [n + 1, n + 2, *range(n), n]
+    print_table(out, fitted_table(out, headers, cells, priority, wide), wide)
 
 
 def cmd_ls(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.client import Client
 
     df = Client(args.tracking_uri).sweeps()
-    table = Table()
-    for col in ("sweep_id", "study", "status", "start_time", "n_trials", "finished", "failed", "best"):
-        table.add_column(col)
+    headers = ["sweep_id", "status", "finished", "failed", "best", "metric", "started", "study"]
+    rows = []
     for row in df.itertuples():
         best = "" if row.best is None or (isinstance(row.best, float) and math.isnan(row.best)) \
-            else f"{row.metric}={row.best:.4f}"
-        table.add_row(row.sweep_id, row.study, row.status, str(row.start_time)[:19],
-                      str(row.n_trials), str(row.finished), str(row.failed), best)
-    out.print(table)
+            else f"{row.best:.4f}"
+        rows.append([row.sweep_id, row.status, f"{row.finished}/{row.n_trials}", str(row.failed),
+                     best, str(row.metric or ""), str(row.start_time)[:16], row.study])
+    if len({r[5] for r in rows}) == 1:  # one metric: named in the header, not per row
+        headers = [*headers[:4], f"best {rows[0][5]}", *headers[6:]]
+        rows = [[*r[:5], *r[6:]] for r in rows]
+        priority = [0, 1, 2, 4, 3, 5, 6]
+    else:
+        priority = [0, 1, 2, 4, 3, 5, 6, 7]
+    # The full id (to paste into orch show) always; the study is its prefix anyway.
+    table = fitted_table(out, headers, rows, priority, args.wide)
+    print_table(out, table, args.wide)
     return EXIT_OK
 
 
@@ -236,19 +296,19 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
     parent = client.sweep_run(args.sweep_id)
     df = client.trials(args.sweep_id)
     metric = parent.data.tags.get("orch.metric", "val/acc")
-    out.print(f"sweep {parent.data.tags['orch.sweep_id']} ({parent.info.status}), "
-              f"run {parent.info.run_id}", highlight=False)
+    out.print(f"sweep {parent.data.tags['orch.sweep_id']} ({parent.info.status})\n"
+              f"parent run {parent.info.run_id}", highlight=False)
     axes = [a for a in json.loads(parent.data.tags.get("orch.axes", "[]")) if a != "seed"]
     rows = [({a: r.get(a) for a in axes}, r.get("seed"), r["outcome"], {metric: r.get(metric)},
              r.get("error") or "") for r in df.to_dict("records")]
-    _trial_table(out, rows, metric)
+    _trial_table(out, rows, metric, args.wide)
     _resumed_note(out, df)
     try:
         verdicts = client.verdicts(args.sweep_id)
     except Exception as e:  # noqa: BLE001 - the trials are shown; verdicts are extra
         err.print(f"[yellow]warning:[/] no verdicts: {type(e).__name__}: {e}", highlight=False)
         return EXIT_OK
-    _verdict_table(out, verdicts)
+    _verdict_table(out, verdicts, args.wide)
     return EXIT_OK
 
 
@@ -262,7 +322,7 @@ def _resumed_note(out: Console, df: pd.DataFrame) -> None:
                   highlight=False)
 
 
-def _verdict_table(out: Console, verdicts: list) -> None:  # list[Verdict]; lazy import
+def _verdict_table(out: Console, verdicts: list, wide: bool = False) -> None:  # list[Verdict]
     from rich.markup import escape
 
     from orchestrator.report import verdict_rows
@@ -270,14 +330,15 @@ def _verdict_table(out: Console, verdicts: list) -> None:  # list[Verdict]; lazy
     if not verdicts:
         return
     colour = {"confirmed": "green", "refuted": "red", "inconclusive": "yellow"}
-    table = Table(title="verdicts", title_justify="left")
-    for name in ("claim", "test", "verdict", "effect", "CI", "n a/b", "method"):
-        table.add_column(name)
+    rows = []
     for row in verdict_rows(verdicts):
         cells = [escape(c) for c in row]  # ids and intervals hold brackets: not markup
         cells[2] = f"[{colour.get(row[2], 'white')}]{escape(row[2])}[/]"
-        table.add_row(*cells)
-    out.print(table)
+        rows.append(cells)
+    headers = ["claim", "test", "verdict", "effect", "CI", "n a/b", "method"]
+    table = fitted_table(out, headers, rows, [0, 2, 3, 4, 5, 6, 1], wide, title="verdicts",
+                         markup_column=2)
+    print_table(out, table, wide)
 
 
 def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:

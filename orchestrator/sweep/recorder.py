@@ -164,6 +164,7 @@ class Recorder:
         self.progress.ended(label, outcome, metrics.get(self.plan.spec.sweep.metric))
 
     def tick(self) -> bool:
+        self.progress.tick()  # the parent's live trial counts, every few seconds
         self.tracker.maybe_flush()
         if time.monotonic() - self._last_cancel_check > CANCEL_CHECK_S:
             self._last_cancel_check = time.monotonic()

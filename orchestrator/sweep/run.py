@@ -30,6 +30,7 @@ from orchestrator.runtime.dispatch import Cancelled, Dispatcher, GridSource
 from orchestrator.search import SearchRun, budget, resolve_storage
 from orchestrator.store import schema, writer
 from orchestrator.store.reader import StoreReader
+from orchestrator.sweep import mlflow_ui
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.recorder import Recorder
 from tasks import registry
@@ -93,8 +94,8 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     finished_here = {r.trial.key for r in previous}
 
     search = None
-    with SweepProgress(console, len(plan.trials) or n_search, spec.sweep.metric,
-                       spec.sweep.mode) as progress:
+    with SweepProgress(console, len(plan.trials) or n_search, spec.sweep.metric, spec.sweep.mode,
+                       mlflow_ui.start(tracker, experiment_id, parent, plan, sweep_id)) as progress:
         if plan.search is not None:
             search = SearchRun(plan, tracker, storage, sweep_id, resume is not None)
             tracker.set_tags(parent, search.parent_tags())
@@ -148,6 +149,7 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
         with writer.fast_http(retries=2, timeout_s=60) if schema.is_server(tracker.uri) \
                 else contextlib.nullcontext():
             report_at_end(tracker.uri, sweep_id, console)  # verdicts + report on the parent
+    mlflow_ui.finish(tracker, parent, sweep_id, plan, rec.results, cancelled)  # its description
     _finish_parent(tracker, parent, rec.results, spec.sweep.metric, spec.sweep.mode, cancelled)
     tracker.close()  # what a lost store kept buffered: retried, else listed in unwritten
     rec.results.sort(key=lambda r: r.trial.index)
