@@ -17,6 +17,7 @@ class OrchLauncher(Launcher):
     def __init__(self, address: str | None = None, tracking_uri: str | None = None,
                  experiment: str | None = None, resources: Any = None,
                  max_concurrent: int | None = None) -> None:
+        # Hydra imports every plugin to discover them: Ray, MLflow and torch load only here.
         from hydra_plugins.orch_launcher._core import LauncherOptions
 
         self.options = LauncherOptions.from_config(address, tracking_uri, experiment,
@@ -34,6 +35,6 @@ class OrchLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                ) -> Sequence[JobReturn]:
-        from hydra_plugins.orch_launcher._core import launch
+        from hydra_plugins.orch_launcher._core import launch  # see __init__: loaded on use
 
         return launch(self, job_overrides, initial_job_idx)

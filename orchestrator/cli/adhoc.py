@@ -30,6 +30,7 @@ def cache_root() -> Path:
 def task_study(task: str, config_dir: str | None) -> str:
     """A config dir holding study ``task`` (and the task's option if it has none);
     the user's ``config_dir`` files are linked in, so their options still apply."""
+    # Hydra and the task modules only when --task is given (the CLI's start stays light).
     from orchestrator.config.compose import composer
     from tasks import registry
 
