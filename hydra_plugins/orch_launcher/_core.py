@@ -59,7 +59,7 @@ from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.store import schema, writer
 from orchestrator.store.reader import StoreReader
 from orchestrator.sweep import new_sweep_id
-from tasks.events import Metrics, Summary
+from tasks.events import Checkpoint, Metrics, Summary
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,13 @@ class JobRecorder:
         self.tracker.end_run(run_id, schema.STATUS[outcome], tags)
         self.session.outcomes[outcome] += 1
         self.returns[trial.index] = self._job_return(job, record, failure)
+
+    def resume_state(self, trial: Trial) -> Checkpoint | None:
+        """A Hydra job has no checkpoints: every attempt starts from scratch."""
+        return None
+
+    def trial_checkpoint(self, trial: Trial, event: Checkpoint) -> None:
+        """Not called: a job's task yields no checkpoints."""
 
     def tick(self) -> bool:
         self.tracker.maybe_flush()
