@@ -98,7 +98,7 @@ def _arm_columns(trials: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 
 
 def _arm_label(row: Mapping[str, object], cols: Sequence[str]) -> str:
-    parts = [f"{c}={row[c]}" for c in cols if not pd.isna(row[c])]  # type: ignore[arg-type]
+    parts = [f"{c}={row[c]}" for c in cols if not pd.isna(row[c])]
     return " ".join(parts) or "all"
 
 

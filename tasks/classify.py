@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from tasks import data as datasets
 from tasks import distributed
@@ -47,7 +48,7 @@ def run(spec: ClassifySpec, dist: distributed.DistContext | None = None,
     torch.manual_seed(spec.seed)  # same seed on every rank: identical initial weights
     device = dist.device if dist is not None else pick_device(spec.train.device)
     data = datasets.load(spec.data)
-    model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
+    model: nn.Module = build_model(spec.model, data.input_shape, data.num_classes).to(device)
     model = distributed.prepare_model(model, spec.model.norm, dist, device)
     optimizer = build_optimizer(model.parameters(), spec.optimizer)
     global_batch = spec.train.batch_size * (dist.world_size if dist is not None else 1)

@@ -9,8 +9,8 @@ command line (``orch sweep --tasks mypkg.mytasks``) whose import calls :func:`re
 from __future__ import annotations
 
 import importlib
-import inspect
 import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator

@@ -59,14 +59,14 @@ class _AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:
         ctx.group = group
         out = tensor.clone()  # all_reduce works in place; never clobber an autograd input
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         # Every rank must enter this collective, in the same order, or the group deadlocks.
         # Autograd materialises a zero gradient when this rank's loss ignores the output, so
         # the call happens as long as the output took part in the backward graph at all.

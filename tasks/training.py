@@ -38,8 +38,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import (Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      SerializerFunctionWrapHandler, model_serializer)
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 from torch import nn
 
 from tasks import distributed

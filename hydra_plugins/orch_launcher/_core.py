@@ -236,10 +236,11 @@ def _prepare(launcher: Any, sweep_dir: Path, idx: int, overrides: list[str],
     with open_dict(task_cfg):
         del task_cfg["hydra"]
     try:
-        resolved = OmegaConf.to_container(task_cfg, resolve=True)
+        container = OmegaConf.to_container(task_cfg, resolve=True)
     except Exception:  # noqa: BLE001 - the job reports the error when it runs; key it unresolved
-        resolved = OmegaConf.to_container(task_cfg, resolve=False)
-    assert isinstance(resolved, dict)
+        container = OmegaConf.to_container(task_cfg, resolve=False)
+    assert isinstance(container, dict)
+    resolved: dict[str, Any] = {str(k): v for k, v in container.items()}
     key = Trial.make_key(f"hydra:{sweep_config.hydra.job.name}", resolved)
     payload = cloudpickle.dumps(JobPayload(launcher.hydra_context, launcher.task_function,
                                            sweep_config, singleton_state, store_dir))

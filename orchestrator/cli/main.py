@@ -27,6 +27,8 @@ from orchestrator.errors import SpecError, TrackingUnavailable
 if TYPE_CHECKING:
     import pandas as pd
 
+    from orchestrator.core.specs import ClusterSpec
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orch", description="Run studies (Hydra) as sweeps on Ray, tracked in MLflow.")
@@ -187,7 +189,7 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     return _report_result(result, plan.spec.sweep.metric, out, err)
 
 
-def _check_address(address: str | None, cluster: "ClusterSpec") -> None:  # noqa: F821
+def _check_address(address: str | None, cluster: ClusterSpec) -> None:
     """``--address`` joins an existing cluster, whose size Ray will not change: asking for
     both is bad input (Ray would refuse it only after connecting)."""
 

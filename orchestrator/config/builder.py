@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pydantic import ValidationError
 
-from orchestrator.config.compose import Composer
+from orchestrator.config.compose import Composer, config_dict
 from orchestrator.core.specs import SWEEP_KEYS, Trial
 from orchestrator.errors import SpecError, describe_validation_error
 from tasks import registry
@@ -59,8 +59,7 @@ class TrialBuilder:
         if ident not in self._composed:
             cfg = self.composer.compose(self.study, [*self.fixed, *(f"{k}={v}" for k, v in ident)]) \
                 if ident else self.base
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            assert isinstance(resolved, dict)  # a composed study is a mapping
+            resolved = config_dict(cfg)
             self._composed[ident] = {k: resolved[k] for k in self.trial_keys}
         return copy.deepcopy(self._composed[ident])
 

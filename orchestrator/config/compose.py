@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -23,6 +24,13 @@ from orchestrator.config import safe_yaml
 from orchestrator.errors import SpecError
 
 PRIMARY_CONFIG = "config"
+
+
+def config_dict(cfg: DictConfig, resolve: bool = True) -> dict[str, Any]:
+    """A composed config as a plain dict (a study always composes to a mapping)."""
+    out = OmegaConf.to_container(cfg, resolve=resolve)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
 
 
 def builtin_config_dir() -> Path:

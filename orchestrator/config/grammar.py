@@ -200,11 +200,12 @@ def _is_int_range(v: RangeSweep) -> bool:
 def range_bounds(v: RangeSweep) -> tuple[int, Any, Any]:
     """``(count, first, last)`` of a ``range()`` sweep, without expanding it; first and
     last are None when it is empty. Counts as Hydra iterates (exact decimal steps)."""
-    if _is_int_range(v):
-        n = max(0, -((v.start - v.stop) // v.step)) if v.step > 0 \
-            else max(0, -((v.stop - v.start) // -v.step))
-        return (n, v.start, v.start + (n - 1) * v.step) if n else (0, None, None)
-    start, stop, step = (decimal.Decimal(x) for x in (v.start, v.stop, v.step))
+    first, end, inc = v.start, v.stop, v.step
+    assert first is not None and end is not None and inc is not None  # as parsed: all set
+    if isinstance(first, int) and isinstance(end, int) and isinstance(inc, int):
+        n = max(0, -((first - end) // inc)) if inc > 0 else max(0, -((end - first) // -inc))
+        return (n, first, first + (n - 1) * inc) if n else (0, None, None)
+    start, stop, step = (decimal.Decimal(x) for x in (first, end, inc))
     if step == 0 or (step > 0 and start >= stop) or (step < 0 and start <= stop):
         return 0, None, None
     # Exact: a float has at most ~770 significant digits and a quotient at most ~630

@@ -11,6 +11,7 @@ keeps planning a 1,000-trial sweep well under a second.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from orchestrator.config import grammar
 from orchestrator.config.builder import TrialBuilder, task_by_name
-from orchestrator.config.compose import Composer
+from orchestrator.config.compose import Composer, config_dict
 from orchestrator.config.overrides import expand, parse_overrides, plain_overrides
 from orchestrator.config.space import plan_search
 from orchestrator.core.specs import SWEEP_KEYS, SweepSpec, Trial
@@ -68,7 +69,7 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
                              cli_axes, {o.key_or_group: o.value() for o in parsed
                                         if not o.is_sweep_override()})
         return SweepPlan(spec, [], {p.key: [p.source] for p in search.space.params},
-                         OmegaConf.to_container(base, resolve=True), list(overrides), quick,
+                         config_dict(base), list(overrides), quick,
                          None if composer.config_dir is None else str(composer.config_dir),
                          search=search)
     for o in cli_axes:
@@ -104,7 +105,7 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
         for k, values in [*(("grid", [name]),) * bool(name), *grid_axes.items()]:
             axes.setdefault(k, [])
             axes[k] += [v for v in values if v not in axes[k]]
-    return SweepPlan(spec, trials, axes, OmegaConf.to_container(base, resolve=True),
+    return SweepPlan(spec, trials, axes, config_dict(base),
                      list(overrides), quick,
                      None if composer.config_dir is None else str(composer.config_dir))
 
@@ -125,7 +126,7 @@ def _forbid_code_references(tree: Any, path: str = "") -> None:
 
 
 def _validate_sweep(cfg: DictConfig) -> SweepSpec:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = config_dict(cfg)
     raw = {k: resolved[k] for k in SWEEP_KEYS if k in resolved}
     try:
         return SweepSpec.model_validate(raw)
@@ -144,7 +145,7 @@ def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: 
           ) -> dict[str, list[Any]]:
     # Each axis as a list or a parsed sweep; the trial count (the product of the axis
     # sizes) is checked against the cap before any sweep is expanded.
-    pending: dict[str, list[Any] | Override] = {}
+    pending: dict[str, list[Any] | Override | range] = {}
     for key, value in declared.items():
         if key in pinned:
             continue
@@ -156,9 +157,9 @@ def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: 
     for o in cli_axes:
         pending[o.key_or_group] = o
     if "seed" not in pending and "seed" not in pinned:
-        pending["seed"] = range(seeds)  # type: ignore[assignment] - sized, not expanded
+        pending["seed"] = range(seeds)  # sized, not expanded
     # (len() of a range past sys.maxsize raises: sweep.seeds is an unbounded int)
-    sizes = [grammar.sweep_size(v, lambda k=k: composer.group_options(k))
+    sizes = [grammar.sweep_size(v, functools.partial(composer.group_options, k))
              if isinstance(v, Override) else v.stop if isinstance(v, range) else len(v)
              for k, v in pending.items()]
     count = math.prod(sizes)

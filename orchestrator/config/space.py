@@ -31,6 +31,7 @@ stay below 1 fails here, not in trial 37).
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
@@ -273,6 +274,7 @@ def parse_param(key: str, value: Any, is_group: bool, group_options: list[str] |
         return Param(key, FloatDistribution(float(lo), float(hi), step=float(step)), source)
     assert isinstance(v, IntervalSweep)  # the grammar has no other sweep
     lo, hi = v.start, v.end
+    assert lo is not None and hi is not None  # interval() always has both bounds
     if not lo < hi:
         raise SpecError(f"{where}: {source!r} has low {lo!r} >= high {hi!r}; allowed: "
                         f"interval(low, high) with low < high")
@@ -359,11 +361,9 @@ def plan_search(builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override
     if spec.sampler == "grid":
         space.grid()  # raises for a continuous dimension
     if spec.sampler == "cmaes":
-        try:
-            import cmaes
-        except ImportError:
+        if importlib.util.find_spec("cmaes") is None:
             raise SpecError("search.sampler: 'cmaes' needs the cmaes package (pip install "
-                            "cmaes); allowed without it: tpe, random, grid, nsga2") from None
+                            "cmaes); allowed without it: tpe, random, grid, nsga2")
     plan = SearchPlan(spec, space, builder, metrics,
                       tuple("maximize" if m == "max" else "minimize" for m in modes),
                       spec.report_metric or metrics[0], pinned)

@@ -191,7 +191,7 @@ class Tracker:
                 raise
             return exp.experiment_id
 
-    def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str],
+    def start_run(self, experiment_id: str, name: str, tags: Mapping[str, Any],
                   params: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
         """Create a run with its tags, params and (optionally) ``config.yaml``."""
         # A request that timed out may still have created the run on the server: each

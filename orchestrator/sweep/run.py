@@ -96,7 +96,7 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     search = None
     with SweepProgress(console, len(plan.trials) or n_search, spec.sweep.metric, spec.sweep.mode,
                        mlflow_ui.start(tracker, experiment_id, parent, plan, sweep_id)) as progress:
-        if plan.search is not None:
+        if plan.search is not None and storage is not None:
             search = SearchRun(plan, tracker, storage, sweep_id, resume is not None)
             tracker.set_tags(parent, search.parent_tags())
             rec = Recorder(tracker, plan, experiment_id, parent, sweep_id, progress,
