@@ -1,0 +1,126 @@
+"""The database store's direct reads give what MLflow's own queries give.
+
+``StoreReader`` reads a sweep's runs and metric histories from MLflow's tables on sqlite and
+PostgreSQL (``reader.direct``); a server goes through ``search_runs``. Both paths are run here
+on the same store, written by the real ``Tracker``, and must agree run for run.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.report.build import _Histories
+from orchestrator.store import schema
+from orchestrator.store.reader import StoreReader
+from orchestrator.store.writer import Tracker
+
+SWEEP = "direct-sweep"
+
+
+def _write(uri: str) -> tuple[str, dict[str, str]]:
+    """A sweep of 6 trials (one retried, one with a NaN, one reusing another's run) and a
+    second sweep in the same experiment; the experiment id and run id by trial key."""
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("direct")
+    parent = tracker.start_run(exp, SWEEP, {schema.TAG_KIND: schema.KIND_SWEEP,
+                                            schema.TAG_SWEEP: SWEEP}, {})
+    ids: dict[str, str] = {}
+    for sweep in (SWEEP, "other-sweep"):
+        for i in range(6):
+            attempts = 2 if (sweep, i) == (SWEEP, 1) else 1
+            for attempt in range(1, attempts + 1):
+                tags = {schema.TAG_PARENT: parent, schema.TAG_KIND: schema.KIND_TRIAL,
+                        schema.TAG_SWEEP: sweep, schema.TAG_KEY: f"{sweep}-k{i}",
+                        schema.TAG_INDEX: i, schema.TAG_ATTEMPT: attempt,
+                        schema.TAG_ARM: f'{{"lr": {i}}}'}
+                if (sweep, i) == (SWEEP, 5):
+                    tags[schema.TAG_REUSED] = ids[f"{SWEEP}-k0"]
+                rid = tracker.start_run(exp, f"t{i}", tags, {"lr": i, "model.width": 8},
+                                        {"lr": i})
+                for step in range(4):
+                    tracker.log_metrics(rid, {"val/acc": i + step / 10,
+                                              "train/loss": math.nan if i == 3 else 1.0}, step)
+                tracker.flush()  # histories written over several batches, as in a sweep
+                outcome = "finished" if attempt == attempts else schema.RETRIED
+                tracker.end_run(rid, "FINISHED" if outcome == "finished" else "FAILED",
+                                {schema.TAG_OUTCOME: outcome})
+                ids[f"{sweep}-k{i}"] = rid
+    assert not tracker.close()
+    return exp, ids
+
+
+def _same_runs(a: list, b: list) -> None:
+    assert [r.info.run_id for r in a] == [r.info.run_id for r in b]
+    for x, y in zip(a, b):
+        assert (x.info.status, x.info.start_time, x.info.end_time, x.info.experiment_id,
+                x.info.artifact_uri, x.info.run_name) == \
+               (y.info.status, y.info.start_time, y.info.end_time, y.info.experiment_id,
+                y.info.artifact_uri, y.info.run_name)
+        assert x.data.tags == y.data.tags
+        assert x.data.params == y.data.params
+        assert x.data.metrics.keys() == y.data.metrics.keys()
+        for k, v in x.data.metrics.items():
+            assert v == y.data.metrics[k] or (math.isnan(v) and math.isnan(y.data.metrics[k]))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[str, str, dict[str, str]]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp, ids = _write(uri)
+    return uri, exp, ids
+
+
+def _mlflow_path(uri: str) -> StoreReader:
+    reader = StoreReader(uri)
+    reader.direct = False  # what a server gets: MLflow's search_runs
+    return reader
+
+
+def test_direct_reads_match_mlflow_search(store) -> None:
+    uri, exp, ids = store
+    direct, mlflow = StoreReader(uri), _mlflow_path(uri)
+    assert direct.direct
+    runs = direct.sweep_runs(exp, SWEEP)
+    assert len(runs) == 7  # six trials, one of them twice
+    _same_runs(runs, mlflow.sweep_runs(exp, SWEEP))
+    keys = {f"{SWEEP}-k{i}" for i in range(6)} | {"absent"}
+    a, b = direct.done_runs(exp, keys), mlflow.done_runs(exp, keys)
+    assert a.keys() == b.keys() == keys - {"absent", f"{SWEEP}-k5"}  # a reuse is not "done"
+    _same_runs(list(a.values()), [b[k] for k in a])
+    pd_a, pd_b = direct.trials(SWEEP), mlflow.trials(SWEEP)
+    assert len(pd_a) == 6
+    assert pd_a.equals(pd_b)
+
+
+def test_bulk_histories_match_metric_history(store) -> None:
+    uri, _, ids = store
+    reader = StoreReader(uri)
+    runs = list(ids.values())
+    for metric in ("val/acc", "train/loss", "absent"):
+        bulk = reader.histories(runs, metric)
+        for rid in runs:
+            one = reader.history(rid, metric, source=rid)
+            assert [(s, ts) for s, _, ts in bulk[rid]] == [(s, ts) for s, _, ts in one]
+            assert all(x == y or (math.isnan(x) and math.isnan(y))
+                       for (_, x, _), (_, y, _) in zip(bulk[rid], one))
+    # The report's reader follows a reuse to its source run's history, one query per metric.
+    trials = reader.trials(SWEEP)
+    history = _Histories(reader, trials)
+    reused = trials[trials["reused_from"].notna()].iloc[0]
+    assert history(reused.run_id, "val/acc").equals(history(reused.reused_from, "val/acc"))
+    assert history(reused.run_id, "val/acc")["step"].tolist() == [0, 1, 2, 3]
+
+
+def test_sqlite_store_is_wal_and_config_written_in_place(store) -> None:
+    uri, exp, ids = store
+    path = uri[len("sqlite:///"):]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reader = StoreReader(uri)
+    rid = ids[f"{SWEEP}-k2"]
+    assert yaml.safe_load(reader.read_text(rid, schema.CONFIG_ARTIFACT)) == {"lr": 2}
