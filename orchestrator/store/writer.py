@@ -29,6 +29,7 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
@@ -105,6 +106,29 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / safe).as_uri()
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL: one append to the log per commit instead of a rollback journal created, synced and
+    # deleted; synchronous=NORMAL: the log is synced at checkpoints, not at every commit. A
+    # commit survives the driver being killed; only an OS crash or power loss may undo the
+    # last ones (`orch resume` re-runs what the store does not show as settled).
+    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+    dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def fast_sqlite(client: MlflowClient) -> None:
+    """Make an sqlite store's commits cheap (see ``_sqlite_pragmas``): MLflow's
+    SqlAlchemyStore commits 7-8 times per trial, and each commit's fsyncs were a third of the
+    tracking cost (bench/README.md, "Tracking floor"). Other stores are left as they are."""
+    import sqlalchemy
+
+    engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
+    if not isinstance(engine, sqlalchemy.engine.Engine) or engine.dialect.name != "sqlite":
+        return
+    if not sqlalchemy.event.contains(engine, "connect", _sqlite_pragmas):
+        sqlalchemy.event.listen(engine, "connect", _sqlite_pragmas)
+        engine.dispose()  # pooled connections were opened without the pragmas
+
+
 _T = TypeVar("_T")
 
 
@@ -143,6 +167,7 @@ class Tracker:
         try:
             with fast_http() if is_server(self.uri) else contextlib.nullcontext():
                 self.client.search_experiments(max_results=1)
+            fast_sqlite(self.client)
         except Exception as e:  # noqa: BLE001 - any failure means "cannot track"
             first = str(e).splitlines()[0] if str(e) else repr(e)
             hint = ""
@@ -180,6 +205,7 @@ class Tracker:
             self.unwritten.append(str(e))
 
     def experiment_id(self, name: str) -> str:
+        fast_sqlite(self.client)
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
@@ -232,9 +258,14 @@ class Tracker:
     def log_files(self, run_id: str, files: Mapping[str, bytes], folder: str | None) -> None:
         """Store in-memory files (a task's ``Summary.artifacts``) as artifacts."""
         import tempfile
-        from pathlib import Path
 
         repo = self._repos.get(run_id)
+        if isinstance(repo, LocalArtifactRepository):
+            # A local store: written in place; MLflow would copy them from a temporary folder.
+            dest = Path(repo.artifact_dir, folder or "")
+            self._best_effort(f"store {folder or 'files'}/ of {run_id}",
+                              lambda: _write_files(dest, files))
+            return
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
@@ -245,7 +276,6 @@ class Tracker:
     def read_files(self, run_id: str, folder: str) -> dict[str, bytes]:
         """The artifacts under ``folder`` of a run, as bytes."""
         import tempfile
-        from pathlib import Path
 
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(self.client.download_artifacts(run_id, folder, tmp))
@@ -339,6 +369,12 @@ class Tracker:
                 return self.client.get_run(run_id).data.tags.get(TAG_CANCEL) == "1"
         except Exception:  # noqa: BLE001 - asked again 2 s later; an outage must not end the sweep
             return False
+
+
+def _write_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
 
 
 def _first_line(err: BaseException) -> str:
