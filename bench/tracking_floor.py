@@ -46,8 +46,9 @@ def _tags(i: int) -> dict[str, Any]:
             schema.TAG_NODE: "localhost", schema.TAG_NODE_ID: "n", schema.TAG_PID: 1}
 
 
-def calls(uri: str, n: int) -> dict[str, float]:
-    """Median ms of each MLflow call orch makes per trial, over ``n`` trials."""
+def calls(uri: str, n: int, wal: bool = False) -> dict[str, float]:
+    """Median ms of each MLflow call orch makes per trial, over ``n`` trials (``wal``: with
+    the sqlite settings the Tracker applies, ``writer.fast_sqlite``)."""
     import yaml
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
@@ -57,6 +58,8 @@ def calls(uri: str, n: int) -> dict[str, float]:
     client = MlflowClient(uri)
     exp = client.create_experiment(f"calls-{time.time_ns()}",
                                    artifact_location=writer.artifact_root(uri, "calls"))
+    if wal:
+        writer.fast_sqlite(client)
     params = [Param(k, writer.param_value(v)) for k, v in writer.flatten(CONFIG).items()]
     times: dict[str, list[float]] = {k: [] for k in (
         "create_run", "log_batch_params", "config_artifact", "log_batch_metrics_tag",
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.calls:
             result["calls_ms"] = calls(store(tmp, "calls"), args.calls)
-            print(json.dumps(result["calls_ms"], indent=1), flush=True)
+            result["calls_wal_ms"] = calls(store(tmp, "calls_wal"), args.calls, wal=True)
+            print(json.dumps([result["calls_ms"], result["calls_wal_ms"]], indent=1), flush=True)
         for n in args.trials:
             runs = [tracker_loop(store(tmp, f"t{n}-{r}"), n) for r in range(args.repeats)]
             result["tracker"][str(n)] = {

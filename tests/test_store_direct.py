@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -124,3 +125,75 @@ def test_sqlite_store_is_wal_and_config_written_in_place(store) -> None:
     reader = StoreReader(uri)
     rid = ids[f"{SWEEP}-k2"]
     assert yaml.safe_load(reader.read_text(rid, schema.CONFIG_ARTIFACT)) == {"lr": 2}
+
+
+def _same_trial(tracker: Tracker, exp: str, name: str) -> str:
+    """One trial's writes, with fixed timestamps: NaN and inf values, a late point with a
+    lower step (must not become the latest), a tag set twice, params, an end."""
+    rid = tracker.start_run(exp, name, {schema.TAG_KIND: schema.KIND_TRIAL, "t": "1"},
+                            {"lr": 0.1, "model": "mlp"})
+    for step in range(3):
+        tracker.log_metrics(rid, {"val/acc": step / 10, "loss": [1.0, math.nan, math.inf][step]},
+                            step, timestamp_ms=1000 + step)
+        tracker.flush()
+    tracker.log_metrics(rid, {"val/acc": 0.9}, 1, timestamp_ms=5000)
+    tracker.set_tags(rid, {"t": "2"})
+    tracker.end_run(rid, "FAILED", {schema.TAG_OUTCOME: "diverged", "t": "3"})
+    return rid
+
+
+def test_direct_writes_leave_what_mlflow_writes(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    direct, through_mlflow = Tracker(uri), Tracker(uri)
+    exp = direct.experiment_id("writes")
+    assert direct._sql() is not None
+    through_mlflow._engine = None  # what a server gets: log_batch and set_terminated
+    a, b = _same_trial(direct, exp, "direct"), _same_trial(through_mlflow, exp, "mlflow")
+    assert not direct.close() and not through_mlflow.close()
+    client = direct.client
+    ra, rb = client.get_run(a), client.get_run(b)
+    assert ra.info.status == rb.info.status == "FAILED"
+    assert ra.info.end_time is not None and rb.info.end_time is not None
+
+    def tags(run: Any) -> dict[str, str]:
+        return {k: v for k, v in run.data.tags.items()
+                if k not in (schema.TAG_TOKEN, "mlflow.runName")}
+
+    assert tags(ra) == tags(rb) and tags(ra)["t"] == "3"
+    assert ra.data.params == rb.data.params
+    assert ra.data.metrics.keys() == rb.data.metrics.keys()
+    for k in ra.data.metrics:
+        x, y = ra.data.metrics[k], rb.data.metrics[k]
+        assert x == y or (math.isnan(x) and math.isnan(y)), k
+    for key in ("val/acc", "loss"):
+        ha, hb = client.get_metric_history(a, key), client.get_metric_history(b, key)
+        assert [(m.step, m.timestamp, str(m.value)) for m in ha] == \
+               [(m.step, m.timestamp, str(m.value)) for m in hb]
+
+
+def test_an_end_waits_with_its_metrics_while_the_store_is_locked(tmp_path: Path) -> None:
+    """A write that fails (sqlite held by another process's write transaction) keeps the
+    run's metrics, outcome tag and end together; they arrive in one later flush."""
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("locked")
+    rid = tracker.start_run(exp, "t", {}, {"lr": 1})
+    tracker.log_metrics(rid, {"val/acc": 0.5}, 0)
+    holder = sqlite3.connect(db, timeout=0)
+    holder.execute("BEGIN IMMEDIATE")  # a writer elsewhere: this driver's writes must wait
+    engine = tracker._sql()
+    engine.dispose()
+    import sqlalchemy
+
+    sqlalchemy.event.listen(engine, "connect",
+                            lambda conn, _: conn.execute("PRAGMA busy_timeout = 0"))
+    tracker.end_run(rid, "FINISHED", {schema.TAG_OUTCOME: "finished"})
+    run = tracker.client.get_run(rid)
+    assert run.info.status == "RUNNING" and schema.TAG_OUTCOME not in run.data.tags
+    holder.rollback()
+    holder.close()
+    assert tracker.close(wait_s=30) == []
+    run = tracker.client.get_run(rid)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[schema.TAG_OUTCOME] == "finished" and run.data.metrics["val/acc"] == 0.5
