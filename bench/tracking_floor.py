@@ -125,12 +125,60 @@ def tracker_loop(uri: str, n: int) -> dict[str, float]:
     return {"per_trial_ms": 1000 * (t2 - t0) / n, "loop_s": t1 - t0, "close_s": t2 - t1}
 
 
+#: The A/B variants, one store each: MLflow's calls on default sqlite (what orch did before),
+#: the same with WAL + synchronous=NORMAL, and the batches written to MLflow's tables.
+VARIANTS = ("mlflow_calls", "mlflow_calls_wal", "one_transaction")
+
+
+def ab(tmp: Path, n: int, block: int) -> dict[str, Any]:
+    """The three variants interleaved in blocks of ``block`` trials until each has run ``n``:
+    load that drifts during the run hits all three alike. ms per trial, median over blocks."""
+    from orchestrator.store import schema, writer
+
+    trackers = {}
+    for v in VARIANTS:
+        t = writer.Tracker(f"sqlite:///{tmp / v}.db")
+        # create_experiment, not Tracker.experiment_id: that would switch the store to WAL.
+        exp = t.client.create_experiment(v, artifact_location=writer.artifact_root(t.uri, v))
+        if v != "mlflow_calls":
+            writer.fast_sqlite(t.client)
+        if v != "one_transaction":
+            t._engine = None  # what a server gets: log_batch and set_terminated
+        trackers[v] = (t, exp)
+    params = {"task": CONFIG["task"], **writer.flatten(CONFIG)}
+    blocks: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for b in range(n // block):
+        for v in VARIANTS:
+            tracker, exp = trackers[v]
+            t0 = time.perf_counter()
+            for j in range(block):
+                i = b * block + j
+                rid = tracker.start_run(exp, f"trial-{i}", _tags(i), params, CONFIG)
+                for e in range(EPOCHS):
+                    tracker.log_metrics(rid, {"train/loss": 1.0 / (e + 1),
+                                              "val/acc": e / EPOCHS}, e)
+                    tracker.maybe_flush()
+                tracker.log_metrics(rid, {"test/acc": 0.9}, EPOCHS - 1)
+                tracker.end_run(rid, "FINISHED", {schema.TAG_OUTCOME: "finished"})
+            tracker.flush()
+            blocks[v].append(1000 * (time.perf_counter() - t0) / block)
+    for tracker, _ in trackers.values():
+        assert not tracker.close()
+    out: dict[str, Any] = {v: statistics.median(ms) for v, ms in blocks.items()}
+    out["ratio_to_mlflow_calls"] = {v: out[v] / out["mlflow_calls"] for v in VARIANTS}
+    out["blocks_ms"] = blocks
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--trials", type=int, nargs="*", default=[100, 1000])
     ap.add_argument("--calls", type=int, default=200, help="trials for the per-call breakdown")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--uri", default=None, help="default: a fresh sqlite file per case")
+    ap.add_argument("--ab", type=int, default=0,
+                    help="trials per variant for the interleaved A/B of the write paths")
+    ap.add_argument("--block", type=int, default=50)
     ap.add_argument("--label", default="")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -145,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             result["calls_ms"] = calls(store(tmp, "calls"), args.calls)
             result["calls_wal_ms"] = calls(store(tmp, "calls_wal"), args.calls, wal=True)
             print(json.dumps([result["calls_ms"], result["calls_wal_ms"]], indent=1), flush=True)
+        if args.ab:
+            result["ab"] = ab(Path(tmp), args.ab, args.block)
+            print(json.dumps({k: v for k, v in result["ab"].items() if k != "blocks_ms"}),
+                  flush=True)
         for n in args.trials:
             runs = [tracker_loop(store(tmp, f"t{n}-{r}"), n) for r in range(args.repeats)]
             result["tracker"][str(n)] = {
