@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +144,40 @@ def _same_trial(tracker: Tracker, exp: str, name: str) -> str:
     return rid
 
 
+@pytest.fixture
+def postgres_uri(require_postgres: None) -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    import psycopg2
+
+    name = f"orch_direct_{uuid.uuid4().hex[:10]}"
+    conn = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/test")
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
 def test_direct_writes_leave_what_mlflow_writes(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _compare_write_paths(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_direct_writes_and_reads_on_postgresql(postgres_uri: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root on a database is ./mlruns
+    _compare_write_paths(postgres_uri)
+    exp, _ = _write(postgres_uri)
+    direct, mlflow = StoreReader(postgres_uri), _mlflow_path(postgres_uri)
+    assert direct.direct
+    _same_runs(direct.sweep_runs(exp, SWEEP), mlflow.sweep_runs(exp, SWEEP))
+    assert direct.trials(SWEEP).equals(mlflow.trials(SWEEP))
+
+
+def _compare_write_paths(uri: str) -> None:
     direct, through_mlflow = Tracker(uri), Tracker(uri)
     exp = direct.experiment_id("writes")
     assert direct._sql() is not None
