@@ -18,7 +18,7 @@ import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import mlflow
 import sqlalchemy
@@ -52,6 +52,23 @@ def param_value(text: str) -> Any:
         return text
 
 
+class _Row(NamedTuple):
+    """A run as read from the tables: ``runs`` columns, then tags, params and latest metrics
+    (key -> (value, timestamp, step))."""
+
+    info: tuple[Any, ...]
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, tuple[float, int, int]]
+
+    def run(self) -> Run:
+        rid, exp, user, status, start, end, stage, art, name = self.info
+        return Run(RunInfo(rid, str(exp), user or "", status, start, end, stage, art, name),
+                   RunData([Metric(k, v, ts, step) for k, (v, ts, step) in self.metrics.items()],
+                           [Param(k, v) for k, v in self.params.items()],
+                           [RunTag(k, v) for k, v in self.tags.items()]))
+
+
 class StoreReader:
     """Paged queries over one tracking store (``MlflowClient`` underneath)."""
 
@@ -69,9 +86,9 @@ class StoreReader:
             self._engine = sqlalchemy.create_engine(self.uri)
         return self._engine
 
-    def _select_runs(self, tags: dict[str, str], experiment_ids: list[str]) -> list[Run]:
-        """Active runs of the experiments carrying every tag ``key = value``, oldest first,
-        as MLflow ``Run`` entities: four queries however many runs there are."""
+    def _select(self, tags: dict[str, str], experiment_ids: list[str]) -> list[_Row]:
+        """Active runs of the experiments carrying every tag ``key = value``, oldest first:
+        four queries however many runs there are, rows fetched whole (``all``)."""
         where = ["r.lifecycle_stage = 'active'", "r.experiment_id IN :exps"]
         binds: dict[str, Any] = {"exps": [int(e) for e in experiment_ids]}
         for j, (k, v) in enumerate(tags.items()):
@@ -80,29 +97,30 @@ class StoreReader:
             binds[f"k{j}"], binds[f"v{j}"] = k, v
         ids = f"SELECT r.run_uuid FROM runs r WHERE {' AND '.join(where)}"
 
-        def query(sql: str) -> sqlalchemy.TextClause:
-            return sqlalchemy.text(sql).bindparams(sqlalchemy.bindparam("exps", expanding=True))
+        def query(sql: str) -> list[Any]:
+            return conn.execute(sqlalchemy.text(sql).bindparams(
+                sqlalchemy.bindparam("exps", expanding=True)), binds).all()
 
         with self._db().connect() as conn:
-            infos = conn.execute(query(
-                "SELECT run_uuid, experiment_id, user_id, status, start_time, end_time, "
-                "lifecycle_stage, artifact_uri, name FROM runs WHERE run_uuid IN "
-                f"({ids}) ORDER BY start_time, run_uuid"), binds).all()
-            data: dict[str, tuple[list[Metric], list[Param], list[RunTag]]] = {
-                row[0]: ([], [], []) for row in infos}
-            for rid, k, v in conn.execute(query(
-                    f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({ids})"), binds):
-                data[rid][2].append(RunTag(k, v))
-            for rid, k, v in conn.execute(query(
-                    f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({ids})"), binds):
-                data[rid][1].append(Param(k, v))
-            for rid, k, v, ts, step, nan in conn.execute(query(
+            infos = query("SELECT run_uuid, experiment_id, user_id, status, start_time, "
+                          "end_time, lifecycle_stage, artifact_uri, name FROM runs WHERE "
+                          f"run_uuid IN ({ids}) ORDER BY start_time, run_uuid")
+            rows = {info[0]: _Row(info, {}, {}, {}) for info in infos}
+            for rid, k, v in query(f"SELECT run_uuid, key, value FROM tags "
+                                   f"WHERE run_uuid IN ({ids})"):
+                rows[rid].tags[k] = v
+            for rid, k, v in query(f"SELECT run_uuid, key, value FROM params "
+                                   f"WHERE run_uuid IN ({ids})"):
+                rows[rid].params[k] = v
+            for rid, k, v, ts, step, nan in query(
                     "SELECT run_uuid, key, value, timestamp, step, is_nan FROM latest_metrics "
-                    f"WHERE run_uuid IN ({ids})"), binds):
-                data[rid][0].append(Metric(k, float("nan") if nan else v, ts, step))
-        return [Run(RunInfo(rid, str(exp), user or "", status, start, end, stage, art, name),
-                    RunData(*data[rid]))
-                for rid, exp, user, status, start, end, stage, art, name in infos]
+                    f"WHERE run_uuid IN ({ids})"):
+                rows[rid].metrics[k] = (float("nan") if nan else v, ts, step)
+        return list(rows.values())
+
+    def _select_runs(self, tags: dict[str, str], experiment_ids: list[str]) -> list[Run]:
+        """:meth:`_select` as MLflow ``Run`` entities."""
+        return [row.run() for row in self._select(tags, experiment_ids)]
 
     def experiment_ids(self) -> list[str]:
         ids: list[str] = []
@@ -169,15 +187,17 @@ class StoreReader:
         done: dict[str, Run] = {}
         if not keys:
             return done
-        # Newest first (MLflow's default order), so the newest done run of a key is reused.
-        runs = reversed(self._select_runs({schema.TAG_KIND: kind}, [experiment_id])) \
-            if self.direct else self.runs(f"tags.`{schema.TAG_KIND}` = '{kind}'", [experiment_id])
-        for run in runs:
-            tags = run.data.tags
+        if self.direct:  # newest first (MLflow's default order): the newest done run is reused
+            rows = reversed(self._select({schema.TAG_KIND: kind}, [experiment_id]))
+            runs: Iterable[tuple[dict[str, str], Any]] = ((r.tags, r) for r in rows)
+        else:
+            runs = ((r.data.tags, r) for r in
+                    self.runs(f"tags.`{schema.TAG_KIND}` = '{kind}'", [experiment_id]))
+        for tags, run in runs:
             key = tags.get(schema.TAG_KEY)
             if key in keys and key not in done and schema.TAG_REUSED not in tags \
                     and tags.get(schema.TAG_OUTCOME) in schema.DONE_OUTCOMES:
-                done[key] = run
+                done[key] = run.run() if isinstance(run, _Row) else run
         return done
 
     # -- trials ---------------------------------------------------------------------------
@@ -192,22 +212,34 @@ class StoreReader:
 
         parent = self.sweep_run(sweep_id)
         sid = parent.data.tags[schema.TAG_SWEEP]
+        # (run id, status, start time, tags, params, final metrics) of every attempt; on a
+        # database store straight from the tables, without building MLflow entities.
+        runs: Iterable[tuple[str, str, int, dict[str, str], dict[str, str], dict[str, float]]]
+        if self.direct:
+            runs = ((r.info[0], r.info[3], r.info[4], r.tags, r.params,
+                     {k: v for k, (v, _, _) in r.metrics.items()})
+                    for r in self._select({schema.TAG_SWEEP: sid,
+                                           schema.TAG_KIND: schema.KIND_TRIAL},
+                                          [parent.info.experiment_id]))
+        else:
+            runs = ((r.info.run_id, r.info.status, r.info.start_time, r.data.tags,
+                     r.data.params, r.data.metrics)
+                    for r in self.sweep_runs(parent.info.experiment_id, sid))
         rows = []
-        for r in self.sweep_runs(parent.info.experiment_id, sid):
-            t = r.data.tags
+        for run_id, status, start_time, t, params, metrics in runs:
             if t.get(schema.TAG_OUTCOME) == schema.RETRIED:
                 continue
             row: dict[str, Any] = {
-                "run_id": r.info.run_id, "trial_index": int(t.get(schema.TAG_INDEX, -1)),
+                "run_id": run_id, "trial_index": int(t.get(schema.TAG_INDEX, -1)),
                 "trial_key": t.get(schema.TAG_KEY), "outcome": t.get(schema.TAG_OUTCOME, "running"),
-                "status": r.info.status, "error": t.get(schema.TAG_ERROR, ""),
+                "status": status, "error": t.get(schema.TAG_ERROR, ""),
                 "node": t.get(schema.TAG_NODE, ""), "reused_from": t.get(schema.TAG_REUSED),
-                "attempt": int(t.get(schema.TAG_ATTEMPT, 1)), "start_time": r.info.start_time,
+                "attempt": int(t.get(schema.TAG_ATTEMPT, 1)), "start_time": start_time,
             }
             row.update(json.loads(t.get(schema.TAG_ARM, "{}")))
             row["_also"] = t.get(schema.TAG_ALSO)
-            row.update({k: param_value(v) for k, v in r.data.params.items()})
-            row.update(r.data.metrics)
+            row.update({k: param_value(v) for k, v in params.items()})
+            row.update(metrics)
             rows.append(row)
         df = pd.DataFrame(rows)
         if df.empty:
