@@ -97,7 +97,7 @@ class StoreReader:
             binds[f"k{j}"], binds[f"v{j}"] = k, v
         ids = f"SELECT r.run_uuid FROM runs r WHERE {' AND '.join(where)}"
 
-        def query(sql: str) -> list[Any]:
+        def query(sql: str) -> Any:
             return conn.execute(sqlalchemy.text(sql).bindparams(
                 sqlalchemy.bindparam("exps", expanding=True)), binds).all()
 

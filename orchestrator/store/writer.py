@@ -466,13 +466,15 @@ def _write_sql(engine: Any, batches: Mapping[str, tuple[list[Metric], list[Param
         SqlTag,
     )
     from mlflow.utils.validation import _validate_batch_log_data
+    from sqlalchemy.dialects import postgresql, sqlite
 
-    if engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        from sqlalchemy.dialects.postgresql import insert
-
-    metrics, params, tags, ends, latest = [], [], {}, [], {}
+    # Both dialects' INSERT ... ON CONFLICT (MLflow's tables have the same keys on both).
+    insert: Any = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+    metrics: list[dict[str, Any]] = []
+    params: list[dict[str, Any]] = []
+    tags: dict[tuple[str, str], str] = {}
+    ends: list[dict[str, Any]] = []
+    latest: dict[tuple[str, str], tuple[int, int, float, bool]] = {}
     for rid, (ms, ps, ts, end) in batches.items():
         _validate_batch_log_data(ms, ps, ts)
         for m in ms:
