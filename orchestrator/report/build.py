@@ -43,7 +43,12 @@ def _learned(config: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class _Histories:
-    """Cached ``history(run_id, metric)`` over one store; a reused run reads its source's."""
+    """``history(run_id, metric)`` over one store; a reused run reads its source's.
+
+    The first call for a metric reads that metric's history of every trial in one bulk
+    query (:meth:`StoreReader.histories`), not one query per trial: the report draws every
+    finished trial's curve and the claims compare them all.
+    """
 
     def __init__(self, reader: StoreReader, trials: pd.DataFrame) -> None:
         self.reader = reader
@@ -54,14 +59,22 @@ class _Histories:
             self.source = {str(r): str(s) if isinstance(s, str) and s else str(r)
                            for r, s in zip(trials["run_id"], reused)}
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
+        self._loaded: set[str] = set()
 
     def __call__(self, run_id: str, metric: str) -> pd.DataFrame:
         key = (run_id, metric)
-        if key not in self._cache:
-            points = self.reader.history(run_id, metric, self.source.get(run_id))
-            self._cache[key] = pd.DataFrame([(s, v) for s, v, _ in points],
-                                            columns=["step", "value"])
+        if key not in self._cache and metric not in self._loaded and run_id in self.source:
+            self._loaded.add(metric)
+            points = self.reader.histories(set(self.source.values()), metric)
+            for rid, src in self.source.items():
+                self._cache[(rid, metric)] = _frame(points[src])
+        if key not in self._cache:  # a run outside the sweep's table
+            self._cache[key] = _frame(self.reader.history(run_id, metric))
         return self._cache[key]
+
+
+def _frame(points: list[tuple[int, float, int]]) -> pd.DataFrame:
+    return pd.DataFrame([(s, v) for s, v, _ in points], columns=["step", "value"])
 
 
 def _axes(parent: Run) -> list[str]:

@@ -5,6 +5,15 @@ never sees concurrent writers; a tracking server works through the same client. 
 are buffered and written in batches (``log_batch``) at most every ``flush_s`` seconds, so
 the MLflow UI shows live curves within seconds without one request per value.
 
+On sqlite and PostgreSQL stores the batches are written to MLflow's tables directly
+(:func:`_write_sql`): one transaction per flush for every run with something buffered, and a
+run's end (status, end time) in the same transaction as its last metrics, params and outcome
+tag. MLflow's own ``log_batch`` + ``set_terminated`` take 6-8 transactions per run (each of
+``_log_params``, ``_log_metrics``, ``_set_tags`` opens its own session) and were two thirds of
+the tracking cost per trial (bench/README.md, "Tracking floor"). Runs are still created with
+MLflow's ``create_run`` (its run name, artifact location, tags), and a server is written
+through the client as before.
+
 A tracking server can go away mid-sweep (restart, network). The sweep does not: buffered
 metrics stay buffered and their ``log_batch`` is retried with exponential backoff; the
 other writes (runs, tags, artifacts) are retried for up to ``outage_s``. Whatever could
@@ -29,6 +38,7 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
@@ -105,7 +115,31 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / safe).as_uri()
 
 
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL: one append to the log per commit instead of a rollback journal created, synced and
+    # deleted; synchronous=NORMAL: the log is synced at checkpoints, not at every commit. A
+    # commit survives the driver being killed; only an OS crash or power loss may undo the
+    # last ones (`orch resume` re-runs what the store does not show as settled).
+    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+    dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def fast_sqlite(client: MlflowClient) -> None:
+    """Make an sqlite store's commits cheap (see ``_sqlite_pragmas``): MLflow's
+    SqlAlchemyStore commits 7-8 times per trial, and each commit's fsyncs were a third of the
+    tracking cost (bench/README.md, "Tracking floor"). Other stores are left as they are."""
+    import sqlalchemy
+
+    engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
+    if not isinstance(engine, sqlalchemy.engine.Engine) or engine.dialect.name != "sqlite":
+        return
+    if not sqlalchemy.event.contains(engine, "connect", _sqlite_pragmas):
+        sqlalchemy.event.listen(engine, "connect", _sqlite_pragmas)
+        engine.dispose()  # pooled connections were opened without the pragmas
+
+
 _T = TypeVar("_T")
+_UNSET = object()
 
 
 class Tracker:
@@ -129,6 +163,10 @@ class Tracker:
         #: Artifact repositories by run id, from the run's creation: MLflow would look the
         #: run up (a store query) before every artifact write.
         self._repos: dict[str, Any] = {}
+        #: Runs ended on a database store: (status, end time ms), written by the next flush
+        #: together with the run's last metrics and tags.
+        self._ends: dict[str, tuple[str, int]] = {}
+        self._engine: Any = _UNSET  # looked up at the first write: that opens the store
         self._last_flush = time.monotonic()
         self._backoff_s = 0.0      # 0 while the store answers; then 1, 2, 4, ... seconds
         self._retry_at = 0.0       # no metric flush is tried before this (monotonic)
@@ -143,6 +181,7 @@ class Tracker:
         try:
             with fast_http() if is_server(self.uri) else contextlib.nullcontext():
                 self.client.search_experiments(max_results=1)
+            fast_sqlite(self.client)
         except Exception as e:  # noqa: BLE001 - any failure means "cannot track"
             first = str(e).splitlines()[0] if str(e) else repr(e)
             hint = ""
@@ -180,6 +219,7 @@ class Tracker:
             self.unwritten.append(str(e))
 
     def experiment_id(self, name: str) -> str:
+        fast_sqlite(self.client)
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
@@ -235,9 +275,14 @@ class Tracker:
     def log_files(self, run_id: str, files: Mapping[str, bytes], folder: str | None) -> None:
         """Store in-memory files (a task's ``Summary.artifacts``) as artifacts."""
         import tempfile
-        from pathlib import Path
 
         repo = self._repos.get(run_id)
+        if isinstance(repo, LocalArtifactRepository):
+            # A local store: written in place; MLflow would copy them from a temporary folder.
+            dest = Path(repo.artifact_dir, folder or "")
+            self._best_effort(f"store {folder or 'files'}/ of {run_id}",
+                              lambda: _write_files(dest, files))
+            return
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
@@ -248,7 +293,6 @@ class Tracker:
     def read_files(self, run_id: str, folder: str) -> dict[str, bytes]:
         """The artifacts under ``folder`` of a run, as bytes."""
         import tempfile
-        from pathlib import Path
 
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(self.client.download_artifacts(run_id, folder, tmp))
@@ -260,8 +304,14 @@ class Tracker:
         if tags:
             self._pending.setdefault(run_id, ([], []))[1].extend(
                 RunTag(k, str(v)) for k, v in tags.items())
-        self.flush(run_id)
         self._repos.pop(run_id, None)
+        if self._sql() is not None:
+            # One transaction with the run's metrics and tags; if the store is down it stays
+            # queued with them, so the run never shows an end status before its results.
+            self._ends[run_id] = (status, int(time.time() * 1000))
+            self.flush(run_id)
+            return
+        self.flush(run_id)
         self._best_effort(f"end {run_id} as {status}",
                           lambda: self.client.set_terminated(run_id, status))
 
@@ -275,7 +325,12 @@ class Tracker:
         """Write buffered metrics (of one run, or all). On failure they stay buffered and
         the next :meth:`maybe_flush` waits 1, 2, 4, ... ``max_backoff_s`` seconds. True when
         nothing is left buffered."""
-        ids = [run_id] if run_id is not None else list({**self._buffer, **self._pending})
+        ids = [run_id] if run_id is not None else \
+            list({**self._buffer, **self._pending, **self._ends})
+        engine = self._sql()
+        if engine is not None:
+            self._flush_sql(engine, ids)
+            ids = []
         for rid in ids:
             metrics = self._buffer.pop(rid, [])
             params, tags = self._pending.pop(rid, ([], []))
@@ -295,7 +350,38 @@ class Tracker:
             self._backoff_s = 0.0
         if run_id is None:
             self._last_flush = time.monotonic()
-        return not any(self._buffer.values()) and not self._pending
+        return not any(self._buffer.values()) and not self._pending and not self._ends
+
+    def _sql(self) -> Any:
+        """The store's engine when batches go to its tables directly (see ``_engine``)."""
+        if self._engine is _UNSET:
+            self._engine = _engine(self.client)
+        return self._engine
+
+    def _flush_sql(self, engine: Any, ids: list[str]) -> None:
+        """:meth:`flush` on a database store: every run's batch in one transaction."""
+        batches = {}
+        for rid in ids:
+            batch = (self._buffer.pop(rid, []), *self._pending.pop(rid, ([], [])),
+                     self._ends.pop(rid, None))
+            if any(batch):
+                batches[rid] = batch
+        if not batches:
+            return
+        try:
+            _write_sql(engine, batches)
+        except Exception as e:  # noqa: BLE001 - keep the sweep going; retry later
+            for rid, (metrics, params, tags, end) in batches.items():
+                self._buffer[rid][:0] = metrics
+                if params or tags:
+                    self._pending[rid] = (params, tags)
+                if end is not None:
+                    self._ends[rid] = end
+            self._last_error = _first_line(e)
+            self._backoff_s = min(max(1.0, self._backoff_s * 2), self.max_backoff_s)
+            self._retry_at = time.monotonic() + self._backoff_s
+            return
+        self._backoff_s = 0.0
 
     def close(self, wait_s: float | None = None) -> list[str]:
         """Write what is still buffered, retrying for up to ``wait_s`` (default
@@ -310,8 +396,11 @@ class Tracker:
         for rid, (params, tags) in self._pending.items():
             self.unwritten.append(f"{len(params)} params and {len(tags)} tags of run {rid} "
                                   f"({self._last_error})")
+        for rid, (status, _) in self._ends.items():
+            self.unwritten.append(f"end of run {rid} as {status} ({self._last_error})")
         self._buffer.clear()
         self._pending.clear()
+        self._ends.clear()
         return self.unwritten
 
     def _log_batch(self, run_id: str, metrics: Iterable[Metric] = (),
@@ -342,6 +431,110 @@ class Tracker:
                 return self.client.get_run(run_id).data.tags.get(TAG_CANCEL) == "1"
         except Exception:  # noqa: BLE001 - asked again 2 s later; an outage must not end the sweep
             return False
+
+
+def _engine(client: MlflowClient) -> Any:
+    """The SQLAlchemy engine of the client's store when batches may be written to its tables
+    directly: sqlite or PostgreSQL, MLflow's table layout (``reader._SCHEMA_MAJOR``); else
+    None (a server, a file store, another database)."""
+    import mlflow
+    import sqlalchemy
+
+    from orchestrator.store.reader import _SCHEMA_MAJOR
+
+    if int(mlflow.__version__.split(".")[0]) != _SCHEMA_MAJOR:
+        return None
+    engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
+    if isinstance(engine, sqlalchemy.engine.Engine) and \
+            engine.dialect.name in ("sqlite", "postgresql"):
+        return engine
+    return None
+
+
+def _write_sql(engine: Any, batches: Mapping[str, tuple[list[Metric], list[Param],
+                                                        list[RunTag], tuple[str, int] | None]]
+               ) -> None:
+    """Runs' metrics, params, tags and ends in one transaction, as MLflow's ``log_batch`` and
+    ``set_terminated`` would leave them: metric history rows (a point already there is
+    skipped), ``latest_metrics`` kept at the greatest (step, timestamp, value), params added,
+    tags set, status and end time. Inputs are checked with MLflow's own validation first."""
+    import math
+
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.models import (
+        SqlLatestMetric,
+        SqlMetric,
+        SqlParam,
+        SqlRun,
+        SqlTag,
+    )
+    from mlflow.utils.validation import _validate_batch_log_data
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    # Both dialects' INSERT ... ON CONFLICT (MLflow's tables have the same keys on both).
+    insert: Any = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+    metrics: list[dict[str, Any]] = []
+    params: list[dict[str, Any]] = []
+    tags: dict[tuple[str, str], str] = {}
+    ends: list[dict[str, Any]] = []
+    latest: dict[tuple[str, str], tuple[int, int, float, bool]] = {}
+    for rid, (ms, ps, ts, end) in batches.items():
+        _validate_batch_log_data(ms, ps, ts)
+        for m in ms:
+            # As MLflow stores them: NaN is 0 with is_nan, +-inf the largest finite float.
+            nan = math.isnan(m.value)
+            value = 0.0 if nan else max(min(m.value, 1.7976931348623157e308),
+                                        -1.7976931348623157e308)
+            metrics.append({"run_uuid": rid, "key": m.key, "value": value,
+                            "timestamp": m.timestamp, "step": m.step, "is_nan": nan})
+            point = (m.step, m.timestamp, value, nan)
+            if (rid, m.key) not in latest or point[:3] > latest[rid, m.key][:3]:
+                latest[rid, m.key] = point
+        params += [{"run_uuid": rid, "key": p.key, "value": p.value} for p in ps]
+        tags.update({(rid, t.key): t.value for t in ts})  # the last value of a key wins
+        if end is not None:
+            ends.append({"b_run": rid, "b_status": end[0], "b_end": end[1]})
+    lm = SqlLatestMetric.__table__
+    with engine.begin() as conn:
+        if metrics:
+            conn.execute(insert(SqlMetric.__table__).on_conflict_do_nothing(), metrics)
+            runs = sorted({rid for rid, _ in latest})
+            stored = {}
+            for i in range(0, len(runs), 900):
+                rows = conn.execute(sa.select(lm.c.run_uuid, lm.c.key, lm.c.step, lm.c.timestamp,
+                                              lm.c.value).where(lm.c.run_uuid.in_(runs[i:i + 900])))
+                stored.update({(r, k): (st, ts, v) for r, k, st, ts, v in rows})
+            fresh = [k for k in latest if k not in stored]
+            newer = [k for k in latest if k in stored and latest[k][:3] > stored[k]]
+            if fresh:
+                conn.execute(sa.insert(lm), [
+                    {"run_uuid": r, "key": k, "step": latest[r, k][0], "timestamp": latest[r, k][1],
+                     "value": latest[r, k][2], "is_nan": latest[r, k][3]} for r, k in fresh])
+            if newer:
+                conn.execute(sa.update(lm).where(lm.c.run_uuid == sa.bindparam("b_run"),
+                                                 lm.c.key == sa.bindparam("b_key")).values(
+                    step=sa.bindparam("b_step"), timestamp=sa.bindparam("b_ts"),
+                    value=sa.bindparam("b_value"), is_nan=sa.bindparam("b_nan")), [
+                    {"b_run": r, "b_key": k, "b_step": latest[r, k][0], "b_ts": latest[r, k][1],
+                     "b_value": latest[r, k][2], "b_nan": latest[r, k][3]} for r, k in newer])
+        if params:
+            conn.execute(insert(SqlParam.__table__).on_conflict_do_nothing(), params)
+        if tags:
+            stmt = insert(SqlTag.__table__)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["key", "run_uuid"],
+                                                    set_={"value": stmt.excluded.value}),
+                         [{"run_uuid": r, "key": k, "value": v} for (r, k), v in tags.items()])
+        if ends:
+            runs_t = SqlRun.__table__
+            conn.execute(sa.update(runs_t).where(runs_t.c.run_uuid == sa.bindparam("b_run"))
+                         .values(status=sa.bindparam("b_status"), end_time=sa.bindparam("b_end")),
+                         ends)
+
+
+def _write_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
 
 
 def _first_line(err: BaseException) -> str:
