@@ -40,6 +40,21 @@ class StudyInfo(StrictModel):
         return v
 
 
+class AdaptiveSeeds(StrictModel):
+    """``sweep.seeds: {min, max}``: start with ``min`` seeds per arm and add seeds, at the
+    looks of :func:`orchestrator.verdicts.sequential.looks`, only to the arms of claims still
+    inconclusive, up to ``max`` (``orchestrator.sweep.adaptive``)."""
+
+    min: int = Field(ge=2)
+    max: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveSeeds:
+        if self.max < self.min:
+            raise ValueError(f"seeds.max ({self.max}) must be >= seeds.min ({self.min})")
+        return self
+
+
 class SweepSettings(StrictModel):
     """The grid: ``axes`` shared by every trial; ``grids``, if given, are named sub-grids
     (each a dict of further axes) whose trials are joined, so one study can hold several
@@ -48,7 +63,7 @@ class SweepSettings(StrictModel):
 
     axes: dict[str, Any] = {}
     grids: dict[str, dict[str, Any]] = {}
-    seeds: PositiveInt = 1
+    seeds: PositiveInt | AdaptiveSeeds = 1
     metric: str = Field("val/acc", min_length=1)
     mode: Literal["min", "max"] = "max"
     max_concurrent: PositiveInt | None = None
@@ -56,6 +71,11 @@ class SweepSettings(StrictModel):
     #: Most trials a grid may plan; counted (product of axis sizes) before expanding, so a
     #: typo like range(10**9) is bad input, not a minute of planning and a MemoryError.
     max_trials: PositiveInt = 10_000
+
+    @property
+    def first_seeds(self) -> int:
+        """Seeds per arm planned before any look (all of them unless adaptive)."""
+        return self.seeds if isinstance(self.seeds, int) else self.seeds.min
 
 
 class Resources(StrictModel):

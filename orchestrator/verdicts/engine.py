@@ -335,6 +335,8 @@ class Verdict:
     p_adjusted: float | None = None  # p_value, Holm-adjusted over the claims of one evaluate
     p_confirm: float | None = None   # one-sided p of the confirming test
     p_refute: float | None = None    # one-sided p of the refuting test
+    seeds_used: int | None = None    # adaptive seeds: seeds per arm at the stopping look
+    stopped: str | None = None       # adaptive seeds: why the sequence stopped (sequential.py)
 
 
 # -- value matching -------------------------------------------------------------------------
