@@ -96,8 +96,9 @@ def test_adaptive_sweep_adds_seeds_and_shows_them(ray_session, tracking_uri: str
     # seeds 2 and 3; indices stay unique, keys are those a plain 4-seed sweep plans.
     assert sorted(df.seed) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert df.trial_index.is_unique
-    plain = plan_sweep(composer(None), "optimizers", ["seed=range(4)", "optimizer=sgd_momentum,adam",
-                                                      "train.epochs=1"], quick=True)
+    plain = plan_sweep(composer(None), "optimizers",
+                       ["seed=range(4)", "optimizer=sgd_momentum,adam", "train.epochs=1"],
+                       quick=True)
     assert set(df.trial_key) == {t.key for t in plain.trials}
     verdicts = client.verdicts(sid)
     assert verdicts and all(v.seeds_used in (2, 4) and v.stopped for v in verdicts)

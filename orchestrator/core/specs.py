@@ -110,7 +110,7 @@ class ClusterSpec(StrictModel):
     num_gpus: NonNegativeInt | None = None
 
     @model_validator(mode="after")
-    def _address_or_size(self) -> "ClusterSpec":
+    def _address_or_size(self) -> ClusterSpec:
         if self.address and (self.num_cpus is not None or self.num_gpus is not None):
             raise ValueError("address and num_cpus/num_gpus are mutually exclusive: the size "
                              "applies only to a local cluster; allowed: one or the other")
@@ -168,7 +168,7 @@ class SearchClaimSpec(StrictModel):
     min_trials: PositiveInt = 20
 
     @model_validator(mode="after")
-    def _fits_test(self) -> "SearchClaimSpec":
+    def _fits_test(self) -> SearchClaimSpec:
         if self.test == "importance" and not self.first:
             raise ValueError(f"claim {self.id!r}: first is required for test 'importance'")
         if self.test == "inside" and not self.ranges:
@@ -217,7 +217,7 @@ class SearchSpec(StrictModel):
         return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _objectives(self) -> "SearchSpec":
+    def _objectives(self) -> SearchSpec:
         if self.directions and len(self.directions) != len(self.metrics):
             raise ValueError(f"directions: {len(self.directions)} given for "
                              f"{len(self.metrics)} metrics; give one (max or min) per metric")
@@ -253,7 +253,7 @@ class Trial:
     arm: dict[str, Any]             # axis key -> value, seed excluded
     seed: int
     key: str = field(default="")
-    upstream: "Trial | None" = None  # the run this trial needs first (pre-training)
+    upstream: Trial | None = None  # the run this trial needs first (pre-training)
     workers: int = 1                # data-parallel world size (resources.workers)
     #: Further arms of the same config: sub-grids may overlap, and a shared trial runs once
     #: but counts in each grid's claims (``Client.trials`` gives it a row per arm).

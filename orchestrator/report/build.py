@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
