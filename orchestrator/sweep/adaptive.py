@@ -24,7 +24,7 @@ from rich.console import Console
 from orchestrator.config.compose import composer
 from orchestrator.config.plan import SweepPlan, plan_sweep
 from orchestrator.core.specs import AdaptiveSeeds, Trial
-from orchestrator.store import writer
+from orchestrator.store import schema, writer
 from orchestrator.store.reader import StoreReader
 from orchestrator.sweep.recorder import Recorder
 from orchestrator.verdicts import ClaimSpec
@@ -62,24 +62,38 @@ def run_rounds(plan: SweepPlan, tracker: writer.Tracker, reader: StoreReader, re
         open_claims = [c for c, s in zip(claims, states) if not s.decided]
         if not open_claims:
             return
-        new = _more_seeds(plan, open_claims, schedule[k - 1], schedule[k],
-                          {r.trial.key for r in rec.results}, next_index)
+        if len(trials):  # a resumed sweep: its earlier rounds' trials are in the store
+            next_index = max(next_index, int(trials["trial_index"].max()) + 1)
+        new = _more_seeds(plan, open_claims, schedule[k - 1], schedule[k], trials, next_index)
         console.print(f"adaptive seeds: look {k} of {len(schedule)} leaves "
                       f"{', '.join(c.id for c in open_claims)} open; seeds {schedule[k - 1]}.."
                       f"{schedule[k] - 1} for their arms ({len(new)} trials)", highlight=False)
         if not new:
             continue
-        next_index += len(new)
+        next_index += sum(t.index >= next_index for t in new)
         rec.progress.add_total(len(new))
         dispatch(new)
 
 
 def _more_seeds(plan: SweepPlan, open_claims: list[ClaimSpec], lo: int, hi: int,
-                done: set[str], first_index: int) -> list[Trial]:
-    """Trials of seeds ``lo..hi-1`` whose arm some open claim needs, indexed from
-    ``first_index``; those already recorded (a resumed sweep) are left out."""
+                recorded: pd.DataFrame, first_index: int) -> list[Trial]:
+    """Trials of seeds ``lo..hi-1`` whose arm some open claim needs. A trial the sweep
+    already settled (a resumed sweep) is left out; one it recorded unsettled keeps its
+    index, so the store holds one row per trial; the others are indexed from
+    ``first_index``."""
     more = plan_sweep(composer(plan.config_dir), plan.spec.study.name,
                       [*plan.overrides, f"seed=range({lo},{hi})"], quick=plan.quick)
-    needed = [t for t in more.trials if t.key not in done
-              and any(claim_arm_matches(c, arm) for c in open_claims for arm in (t.arm, *t.also))]
-    return [replace(t, index=first_index + i) for i, t in enumerate(needed)]
+    known: dict[str, int] = {}
+    settled: set[str] = set()
+    if len(recorded):
+        known = dict(zip(recorded["trial_key"], recorded["trial_index"].astype(int)))
+        settled = set(recorded.loc[recorded["outcome"].isin(schema.SETTLED_OUTCOMES),
+                                   "trial_key"])
+    out: list[Trial] = []
+    for t in more.trials:
+        if t.key in settled or not any(claim_arm_matches(c, arm) for c in open_claims
+                                       for arm in (t.arm, *t.also)):
+            continue
+        index = known.get(t.key, first_index + sum(o.index >= first_index for o in out))
+        out.append(replace(t, index=index))
+    return out
