@@ -3,8 +3,9 @@
 A study with ``sweep.seeds: {min, max}`` runs ``min`` seeds per arm, computes the verdicts,
 and adds seeds only to the arms of claims still inconclusive, until each claim is decided or
 ``max`` is reached. Looking after every round and stopping when a test fires would, with
-tests at the nominal level, inflate the error (with 4 looks a null claim is wrongly decided
-in ~10% of studies instead of 5%). This module is the rule that keeps it at the nominal level.
+tests at the nominal level, inflate the error (with looks at 3, 5, 8 and 13 seeds a compare
+claim with no effect was wrongly decided in 12.5% of simulated studies instead of 5%). This
+module is the rule that keeps it at the nominal level (measured in tests/test_adaptive_seeds.py).
 
 Procedure: group-sequential, with the error split over planned looks (Bonferroni spending).
     The looks are planned before any data: seed counts growing geometrically (x1.6, rounded
