@@ -119,14 +119,15 @@ def sequential_verdicts(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials:
         n = schedule[k]
         table = trials[pd.to_numeric(trials["seed"]) < n] if len(trials) else trials
         for i, v in enumerate(evaluate(staged, table, history, axes, learned)):
-            if states[i] is not None and states[i].decided:  # type: ignore[union-attr]
+            state = states[i]
+            if state is not None and state.decided:
                 continue
             decided = v.verdict not in _OPEN
             final[i] = v
             states[i] = ClaimState(specs[i].id, k + 1, n, decided, v.verdict)
     out = []
-    for v, s in zip(final, states):
-        assert v is not None and s is not None
+    for last, s in zip(final, states):
+        assert last is not None and s is not None
         if s.decided:
             why = f"decided at look {s.look} of {k_total}"
         elif s.look == k_total:
@@ -135,7 +136,7 @@ def sequential_verdicts(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials:
             why = f"open after look {s.look} of {k_total}"
         note = (f" Sequential: {why} ({s.seeds} seeds per arm planned at that look; each of "
                 f"the {k_total} looks at one-sided level alpha/{k_total}).")
-        out.append(replace(v, seeds_used=s.seeds, stopped=why, detail=v.detail + note))
+        out.append(replace(last, seeds_used=s.seeds, stopped=why, detail=last.detail + note))
     return out, [s for s in states if s is not None]
 
 
