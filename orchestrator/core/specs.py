@@ -11,7 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.verdicts import ClaimSpec, LearnedSpec
 from tasks.spec import StrictModel
@@ -38,6 +45,9 @@ class StudyInfo(StrictModel):
         if dup:
             raise ValueError(f"claim ids must be unique; repeated: {', '.join(dup)}")
         return v
+
+
+_POSITIVE_INT = TypeAdapter(PositiveInt)
 
 
 class AdaptiveSeeds(StrictModel):
@@ -71,6 +81,14 @@ class SweepSettings(StrictModel):
     #: Most trials a grid may plan; counted (product of axis sizes) before expanding, so a
     #: typo like range(10**9) is bad input, not a minute of planning and a MemoryError.
     max_trials: PositiveInt = 10_000
+
+    @field_validator("seeds", mode="wrap")
+    @classmethod
+    def _one_kind(cls, v: Any, handler: Any) -> int | AdaptiveSeeds:
+        # Validate as the kind given, so a bad value gets one message, not one per kind.
+        if isinstance(v, (dict, AdaptiveSeeds)):
+            return AdaptiveSeeds.model_validate(v)
+        return _POSITIVE_INT.validate_python(v)
 
     @property
     def first_seeds(self) -> int:
