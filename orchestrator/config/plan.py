@@ -85,7 +85,7 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
         # A command-line axis replaces the grids' axis on its key; one no grid has is shared.
         mine = [o for o in cli_axes if o.key_or_group in declared
                 or not any(o.key_or_group in g for g in grids.values())]
-        all_axes[name] = _axes(composer, base, declared, spec.sweep.seeds, mine, pinned,
+        all_axes[name] = _axes(composer, base, declared, spec.sweep.first_seeds, mine, pinned,
                                where, cap)
     total = sum(math.prod(len(v) for v in a.values()) for a in all_axes.values())
     if total > cap:

@@ -11,7 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.verdicts import ClaimSpec, LearnedSpec
 from tasks.spec import StrictModel
@@ -40,6 +47,24 @@ class StudyInfo(StrictModel):
         return v
 
 
+_POSITIVE_INT = TypeAdapter(PositiveInt)
+
+
+class AdaptiveSeeds(StrictModel):
+    """``sweep.seeds: {min, max}``: start with ``min`` seeds per arm and add seeds, at the
+    looks of :func:`orchestrator.verdicts.sequential.looks`, only to the arms of claims still
+    inconclusive, up to ``max`` (``orchestrator.sweep.adaptive``)."""
+
+    min: int = Field(ge=2)
+    max: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveSeeds:
+        if self.max < self.min:
+            raise ValueError(f"seeds.max ({self.max}) must be >= seeds.min ({self.min})")
+        return self
+
+
 class SweepSettings(StrictModel):
     """The grid: ``axes`` shared by every trial; ``grids``, if given, are named sub-grids
     (each a dict of further axes) whose trials are joined, so one study can hold several
@@ -48,7 +73,7 @@ class SweepSettings(StrictModel):
 
     axes: dict[str, Any] = {}
     grids: dict[str, dict[str, Any]] = {}
-    seeds: PositiveInt = 1
+    seeds: PositiveInt | AdaptiveSeeds = 1
     metric: str = Field("val/acc", min_length=1)
     mode: Literal["min", "max"] = "max"
     max_concurrent: PositiveInt | None = None
@@ -58,6 +83,19 @@ class SweepSettings(StrictModel):
     max_trials: PositiveInt = 10_000
     #: Checkpoints kept per trial attempt (the latest ones; resuming needs only the last).
     checkpoints_keep: PositiveInt = 2
+
+    @field_validator("seeds", mode="wrap")
+    @classmethod
+    def _one_kind(cls, v: Any, handler: Any) -> int | AdaptiveSeeds:
+        # Validate as the kind given, so a bad value gets one message, not one per kind.
+        if isinstance(v, (dict, AdaptiveSeeds)):
+            return AdaptiveSeeds.model_validate(v)
+        return _POSITIVE_INT.validate_python(v)
+
+    @property
+    def first_seeds(self) -> int:
+        """Seeds per arm planned before any look (all of them unless adaptive)."""
+        return self.seeds if isinstance(self.seeds, int) else self.seeds.min
 
 
 class Resources(StrictModel):
@@ -92,7 +130,7 @@ class ClusterSpec(StrictModel):
     num_gpus: NonNegativeInt | None = None
 
     @model_validator(mode="after")
-    def _address_or_size(self) -> "ClusterSpec":
+    def _address_or_size(self) -> ClusterSpec:
         if self.address and (self.num_cpus is not None or self.num_gpus is not None):
             raise ValueError("address and num_cpus/num_gpus are mutually exclusive: the size "
                              "applies only to a local cluster; allowed: one or the other")
@@ -150,7 +188,7 @@ class SearchClaimSpec(StrictModel):
     min_trials: PositiveInt = 20
 
     @model_validator(mode="after")
-    def _fits_test(self) -> "SearchClaimSpec":
+    def _fits_test(self) -> SearchClaimSpec:
         if self.test == "importance" and not self.first:
             raise ValueError(f"claim {self.id!r}: first is required for test 'importance'")
         if self.test == "inside" and not self.ranges:
@@ -199,7 +237,7 @@ class SearchSpec(StrictModel):
         return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _objectives(self) -> "SearchSpec":
+    def _objectives(self) -> SearchSpec:
         if self.directions and len(self.directions) != len(self.metrics):
             raise ValueError(f"directions: {len(self.directions)} given for "
                              f"{len(self.metrics)} metrics; give one (max or min) per metric")
@@ -235,7 +273,7 @@ class Trial:
     arm: dict[str, Any]             # axis key -> value, seed excluded
     seed: int
     key: str = field(default="")
-    upstream: "Trial | None" = None  # the run this trial needs first (pre-training)
+    upstream: Trial | None = None  # the run this trial needs first (pre-training)
     workers: int = 1                # data-parallel world size (resources.workers)
     #: Further arms of the same config: sub-grids may overlap, and a shared trial runs once
     #: but counts in each grid's claims (``Client.trials`` gives it a row per arm).

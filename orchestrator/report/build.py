@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ from orchestrator.search import load_search_summary, summary_verdicts
 from orchestrator.store import schema
 from orchestrator.store.reader import StoreReader
 from orchestrator.verdicts import ClaimSpec, Verdict, evaluate, parse_claims, verdicts_to_json
+from orchestrator.verdicts.sequential import ClaimState, looks, sequential_verdicts
+
+#: Parent-run artifact of an adaptive-seeds sweep: per claim, the look and seeds it stopped at.
+ADAPTIVE_ARTIFACT = "adaptive.json"
 
 
 def _config(reader: StoreReader, parent_id: str) -> dict[str, Any]:
@@ -77,6 +82,17 @@ def _frame(points: list[tuple[int, float, int]]) -> pd.DataFrame:
     return pd.DataFrame([(s, v) for s, v, _ in points], columns=["step", "value"])
 
 
+def _evaluate(config: dict[str, Any], trials: pd.DataFrame, history: _Histories,
+              axes: list[str]) -> tuple[list[Verdict], list[ClaimState]]:
+    """The claims' verdicts; with adaptive seeds (``sweep.seeds: {min, max}``) the replay of
+    the planned looks that decided them (``orchestrator.verdicts.sequential``)."""
+    seeds = (config.get("sweep") or {}).get("seeds")
+    if isinstance(seeds, dict) and len(trials):
+        return sequential_verdicts(_claims(config), trials, looks(seeds["min"], seeds["max"]),
+                                   history, axes, _learned(config))
+    return evaluate(_claims(config), trials, history, axes, _learned(config)), []
+
+
 def _axes(parent: Run) -> list[str]:
     return list(json.loads(parent.data.tags.get(schema.TAG_AXES, "[]")))
 
@@ -92,8 +108,7 @@ def compute_verdicts(tracking_uri: str | None, sweep_id: str) -> list[Verdict]:
     parent = reader.sweep_run(sweep_id)
     trials = reader.trials(sweep_id)
     config = _config(reader, parent.info.run_id)
-    return evaluate(_claims(config), trials, _Histories(reader, trials), _axes(parent),
-                    _learned(config))
+    return _evaluate(config, trials, _Histories(reader, trials), _axes(parent))[0]
 
 
 def curve_metrics(metric: str) -> list[str]:
@@ -129,7 +144,7 @@ def report_sweep(tracking_uri: str | None, sweep_id: str, out_dir: str | Path | 
     history = _Histories(reader, trials)
     axes = _axes(parent)
     config = _config(reader, pid)
-    verdicts = evaluate(_claims(config), trials, history, axes, _learned(config))
+    verdicts, looked = _evaluate(config, trials, history, axes)
     study = config.get("study") or {}
     metric = tags.get(schema.TAG_METRIC, "val/acc")
     info = SweepInfo(sweep_id=tags[schema.TAG_SWEEP], study=tags.get(schema.TAG_STUDY, ""),
@@ -147,6 +162,9 @@ def report_sweep(tracking_uri: str | None, sweep_id: str, out_dir: str | Path | 
         verdicts = [*verdicts, *summary_verdicts(search)]
         files = build_report(folder, info, trials, verdicts, histories, axes, search=search)
         reader.client.log_text(pid, verdicts_to_json(verdicts), schema.VERDICTS_ARTIFACT)
+        if looked:  # adaptive seeds: each claim's seeds used and why it stopped
+            reader.client.log_text(pid, json.dumps([asdict(c) for c in looked], indent=2),
+                                   ADAPTIVE_ARTIFACT)
         for f in files:
             reader.client.log_artifact(pid, str(f), schema.REPORT_FOLDER)
     if verdicts:
@@ -178,4 +196,5 @@ def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
 
     return [(v.id, v.test, v.verdict, num(v.effect, "{:+.4g}"),
              f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
-             f"{v.n_a}/{v.n_b}", v.method) for v in verdicts]
+             f"{v.n_a}/{v.n_b}", v.method + (f"; {v.stopped}" if v.stopped else ""))
+            for v in verdicts]

@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from orchestrator.config.space import Param, SearchPlan
 from orchestrator.core.specs import SearchClaimSpec
 from orchestrator.search.analysis import SearchSummary, best_trial, branch_trials
+from orchestrator.search.importance import importance_verdict
 from orchestrator.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED, Verdict, verdicts_from_json
 
 
@@ -30,12 +31,12 @@ def search_verdicts(claims: Sequence[SearchClaimSpec], study: optuna.Study,
                     ) -> list[Verdict]:
     """Verdicts of a search's claims (tests ``importance`` and ``inside``).
 
-    ``importance`` (HP-1) reads the fANOVA ranking of the claim's branch (``where``, e.g.
-    ``{optimizer: adam}``; default the unconditional parameters). *Confirmed*: the top
-    parameter is one of ``first`` and the ``last`` parameters' mean rank is below that of
-    the parameters in neither list (when there are any). *Refuted*: the top parameter is
-    not in ``first``, or the ``last`` ones rank above the others on average.
-    *Inconclusive*: fewer than ``min_trials`` complete trials in the branch, or no ranking.
+    ``importance`` (HP-1) ranks the parameters of the claim's branch (``where``, e.g.
+    ``{optimizer: adam}``; default the unconditional parameters) by bootstrap fANOVA over
+    all its trials at a common step, pruned ones included
+    (:mod:`orchestrator.search.importance`): an order is confirmed or refuted only where
+    the intervals separate. *Inconclusive* also with fewer than ``min_trials`` complete
+    trials in the branch, or no ranking.
 
     ``inside`` (HP-2) reads the best complete trial (of the branch). *Confirmed*: every
     parameter of ``ranges`` lies inside its range and, where the range's edge is also the
@@ -63,36 +64,14 @@ def search_verdicts(claims: Sequence[SearchClaimSpec], study: optuna.Study,
             if not imp:
                 out.append(_verdict(claim, INCONCLUSIVE, f"no fANOVA ranking for {branch}.", n=n))
                 continue
-            out.append(_importance_verdict(claim, dict(imp), n, branch, CONFIRMED, REFUTED))
+            out.append(importance_verdict(
+                claim, _branch_all(study, where), list(imp), branch,
+                study.directions[0] == optuna.study.StudyDirection.MAXIMIZE,
+                len(study.directions) > 1))
         else:
             best = best_trial(study, where)
             out.append(_inside_verdict(claim, best, search, n, CONFIRMED, REFUTED, INCONCLUSIVE))
     return out
-
-
-def _importance_verdict(claim: SearchClaimSpec, imp: dict[str, float], n: int, branch: str,
-                        confirmed: str, refuted: str) -> Verdict:
-    ranking = sorted(imp, key=lambda k: -imp[k])
-    rank = {k: i + 1 for i, k in enumerate(ranking)}
-    last = [k for k in claim.last if k in rank]
-    middle = [k for k in ranking if k not in claim.first and k not in claim.last]
-    top = ranking[0]
-    shown = ", ".join(f"{k} {imp[k]:.2f}" for k in ranking)
-    mean_last = sum(rank[k] for k in last) / len(last) if last else None
-    mean_mid = sum(rank[k] for k in middle) / len(middle) if middle else None
-    effect = imp[top] - max((imp[k] for k in ranking if k != top), default=0.0)
-    problems = []
-    if top not in claim.first:
-        problems.append(f"the top parameter is {top}, not one of {', '.join(claim.first)}")
-    if mean_last is not None and mean_mid is not None and mean_last < mean_mid:
-        problems.append(f"the last group ranks above the middle on average "
-                        f"({mean_last:.1f} vs {mean_mid:.1f})")
-    order = (f"; mean rank last {mean_last:.1f} vs middle {mean_mid:.1f}"
-             if mean_last is not None and mean_mid is not None else "")
-    detail = (f"fANOVA importances ({branch}, {n} complete trials): {shown}{order}; "
-              + (f"refuted ({'; '.join(problems)})." if problems else
-                 f"confirmed ({top} first, the last group below the others)."))
-    return _verdict(claim, refuted if problems else confirmed, detail, effect, n)
 
 
 def _inside_verdict(claim: SearchClaimSpec, best: FrozenTrial | None, search: SearchPlan,
@@ -126,6 +105,13 @@ def _inside_verdict(claim: SearchClaimSpec, best: FrozenTrial | None, search: Se
               + (f"refuted ({'; '.join(problems)})." if problems else "confirmed."))
     return _verdict(claim, refuted if problems else confirmed, detail, None, n,
                     search.metrics[0])
+
+
+def _branch_all(study: optuna.Study, where: Mapping[str, object]) -> list[FrozenTrial]:
+    """Every trial of the branch, pruned and failed ones included (the evidence is chosen by
+    :func:`orchestrator.search.importance.evidence`)."""
+    return [t for t in study.get_trials(deepcopy=False)
+            if all(str(t.params.get(k)) == str(v) for k, v in where.items())]
 
 
 def summary_verdicts(summary: SearchSummary | None) -> list[Verdict]:

@@ -30,7 +30,7 @@ from orchestrator.runtime.dispatch import Cancelled, Dispatcher, GridSource
 from orchestrator.search import SearchRun, budget, resolve_storage
 from orchestrator.store import schema, writer
 from orchestrator.store.reader import StoreReader
-from orchestrator.sweep import mlflow_ui
+from orchestrator.sweep import adaptive, mlflow_ui
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.recorder import Recorder
 from tasks import registry
@@ -122,13 +122,11 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
         try:
             if search is not None:
                 dispatcher.run(search.source, rec)
-            elif todo:
-                todo = _run_upstreams(tracker, reader, plan, rec, dispatcher, todo)
-                for k, trials in _phases(todo, dispatcher.workers):
-                    if k != dispatcher.workers:  # a gang size of its own: new slots
-                        dispatcher.shutdown()
-                        dispatcher.start(dispatcher.slots_for(len(trials), k), k)
-                    dispatcher.run(GridSource(trials), rec)
+            else:
+                _dispatch(tracker, reader, plan, rec, dispatcher, todo)
+                if adaptive.is_adaptive(plan):  # more seeds for the claims still open
+                    adaptive.run_rounds(plan, tracker, reader, rec, lambda ts: _dispatch(
+                        tracker, reader, plan, rec, dispatcher, ts), console)
         except Cancelled:
             cancelled = True
         finally:
@@ -155,6 +153,19 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     rec.results.sort(key=lambda r: r.trial.index)
     return SweepResult(sweep_id, parent, experiment_id, rec.results, cancelled, tracker.unwritten,
                        spec.sweep.metric, tracker.uri)
+
+
+def _dispatch(tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan, rec: Recorder,
+              dispatcher: Dispatcher, todo: list[Trial]) -> None:
+    """Run grid trials to the end: their upstreams first, then one phase per world size."""
+    if not todo:
+        return
+    todo = _run_upstreams(tracker, reader, plan, rec, dispatcher, todo)
+    for k, trials in _phases(todo, dispatcher.workers):
+        if k != dispatcher.workers:  # a gang size of its own: new slots
+            dispatcher.shutdown()
+            dispatcher.start(dispatcher.slots_for(len(trials), k), k)
+        dispatcher.run(GridSource(trials), rec)
 
 
 def _phases(trials: list[Trial], default: int) -> list[tuple[int, list[Trial]]]:

@@ -93,6 +93,17 @@ Decisions: two one-sided tests (``m`` = ``min_effect`` >= 0, ``alpha`` = (1 - co
     within ``published +- tolerance`` (TOST, as ``equal``), "not replicated" when it lies
     entirely outside, else inconclusive.
 
+Units (``unit``).
+    A claim's unit of replication: ``seed`` (each trial is one), ``upstream_seed`` (the
+    pre-training run's seed, column ``pretrain.seed``) or ``subset_seed`` (the seed that
+    draws the few-shot subset, ``data.split_seed``). With another unit than ``seed`` the
+    metric claims (compare, best, replicate) first average each arm's finished values per
+    unit value (pooling the fine-tuning seeds that share one pre-trained model), then test
+    as above with the unit in place of the seed: pairs on the unit, ``min_seeds`` counts
+    units. Trials sharing an upstream are not independent replicates of the upstream's
+    effect; counting them as such understates the spread. Rate claims count trials and take
+    only ``seed``.
+
 ``group_by`` (``groups: all | any``).
     The claim is evaluated once per value of the column (sub-verdicts in ``Verdict.groups``).
     ``all`` (default, "holds in every group"): confirmed when every group is confirmed, each
@@ -153,6 +164,8 @@ TREND_PREDICTS = ("increasing", "decreasing")
 #: Outcomes that are evidence about an arm; of those, EVENTS count as events for rate claims.
 EVIDENCE = ("finished", "diverged", "failed")
 EVENTS = ("diverged", "failed")
+#: A claim's unit of replication -> the trial-table column that holds it.
+UNIT_COLUMNS = {"seed": "seed", "upstream_seed": "pretrain.seed", "subset_seed": "data.split_seed"}
 #: Columns of Client.trials that describe a run, not its configuration (never pairing keys).
 META_COLUMNS = frozenset({"run_id", "trial_index", "trial_key", "outcome", "status", "error",
                           "node", "reused_from", "attempt", "start_time"})
@@ -191,7 +204,10 @@ class ClaimSpec(StrictModel):
             rate claims); for ``equal`` the equivalence margin, which must be above 0.
         where: Column -> value (or list of values) filter applied before anything else.
         at_step: Use the metric's value at this step of its per-epoch history.
-        min_seeds: Fewer usable trials in an arm make the verdict inconclusive.
+        min_seeds: Fewer usable trials (units) in an arm make the verdict inconclusive.
+        unit: The unit of replication (``UNIT_COLUMNS``): ``seed`` (default), or
+            ``upstream_seed`` / ``subset_seed``, whose trials are averaged per unit value
+            and paired on it (module docstring, "Units").
         confidence: Confidence level of the intervals and tests (before corrections).
         learned: The sanity gate (overrides the study-wide default of :func:`evaluate`).
         published: For replicate: the published value of the metric.
@@ -216,6 +232,7 @@ class ClaimSpec(StrictModel):
     where: dict[str, Scalar | list[Scalar]] = {}
     at_step: NonNegativeInt | None = None
     min_seeds: int = Field(3, ge=2)
+    unit: Literal["seed", "upstream_seed", "subset_seed"] = "seed"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     learned: LearnedSpec | None = None
     published: float | None = None
@@ -261,6 +278,9 @@ class ClaimSpec(StrictModel):
                 raise ValueError(f"claim {self.id!r}: test 'replicate' takes axis and a "
                                  f"together (the arm) or neither (the arm is where)")
         else:  # rate
+            if self.unit != "seed":
+                raise ValueError(f"claim {self.id!r}: unit {self.unit!r} is not used by test "
+                                 f"'rate' (it counts trials' outcomes); allowed: seed")
             forbid("learned", "rate claims count outcomes; a diverged arm is their evidence")
             forbid("metric", "rate claims count diverged/failed outcomes")
             forbid("mode", "rate claims count diverged/failed outcomes")
@@ -335,6 +355,8 @@ class Verdict:
     p_adjusted: float | None = None  # p_value, Holm-adjusted over the claims of one evaluate
     p_confirm: float | None = None   # one-sided p of the confirming test
     p_refute: float | None = None    # one-sided p of the refuting test
+    seeds_used: int | None = None    # adaptive seeds: seeds per arm at the stopping look
+    stopped: str | None = None       # adaptive seeds: why the sequence stopped (sequential.py)
 
 
 # -- value matching -------------------------------------------------------------------------
@@ -657,7 +679,25 @@ def _with_values(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context
         values = [math.nan] * len(fin)
     fin = fin.assign(value=np.asarray(values, dtype=float))
     ok = fin[np.isfinite(fin["value"].to_numpy(float))]
-    return ok, len(fin) - len(ok), ""
+    if claim.unit == "seed":
+        return ok, len(fin) - len(ok), ""
+    pooled, problem = _pool(claim, ok, ctx)
+    return pooled, len(fin) - len(ok), problem
+
+
+def _pool(claim: ClaimSpec, ok: pd.DataFrame, ctx: _Context) -> tuple[pd.DataFrame, str]:
+    """One row per arm and unit value, its value the mean over the unit's trials, with
+    ``seed`` set to the unit value so that pairing and ``min_seeds`` count units."""
+    col = UNIT_COLUMNS[claim.unit]
+    if col not in ok.columns:
+        return ok.iloc[0:0], (f"unit {claim.unit} needs the column {col} in the trial table "
+                              f"(sweep it as an axis)")
+    keys = [c for c in dict.fromkeys([claim.axis, claim.group_by, *(ctx.axes or ()), col])
+            if c is not None and c != "seed" and c in ok.columns]
+    groups = [str(k) for k in _pair_keys(ok, keys)]
+    agg = {c: "first" for c in ok.columns if c != "value"} | {"value": "mean"}
+    pooled = ok.groupby(groups, sort=False).agg(agg).reset_index(drop=True)
+    return pooled.assign(seed=pooled[col]), ""
 
 
 def _pair_columns(claim: ClaimSpec, rows: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame,
