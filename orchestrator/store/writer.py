@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from orchestrator.errors import TrackingUnavailable
+from orchestrator.store.create import open_store
 from orchestrator.store.schema import (
     TAG_CANCEL,
     TAG_KIND,
@@ -139,7 +140,9 @@ class Tracker:
         """Fail fast (before any trial is dispatched) when the store is unreachable.
 
         A server gets one request with a 5 s timeout and no retries, so a wrong URI or a
-        server that is down is reported in seconds, naming the URI."""
+        server that is down is reported in seconds, naming the URI. An sqlite file is
+        checked first and a missing one created whole (:mod:`orchestrator.store.create`)."""
+        open_store(self.uri)
         try:
             with fast_http() if is_server(self.uri) else contextlib.nullcontext():
                 self.client.search_experiments(max_results=1)

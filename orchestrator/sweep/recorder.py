@@ -14,6 +14,7 @@ from orchestrator.runtime.metrics import SweepMetrics
 from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.store import schema, writer
 from orchestrator.sweep.progress import SweepProgress
+from orchestrator.sweep.signals import SIGNALS
 from tasks.events import Metrics, Summary
 
 #: Seconds between two looks at the parent run for ``orch cancel``.
@@ -39,6 +40,8 @@ class Recorder:
         self.run_ids: dict[int, str] = {}
         self.last_step: dict[int, int] = {}
         self.results: list[TrialResult] = []
+        #: Trials whose run is RUNNING in the store: what a forced exit marks killed.
+        self.open: dict[int, Trial] = {}
         self.commit = writer.git_commit()
         self._last_cancel_check = time.monotonic()
         # Prometheus series through Ray's metrics agent (orchestrator/runtime/metrics.py).
@@ -65,6 +68,10 @@ class Recorder:
         return {"task": trial.task, **writer.flatten(trial.config), **world}
 
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
+        with SIGNALS.shielded():  # a forced exit must know the run it has to mark
+            self._start(trial, attempt, node)
+
+    def _start(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
         tags = {**self.trial_tags(trial), schema.TAG_ATTEMPT: attempt,
                 schema.TAG_NODE: node.hostname, schema.TAG_NODE_ID: node.node_id,
                 schema.TAG_PID: node.pid}
@@ -73,6 +80,7 @@ class Recorder:
         run_id = self.run_ids[trial.index] = self.tracker.start_run(
             self.experiment_id, f"{name}-s{trial.seed}", tags, self.trial_params(trial),
             {"task": trial.task, **trial.config})
+        self.open[trial.index] = trial
         if self.source is not None:
             self.source.started(trial, run_id)
         self.progress.started()
@@ -89,15 +97,25 @@ class Recorder:
                                  event.timestamp_ms)
 
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None:
-        self._close(trial, "failed", None, failure, final=False)
+        with SIGNALS.shielded():
+            self._close(trial, "failed", None, failure, final=False)
 
     def trial_ended(self, trial: Trial, outcome: str, summary: Summary | None,
                     failure: Failure | None) -> None:
-        self._close(trial, outcome, summary, failure, final=True)
+        # Metrics, outcome and status are one record: a forced exit waits for all three.
+        with SIGNALS.shielded():
+            self._close(trial, outcome, summary, failure, final=True)
+
+    def kill_open(self, reason: str) -> None:
+        """End every run still RUNNING as killed (a forced exit, after the ended trials)."""
+        with SIGNALS.shielded():
+            for trial in list(self.open.values()):
+                self._close(trial, "killed", None, Failure("Cancelled", reason, ""), final=True)
 
     def _close(self, trial: Trial, outcome: str, summary: Summary | None,
                failure: Failure | None, final: bool) -> None:
         run_id = self.run_ids[trial.index]
+        self.open.pop(trial.index, None)
         metrics = dict(summary.values) if summary else {}
         if metrics:
             # At the last step, so MLflow's "latest value" of a metric is the final one.
@@ -130,6 +148,8 @@ class Recorder:
 
     def tick(self) -> bool:
         self.tracker.maybe_flush()
+        if SIGNALS.requested:  # SIGINT, SIGTERM, SIGHUP: cancel at this turn, writes whole
+            return True
         if time.monotonic() - self._last_cancel_check > CANCEL_CHECK_S:
             self._last_cancel_check = time.monotonic()
             return self.tracker.cancel_requested(self.parent)
