@@ -77,19 +77,25 @@ def _read_only(path: Path) -> None:
 
 @pytest.fixture
 def locked() -> Iterator[Callable[[Path], None]]:
-    """A store another program holds an exclusive lock on (this test process)."""
-    held: list[sqlite3.Connection] = []
+    """A store another program holds an exclusive lock on. A process of its own: POSIX
+    drops a process's locks on a file when it closes any descriptor of it (as reading the
+    file's bytes here does)."""
+    held: list[subprocess.Popen] = []
 
     def make(path: Path) -> None:
         _store(path)
-        con = sqlite3.connect(path, isolation_level=None)
-        con.execute("BEGIN EXCLUSIVE")
-        held.append(con)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys, time\n"
+             f"con = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+             "con.execute('BEGIN EXCLUSIVE')\nprint('held', flush=True)\ntime.sleep(600)"],
+            stdout=subprocess.PIPE, text=True)
+        held.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
 
     yield make
-    for con in held:
-        con.rollback()
-        con.close()
+    for holder in held:
+        holder.kill()
+        holder.wait()
 
 
 CASES = {"random bytes": (_random, "not an MLflow store"),

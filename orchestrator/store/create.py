@@ -76,16 +76,15 @@ def open_store(uri: str) -> None:
             shutil.copyfile(template, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if path.exists():
-            # An empty file (``touch``): replaced under a lock, so two commands never
-            # replace a store that one of them has already written to.
-            with _lock(path), contextlib.suppress(FileNotFoundError):
-                if path.stat().st_size == 0:
-                    os.replace(tmp, path)
-        else:
-            # link() fails if the path exists: the first command's store wins, whole.
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
+        try:
+            os.link(tmp, path)  # fails if the path exists: the first command's store wins
+        except FileExistsError:
+            if path.stat().st_size == 0:
+                # An empty file (``touch``) is replaced under a lock, so that two commands
+                # never replace a store one of them has already written to.
+                with _lock(path):
+                    if path.stat().st_size == 0:
+                        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
