@@ -106,10 +106,15 @@ def _run_and_signal(tmp: Path, point: str, signals: list[int], steps: int, step_
 def test_sigterm_at_any_point_is_a_cancel_and_the_store_tells_the_truth(
         point: str, tmp_path: Path) -> None:
     code, err, counts = _run_and_signal(tmp_path, point, [signal.SIGTERM], 4, 0.3, 8)
+    if point == "before the parent run":
+        # Still starting (Python importing): the handler may not be there yet, and SIGTERM's
+        # default action ends the process (the shell's 143 too); nothing was written.
+        assert code in (143, -signal.SIGTERM), err
+        assert not counts
+        return
     assert code == 143, err
     assert "Traceback" not in err, err
-    if point != "before the parent run":
-        assert "sweep cancelled" in err
+    assert "sweep cancelled" in err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])

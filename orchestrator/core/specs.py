@@ -11,7 +11,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt, field_validator, model_validator
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.verdicts import ClaimSpec
 from tasks.spec import StrictModel
@@ -50,6 +57,9 @@ class SweepSettings(StrictModel):
     mode: Literal["min", "max"] = "max"
     max_concurrent: PositiveInt | None = None
     retries: NonNegativeInt = 1
+    #: A trial another sweep claimed (its RUNNING run) is waited for, not trained again,
+    #: unless that run's heartbeat is older than this: its driver is gone, the trial runs here.
+    lease_timeout_s: PositiveFloat = 300.0
 
 
 class Resources(StrictModel):

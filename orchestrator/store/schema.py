@@ -13,6 +13,11 @@ Who writes what (the contract, like Optuna's storage docs):
   run shows a terminal status only once its result is written.
 * A run left RUNNING belongs to a live driver, or to a dead one: ``orch resume`` settles
   those of its own sweep (outcome written: the status is completed; else ``interrupted``).
+* A RUNNING trial run is also a *lease* on its trial key (``store/lease.py``): its driver
+  updates ``TAG_HEARTBEAT`` every few seconds, and another sweep meeting it waits for its
+  result instead of training the trial again. A lease whose heartbeat is older than
+  ``sweep.lease_timeout_s`` is taken over: the one write a driver makes to another sweep's
+  run is ending it ``interrupted``.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ TAG_PID = "orch.pid"              # the worker process that ran the attempt (on 
 TAG_REUSED = "orch.reused_from"   # run id of the finished run with the same key
 TAG_UPSTREAM = "orch.upstream_key"  # the trial key of the run this one needed first
 TAG_OPTUNA_TRIAL = "orch.optuna_trial"
+TAG_HEARTBEAT = "orch.heartbeat"  # epoch seconds: the claiming driver is alive (store/lease.py)
 
 # -- artifacts ------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"

@@ -115,6 +115,8 @@ class Tracker:
     def __init__(self, tracking_uri: str, flush_s: float = 1.0, outage_s: float | None = None,
                  max_backoff_s: float = 30.0) -> None:
         self.uri = tracking_uri
+        # MlflowClient opens (and creates, migrating in place) an sqlite file at once.
+        open_store(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.flush_s = flush_s
         #: How long a write is retried while the store is unreachable before it is given up
@@ -140,9 +142,8 @@ class Tracker:
         """Fail fast (before any trial is dispatched) when the store is unreachable.
 
         A server gets one request with a 5 s timeout and no retries, so a wrong URI or a
-        server that is down is reported in seconds, naming the URI. An sqlite file is
-        checked first and a missing one created whole (:mod:`orchestrator.store.create`)."""
-        open_store(self.uri)
+        server that is down is reported in seconds, naming the URI. (An sqlite file was
+        checked, or created whole, when the tracker was made: ``store/create.py``.)"""
         try:
             with fast_http() if is_server(self.uri) else contextlib.nullcontext():
                 self.client.search_experiments(max_results=1)

@@ -13,6 +13,7 @@ from orchestrator.runtime.dispatch import TrialSource
 from orchestrator.runtime.metrics import SweepMetrics
 from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.store import schema, writer
+from orchestrator.store.lease import Claim, Leases, heartbeat_s
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.signals import SIGNALS
 from tasks.events import Metrics, Summary
@@ -42,6 +43,10 @@ class Recorder:
         self.results: list[TrialResult] = []
         #: Trials whose run is RUNNING in the store: what a forced exit marks killed.
         self.open: dict[int, Trial] = {}
+        #: Claims on trial keys (a grid's trials, see ``sweep/leased.py``); None: no claims.
+        self.leases: Leases | None = None
+        self._claimed: dict[int, str] = {}  # trial index -> its claim's run, not yet started
+        self._last_beat = time.monotonic()
         self.commit = writer.git_commit()
         self._last_cancel_check = time.monotonic()
         # Prometheus series through Ray's metrics agent (orchestrator/runtime/metrics.py).
@@ -71,15 +76,33 @@ class Recorder:
         with SIGNALS.shielded():  # a forced exit must know the run it has to mark
             self._start(trial, attempt, node)
 
-    def _start(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
-        tags = {**self.trial_tags(trial), schema.TAG_ATTEMPT: attempt,
-                schema.TAG_NODE: node.hostname, schema.TAG_NODE_ID: node.node_id,
-                schema.TAG_PID: node.pid}
+    def claim(self, trial: Trial) -> Claim:
+        """Create the trial's run as its claim, before it trains, unless another sweep
+        holds its key (``store/lease.py``)."""
+        assert self.leases is not None
+        with SIGNALS.shielded():  # a claim made is a run a forced exit must mark
+            claim = self.leases.claim(trial.key, lambda: self._create(trial, {}))
+            if claim.run_id is not None:
+                self._claimed[trial.index] = self.run_ids[trial.index] = claim.run_id
+                self.open[trial.index] = trial
+        return claim
+
+    def _create(self, trial: Trial, tags: dict[str, Any]) -> str:
         name = (f"{trial.index:04d}-" if trial.index >= 0 else "") + \
             "-".join(str(v) for v in trial.arm.values())
-        run_id = self.run_ids[trial.index] = self.tracker.start_run(
-            self.experiment_id, f"{name}-s{trial.seed}", tags, self.trial_params(trial),
-            {"task": trial.task, **trial.config})
+        return self.tracker.start_run(
+            self.experiment_id, f"{name}-s{trial.seed}", {**self.trial_tags(trial), **tags},
+            self.trial_params(trial), {"task": trial.task, **trial.config})
+
+    def _start(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
+        tags = {schema.TAG_ATTEMPT: attempt, schema.TAG_NODE: node.hostname,
+                schema.TAG_NODE_ID: node.node_id, schema.TAG_PID: node.pid}
+        claimed = self._claimed.pop(trial.index, None)
+        if claimed is not None:
+            self.tracker.set_tags(claimed, tags)
+        else:
+            self.run_ids[trial.index] = self._create(trial, tags)
+        run_id = self.run_ids[trial.index]
         self.open[trial.index] = trial
         if self.source is not None:
             self.source.started(trial, run_id)
@@ -150,6 +173,10 @@ class Recorder:
         self.tracker.maybe_flush()
         if SIGNALS.requested:  # SIGINT, SIGTERM, SIGHUP: cancel at this turn, writes whole
             return True
+        if self.leases is not None and self.open and \
+                time.monotonic() - self._last_beat > heartbeat_s(self.leases.timeout_s):
+            self._last_beat = time.monotonic()
+            self.leases.beat([self.run_ids[i] for i in self.open])
         if time.monotonic() - self._last_cancel_check > CANCEL_CHECK_S:
             self._last_cancel_check = time.monotonic()
             return self.tracker.cancel_requested(self.parent)

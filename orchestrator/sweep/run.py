@@ -30,7 +30,9 @@ from orchestrator.runtime.dispatch import Cancelled, Dispatcher, GridSource
 from orchestrator.search import SearchRun, budget, resolve_storage
 from orchestrator.store import schema, writer
 from orchestrator.store.create import check_store
+from orchestrator.store.lease import Leases
 from orchestrator.store.reader import StoreReader
+from orchestrator.sweep.leased import LeasedSource
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.recorder import Recorder
 from orchestrator.sweep.signals import SIGNALS, ForcedExit
@@ -135,8 +137,8 @@ def _run_sweep(plan: SweepPlan, tracking_uri: str | None, address: str | None,
     # while the store is opened
 
     if tracker is None:
-        tracker = writer.Tracker(uri)
         try:
+            tracker = writer.Tracker(uri)
             tracker.check()
         except TrackingUnavailable:
             dispatcher.shutdown()
@@ -189,11 +191,19 @@ def _run_sweep(plan: SweepPlan, tracking_uri: str | None, address: str | None,
                 dispatcher.run(search.source, rec)
             elif todo:
                 todo = _run_upstreams(tracker, reader, plan, rec, dispatcher, todo)
+                # Each trial is claimed before it trains; one another sweep holds is waited
+                # for and reported as reused from it.
+                rec.leases = Leases(tracker, experiment_id, spec.sweep.lease_timeout_s)
+
+                def reused(trial: Trial, run: Run) -> None:
+                    rec.results.append(_reuse(tracker, rec, trial, run))
+                    progress.reused(rec.results[-1].metrics.get(spec.sweep.metric))
+
                 for k, trials in _phases(todo, dispatcher.workers):
                     if k != dispatcher.workers:  # a gang size of its own: new slots
                         dispatcher.shutdown()
                         dispatcher.start(dispatcher.slots_for(len(trials), k), k)
-                    dispatcher.run(GridSource(trials), rec)
+                    dispatcher.run(LeasedSource(GridSource(trials), rec, reused), rec)
         except Cancelled:
             cancelled = True
         finally:
