@@ -33,22 +33,22 @@ def _start(tmp: Path, uri: str, steps: int, step_s: float, seeds: int) -> subpro
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(uri: str, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    """Until the sweep's parent run exists (``parent``) or a trial run does (``trial``)."""
+def _wait_for(uri: str, proc: subprocess.Popen, what: str, n: int = 1,
+              timeout: float = 300) -> None:
+    """Until the sweep's parent run exists (``parent``), ``n`` trial runs do (``trial``) or
+    ``n`` trials have finished (``finished``): points of the sweep, not of the clock."""
     path = Path(uri[len("sqlite:///"):])
+    query = {"parent": f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}'",
+             "trial": f"tags.`{schema.TAG_KIND}` = '{schema.KIND_TRIAL}'",
+             "finished": f"tags.`{schema.TAG_OUTCOME}` = 'finished'"}[what]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        if path.exists():
-            try:
-                ml = MlflowClient(uri)
-                exp = ml.get_experiment_by_name("sig")
-                kind = schema.KIND_SWEEP if what == "parent" else schema.KIND_TRIAL
-                if exp is not None and ml.search_runs([exp.experiment_id],
-                                                      f"tags.`{schema.TAG_KIND}` = '{kind}'"):
-                    return
-            except Exception:  # noqa: BLE001 - the store is being created
-                pass
+        if path.exists():  # a new store appears whole (store/create.py)
+            ml = MlflowClient(uri)
+            exp = ml.get_experiment_by_name("sig")
+            if exp is not None and len(ml.search_runs([exp.experiment_id], query)) >= n:
+                return
         time.sleep(0.2)
     proc.kill()
     pytest.fail(f"no {what} run in time")
@@ -72,27 +72,28 @@ def assert_store_truthful(uri: str) -> dict[str, int]:
         if outcome == "finished":  # its result: the final metric and the whole curve
             assert run.data.metrics["final"] == float(run.data.params["steps"]) + float(
                 run.data.params["seed"])
-            steps = ml.get_metric_history(run.info.run_id, "score")
+            trained = tags.get(schema.TAG_REUSED, run.info.run_id)  # a reuse points at it
+            steps = ml.get_metric_history(trained, "score")
             assert sorted(p.step for p in steps) == list(range(int(run.data.params["steps"])))
         else:
             assert "final" not in run.data.metrics
     return counts
 
 
-# (what to wait for, then seconds more): before the store is written, as the first trial
-# starts, mid-sweep, and later on.
-POINTS = {"before the parent run": ("start", 0.5), "parent run": ("parent", 0.0),
-          "first trial": ("trial", 0.0), "mid-sweep": ("trial", 1.5),
-          "late": ("trial", 4.0)}
+# (what to wait for, how many, then seconds more): before the store is written, as the
+# first trial starts, mid-trial, and once half of the trials have finished.
+POINTS = {"before the parent run": ("start", 0, 0.5), "parent run": ("parent", 1, 0.0),
+          "first trial": ("trial", 1, 0.0), "mid-trial": ("trial", 1, 0.5),
+          "half done": ("finished", 0, 0.0)}
 
 
 def _run_and_signal(tmp: Path, point: str, signals: list[int], steps: int, step_s: float,
                     seeds: int) -> tuple[int, str, dict[str, int]]:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     proc = _start(tmp, uri, steps, step_s, seeds)
-    what, more = POINTS[point]
+    what, n, more = POINTS[point]
     if what != "start":
-        _wait_for(uri, proc, what)
+        _wait_for(uri, proc, what, n or seeds // 2)
     time.sleep(more)
     for sig in signals:
         proc.send_signal(sig)
@@ -115,16 +116,19 @@ def test_sigterm_at_any_point_is_a_cancel_and_the_store_tells_the_truth(
     assert code == 143, err
     assert "Traceback" not in err, err
     assert "sweep cancelled" in err
+    assert set(counts) <= {"finished", "killed"}, counts
+    if point == "half done":
+        assert counts["finished"] >= 4
 
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
 def test_sighup_and_ctrl_c(sig: int, tmp_path: Path) -> None:
-    code, err, counts = _run_and_signal(tmp_path, "mid-sweep", [sig], 4, 0.3, 8)
+    code, err, counts = _run_and_signal(tmp_path, "mid-trial", [sig], 4, 0.3, 8)
     assert code == 128 + sig, err
     assert "sweep cancelled" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("point", ["first trial", "mid-sweep", "late"])
+@pytest.mark.parametrize("point", ["first trial", "mid-trial", "half done"])
 def test_signal_while_trials_end_rapidly(point: str, tmp_path: Path) -> None:
     """Trials of one 20 ms step: the signal lands while trial ends are being written."""
     code, err, counts = _run_and_signal(tmp_path, point, [signal.SIGTERM], 1, 0.02, 60)
@@ -132,7 +136,7 @@ def test_signal_while_trials_end_rapidly(point: str, tmp_path: Path) -> None:
     assert "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("point", ["first trial", "mid-sweep"])
+@pytest.mark.parametrize("point", ["first trial", "half done"])
 def test_second_signal_forces_the_exit_after_marking(point: str, tmp_path: Path) -> None:
     code, err, counts = _run_and_signal(tmp_path, point, [signal.SIGTERM, signal.SIGTERM],
                                         1, 0.02, 60)
