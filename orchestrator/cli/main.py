@@ -149,6 +149,9 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     _check_store(args)
     from orchestrator.config.plan import plan_sweep
     from orchestrator.sweep import run_sweep
+    from orchestrator.sweep.signals import SIGNALS
+
+    SIGNALS.whole_process = True
 
     plan = plan_sweep(_composer(args), args.study, list(args.overrides), quick=args.quick)
     _check_address(args.address, plan.spec.cluster)
@@ -199,6 +202,9 @@ def _check_store(args: argparse.Namespace) -> None:
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     _check_store(args)
     from orchestrator.sweep import resume_sweep
+    from orchestrator.sweep.signals import SIGNALS
+
+    SIGNALS.whole_process = True
 
     result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
                           list(args.overrides))

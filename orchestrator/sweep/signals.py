@@ -48,6 +48,11 @@ class Signals:
         self._shielded = 0
         self._pending = False
         self._saved: dict[int, Any] = {}
+        #: Set by the ``orch`` command, whose process exists to run the sweep: the handlers
+        #: stay after it (a signal while Ray shuts down at exit must not kill the process
+        #: by default action), and a second signal then exits at once.
+        self.whole_process = False
+        self._active = False
 
     @property
     def requested(self) -> bool:
@@ -65,15 +70,20 @@ class Signals:
         """Take the three signals (again: ``ray.init`` sets its own SIGTERM handler)."""
         if threading.current_thread() is not threading.main_thread():
             return  # signals reach only the main thread; a caller elsewhere keeps its own
-        if not self._saved:  # a new sweep in this process
+        if not self._saved and not self._active:  # a new sweep in this process
             self.signum, self.count, self._pending = None, 0, False
+        self._active = True
         for sig in HANDLED:
             previous = signal.signal(sig, self._handle)
             if previous is not self._handle:
                 self._saved.setdefault(sig, previous)
 
     def restore(self) -> None:
-        """The handlers from before :meth:`install` (``Client.sweep`` in a notebook)."""
+        """The handlers from before :meth:`install` (``Client.sweep`` in a notebook); the
+        ``orch`` command keeps its own (see :attr:`whole_process`)."""
+        self._active = False
+        if self.whole_process:
+            return
         for sig, previous in self._saved.items():
             signal.signal(sig, previous)
         self._saved.clear()
@@ -101,7 +111,7 @@ class Signals:
         if self.signum is None:
             self.signum = signum
             return
-        if self.count > 2:
+        if self.count > 2 or not self._active:  # the store is written: nothing to wait for
             os._exit(128 + self.signum)
         if self._shielded:
             self._pending = True
