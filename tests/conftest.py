@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # New sqlite stores are copied from a template cached here (orchestrator/store/create.py):
+    # in the temp folder, kept between runs, never in the user's ~/.cache.
+    os.environ.setdefault("XDG_CACHE_HOME", os.path.join(tempfile.gettempdir(), "orch-test-cache"))
     config.stash[_STATE] = _checkout_state()
 
 

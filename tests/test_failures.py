@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import Client
 from orchestrator.cli import main
+from orchestrator.store.create import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = "tests.plugins.failing_tasks"
@@ -49,6 +50,9 @@ def user_conf(tmp: Path, task: str, study: str, fields: dict[str, Any], sweep: d
 
 def trial_runs(uri: str, study: str) -> list:
     """Every trial run (attempts included) of the study's experiment."""
+    # Opened as orch opens it: a plain MlflowClient would create a new sqlite store by
+    # migrating it in place, while the sweep finds it half-migrated (exit 1).
+    open_store(uri)
     ml = MlflowClient(uri)
     exp = ml.get_experiment_by_name(study)
     if exp is None:

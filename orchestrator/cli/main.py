@@ -6,7 +6,8 @@ or the report's plotting.
 
 Exit codes: 0 the command did its work (a sweep completed, even with failed trials,
 which are reported); 2 bad input (nothing started, nothing written); 1 the command could
-not run (tracking store unreachable, cluster unavailable); 130 the sweep was cancelled.
+not run (tracking store unreachable or unusable, cluster unavailable); 130 the sweep was
+cancelled (Ctrl-C, ``orch cancel``), 143 / 129 stopped by SIGTERM / SIGHUP.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -111,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # MLflow's per-download progress bars would interleave with ours (reports, upstreams).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        return _COMMANDS[args.command](args, out, err)
+        code = _COMMANDS[args.command](args, out, err)
+    except KeyboardInterrupt:  # a signal before the sweep wrote anything
+        err.print("interrupted", highlight=False)
+        code = _signal_exit_code()
     except SpecError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
@@ -121,6 +126,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as e:
         err.print(f"[red]error:[/] {e.args[0]}", highlight=False)
         return EXIT_BAD_INPUT
+    signals = sys.modules.get("orchestrator.sweep.signals")
+    if signals is not None and signals.SIGNALS.forced:
+        # A second signal: exit now, without waiting for Ray's shutdown at exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _signal_exit_code() -> int:
+    """128 + the signal that stopped the sweep (the shell's convention); 130 for Ctrl-C
+    without a sweep's handler, and for ``orch cancel``. The handler is looked up, not
+    imported: importing it imports the sweep package (Ray, MLflow)."""
+    signals = sys.modules.get("orchestrator.sweep.signals")
+    return signals.SIGNALS.exit_code(EXIT_CANCELLED) if signals else EXIT_CANCELLED
 
 
 def _composer(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps --help fast
@@ -158,8 +178,12 @@ def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
+    _check_store(args)
     from orchestrator.config.plan import plan_sweep
     from orchestrator.sweep import run_sweep
+    from orchestrator.sweep.signals import SIGNALS
+
+    SIGNALS.whole_process = True
 
     c = _composer(args)
     plan = plan_sweep(c, args.study, list(args.overrides), quick=args.quick)
@@ -199,9 +223,22 @@ def _check_address(address: str | None, cluster: ClusterSpec) -> None:
                         "or the other")
 
 
+def _check_store(args: argparse.Namespace) -> None:
+    """A ``--tracking-uri`` naming a file that is not a usable store is reported before the
+    study is composed or anything heavy is imported (run_sweep checks whatever it opens)."""
+    if args.tracking_uri and not getattr(args, "dry_run", False):
+        from orchestrator.store.create import check_store
+
+        check_store(args.tracking_uri)
+
+
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
+    _check_store(args)
     from orchestrator.sweep import resume_sweep
+    from orchestrator.sweep.signals import SIGNALS
     from tasks.registry import PluginError
+
+    SIGNALS.whole_process = True
 
     try:
         result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
@@ -225,7 +262,7 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
         _where_to_look(result, err)
     if result.cancelled:
         err.print("sweep cancelled", highlight=False)
-        return EXIT_CANCELLED
+        return _signal_exit_code()
     if result.unwritten:  # the sweep ran, but its record in the store is incomplete
         err.print(f"[red]error:[/] {len(result.unwritten)} write(s) to {result.tracking_uri} "
                   f"failed after retries; the lines above say what is missing", highlight=False)

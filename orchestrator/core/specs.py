@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import (
     Field,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     TypeAdapter,
     field_validator,
@@ -96,6 +97,9 @@ class SweepSettings(StrictModel):
     def first_seeds(self) -> int:
         """Seeds per arm planned before any look (all of them unless adaptive)."""
         return self.seeds if isinstance(self.seeds, int) else self.seeds.min
+    #: A trial another sweep claimed (its RUNNING run) is waited for, not trained again,
+    #: unless that run's heartbeat is older than this: its driver is gone, the trial runs here.
+    lease_timeout_s: PositiveFloat = 300.0
 
 
 class Resources(StrictModel):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ray
 
+from orchestrator.runtime import reaper
+
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Connect to ``address``, or start a local Ray cluster in-process.
@@ -15,6 +17,9 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     ``_node_ip_address`` says: it resolves 127.0.0.1 to the node's routable address and its
     gRPC servers listen on all interfaces, so the token is what keeps others out
     (``tests/test_failures.py::test_local_cluster_secure_defaults`` checks both).
+
+    A local cluster also gets a watcher that ends its processes when the driver goes,
+    however it goes (``orchestrator/runtime/reaper.py``).
     """
     if ray.is_initialized():
         return
@@ -23,3 +28,13 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+        reaper.start(_head_pids())
+
+
+def _head_pids() -> list[int]:
+    """The local session's head processes (GCS, raylet, log monitor), from Ray's own record
+    of what it started (private: if it moves, no reaper, and the README's caveat holds)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    infos = getattr(node, "all_processes", None) or {}
+    return [info.process.pid for group in infos.values() for info in group
+            if getattr(info, "process", None) is not None]

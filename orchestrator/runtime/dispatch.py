@@ -212,7 +212,7 @@ class Dispatcher:
                     self._launch(free.popleft(), trial, running, listener)
                 # Record the trials that just ended only now: their slots already run the
                 # next ones (the tracking writes cost ~10-40 ms a trial on sqlite).
-                self._report_ended(listener)
+                self.report_ended(listener)
                 if not running:
                     if source.exhausted():
                         return
@@ -229,13 +229,14 @@ class Dispatcher:
                 if listener.tick():
                     raise Cancelled()
         except (KeyboardInterrupt, Cancelled):
-            self._report_ended(listener)
+            self.report_ended(listener)
             self._kill_all(running, listener, source)
             raise Cancelled() from None
         finally:
-            self._report_ended(listener)
+            self.report_ended(listener)
 
-    def _report_ended(self, listener: Listener) -> None:
+    def report_ended(self, listener: Listener) -> None:
+        """Hand the trials that ended to the listener (the store), then to their source."""
         while self._ended:
             trial, outcome, summary, failure, source = self._ended.popleft()
             listener.trial_ended(trial, outcome, summary, failure)
@@ -323,7 +324,7 @@ class Dispatcher:
         # grid both wait until the freed slot has its next trial (see run).
         self._ended.append((state.trial, outcome, state.summary, state.failure, source))
         if source.learns_from_results:
-            self._report_ended(listener)
+            self.report_ended(listener)
 
     def _restart_unusable(self, state: _Running, listener: Listener,
                           source: TrialSource) -> bool:
@@ -385,11 +386,33 @@ class Dispatcher:
 
     def _kill_all(self, running: dict[Any, _Running], listener: Listener,
                   source: TrialSource) -> None:
-        for state in running.values():
+        """A cancel: trials whose result already reached the driver are recorded with it
+        (they ended); the others end killed."""
+        for gen, state in running.items():
+            self._collect(gen, state, listener)
+            if state.summary is not None and state.failure is None:
+                self._end(state, listener, source)
+                continue
             listener.trial_ended(state.trial, "killed", None,
                                  Failure("Cancelled", "the sweep was cancelled", ""))
             source.finish(state.trial, "killed", None)
+        self.report_ended(listener)
         self.shutdown()
+
+    def _collect(self, gen: Any, state: _Running, listener: Listener) -> None:
+        """The events of a trial that are already on the driver, without waiting (and
+        without the replacement of a dead worker that :meth:`_drain` would start)."""
+        try:
+            while gen.next_ready():
+                event = ray.get(next(gen), timeout=1)
+                if isinstance(event, Metrics):
+                    listener.trial_metrics(state.trial, event)
+                elif isinstance(event, Summary):
+                    state.summary = event
+                elif isinstance(event, Failure):
+                    state.failure = event
+        except Exception:  # noqa: BLE001 - the stream ended or its worker died: nothing more
+            return
 
     def shutdown(self) -> None:
         """Kill the actors now: their processes end, whatever they were running."""

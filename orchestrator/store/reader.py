@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag, ViewTy
 from mlflow.tracking import MlflowClient
 
 from orchestrator.store import schema
+from orchestrator.store.create import open_store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,6 +76,8 @@ class StoreReader:
     def __init__(self, tracking_uri: str | None = None, client: MlflowClient | None = None
                  ) -> None:
         self.uri = schema.resolve_tracking_uri(tracking_uri)
+        if client is None:
+            open_store(self.uri)  # MLflow would migrate a new file in place, racing others
         self.client = client or MlflowClient(self.uri)
         self._engine: sqlalchemy.engine.Engine | None = None
         self.direct = is_database(self.uri) and \

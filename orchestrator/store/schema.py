@@ -18,6 +18,11 @@ Who writes what (the contract, like Optuna's storage docs):
   is written after its artifact and after the run's metrics up to that step. An attempt
   that resumed from one carries ``TAG_RESUMED_STEP``/``TAG_RESUMED_RUN`` and a copy of the
   earlier run's metric history up to that step.
+* A RUNNING trial run is also a *lease* on its trial key (``store/lease.py``): its driver
+  updates ``TAG_HEARTBEAT`` every few seconds, and another sweep meeting it waits for its
+  result instead of training the trial again. A lease whose heartbeat is older than
+  ``sweep.lease_timeout_s`` is taken over: the one write a driver makes to another sweep's
+  run is ending it ``interrupted``.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ TAG_RESUMED_STEP = "orch.resumed_from_step"  # this attempt continued after step
 TAG_RESUMED_RUN = "orch.resumed_from_run"    # ... of this run's checkpoint
 #: This attempt started over: the previous one could not resume (the CheckpointError).
 TAG_RESTARTED = "orch.restarted_from_scratch"
+TAG_HEARTBEAT = "orch.heartbeat"  # epoch seconds: the claiming driver is alive (store/lease.py)
 
 # -- artifacts ------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"

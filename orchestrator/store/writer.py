@@ -43,6 +43,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from orchestrator.errors import TrackingUnavailable
+from orchestrator.store.create import open_store
 from orchestrator.store.schema import (
     TAG_CANCEL,
     TAG_KIND,
@@ -148,6 +149,8 @@ class Tracker:
     def __init__(self, tracking_uri: str, flush_s: float = 1.0, outage_s: float | None = None,
                  max_backoff_s: float = 30.0) -> None:
         self.uri = tracking_uri
+        # MlflowClient opens (and creates, migrating in place) an sqlite file at once.
+        open_store(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.flush_s = flush_s
         #: How long a write is retried while the store is unreachable before it is given up
@@ -177,7 +180,8 @@ class Tracker:
         """Fail fast (before any trial is dispatched) when the store is unreachable.
 
         A server gets one request with a 5 s timeout and no retries, so a wrong URI or a
-        server that is down is reported in seconds, naming the URI."""
+        server that is down is reported in seconds, naming the URI. (An sqlite file was
+        checked, or created whole, when the tracker was made: ``store/create.py``.)"""
         try:
             with fast_http() if is_server(self.uri) else contextlib.nullcontext():
                 self.client.search_experiments(max_results=1)

@@ -13,8 +13,10 @@ from orchestrator.runtime.dispatch import TrialSource
 from orchestrator.runtime.metrics import SweepMetrics
 from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.store import schema, writer
+from orchestrator.store.lease import Claim, Leases, heartbeat_s
 from orchestrator.sweep.checkpoints import Resume, TrialCheckpoints
 from orchestrator.sweep.progress import SweepProgress
+from orchestrator.sweep.signals import SIGNALS
 from tasks import registry
 from tasks.events import Checkpoint, CheckpointError, Metrics, Summary
 
@@ -45,6 +47,12 @@ class Recorder:
         self.results: list[TrialResult] = []
         self.checkpoints = TrialCheckpoints(tracker, plan.spec.sweep.checkpoints_keep)
         self._resuming: dict[int, Resume] = {}  # trial index -> what its new attempt resumes
+        #: Trials whose run is RUNNING in the store: what a forced exit marks killed.
+        self.open: dict[int, Trial] = {}
+        #: Claims on trial keys (a grid's trials, see ``sweep/leased.py``); None: no claims.
+        self.leases: Leases | None = None
+        self._claimed: dict[int, str] = {}  # trial index -> its claim's run, not yet started
+        self._last_beat = time.monotonic()
         self.commit = writer.git_commit()
         self._last_cancel_check = time.monotonic()
         # Prometheus series through Ray's metrics agent (orchestrator/runtime/metrics.py).
@@ -86,9 +94,30 @@ class Recorder:
             self.checkpoints.save(trial.key, self.run_ids[trial.index], event)
 
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
-        tags = {**self.trial_tags(trial), schema.TAG_ATTEMPT: attempt,
-                schema.TAG_NODE: node.hostname, schema.TAG_NODE_ID: node.node_id,
-                schema.TAG_PID: node.pid}
+        with SIGNALS.shielded():  # a forced exit must know the run it has to mark
+            self._start(trial, attempt, node)
+
+    def claim(self, trial: Trial) -> Claim:
+        """Create the trial's run as its claim, before it trains, unless another sweep
+        holds its key (``store/lease.py``)."""
+        assert self.leases is not None
+        with SIGNALS.shielded():  # a claim made is a run a forced exit must mark
+            claim = self.leases.claim(trial.key, lambda: self._create(trial, {}))
+            if claim.run_id is not None:
+                self._claimed[trial.index] = self.run_ids[trial.index] = claim.run_id
+                self.open[trial.index] = trial
+        return claim
+
+    def _create(self, trial: Trial, tags: dict[str, Any]) -> str:
+        name = (f"{trial.index:04d}-" if trial.index >= 0 else "") + \
+            "-".join(str(v) for v in trial.arm.values())
+        return self.tracker.start_run(
+            self.experiment_id, f"{name}-s{trial.seed}", {**self.trial_tags(trial), **tags},
+            self.trial_params(trial), {"task": trial.task, **trial.config})
+
+    def _start(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
+        tags: dict[str, Any] = {schema.TAG_ATTEMPT: attempt, schema.TAG_NODE: node.hostname,
+                                schema.TAG_NODE_ID: node.node_id, schema.TAG_PID: node.pid}
         resumed = self._resuming.pop(trial.index, None)
         if resumed is not None:
             tags[schema.TAG_RESUMED_STEP] = resumed.checkpoint.step
@@ -96,11 +125,13 @@ class Recorder:
         restarted = self.checkpoints.restart_reason(trial.key)
         if restarted is not None:
             tags[schema.TAG_RESTARTED] = restarted[:5000]
-        name = (f"{trial.index:04d}-" if trial.index >= 0 else "") + \
-            "-".join(str(v) for v in trial.arm.values())
-        run_id = self.run_ids[trial.index] = self.tracker.start_run(
-            self.experiment_id, f"{name}-s{trial.seed}", tags, self.trial_params(trial),
-            {"task": trial.task, **trial.config})
+        claimed = self._claimed.pop(trial.index, None)
+        if claimed is not None:
+            self.tracker.set_tags(claimed, tags)
+        else:
+            self.run_ids[trial.index] = self._create(trial, tags)
+        run_id = self.run_ids[trial.index]
+        self.open[trial.index] = trial
         if resumed is not None:
             # Steps up to K come from the earlier run; the task reports K+1 onwards.
             self.checkpoints.copy_history(resumed.run_id, run_id, resumed.checkpoint.step)
@@ -123,15 +154,25 @@ class Recorder:
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None:
         if failure.error_type == CHECKPOINT_ERROR:
             self.checkpoints.unusable(trial.key, f"{failure.error_type}: {failure.message}")
-        self._close(trial, "failed", None, failure, final=False)
+        with SIGNALS.shielded():
+            self._close(trial, "failed", None, failure, final=False)
 
     def trial_ended(self, trial: Trial, outcome: str, summary: Summary | None,
                     failure: Failure | None) -> None:
-        self._close(trial, outcome, summary, failure, final=True)
+        # Metrics, outcome and status are one record: a forced exit waits for all three.
+        with SIGNALS.shielded():
+            self._close(trial, outcome, summary, failure, final=True)
+
+    def kill_open(self, reason: str) -> None:
+        """End every run still RUNNING as killed (a forced exit, after the ended trials)."""
+        with SIGNALS.shielded():
+            for trial in list(self.open.values()):
+                self._close(trial, "killed", None, Failure("Cancelled", reason, ""), final=True)
 
     def _close(self, trial: Trial, outcome: str, summary: Summary | None,
                failure: Failure | None, final: bool) -> None:
         run_id = self.run_ids[trial.index]
+        self.open.pop(trial.index, None)
         metrics = dict(summary.values) if summary else {}
         if metrics:
             # At the last step, so MLflow's "latest value" of a metric is the final one.
@@ -166,6 +207,12 @@ class Recorder:
     def tick(self) -> bool:
         self.progress.tick()  # the parent's live trial counts, every few seconds
         self.tracker.maybe_flush()
+        if SIGNALS.requested:  # SIGINT, SIGTERM, SIGHUP: cancel at this turn, writes whole
+            return True
+        if self.leases is not None and self.open and \
+                time.monotonic() - self._last_beat > heartbeat_s(self.leases.timeout_s):
+            self._last_beat = time.monotonic()
+            self.leases.beat([self.run_ids[i] for i in self.open])
         if time.monotonic() - self._last_cancel_check > CANCEL_CHECK_S:
             self._last_cancel_check = time.monotonic()
             return self.tracker.cancel_requested(self.parent)

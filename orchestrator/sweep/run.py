@@ -12,7 +12,8 @@ import json
 import math
 import time
 import uuid
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import ray
 from mlflow.entities import Run
@@ -29,10 +30,14 @@ from orchestrator.runtime.cluster import init_ray
 from orchestrator.runtime.dispatch import Cancelled, Dispatcher, GridSource
 from orchestrator.search import SearchRun, budget, resolve_storage
 from orchestrator.store import schema, writer
+from orchestrator.store.create import check_store
+from orchestrator.store.lease import Leases
 from orchestrator.store.reader import StoreReader
 from orchestrator.sweep import adaptive, mlflow_ui
+from orchestrator.sweep.leased import LeasedSource
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.recorder import Recorder
+from orchestrator.sweep.signals import SIGNALS, ForcedExit
 from tasks import registry
 
 
@@ -48,7 +53,65 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     With ``resume`` (a sweep id) the trials go under that sweep's parent run: its runs left
     RUNNING by a dead driver are marked interrupted, and only trials without a finished,
     diverged or failed run in that sweep are run.
+
+    SIGINT, SIGTERM and SIGHUP cancel the sweep (``orchestrator/sweep/signals.py``); the
+    result says ``cancelled`` and :data:`SIGNALS` which signal it was.
     """
+    SIGNALS.install()
+    live = _Live()
+    try:
+        return _run_sweep(plan, tracking_uri, address, task_modules, console, dispatcher,
+                          resume, live)
+    except ForcedExit:
+        if live.parent is None:  # nothing written yet: nothing to mark
+            raise
+        return _forced_stop(live)
+    finally:
+        SIGNALS.restore()
+
+
+@dataclass
+class _Live:
+    """What a forced exit (a second signal) needs to mark the sweep's runs."""
+
+    tracker: writer.Tracker | None = None
+    dispatcher: Dispatcher | None = None
+    parent: str | None = None
+    experiment_id: str = ""
+    sweep_id: str = ""
+    rec: Recorder | None = None
+    plan: SweepPlan | None = None
+
+
+#: How long a forced exit retries writes to a store that does not answer.
+FORCED_WAIT_S = 5.0
+
+
+def _forced_stop(live: _Live) -> SweepResult:
+    """Mark what can be marked, fast: trials whose result reached the driver with it, the
+    others and the parent killed; no report, no waiting for Ray."""
+    assert live.tracker is not None and live.parent is not None and live.plan is not None
+    results: list[TrialResult] = []
+    with SIGNALS.shielded():
+        if live.rec is not None:
+            if live.dispatcher is not None:
+                live.dispatcher.report_ended(live.rec)
+            live.rec.kill_open("the sweep was stopped by a second signal")
+            results = live.rec.results
+        if live.dispatcher is not None:
+            live.dispatcher.shutdown()
+        spec = live.plan.spec
+        _finish_parent(live.tracker, live.parent, results, spec.sweep.metric, spec.sweep.mode,
+                       cancelled=True)
+        live.tracker.close(wait_s=FORCED_WAIT_S)
+    return SweepResult(live.sweep_id, live.parent, live.experiment_id, results, True,
+                       live.tracker.unwritten, spec.sweep.metric, live.tracker.uri)
+
+
+def _run_sweep(plan: SweepPlan, tracking_uri: str | None, address: str | None,
+               task_modules: tuple[str, ...], console: Console | None,
+               dispatcher: Dispatcher | None, resume: str | None, live: _Live) -> SweepResult:
+    live.plan = plan
     console = console or Console(stderr=True)
     spec = plan.spec
     uri = schema.resolve_tracking_uri(tracking_uri or spec.tracking.uri)
@@ -59,12 +122,15 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
         # bad input (a GPU asked of a cluster with none) must leave nothing behind.
         tracker = writer.Tracker(uri)
         tracker.check()
+    else:  # a file that is not a usable store: one line in a second, before Ray starts
+        check_store(uri)
     storage, n_search = None, 0
     if plan.search is not None:  # an Optuna search: trials are asked for while it runs
         storage, n_search = resolve_storage(plan.search.spec, uri), budget(plan.search)
     init_ray(address or spec.cluster.address, spec.cluster.num_cpus, spec.cluster.num_gpus)
-    dispatcher = dispatcher or Dispatcher(spec.resources, spec.sweep.max_concurrent,
-                                          spec.sweep.retries, task_modules)
+    SIGNALS.install()  # ray.init sets its own SIGTERM handler (sys.exit anywhere)
+    dispatcher = live.dispatcher = dispatcher or Dispatcher(
+        spec.resources, spec.sweep.max_concurrent, spec.sweep.retries, task_modules)
     phases = _phases(plan.trials, spec.resources.workers)
     for k, trials in phases:  # SpecError before anything is written
         dispatcher.slots_for(len(trials) or n_search, k)
@@ -73,12 +139,16 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     # while the store is opened
 
     if tracker is None:
-        tracker = writer.Tracker(uri)
         try:
+            tracker = writer.Tracker(uri)
             tracker.check()
         except TrackingUnavailable:
             dispatcher.shutdown()
             raise
+    if SIGNALS.requested:  # before anything is written: stop, nothing to mark
+        dispatcher.shutdown()
+        SIGNALS.raise_if_requested()
+    live.tracker = tracker
     reader = StoreReader(tracker.uri, tracker.client)
     if resume is None:
         experiment_id = tracker.experiment_id(spec.tracking.experiment or spec.study.name)
@@ -91,6 +161,7 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
         experiment_id = parent_run.info.experiment_id
         tracker.client.update_run(parent, status="RUNNING")
         previous = _previous_results(tracker, reader, plan, experiment_id, sweep_id)
+    live.parent, live.experiment_id, live.sweep_id = parent, experiment_id, sweep_id
     finished_here = {r.trial.key for r in previous}
 
     search = None
@@ -105,6 +176,7 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
                 previous = search.previous_results(reader, experiment_id)
         else:
             rec = Recorder(tracker, plan, experiment_id, parent, sweep_id, progress)
+        live.rec = rec
         rec.results.extend(previous)
         pending = [t for t in plan.trials if t.key not in finished_here]
         if resume is not None:  # interrupted trials continue from their latest checkpoint
@@ -123,10 +195,20 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
             if search is not None:
                 dispatcher.run(search.source, rec)
             else:
-                _dispatch(tracker, reader, plan, rec, dispatcher, todo)
+                # Each trial is claimed before it trains; one another sweep holds is waited
+                # for and reported as reused from it.
+                rec.leases = Leases(tracker, experiment_id, spec.sweep.lease_timeout_s)
+
+                def reused(trial: Trial, run: Run) -> None:
+                    rec.results.append(_reuse(tracker, rec, trial, run))
+                    progress.reused(rec.results[-1].metrics.get(spec.sweep.metric))
+
+                def dispatch(trials: list[Trial]) -> None:
+                    _dispatch(tracker, reader, plan, rec, dispatcher, trials, reused)
+
+                dispatch(todo)
                 if adaptive.is_adaptive(plan):  # more seeds for the claims still open
-                    adaptive.run_rounds(plan, tracker, reader, rec, lambda ts: _dispatch(
-                        tracker, reader, plan, rec, dispatcher, ts), console)
+                    adaptive.run_rounds(plan, tracker, reader, rec, dispatch, console)
         except Cancelled:
             cancelled = True
         finally:
@@ -134,7 +216,8 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
         tracker.flush()
     # Write what an outage of the store kept buffered (or give up on it) before anything
     # reads the store back (analysis, report): they must see every trial's metrics.
-    tracker.close()
+    tracker.close(FORCED_WAIT_S if SIGNALS.forced else None)
+    cancelled = cancelled or SIGNALS.requested  # a signal after the last trial: still a cancel
 
     if search is not None and not cancelled:  # importances, plots, HP verdicts on the parent
         search.analyse(parent, console)
@@ -149,15 +232,18 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
             report_at_end(tracker.uri, sweep_id, console)  # verdicts + report on the parent
     mlflow_ui.finish(tracker, parent, sweep_id, plan, rec.results, cancelled)  # its description
     _finish_parent(tracker, parent, rec.results, spec.sweep.metric, spec.sweep.mode, cancelled)
-    tracker.close()  # what a lost store kept buffered: retried, else listed in unwritten
+    # What a lost store kept buffered: retried, else listed in unwritten.
+    tracker.close(FORCED_WAIT_S if SIGNALS.forced else None)
     rec.results.sort(key=lambda r: r.trial.index)
     return SweepResult(sweep_id, parent, experiment_id, rec.results, cancelled, tracker.unwritten,
                        spec.sweep.metric, tracker.uri)
 
 
 def _dispatch(tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan, rec: Recorder,
-              dispatcher: Dispatcher, todo: list[Trial]) -> None:
-    """Run grid trials to the end: their upstreams first, then one phase per world size."""
+              dispatcher: Dispatcher, todo: list[Trial],
+              reused: Callable[[Trial, Run], None]) -> None:
+    """Run grid trials to the end: their upstreams first, then one phase per world size;
+    each trial claimed first (``LeasedSource``), ``reused`` told of those another sweep ran."""
     if not todo:
         return
     todo = _run_upstreams(tracker, reader, plan, rec, dispatcher, todo)
@@ -165,7 +251,7 @@ def _dispatch(tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan, rec
         if k != dispatcher.workers:  # a gang size of its own: new slots
             dispatcher.shutdown()
             dispatcher.start(dispatcher.slots_for(len(trials), k), k)
-        dispatcher.run(GridSource(trials), rec)
+        dispatcher.run(LeasedSource(GridSource(trials), rec, reused), rec)
 
 
 def _phases(trials: list[Trial], default: int) -> list[tuple[int, list[Trial]]]:
