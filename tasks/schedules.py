@@ -89,36 +89,42 @@ class ConstantSpec(_Warmup):
 
 
 class StepSpec(_Warmup):
-    """Multiply the LR by ``gamma`` every ``step_size`` epochs."""
+    """Multiply the LR by ``gamma`` every ``step_size`` epochs.
+
+    Defaults here and in the decay families below end at 0.01 x LR over 20 epochs (the
+    lr_schedules study's budget), so that LR-3 compares shapes, not how far each decays."""
 
     name: Literal["step"] = "step"
-    step_size: Epochs = 3.0
+    step_size: Epochs = 7.0
     gamma: Factor = 0.1
 
 
 class MultiStepSpec(_Warmup):
-    """Multiply the LR by ``gamma`` at each milestone (epochs); the ResNet recipe (LR-4)."""
+    """Multiply the LR by ``gamma`` at each milestone (epochs); the ResNet recipe (LR-4),
+    milestones at 50% and 75% of 20 epochs."""
 
     name: Literal["multistep"] = "multistep"
-    milestones: Points = (5.0, 8.0)
+    milestones: Points = (10.0, 15.0)
     gamma: Factor = 0.1
 
 
 class ExponentialSpec(_Warmup):
-    """TF ``exponential_decay``; defaults from TF's docstring example (0.96), per epoch."""
+    """TF ``exponential_decay``, per epoch: 0.794^20 = 0.01 (TF's docstring example 0.96
+    ended at 0.44)."""
 
     name: Literal["exponential"] = "exponential"
     decay_steps: Epochs = 1.0
-    decay_rate: Factor = 0.96
+    decay_rate: Factor = 0.794
     staircase: bool = False
 
 
 class NaturalExpSpec(_Warmup):
-    """TF ``natural_exp_decay``; defaults from TF's docstring example (5 steps, k=0.5)."""
+    """TF ``natural_exp_decay``: exp(-1.15 * 20/5) = 0.01 (TF's docstring example k=0.5
+    ended at 0.14)."""
 
     name: Literal["natural_exp"] = "natural_exp"
     decay_steps: Epochs = 5.0
-    decay_rate: Positive = 0.5
+    decay_rate: Positive = 1.15
     staircase: bool = False
 
 
@@ -146,22 +152,24 @@ class PiecewiseConstantSpec(_Warmup):
 
 
 class PolynomialSpec(_Warmup):
-    """TF ``polynomial_decay``. ``end_factor`` = end_learning_rate / LR: TF's default 1e-4 at
-    the notes' common SGD LR 0.02 (002:L1031). ``decay_steps: null`` = the rest of the run."""
+    """TF ``polynomial_decay``. ``end_factor`` = end_learning_rate / LR, 0.01 like the other
+    families (TF's 1e-4 at the notes' 0.02 would be 0.005). ``decay_steps: null`` = the rest
+    of the run."""
 
     name: Literal["polynomial"] = "polynomial"
     decay_steps: Epochs | None = None
-    end_factor: Floor = 0.005
+    end_factor: Floor = 0.01
     power: Positive = 1.0
     cycle: bool = False
 
 
 class InverseTimeSpec(_Warmup):
-    """TF ``inverse_time_decay``; defaults from TF's docstring example (1 step, 0.5)."""
+    """TF ``inverse_time_decay``: 1/(1 + 4.95 * 20) = 0.01 (TF's docstring example 0.5
+    ended at 0.09)."""
 
     name: Literal["inverse_time"] = "inverse_time"
     decay_steps: Epochs = 1.0
-    decay_rate: Positive = 0.5
+    decay_rate: Positive = 4.95
     staircase: bool = False
 
 
@@ -170,25 +178,26 @@ class CosineSpec(_Warmup):
 
     name: Literal["cosine"] = "cosine"
     decay_steps: Epochs | None = None
-    alpha: Floor = 0.0
+    alpha: Floor = 0.01
 
 
 class CosineRestartsSpec(_Warmup):
     """TF ``cosine_decay_restarts`` (SGDR): periods ``first_decay_steps * t_mul^i``, the i-th
-    restart peaking at ``m_mul^i``. The first period of 1 epoch is SGDR's smallest T_0."""
+    restart peaking at ``m_mul^i``. The first period of 4/3 epochs makes the fourth period
+    end at 20 epochs (4/3 * (1+2+4+8)), so a run of that length ends a cycle, as cosine does."""
 
     name: Literal["cosine_restarts"] = "cosine_restarts"
-    first_decay_steps: Epochs = 1.0
+    first_decay_steps: Epochs = 1.3333
     t_mul: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
     m_mul: Factor = 1.0
-    alpha: Floor = 0.0
+    alpha: Floor = 0.01
 
 
 class _LinearCosine(_Warmup):
     decay_steps: Epochs | None = None
     num_periods: Positive = 0.5
     alpha: NonNegative = 0.0
-    beta: NonNegative = 0.001
+    beta: NonNegative = 0.01  # the end multiplier (num_periods 0.5), 0.01 like the others
 
 
 class LinearCosineSpec(_LinearCosine):

@@ -203,5 +203,5 @@ def test_quick_variant_is_never_wrong(study: str, claim: ClaimSpec, k: int) -> N
 def test_every_study_with_claims_is_covered() -> None:
     covered = {s for s, _, _ in CLAIMS}
     assert covered == {"bn_sync", "finetune", "lr_schedules", "optimizers", "init_act",
-                       "mnist1d_baselines"}
+                       "mnist1d_baselines", "regularization", "norm_batch"}
     assert len(CLAIMS) >= 35

@@ -18,7 +18,7 @@ from tasks import data as datasets
 from tasks.classify import ClassifySpec, run
 from tasks.events import Metrics
 from tasks.models import Classifier, build_model
-from tasks.optimizers import build_optimizer
+from tasks.optimizers import AdamSpec, build_optimizer
 from tasks.training import fit
 
 STEPS = 3
@@ -116,6 +116,27 @@ def test_OPT_10_adam_matches_notes_with_bias_correction() -> None:
             uncorrected = THETA0 - lr * v / (s.sqrt() + eps)
     # Without the correction the first step differs (by ~sqrt(1-b2)/(1-b1) ~ 0.32x).
     assert not torch.allclose(got[0], uncorrected)
+
+
+def test_OPT_7_adam_without_bias_correction_is_the_notes_rule_minus_the_correction() -> None:
+    # The OPT-7 arm (conf/optimizer/adam_nobc.yaml): the notes' Adam (004:L262-284) with
+    # v^ = v and S^ = S. Its first step is (1-b1)/sqrt(1-b2) ~ 3.2x the corrected one's.
+    lr, b1, b2, eps = 1e-2, 0.9, 0.999, 1e-8
+    spec = AdamSpec(lr=lr, betas=(b1, b2), eps=eps, bias_correction=False)
+    got = _torch_trajectory(lambda ps: build_optimizer(ps, spec), THETA0)
+    corrected = _torch_trajectory(lambda ps: build_optimizer(ps, AdamSpec(lr=lr)), THETA0)
+    theta, v, s = THETA0.clone(), torch.zeros_like(THETA0), torch.zeros_like(THETA0)
+    for step in range(STEPS):
+        g = _grad(theta)
+        v = b1 * v + (1 - b1) * g
+        s = b2 * s + (1 - b2) * g * g
+        theta = theta - lr * v / (s.sqrt() + eps)
+        torch.testing.assert_close(got[step], theta, rtol=1e-10, atol=1e-12)
+    first = (got[0] - THETA0) / (corrected[0] - THETA0)
+    torch.testing.assert_close(first, torch.full_like(first, (1 - b1) / (1 - b2) ** 0.5),
+                               rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="adam only"):
+        AdamSpec(name="adamw", bias_correction=False)
 
 
 def _bn_run(bn_momentum: float) -> list[Metrics]:
