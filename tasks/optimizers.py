@@ -8,12 +8,14 @@ RMSProp follows notes 000 (decay 0.9, lr 1e-3, eps 1e-8).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import Field, PositiveFloat, model_validator
 
 from tasks.spec import StrictModel
+
+if TYPE_CHECKING:
+    import torch
 
 Decay = Annotated[float, Field(ge=0)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
@@ -76,17 +78,17 @@ class AdamSpec(StrictModel):
 OptimizerSpec = Annotated[
     SGDSpec | AdagradSpec | AdadeltaSpec | RMSpropSpec | AdamSpec, Field(discriminator="name")]
 
-_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
-    "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-    "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
-}
-
-
 def build_optimizer(params: Iterable[Any], spec: OptimizerSpec) -> torch.optim.Optimizer:
     """The torch optimizer a spec names. ``params`` may be tensors or parameter groups
     (dicts with their own ``lr``), as fine-tuning uses."""
+    import torch  # here: specs are validated where torch is not imported (the driver)
+
+    classes: dict[str, type[torch.optim.Optimizer]] = {
+        "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
+        "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+        "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
+    }
     kwargs = spec.model_dump(exclude={"name"})
     if isinstance(spec, AdamSpec):
         kwargs["betas"] = tuple(kwargs["betas"])
-    return _CLASSES[spec.name](params, **kwargs)
+    return classes[spec.name](params, **kwargs)

@@ -128,7 +128,6 @@ def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.config.plan import plan_sweep
-    from orchestrator.sweep import run_sweep
 
     plan = plan_sweep(_composer(args), args.study, list(args.overrides), quick=args.quick)
     _check_address(args.address, plan.spec.cluster)
@@ -153,6 +152,8 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
         for t in plan.trials:
             out.print(f"{t.index:4d} {t.key} {t.arm} seed={t.seed}", highlight=False)
         return EXIT_OK
+    from orchestrator.sweep import run_sweep  # Ray and MLflow: only when a sweep runs
+
     result = run_sweep(plan, args.tracking_uri, args.address, tuple(args.tasks), err)
     return _report_result(result, plan.spec.sweep.metric, out, err)
 
