@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "ray", "scipy", "mlflow", "matplotlib")
 
-PROBE = """
+PROBE = f"""
 import contextlib, io, json, sys
 from orchestrator.cli import main
 try:
@@ -26,8 +26,8 @@ try:
         rc = main(json.loads(sys.argv[1]))
 except SystemExit as e:  # --help exits from argparse
     rc = e.code
-print(json.dumps({"rc": rc, "loaded": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({{"rc": rc, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
 
 
 def loaded_by(argv: list[str], cwd: Path) -> list[str]:
