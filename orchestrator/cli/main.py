@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import jobs, record
+from orchestrator.cli import jobs, record, service
 from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 from orchestrator.errors import SpecError, TrackingUnavailable
 
@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     jobs.add_parsers(sub, configs, store)  # submit, jobs, logs
     record.add_parsers(sub, configs, store)  # claims, record
+    service.add_parsers(sub)  # up, down
     return p
 
 
@@ -152,6 +153,7 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
         for t in plan.trials:
             out.print(f"{t.index:4d} {t.key} {t.arm} seed={t.seed}", highlight=False)
         return EXIT_OK
+    _find_warm(args.address)
     from orchestrator.sweep import run_sweep  # Ray and MLflow: only when a sweep runs
 
     result = run_sweep(plan, args.tracking_uri, args.address, tuple(args.tasks), err)
@@ -168,7 +170,18 @@ def _check_address(address: str | None, cluster: "ClusterSpec") -> None:  # noqa
                         "or the other")
 
 
+def _find_warm(address: str | None) -> None:
+    """With no ``--address``, point Ray at ``orch up``'s token if it runs: Ray reads it when
+    imported, so this comes before any import of Ray (``init_ray`` then connects)."""
+    from orchestrator.runtime.service_state import connect_env, find_service
+
+    warm = None if address else find_service()
+    if warm is not None:
+        connect_env(warm)
+
+
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
+    _find_warm(args.address)
     from orchestrator.sweep import resume_sweep
 
     result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
@@ -297,3 +310,4 @@ _COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "resume": cmd_resume, "
              "show": cmd_show, "cancel": cmd_cancel, "report": cmd_report}
 _COMMANDS.update(jobs.COMMANDS)  # submit, jobs, logs
 _COMMANDS.update(record.COMMANDS)  # claims, record
+_COMMANDS.update(service.COMMANDS)  # up, down

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ray
 
+from orchestrator.runtime.service_state import connect_env, find_service
+
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Connect to ``address``, or start a local Ray cluster in-process.
@@ -15,9 +17,16 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     ``_node_ip_address`` says: it resolves 127.0.0.1 to the node's routable address and its
     gRPC servers listen on all interfaces, so the token is what keeps others out
     (``tests/test_failures.py::test_local_cluster_secure_defaults`` checks both).
+
+    With no ``address`` and no size asked, the cluster of ``orch up`` is used when it runs
+    (``orchestrator.runtime.service``): started the same way, kept between sweeps.
     """
     if ray.is_initialized():
         return
+    if not address and num_cpus is None and num_gpus is None:
+        warm = find_service()
+        if warm is not None and connect_env(warm):
+            address = warm.address
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
