@@ -34,9 +34,10 @@ def cmd_up(args: argparse.Namespace, out: Console, err: Console) -> int:
         if st is None:
             out.print("orch up: not running", highlight=False)
             return EXIT_ERROR
-        busy = ", ".join(f"{w} (pid {p})" for w, p in st["busy"].items()) or "-"
+        busy = ", ".join(f"{w} (driver pid {p})" for w, p in st["busy"].items()) or "-"
         out.print(f"orch up: {st['address']} (daemon pid {st['daemon_pid']}), {st['slots']} "
-                  f"slots: {len(st['idle'])} idle, busy: {busy}", highlight=False)
+                  f"slots: {len(st['idle'])} idle, busy: {busy}; worker pids: "
+                  f"{', '.join(str(p) for p in st['pids'].values())}", highlight=False)
         return EXIT_OK
     if args.slots < 1:
         err.print("[red]error:[/] --slots: at least 1", highlight=False)

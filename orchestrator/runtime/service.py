@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,8 +79,12 @@ class PoolKeeper:
             _new_worker(name, self.num_threads)
 
     def status(self) -> dict[str, Any]:
+        """Slots, leases (worker -> driver pid), idle workers and each worker's process id."""
+        infos = ray.get([ray.get_actor(n, namespace=NAMESPACE).info.remote()
+                         for n in self.names])
         return {"slots": len(self.names), "busy": dict(self.leases),
-                "idle": [w for w in self.names if w not in self.leases]}
+                "idle": [w for w in self.names if w not in self.leases],
+                "pids": {n: i.pid for n, i in zip(self.names, infos)}}
 
 
 PoolKeeperActor: Any = ray.remote(num_cpus=0)(PoolKeeper)
@@ -185,6 +190,7 @@ def stop(timeout_s: float = 60.0) -> bool:
     for pid in pids:  # what did not end with Ray's shutdown: only the service's own pids
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(state.temp_dir, ignore_errors=True)
     state_path().unlink(missing_ok=True)
     return True
 
@@ -193,12 +199,13 @@ def serve(slots: int, num_cpus: int | None) -> None:
     """The daemon: Ray up, the keeper and the warm workers, the state file; until SIGTERM."""
     import psutil
 
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     temp_dir = tempfile.mkdtemp(prefix="orch-up-")  # short: Ray's socket paths must fit
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False, configure_logging=False, namespace=NAMESPACE,
              _temp_dir=temp_dir)
+    # After ray.init, whose own SIGTERM handler would end the process without cleaning up.
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     names = [f"orch-warm-worker-{i}" for i in range(slots)]
     workers = [_new_worker(name, 1) for name in names]
     keeper = PoolKeeperActor.options(name=KEEPER, lifetime="detached").remote(names, 1)
@@ -217,6 +224,7 @@ def serve(slots: int, num_cpus: int | None) -> None:
         with contextlib.suppress(ValueError):  # already gone
             ray.kill(ray.get_actor(name), no_restart=True)
     ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
