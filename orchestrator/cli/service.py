@@ -22,12 +22,13 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_up(args: argparse.Namespace, out: Console, err: Console) -> int:
+    # Here: --help and other commands import neither; service imports Ray (after connect_env).
     from orchestrator.runtime.service_state import connect_env, find_service
 
     running = find_service()
     if running is not None:  # before Ray is imported: it reads the token variables then
         connect_env(running)
-    from orchestrator.runtime import service
+    from orchestrator.runtime import service  # imports Ray: after the token variables
 
     if args.status:
         st = service.status()
@@ -53,7 +54,7 @@ def cmd_up(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def cmd_down(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from orchestrator.runtime import service
+    from orchestrator.runtime import service  # Ray: only for this command
 
     out.print("orch down: stopped" if service.stop() else "orch down: not running",
               highlight=False)

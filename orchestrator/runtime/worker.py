@@ -50,7 +50,7 @@ class TrialWorker:
 
     def load_tasks(self, task_modules: tuple[str, ...]) -> None:
         """Import a sweep's own task modules (a warm worker of ``orch up`` serves many)."""
-        from tasks import registry
+        from tasks import registry  # as in _setup: the task modules load in the worker
 
         registry.load_plugins(task_modules)
 
