@@ -14,8 +14,7 @@ from collections.abc import Iterator
 
 from pydantic import Field, NonNegativeFloat, PositiveInt
 
-from tasks.classify import ClassifySpec
-from tasks.classify import run as run_classify
+from tasks.builtin import ClassifySpec
 from tasks.events import Event, Metrics, Summary
 from tasks.registry import register
 from tasks.spec import StrictModel
@@ -53,6 +52,8 @@ def work(spec: WorkSpec) -> Iterator[Event]:
 @register("classify_timed", ClassifySpec)
 def classify_timed(spec: ClassifySpec) -> Iterator[Event]:
     """The project's ``classify`` task, unchanged, plus its own wall-clock span in the Summary."""
+    from tasks.classify import run as run_classify  # torch: in the worker, not the driver
+
     start = time.time()
     for event in run_classify(spec):
         if isinstance(event, Summary):

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from mlflow.entities import Run
 
-from orchestrator.report import compute_verdicts
 from orchestrator.store import schema
 from orchestrator.store.reader import StoreReader
 from orchestrator.verdicts import Verdict, verdicts_from_json
@@ -82,6 +81,8 @@ class Client:
         if self.reader.has_artifact(parent.info.run_id, schema.VERDICTS_ARTIFACT):
             return verdicts_from_json(self.reader.read_text(parent.info.run_id,
                                                             schema.VERDICTS_ARTIFACT))
+        from orchestrator.report import compute_verdicts  # plots and statistics: on use only
+
         return compute_verdicts(self.tracking_uri, sweep_id)
 
     def best(self, sweep_id: str) -> pd.Series:

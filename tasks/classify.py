@@ -1,6 +1,7 @@
 """Task family ``classify``: supervised classification on digits or synthetic data.
 
-Used by the optimizer and LR-schedule studies.
+Used by the optimizer and LR-schedule studies. The spec (``ClassifySpec``, re-exported here)
+and the registration live in ``tasks.builtin``, without torch.
 """
 
 from __future__ import annotations
@@ -12,27 +13,14 @@ from torch import nn
 
 from tasks import data as datasets
 from tasks import distributed
+from tasks.builtin import ClassifySpec
 from tasks.events import Event
-from tasks.models import ModelSpec, build_model
-from tasks.optimizers import OptimizerSpec, build_optimizer
-from tasks.registry import register
-from tasks.schedules import SchedulerSpec, build_scheduler
-from tasks.spec import StrictModel
-from tasks.training import TrainSpec, fit, pick_device
+from tasks.models import build_model
+from tasks.optimizers import build_optimizer
+from tasks.schedules import build_scheduler
+from tasks.training import fit, pick_device
 
 
-class ClassifySpec(StrictModel):
-    """A fully resolved classification trial."""
-
-    data: datasets.DataSpec
-    model: ModelSpec
-    optimizer: OptimizerSpec
-    scheduler: SchedulerSpec
-    train: TrainSpec = TrainSpec()
-    seed: int = 0
-
-
-@register("classify", ClassifySpec)
 def run(spec: ClassifySpec, dist: distributed.DistContext | None = None,
         resume: bytes | None = None) -> Iterator[Event]:
     """Train a classifier from scratch and report per-epoch and final metrics.

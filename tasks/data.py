@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, PositiveInt, field_validator
 
 from tasks.spec import StrictModel
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DigitsSpec(StrictModel):
@@ -176,6 +178,8 @@ def _mnist1d(spec: MNIST1DSpec) -> Dataset:
         x, x_test = x[:, perm], x_test[:, perm]
     x_train, x_val, y_train, y_val = train_test_split(
         x, y, test_size=spec.val_fraction, random_state=spec.split_seed, stratify=y)
+    import torch  # here: specs are validated where torch is not imported (the driver)
+
     t = torch.from_numpy
     # One input channel, like the digits: 1-D convolutions and recurrent models read N x 1 x 40.
     return Dataset(t(x_train[:, None]), t(y_train), t(x_val[:, None]), t(y_val),
@@ -194,6 +198,8 @@ def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: flo
     if per_class is not None:
         idx = np.concatenate([np.flatnonzero(y_train == c)[:per_class] for c in np.unique(y_train)])
         x_train, y_train = x_train[idx], y_train[idx]
+    import torch  # here: specs are validated where torch is not imported (the driver)
+
     t = torch.from_numpy
     return Dataset(t(x_train), t(y_train), t(x_val), t(y_val), t(x_test), t(y_test),
                    int(len(np.unique(y))))

@@ -34,31 +34,35 @@ import io
 import json
 import math
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
 from tasks import data as datasets
-from tasks.classify import ClassifySpec
+
+# The specs and the registration live in tasks.builtin, without torch (re-exported here).
+from tasks.builtin import (
+    ClassifySpec,
+    FinetuneSpec,
+    GradualStrategy,
+    HeadOnlyStrategy,
+    PretrainSpec,
+    ScratchStrategy,
+    StrategySpec,
+    needs_pretrain,  # noqa: F401 - re-exported
+)
 from tasks.events import Event, Metrics, Summary
-from tasks.models import Classifier, ModelSpec, build_model
-from tasks.optimizers import OptimizerSpec, build_optimizer
-from tasks.registry import register
-from tasks.schedules import SchedulerSpec, build_scheduler
-from tasks.spec import StrictModel
-from tasks.training import TrainSpec, fit, pick_device
+from tasks.models import Classifier, build_model
+from tasks.optimizers import build_optimizer
+from tasks.schedules import build_scheduler
+from tasks.training import fit, pick_device
 
 CHECKPOINT = "checkpoint.pt"          # pretrain's artifact: the model's state_dict
 SOURCE = "checkpoint_source.json"     # finetune's artifact: which checkpoint it started from
 
 
 # --------------------------------------------------------------------------- pretrain
-
-class PretrainSpec(ClassifySpec):
-    """A pre-training run: a classification trial whose weights are kept as an artifact."""
-
 
 def save_checkpoint(model: nn.Module) -> bytes:
     """``model``'s state_dict as bytes (``torch.save`` into memory), tensors on the CPU."""
@@ -82,7 +86,6 @@ def _setup(spec: ClassifySpec | FinetuneSpec, data: datasets.Dataset, params: An
                                       spec.train.epochs)
 
 
-@register("pretrain", PretrainSpec)
 def pretrain(spec: PretrainSpec, resume: bytes | None = None) -> Iterator[Event]:
     """Pre-train a classifier on the source task; its weights are the run's artifact.
     ``resume``: the state of a Checkpoint it yielded (``tasks.training.fit``)."""
@@ -98,92 +101,6 @@ def pretrain(spec: PretrainSpec, resume: bytes | None = None) -> Iterator[Event]
             # and the orchestrator fails its fine-tune trials as "upstream did not finish".
             event = Summary(event.values, artifacts={CHECKPOINT: save_checkpoint(model)})
         yield event
-
-
-# --------------------------------------------------------------------------- strategies
-
-class ScratchStrategy(StrictModel):
-    """No checkpoint: the same architecture trained from a random init at the optimizer's LR."""
-
-    name: Literal["scratch"] = "scratch"
-
-
-class HeadOnlyStrategy(StrictModel):
-    """Linear probe: the pre-trained backbone is frozen; only the new head trains."""
-
-    name: Literal["head_only"] = "head_only"
-    lr_multiple: PositiveFloat = 0.1    # backbone LR = lr_multiple x optimizer.lr (unused: frozen)
-    head_lr_ratio: PositiveFloat = 10.0  # head LR = head_lr_ratio x backbone LR
-
-
-class FullStrategy(StrictModel):
-    """Every layer trains from the start at one LR, ``lr_multiple`` x the scratch LR."""
-
-    name: Literal["full"] = "full"
-    lr_multiple: PositiveFloat = 0.1
-
-
-class DiscriminativeStrategy(StrictModel):
-    """Strategy A (002:L1501): one stage, the new head at a larger LR than the backbone."""
-
-    name: Literal["discriminative"] = "discriminative"
-    lr_multiple: PositiveFloat = 0.1
-    head_lr_ratio: PositiveFloat = 10.0
-
-
-class GradualStrategy(StrictModel):
-    """Strategy B (002:L1503, L1509): head only for ``head_epochs``, then unfreeze the top
-    half of the backbone's blocks or all of them; the LRs are those of strategy A."""
-
-    name: Literal["gradual"] = "gradual"
-    lr_multiple: PositiveFloat = 0.1
-    head_lr_ratio: PositiveFloat = 10.0
-    head_epochs: PositiveInt | None = None  # None: a third of train.epochs (at least one)
-    unfreeze: Literal["top_half", "all"] = "all"
-
-    def head_phase(self, epochs: int) -> int:
-        """Epochs with the backbone frozen, out of a run of ``epochs``."""
-        return self.head_epochs if self.head_epochs is not None else max(1, epochs // 3)
-
-
-StrategySpec = Annotated[
-    ScratchStrategy | HeadOnlyStrategy | FullStrategy | DiscriminativeStrategy | GradualStrategy,
-    Field(discriminator="name")]
-
-
-class FinetuneSpec(StrictModel):
-    """A fully resolved fine-tuning trial: the target task, the strategy, and the pretrain
-    run whose checkpoint it starts from (``pretrain``, an upstream run shared by trials)."""
-
-    data: datasets.DataSpec
-    model: ModelSpec
-    optimizer: OptimizerSpec   # its lr is the scratch LR; see the strategies' lr_multiple
-    scheduler: SchedulerSpec
-    strategy: StrategySpec
-    pretrain: PretrainSpec
-    train: TrainSpec = TrainSpec()
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "FinetuneSpec":
-        if self.model != self.pretrain.model:
-            raise ValueError("model must equal pretrain.model: the checkpoint's backbone is "
-                             "loaded into the fine-tuned model")
-        if self.data.name != self.pretrain.data.name:
-            raise ValueError("data and pretrain.data must be the same dataset (input shape)")
-        if isinstance(self.strategy, GradualStrategy) and \
-                self.strategy.head_phase(self.train.epochs) >= self.train.epochs:
-            raise ValueError(f"strategy.head_epochs ({self.strategy.head_epochs}) must be "
-                             f"below train.epochs ({self.train.epochs}) or nothing is unfrozen")
-        return self
-
-
-def needs_pretrain(spec: FinetuneSpec) -> tuple[str, dict[str, Any]] | None:
-    """The upstream run a trial needs: the ``pretrain`` run of ``spec.pretrain`` (none for
-    ``scratch``). Trials naming the same pretrain config share one run."""
-    if isinstance(spec.strategy, ScratchStrategy):
-        return None
-    return "pretrain", spec.pretrain.model_dump(mode="json")
 
 
 # --------------------------------------------------------------------------- mechanics
@@ -270,7 +187,6 @@ def build_finetune_model(spec: FinetuneSpec, data: datasets.Dataset,
     return model
 
 
-@register("finetune", FinetuneSpec, upstream=needs_pretrain)
 def run(spec: FinetuneSpec, upstream: dict[str, bytes] | None = None,
         resume: bytes | None = None) -> Iterator[Event]:
     """Fine-tune a pre-trained backbone on the target task with one strategy (or train the

@@ -10,111 +10,26 @@ model definition.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import torch
-from pydantic import Field, PositiveInt
 from torch import nn
 
-from tasks.spec import StrictModel
-
-Norm = Literal["none", "bn", "syncbn", "gn", "ln"]
-# Weight init of MLP-d's linear layers (INIT-*): torch's default (Kaiming-uniform with
-# a=sqrt(5)), Xavier/Glorot normal (gain 1, for tanh), Kaiming/He normal (fan-in, for ReLU),
-# or every weight 1/fan_in (symmetric: hidden units of a layer stay identical). Biases are
-# zero in the three explicit schemes.
-Init = Literal["default", "xavier", "kaiming", "constant"]
-Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu"]
+# The specs are re-exported: they live where torch is not needed.
+from tasks.model_specs import (
+    CNN1DSpec,
+    CNNSpec,
+    GRU1DSpec,
+    Init,
+    LogRegSpec,
+    MLP1DSpec,
+    MLPSpec,
+    Norm,
+    ResNetSpec,
+)
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
 }
-
-
-class MLPSpec(StrictModel):
-    """MLP-d: an MLP on the 64 digit pixels."""
-
-    name: Literal["mlp_d"] = "mlp_d"
-    hidden: list[PositiveInt] = [128, 64]
-    activation: Activation = "relu"
-    init: Init = "default"
-    norm: Norm = "none"
-    dropout: float = Field(0.0, ge=0, lt=1)
-    # torch's convention: running = (1 - momentum) * running + momentum * batch.
-    # The notes' "0.9" (retention) is torch's 0.1.
-    bn_momentum: float = Field(0.1, gt=0, le=1)
-
-
-class CNNSpec(StrictModel):
-    """CNN-d: conv blocks on the 1x8x8 digits, global average pool, linear head."""
-
-    name: Literal["cnn_d"] = "cnn_d"
-    channels: list[PositiveInt] = [16, 32]
-    activation: Activation = "relu"
-    norm: Norm = "bn"
-    gn_groups: PositiveInt = 4
-    dropout: float = Field(0.0, ge=0, lt=1)
-    bn_momentum: float = Field(0.1, gt=0, le=1)
-
-
-class ResNetSpec(StrictModel):
-    """A small residual CNN (two-conv blocks with identity shortcuts)."""
-
-    name: Literal["resnet_d"] = "resnet_d"
-    width: PositiveInt = 32
-    blocks: PositiveInt = 3
-    activation: Activation = "relu"
-    norm: Norm = "bn"
-    gn_groups: PositiveInt = 4
-    dropout: float = Field(0.0, ge=0, lt=1)
-    bn_momentum: float = Field(0.1, gt=0, le=1)
-
-
-# The MNIST-1D baselines mirror the models of the dataset's repository
-# (github.com/greydanus/mnist1d, notebooks/models.py: LinearBase, MLPBase, ConvBase, GRUBase),
-# whose published accuracies conf/study/mnist1d_baselines.yaml replicates. They have no norm
-# layer; ``norm`` exists because the data-parallel path reads it.
-
-
-class LogRegSpec(StrictModel):
-    """Logistic regression: one linear layer on the flattened input (LinearBase)."""
-
-    name: Literal["logreg_1d"] = "logreg_1d"
-    norm: Literal["none"] = "none"
-
-
-class MLP1DSpec(StrictModel):
-    """MLPBase: linear + ReLU, a residual linear + ReLU block, linear head (hidden 100)."""
-
-    name: Literal["mlp_1d"] = "mlp_1d"
-    hidden: PositiveInt = 100
-    activation: Activation = "relu"
-    norm: Literal["none"] = "none"
-
-
-class CNN1DSpec(StrictModel):
-    """ConvBase: three strided 1-D convolutions (kernel 5, 3, 3; stride 2; 25 channels), ReLU,
-    then a linear head on the flattened feature map (not pooled: position stays visible)."""
-
-    name: Literal["cnn_1d"] = "cnn_1d"
-    channels: PositiveInt = 25
-    activation: Activation = "relu"
-    norm: Literal["none"] = "none"
-
-
-class GRU1DSpec(StrictModel):
-    """GRUBase: a bidirectional GRU (hidden 6) over the sequence, one scalar per step; the head
-    reads the outputs of every step (flattened)."""
-
-    name: Literal["gru_1d"] = "gru_1d"
-    hidden: PositiveInt = 6
-    bidirectional: bool = True
-    norm: Literal["none"] = "none"
-
-
-ModelSpec = Annotated[MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | CNN1DSpec | GRU1DSpec,
-                      Field(discriminator="name")]
 
 
 class Classifier(nn.Module):

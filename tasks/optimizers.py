@@ -8,12 +8,14 @@ RMSProp follows notes 000 (decay 0.9, lr 1e-3, eps 1e-8).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import Field, PositiveFloat, model_validator
 
 from tasks.spec import StrictModel
+
+if TYPE_CHECKING:
+    import torch
 
 Decay = Annotated[float, Field(ge=0)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
@@ -84,51 +86,24 @@ class AdamSpec(StrictModel):
         return self
 
 
-class AdamNoBiasCorrection(torch.optim.Optimizer):
-    """The notes' Adam without bias correction: m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
-    w <- w - lr m / (sqrt(v) + eps); L2 weight decay added to g, as torch's Adam does."""
-
-    def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float],
-                 eps: float, weight_decay: float) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
-                                  "weight_decay": weight_decay})
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None if closure is None else closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-group["lr"])
-        return loss
-
-
 OptimizerSpec = Annotated[
     SGDSpec | AdagradSpec | AdadeltaSpec | RMSpropSpec | AdamSpec, Field(discriminator="name")]
-
-_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
-    "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-    "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
-}
-
 
 def build_optimizer(params: Iterable[Any], spec: OptimizerSpec) -> torch.optim.Optimizer:
     """The torch optimizer a spec names. ``params`` may be tensors or parameter groups
     (dicts with their own ``lr``), as fine-tuning uses."""
+    import torch  # here: specs are validated where torch is not imported (the driver)
+
+    from tasks.adam_nobc import AdamNoBiasCorrection  # a torch Optimizer: worker side too
+
+    classes: dict[str, type[torch.optim.Optimizer]] = {
+        "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
+        "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+        "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
+    }
     kwargs = spec.model_dump(exclude={"name", "bias_correction"})
     if isinstance(spec, AdamSpec):
         kwargs["betas"] = tuple(kwargs["betas"])
         if not spec.bias_correction:
             return AdamNoBiasCorrection(params, **kwargs)
-    return _CLASSES[spec.name](params, **kwargs)
+    return classes[spec.name](params, **kwargs)

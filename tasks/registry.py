@@ -4,6 +4,9 @@ Only registered tasks can run: a config names a task by its registered name, nev
 Python path, so a study file cannot execute arbitrary code. Users add tasks through the
 ``orchestrator.tasks`` entry-point group of their own package, or a module named on the
 command line (``orch sweep --tasks mypkg.mytasks``) whose import calls :func:`register`.
+A task whose module imports torch can be registered by name instead
+(:func:`register_lazy`): the driver then validates its specs without importing torch, and
+only a worker, on its first trial, imports the run function.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, cast
 
 from tasks.events import Event
 from tasks.spec import StrictModel
 
 ENTRY_POINT_GROUP = "orchestrator.tasks"
-BUILTIN_MODULES = ("tasks.classify", "tasks.finetune")
+BUILTIN_MODULES = ("tasks.builtin",)
 
 
 #: ``upstream(spec)`` names the run a trial needs first: ``(task name, config)``, or None.
@@ -38,13 +41,25 @@ class Task:
     orchestrator runs each distinct upstream once and reuses it across trials and sweeps.
     A ``run`` that accepts ``resume`` (see :func:`accepts`) can continue from the state of a
     :class:`~tasks.events.Checkpoint` it yielded earlier (contract in ``tasks.events``).
+    ``target`` is the generator or its ``"module:name"``, imported by :attr:`run`.
     """
 
     name: str
     spec: type[StrictModel]
-    run: Callable[..., Iterator[Event]]
+    target: Callable[..., Iterator[Event]] | str
     description: str = ""
     upstream: Upstream | None = None
+
+    @property
+    def run(self) -> Callable[..., Iterator[Event]]:
+        """The generator; a ``"module:name"`` target is imported here, on first use."""
+        if callable(self.target):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        fn = getattr(importlib.import_module(module), attr)
+        if not callable(fn):
+            raise TypeError(f"task {self.name!r}: {self.target} is not callable")
+        return cast(Callable[..., Iterator[Event]], fn)
 
 
 class PluginError(ImportError):
@@ -66,6 +81,15 @@ def register(name: str, spec: type[StrictModel], description: str = "",
         return fn
 
     return wrap
+
+
+def register_lazy(name: str, spec: type[StrictModel], target: str, description: str = "",
+                  upstream: Upstream | None = None) -> None:
+    """Register task ``name`` whose generator is ``target`` (``"module:name"``), imported only
+    when a trial runs: the spec's module must not import what the run needs (torch)."""
+    if ":" not in target:
+        raise ValueError(f"task {name!r}: target must be 'module:name', got {target!r}")
+    _TASKS[name] = Task(name, spec, target, description, upstream)
 
 
 def accepts(fn: Callable[..., object], name: str) -> bool:

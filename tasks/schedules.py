@@ -52,13 +52,15 @@ import random
 from bisect import bisect_right
 from collections.abc import Sequence
 from functools import partial
-from typing import Annotated, Literal, assert_never
+from typing import TYPE_CHECKING, Annotated, Literal, assert_never
 
-import torch
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
-from torch.optim import lr_scheduler as lrs
 
 from tasks.spec import StrictModel
+
+if TYPE_CHECKING:
+    import torch
+    from torch.optim import lr_scheduler as lrs
 
 # Finite numbers only: an ``inf`` duration would pass ``gt=0`` and then fail in round().
 Epochs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -356,6 +358,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: SchedulerSpec,
     family = _family(optimizer, spec, steps_per_epoch, total - warmup)
     if warmup == 0:
         return family
+    from torch.optim import lr_scheduler as lrs  # here: the specs are importable without torch
+
     ramp = lrs.LinearLR(optimizer, start_factor=spec.warmup_start_factor, end_factor=1.0,
                         total_iters=warmup)
     return lrs.SequentialLR(optimizer, [ramp, family], milestones=[warmup])
@@ -364,6 +368,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: SchedulerSpec,
 def _family(optimizer: torch.optim.Optimizer, spec: SchedulerSpec, spe: int,
             steps: int) -> lrs.LRScheduler:
     """The family's own scheduler over ``steps`` steps (the run after warmup)."""
+    from torch.optim import lr_scheduler as lrs
+
     peaks = [float(g["lr"]) for g in optimizer.param_groups]
     # torch's eta_min is an absolute LR, one for all groups: alpha*LR fits only if the
     # groups share one LR (or alpha is 0).
@@ -449,6 +455,8 @@ def _family(optimizer: torch.optim.Optimizer, spec: SchedulerSpec, spe: int,
 def lr_multipliers(spec: SchedulerSpec, steps_per_epoch: int, epochs: int) -> list[float]:
     """The LR multiplier used at each of the run's steps, by driving a throwaway SGD
     optimizer (LR 1) through :func:`build_scheduler`."""
+    import torch
+
     param = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([param], lr=1.0)
     scheduler = build_scheduler(optimizer, spec, steps_per_epoch, epochs)

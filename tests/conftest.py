@@ -43,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # New sqlite stores are copied from a template cached here (orchestrator/store/create.py):
     # in the temp folder, kept between runs, never in the user's ~/.cache.
     os.environ.setdefault("XDG_CACHE_HOME", os.path.join(tempfile.gettempdir(), "orch-test-cache"))
+    # A user's `orch up` (its state under $XDG_RUNTIME_DIR) must not serve the tests' sweeps.
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="orch-test-run-")
     config.stash[_STATE] = _checkout_state()
 
 

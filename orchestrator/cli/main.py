@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from orchestrator.cli import jobs, record
+from orchestrator.cli import jobs, record, service
 from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 from orchestrator.cli.tables import fitted_table, print_table
 from orchestrator.errors import SpecError, TrackingUnavailable
+from orchestrator.runtime.signals import SIGNALS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
     jobs.add_parsers(sub, configs, store)  # submit, jobs, logs
     record.add_parsers(sub, configs, store)  # claims, record
+    service.add_parsers(sub)  # up, down
     return p
 
 
@@ -126,8 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as e:
         err.print(f"[red]error:[/] {e.args[0]}", highlight=False)
         return EXIT_BAD_INPUT
-    signals = sys.modules.get("orchestrator.sweep.signals")
-    if signals is not None and signals.SIGNALS.forced:
+    if SIGNALS.forced:
         # A second signal: exit now, without waiting for Ray's shutdown at exit.
         sys.stdout.flush()
         sys.stderr.flush()
@@ -137,10 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _signal_exit_code() -> int:
     """128 + the signal that stopped the sweep (the shell's convention); 130 for Ctrl-C
-    without a sweep's handler, and for ``orch cancel``. The handler is looked up, not
-    imported: importing it imports the sweep package (Ray, MLflow)."""
-    signals = sys.modules.get("orchestrator.sweep.signals")
-    return signals.SIGNALS.exit_code(EXIT_CANCELLED) if signals else EXIT_CANCELLED
+    without a sweep's handler, and for ``orch cancel``."""
+    return SIGNALS.exit_code(EXIT_CANCELLED)
 
 
 def _composer(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps --help fast
@@ -180,8 +179,6 @@ def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
 def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     _check_store(args)
     from orchestrator.config.plan import plan_sweep
-    from orchestrator.sweep import run_sweep
-    from orchestrator.sweep.signals import SIGNALS
 
     SIGNALS.whole_process = True
 
@@ -209,6 +206,9 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
         for t in plan.trials:
             out.print(f"{t.index:4d} {t.key} {t.arm} seed={t.seed}", highlight=False)
         return EXIT_OK
+    _find_warm(args.address)
+    from orchestrator.sweep import run_sweep  # Ray and MLflow: only when a sweep runs
+
     result = run_sweep(plan, args.tracking_uri, args.address, tuple(args.tasks), err)
     return _report_result(result, plan.spec.sweep.metric, out, err)
 
@@ -232,10 +232,20 @@ def _check_store(args: argparse.Namespace) -> None:
         check_store(args.tracking_uri)
 
 
+def _find_warm(address: str | None) -> None:
+    """With no ``--address``, point Ray at ``orch up``'s token if it runs: Ray reads it when
+    imported, so this comes before any import of Ray (``init_ray`` then connects)."""
+    from orchestrator.runtime.service_state import connect_env, find_service
+
+    warm = None if address else find_service()
+    if warm is not None:
+        connect_env(warm)
+
+
 def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     _check_store(args)
-    from orchestrator.sweep import resume_sweep
-    from orchestrator.sweep.signals import SIGNALS
+    _find_warm(args.address)
+    from orchestrator.sweep import resume_sweep  # Ray and MLflow: only when a sweep runs
     from tasks.registry import PluginError
 
     SIGNALS.whole_process = True
@@ -411,3 +421,4 @@ _COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "resume": cmd_resume, "
              "show": cmd_show, "cancel": cmd_cancel, "report": cmd_report}
 _COMMANDS.update(jobs.COMMANDS)  # submit, jobs, logs
 _COMMANDS.update(record.COMMANDS)  # claims, record
+_COMMANDS.update(service.COMMANDS)  # up, down

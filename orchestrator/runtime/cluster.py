@@ -5,6 +5,7 @@ from __future__ import annotations
 import ray
 
 from orchestrator.runtime import reaper
+from orchestrator.runtime.service_state import connect_env, find_service
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
@@ -20,9 +21,15 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
 
     A local cluster also gets a watcher that ends its processes when the driver goes,
     however it goes (``orchestrator/runtime/reaper.py``).
+    With no ``address`` and no size asked, the cluster of ``orch up`` is used when it runs
+    (``orchestrator.runtime.service``): started the same way, kept between sweeps.
     """
     if ray.is_initialized():
         return
+    if not address and num_cpus is None and num_gpus is None:
+        warm = find_service()
+        if warm is not None and connect_env(warm):
+            address = warm.address
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:

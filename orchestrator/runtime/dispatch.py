@@ -31,8 +31,9 @@ from ray.exceptions import (
 from orchestrator.core.results import Failure, NodeInfo, Stopped
 from orchestrator.core.specs import Resources, Trial
 from orchestrator.errors import SpecError
+from orchestrator.runtime import service
 from orchestrator.runtime.memory import is_out_of_memory
-from orchestrator.runtime.slots import new_slot
+from orchestrator.runtime.slots import ActorSlot, new_slot
 from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.runtime.worker import TrialWorkerActor
 from tasks.events import Checkpoint, CheckpointError, Metrics, Summary
@@ -160,6 +161,11 @@ class Dispatcher:
         default_factory=deque)
     #: Upstream artifacts in the object store, by upstream trial key (put once, shared).
     inputs: dict[str, Any] = field(default_factory=dict)
+    #: Slots on workers leased from ``orch up``'s pool (slot -> worker name): given back,
+    #: not killed, unless a trial still ran on them (``_busy``) or they were replaced (``_lost``).
+    _warm: dict[int, str] = field(default_factory=dict)
+    _busy: set[int] = field(default_factory=set)
+    _lost: list[str] = field(default_factory=list)
 
     def slots_for(self, n_trials: int, workers: int | None = None) -> int:
         """How many trials of ``workers`` ranks (default ``resources.workers``) can run at
@@ -196,7 +202,14 @@ class Dispatcher:
         while the driver sets up tracking; :meth:`run` waits for them. ``workers`` sets
         the world size of the slots' trials (default ``resources.workers``)."""
         self.workers = workers or self.resources.workers
-        self._actors = [self._new_slot() for _ in range(n_slots)]
+        r = self.resources
+        warm = service.lease(n_slots, r.cpus, r.gpus, r.memory_mb, self.task_modules) \
+            if self.workers == 1 else {}
+        self._warm = dict(enumerate(warm))
+        if warm:  # the warm workers hold the service's CPUs: no cold ones beside them
+            self._actors = [ActorSlot(a) for a in warm.values()]
+        else:
+            self._actors = [self._new_slot() for _ in range(n_slots)]
 
     def run(self, source: TrialSource, listener: Listener) -> None:
         """Run until the source is exhausted and no trial is running."""
@@ -233,6 +246,7 @@ class Dispatcher:
             self._kill_all(running, listener, source)
             raise Cancelled() from None
         finally:
+            self._busy |= {s.slot for s in running.values()}
             self.report_ended(listener)
 
     def report_ended(self, listener: Listener) -> None:
@@ -362,6 +376,8 @@ class Dispatcher:
         # A gang's surviving ranks are killed too: its process group is unusable.
         if kill or self._actors[slot].workers > 1:
             self._actors[slot].kill()
+        if slot in self._warm:
+            self._lost.append(self._warm.pop(slot))
         self._actors[slot] = self._new_slot()
         self._nodes[slot] = ray.get(self._actors[slot].info())
 
@@ -397,6 +413,7 @@ class Dispatcher:
                                  Failure("Cancelled", "the sweep was cancelled", ""))
             source.finish(state.trial, "killed", None)
         self.report_ended(listener)
+        self._busy |= {s.slot for s in running.values()}
         self.shutdown()
 
     def _collect(self, gen: Any, state: _Running, listener: Listener) -> None:
@@ -415,10 +432,19 @@ class Dispatcher:
             return
 
     def shutdown(self) -> None:
-        """Kill the actors now: their processes end, whatever they were running."""
-        for slot in self._actors:
+        """Kill the actors now: their processes end, whatever they were running. Idle warm
+        workers go back to ``orch up``'s pool instead."""
+        idle: list[str] = []
+        for i, slot in enumerate(self._actors):
+            if i in self._warm and i not in self._busy:
+                idle.append(self._warm[i])
+                continue
             slot.kill()
-        self._actors = []
+            if i in self._warm:
+                self._lost.append(self._warm[i])
+        if self._warm or self._lost:
+            service.release(idle, self._lost)
+        self._actors, self._warm, self._busy, self._lost = [], {}, set(), []
 
 
 def _first_line(err: BaseException) -> str:

@@ -48,6 +48,12 @@ class TrialWorker:
     def info(self) -> NodeInfo:
         return self._info
 
+    def load_tasks(self, task_modules: tuple[str, ...]) -> None:
+        """Import a sweep's own task modules (a warm worker of ``orch up`` serves many)."""
+        from tasks import registry  # as in _setup: the task modules load in the worker
+
+        registry.load_plugins(task_modules)
+
     def stop(self, trial_index: int) -> None:
         self._runner.stop(trial_index)
 

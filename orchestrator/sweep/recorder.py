@@ -16,7 +16,7 @@ from orchestrator.store import schema, writer
 from orchestrator.store.lease import Claim, Leases, heartbeat_s
 from orchestrator.sweep.checkpoints import Resume, TrialCheckpoints
 from orchestrator.sweep.progress import SweepProgress
-from orchestrator.sweep.signals import SIGNALS
+from orchestrator.runtime.signals import SIGNALS
 from tasks import registry
 from tasks.events import Checkpoint, CheckpointError, Metrics, Summary
 

@@ -37,7 +37,7 @@ from orchestrator.sweep import adaptive, mlflow_ui
 from orchestrator.sweep.leased import LeasedSource
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.recorder import Recorder
-from orchestrator.sweep.signals import SIGNALS, ForcedExit
+from orchestrator.runtime.signals import SIGNALS, ForcedExit
 from tasks import registry
 
 
@@ -54,7 +54,7 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     RUNNING by a dead driver are marked interrupted, and only trials without a finished,
     diverged or failed run in that sweep are run.
 
-    SIGINT, SIGTERM and SIGHUP cancel the sweep (``orchestrator/sweep/signals.py``); the
+    SIGINT, SIGTERM and SIGHUP cancel the sweep (``orchestrator/runtime/signals.py``); the
     result says ``cancelled`` and :data:`SIGNALS` which signal it was.
     """
     SIGNALS.install()

@@ -1,0 +1,62 @@
+"""Where ``orch up``'s service is, without importing Ray: a sweep must find it (and set Ray's
+token variables, which Ray reads at import) before anything imports Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """What ``orch up`` wrote: where the head listens and which processes are the service's."""
+
+    address: str
+    daemon_pid: int
+    slots: int
+    temp_dir: str
+    #: The cluster's own Ray token (0600, next to the state): callers need it, as on the
+    #: cold path they need ``~/.ray/auth_token``.
+    token_path: str
+    #: The daemon's child processes (Ray's GCS, raylet, ...), for ``orch down`` to check.
+    head_pids: list[int]
+
+
+def state_path() -> Path:
+    """``$XDG_RUNTIME_DIR/orch/up.json`` (per user, cleared at logout), else
+    ``~/.cache/orch/up.json``."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path.home() / ".cache"
+    return base / "orch" / "up.json"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process reusing the pid
+        return False
+    return True
+
+
+def connect_env(state: ServiceState) -> bool:
+    """Make this process's ``ray.init`` present the service's token; whether it will. Ray
+    reads these variables when it is imported: a process that imported Ray before cannot
+    connect to the service (it then runs a cluster of its own, the cold path)."""
+    wanted = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state.token_path}
+    already = all(os.environ.get(k) == v for k, v in wanted.items())
+    os.environ.update(wanted)
+    return already or "ray" not in sys.modules
+
+
+def find_service() -> ServiceState | None:
+    """The running service's state, or None (no state file, or its daemon is gone)."""
+    try:
+        state = ServiceState(**json.loads(state_path().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return state if pid_alive(state.daemon_pid) else None

@@ -1,0 +1,56 @@
+"""How long and how to train (``TrainSpec``), importable without torch: the driver validates
+trials against it; ``tasks.training`` runs them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+from tasks.spec import StrictModel
+
+CHECKPOINT_FORMAT = "orch.fit/1"
+#: Default cadence: every epoch, at most once a minute (bench/checkpoint.md).
+CHECKPOINT_EVERY = 1
+CHECKPOINT_MIN_INTERVAL_S = 60.0
+#: Spec fields a resumed attempt may change: they say where and how often a trial runs,
+#: not what it computes.
+RUNTIME_FIELDS = frozenset({"train.device", "train.checkpoint_every",
+                            "train.checkpoint_min_interval_s"})
+
+
+class TrainSpec(StrictModel):
+    """How long and how to train (the what: data, model, optimizer, live beside it)."""
+
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 32
+    loss_scale: PositiveFloat = 1.0  # multiplies the loss (OPT-6: Adam's scale invariance)
+    grad_clip: PositiveFloat | None = None
+    diverge_factor: PositiveFloat = 10.0  # x the first batch's loss; a healthy run never gets there
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Per-layer statistics at the start of every epoch (epoch 0: at initialisation), see
+    # layer_stats(): for the initialisation and activation claims (INIT-*, ACT-*).
+    layer_stats: bool = False
+    checkpoint_every: NonNegativeInt = CHECKPOINT_EVERY  # epochs per Checkpoint; 0 = never
+    checkpoint_min_interval_s: NonNegativeFloat = CHECKPOINT_MIN_INTERVAL_S
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Trial keys hash the dumped spec: leaving the defaults out keeps the keys of trials
+        # run before these fields existed (finished runs, shared upstreams) unchanged.
+        d = handler(self)
+        for name, default in (("checkpoint_every", CHECKPOINT_EVERY),
+                              ("checkpoint_min_interval_s", CHECKPOINT_MIN_INTERVAL_S),
+                              ("layer_stats", False)):
+            if getattr(self, name) == default:
+                d.pop(name, None)
+        return d
