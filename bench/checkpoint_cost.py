@@ -78,18 +78,24 @@ def measure(config: dict[str, Any], repeats: int) -> dict[str, Any]:
     for mode in MODES:
         w, c = statistics.median(wall[mode]), statistics.median(cpu[mode])
         n = len(gaps[mode]) / repeats
-        out[mode] = {"wall_s": w, "cpu_s": c, "overhead_wall": w / off_wall - 1,
-                     "overhead_cpu": c / off_cpu - 1, "checkpoints_per_trial": n,
-                     "checkpoint_ms": 1000 * statistics.median(gaps[mode]) if n else None,
-                     "checkpoint_cpu_ms": 1000 * (c - off_cpu) / n if n else None}
+        out[mode] = {
+            "wall_s": w,
+            "cpu_s": c,
+            "overhead_wall": w / off_wall - 1,
+            "overhead_cpu": c / off_cpu - 1,
+            "checkpoints_per_trial": n,
+            "checkpoint_ms": 1000 * statistics.median(gaps[mode]) if n else None,
+            "checkpoint_cpu_ms": 1000 * (c - off_cpu) / n if n else None,
+        }
     return out
 
 
 def large_checkpoint_s(params: int, repeats: int = 3) -> dict[str, float]:
     """Median seconds to serialise a ``params``-parameter model plus its Adam state."""
     width = 2048
-    model = torch.nn.Sequential(*[torch.nn.Linear(width, width)
-                                  for _ in range(max(1, params // (width * width)))])
+    model = torch.nn.Sequential(
+        *[torch.nn.Linear(width, width) for _ in range(max(1, params // (width * width)))]
+    )
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.randn(2, width)).sum().backward()
     optimizer.step()  # creates the moment buffers
@@ -99,8 +105,11 @@ def large_checkpoint_s(params: int, repeats: int = 3) -> dict[str, float]:
         buf = io.BytesIO()  # as tasks.training does
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buf)
         times.append(time.perf_counter() - t0)
-    return {"params": sum(p.numel() for p in model.parameters()), "bytes": buf.tell(),
-            "seconds": statistics.median(times)}
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "bytes": buf.tell(),
+        "seconds": statistics.median(times),
+    }
 
 
 def main() -> None:
@@ -111,13 +120,23 @@ def main() -> None:
     ap.add_argument("--large-params", type=int, default=25_000_000)  # ~ResNet-50
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out: dict[str, Any] = {"epochs": args.epochs, "repeats": args.repeats,
-                           "threads": args.threads, "torch": torch.__version__}
-    for name, optimizer, scheduler in (("sgd", {"name": "sgd"}, {"name": "constant"}),
-                                       ("adam", {"name": "adam"}, {"name": "cosine"})):
-        config = {"data": {"name": "digits"}, "model": {"name": "mlp_d"},
-                  "optimizer": optimizer, "scheduler": scheduler,
-                  "train": {"epochs": args.epochs, "batch_size": 32}}
+    out: dict[str, Any] = {
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "torch": torch.__version__,
+    }
+    for name, optimizer, scheduler in (
+        ("sgd", {"name": "sgd"}, {"name": "constant"}),
+        ("adam", {"name": "adam"}, {"name": "cosine"}),
+    ):
+        config = {
+            "data": {"name": "digits"},
+            "model": {"name": "mlp_d"},
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "train": {"epochs": args.epochs, "batch_size": 32},
+        }
         out[name] = measure(config, args.repeats)
     out["large"] = large_checkpoint_s(args.large_params)
     print(json.dumps(out, indent=1))

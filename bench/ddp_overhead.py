@@ -64,10 +64,13 @@ def trainer_fit(workers: int, trials: int, storage: str) -> list[float]:
     times = []
     for i in range(trials):
         t0 = time.perf_counter()
-        TorchTrainer(_trainer_loop,
-                     scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
-                                                  resources_per_worker={"CPU": 0.5}),
-                     run_config=RunConfig(name=f"overhead-{i}", storage_path=storage)).fit()
+        TorchTrainer(
+            _trainer_loop,
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 0.5}
+            ),
+            run_config=RunConfig(name=f"overhead-{i}", storage_path=storage),
+        ).fit()
         times.append(time.perf_counter() - t0)
     return times
 
@@ -144,15 +147,23 @@ def main() -> None:
     p.add_argument("--no-trainer", action="store_true", help="skip the TorchTrainer part")
     p.add_argument("--storage", default="/tmp/orch-bench-train")
     args = p.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
     out: dict[str, object] = {"workers": args.workers}
     out.update(gang(args.workers, args.trials))
     out["pg_reinit_s"] = pg_reinit(args.workers, args.trials)
     if not args.no_trainer:
         out["trainer_fit_s"] = trainer_fit(args.workers, args.trials, args.storage)
-    print(json.dumps({k: [round(x, 4) for x in v] if isinstance(v, list) else v
-                      for k, v in out.items()}))
+    print(
+        json.dumps(
+            {k: [round(x, 4) for x in v] if isinstance(v, list) else v for k, v in out.items()}
+        )
+    )
 
 
 if __name__ == "__main__":

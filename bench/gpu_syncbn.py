@@ -38,32 +38,40 @@ except ImportError:  # run as a plain script from a checkout that is not pip-ins
 
 EPS = 1e-5
 MOMENTUM = 0.1
-Impl = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-                torch.Tensor]
+Impl = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
 
 
 def _torch_sync_fn(group: Any) -> Impl:
     """torch's synchronised path, forced even at world size 1 (private API, hence the check)."""
     from torch.nn.modules._functions import SyncBatchNorm as TorchSyncBN
 
-    def run(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rm: torch.Tensor,
-            rv: torch.Tensor) -> torch.Tensor:
-        return TorchSyncBN.apply(x, w, b, rm, rv, EPS, MOMENTUM, group,
-                                 dist.get_world_size(group))
+    def run(
+        x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rm: torch.Tensor, rv: torch.Tensor
+    ) -> torch.Tensor:
+        return TorchSyncBN.apply(x, w, b, rm, rv, EPS, MOMENTUM, group, dist.get_world_size(group))
 
     return run
 
 
 def _our_sync_fn(group: Any) -> Impl:
-    def run(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rm: torch.Tensor,
-            rv: torch.Tensor) -> torch.Tensor:
+    def run(
+        x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rm: torch.Tensor, rv: torch.Tensor
+    ) -> torch.Tensor:
         return sync_batch_norm(x, rm, rv, w, b, MOMENTUM, EPS, group)
 
     return run
 
 
-def _run(impl: Impl, device: torch.device, xs: list[torch.Tensor], gs: list[torch.Tensor],
-         weight: torch.Tensor, bias: torch.Tensor) -> dict[str, Any]:
+def _run(
+    impl: Impl,
+    device: torch.device,
+    xs: list[torch.Tensor],
+    gs: list[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+) -> dict[str, Any]:
     """Train len(xs) steps of one BN layer on ``device``; return float64 CPU results."""
     c = weight.numel()
     # copy=True: on CPU .to() would return the caller's tensor, and its .grad would leak
@@ -101,8 +109,10 @@ def _as_list(v: Any) -> list[torch.Tensor]:
 
 def _max_diffs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     """Max abs difference per quantity, over all steps."""
-    return {k: max(float((p - q).abs().max()) for p, q in zip(_as_list(a[k]), _as_list(b[k])))
-            for k in KEYS}
+    return {
+        k: max(float((p - q).abs().max()) for p, q in zip(_as_list(a[k]), _as_list(b[k])))
+        for k in KEYS
+    }
 
 
 def _scales(ref: dict[str, Any]) -> dict[str, float]:
@@ -125,14 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--size", type=int, default=8, help="spatial side (4D input)")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--atol", type=float, default=1e-4,
-                        help="tolerance, scaled by max(1, max |reference|) per quantity")
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=1e-4,
+        help="tolerance, scaled by max(1, max |reference|) per quantity",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
-        print("gpu_syncbn: no CUDA device visible to torch "
-              f"{torch.__version__}; nothing to compare, skipping.", file=sys.stderr)
+        print(
+            "gpu_syncbn: no CUDA device visible to torch "
+            f"{torch.__version__}; nothing to compare, skipping.",
+            file=sys.stderr,
+        )
         print(json.dumps({"status": "skipped", "reason": "no CUDA device", "pass": None}))
         return 0
 
@@ -147,17 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     # NCCL handles the CUDA tensors, gloo the CPU ones, in one default group.
     backend = "cpu:gloo,cuda:nccl" if dist.is_nccl_available() else "gloo"
     cuda = torch.device("cuda", torch.cuda.current_device())
-    report: dict[str, Any] = {"torch": torch.__version__, "device": torch.cuda.get_device_name(),
-                              "backend": backend, "shape": list(shape), "steps": args.steps,
-                              "atol": args.atol}
+    report: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(),
+        "backend": backend,
+        "shape": list(shape),
+        "steps": args.steps,
+        "atol": args.atol,
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        dist.init_process_group(backend, init_method=f"file://{tmp}/store", rank=0,
-                                world_size=1)
+        dist.init_process_group(backend, init_method=f"file://{tmp}/store", rank=0, world_size=1)
         try:
             group = dist.group.WORLD
             ref = _run(_torch_sync_fn(group), cuda, xs, gs, weight, bias)
-            ours = {"ours_cuda": (cuda, _our_sync_fn(group)),
-                    "ours_cpu": (torch.device("cpu"), _our_sync_fn(group))}
+            ours = {
+                "ours_cuda": (cuda, _our_sync_fn(group)),
+                "ours_cpu": (torch.device("cpu"), _our_sync_fn(group)),
+            }
             report["ms_per_step"] = {"torch_cuda": ref["ms"]}
             scale = _scales(ref)
             report["ref_max_abs"] = scale

@@ -91,6 +91,7 @@ class Row:
 
 # --- scenarios ---------------------------------------------------------------------------------
 
+
 def scenarios(repeats: int | None) -> dict[str, list[Case]]:
     """The issue's scenarios. Default repeats keep ``make bench`` under 15 minutes on 2 CPUs;
     ``repeats`` (``--repeats``) replaces them all."""
@@ -104,30 +105,65 @@ def scenarios(repeats: int | None) -> dict[str, list[Case]]:
             Case("grid16", "16 trials", "bench_grid16", repeats=r(3)),
             # The 1-trial run gives each runner's fixed start-up on this workload, hence the
             # crossover point where orch's 2 slots pay for its start-up.
-            Case("grid16", "1 trial", "bench_grid16", ("optimizer=sgd", "seed=0"),
-                 runners=("orch", "plain"), repeats=r(2)),
+            Case(
+                "grid16",
+                "1 trial",
+                "bench_grid16",
+                ("optimizer=sgd", "seed=0"),
+                runners=("orch", "plain"),
+                repeats=r(2),
+            ),
         ],
         "efficiency": [
-            Case("efficiency", "16 x ~0.3 s", "bench_grid16", ("train.epochs=10",),
-                 runners=("orch",), repeats=r(1)),
-            Case("efficiency", "16 x ~3 s", "bench_grid16", ("train.epochs=100",),
-                 runners=("orch",), repeats=r(1)),
+            Case(
+                "efficiency",
+                "16 x ~0.3 s",
+                "bench_grid16",
+                ("train.epochs=10",),
+                runners=("orch",),
+                repeats=r(1),
+            ),
+            Case(
+                "efficiency",
+                "16 x ~3 s",
+                "bench_grid16",
+                ("train.epochs=100",),
+                runners=("orch",),
+                repeats=r(1),
+            ),
         ],
         "overhead": [
             Case("overhead", "1 trial", trivial, ("seed=range(1)",), repeats=r(2)),
             Case("overhead", "100 trials", trivial, ("seed=range(100)",), repeats=r(1)),
             # Tune and Hydra at 1000 trials would take ~5 and ~3 minutes each on 2 CPUs;
             # their 100-trial per-trial cost is in the table.
-            Case("overhead", "1000 trials", trivial, ("seed=range(1000)",),
-                 runners=("orch", "plain"), repeats=r(1)),
+            Case(
+                "overhead",
+                "1000 trials",
+                trivial,
+                ("seed=range(1000)",),
+                runners=("orch", "plain"),
+                repeats=r(1),
+            ),
         ],
         "tracking": [
-            Case("tracking", "1 trial x 10 epochs", "bench_grid16", ("optimizer=adam", "seed=0"),
-                 runners=("orch", "hydra_multirun"), repeats=r(5)),
+            Case(
+                "tracking",
+                "1 trial x 10 epochs",
+                "bench_grid16",
+                ("optimizer=adam", "seed=0"),
+                runners=("orch", "hydra_multirun"),
+                repeats=r(5),
+            ),
         ],
         "uneven": [
-            Case("uneven", "10 trials, 1x..10x", "bench_uneven",
-                 runners=("orch", "plain", "ray_tune", "hydra_multirun"), repeats=r(1)),
+            Case(
+                "uneven",
+                "10 trials, 1x..10x",
+                "bench_uneven",
+                runners=("orch", "plain", "ray_tune", "hydra_multirun"),
+                repeats=r(1),
+            ),
         ],
     }
 
@@ -138,12 +174,13 @@ TINY = Case("tiny", "2 trials", "bench_trivial", ("seed=range(2)",), ("orch", "p
 
 # --- planning ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Planned:
     """A case planned by orch's planner: what the plain loop, Tune and Hydra are given."""
 
-    trials: list[dict[str, Any]]          # [{index, task, config}]
-    hydra_overrides: list[str]            # the same grid in Hydra's sweep grammar
+    trials: list[dict[str, Any]]  # [{index, task, config}]
+    hydra_overrides: list[str]  # the same grid in Hydra's sweep grammar
 
 
 def plan_case(case: Case) -> Planned:
@@ -156,10 +193,14 @@ def plan_case(case: Case) -> Planned:
     trials = [{"index": t.index, "task": t.task, "config": t.config} for t in plan.trials]
     # Hydra multirun expands axes itself: give it the plan's axes as sweep overrides (after
     # the case's plain ones), so it composes the same trials in the same order.
-    plain = [o.input_line for o in parse_overrides(list(case.overrides))
-             if not o.is_sweep_override()]
-    axes = [f"{k}={','.join(_hydra_value(v) for v in values)}" for k, values in plan.axes.items()
-            if not any(p.startswith(f"{k}=") for p in plain)]
+    plain = [
+        o.input_line for o in parse_overrides(list(case.overrides)) if not o.is_sweep_override()
+    ]
+    axes = [
+        f"{k}={','.join(_hydra_value(v) for v in values)}"
+        for k, values in plan.axes.items()
+        if not any(p.startswith(f"{k}=") for p in plain)
+    ]
     return Planned(trials, [*plain, *axes])
 
 
@@ -168,6 +209,7 @@ def _hydra_value(v: Any) -> str:
 
 
 # --- runners -----------------------------------------------------------------------------------
+
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
@@ -179,14 +221,22 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _timed(cmd: list[str], workdir: Path, env: dict[str, str] | None = None,
-           timeout: float = RUN_TIMEOUT_S) -> tuple[float, str]:
+def _timed(
+    cmd: list[str], workdir: Path, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT_S
+) -> tuple[float, str]:
     """Run ``cmd`` (output to files in ``workdir``); its wall time and an error or ''."""
     with open(workdir / "stdout.txt", "w") as out, open(workdir / "stderr.txt", "w") as err:
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env or _env(), stdout=out, stderr=err,
-                                  timeout=timeout, check=False)
+            proc = subprocess.run(
+                cmd,
+                cwd=ROOT,
+                env=env or _env(),
+                stdout=out,
+                stderr=err,
+                timeout=timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return time.perf_counter() - t0, f"timed out after {timeout:.0f} s"
         wall = time.perf_counter() - t0
@@ -218,8 +268,18 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
 
 def run_orch(case: Case, planned: Planned, workdir: Path) -> RunOutcome:
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    cmd = [*_orch_command(), "sweep", case.study, *case.overrides, "--tracking-uri", uri,
-           "--config-dir", str(BENCH_CONF), "--tasks", "bench.tasks"]
+    cmd = [
+        *_orch_command(),
+        "sweep",
+        case.study,
+        *case.overrides,
+        "--tracking-uri",
+        uri,
+        "--config-dir",
+        str(BENCH_CONF),
+        "--tasks",
+        "bench.tasks",
+    ]
     wall, error = _timed(cmd, workdir)
     records: list[dict[str, Any]] = []
     if not error:
@@ -229,35 +289,55 @@ def run_orch(case: Case, planned: Planned, workdir: Path) -> RunOutcome:
         sweep_id = client.sweeps().sweep_id.iloc[0]
         df = client.trials(sweep_id)
         for row in df.to_dict("records"):
-            records.append({"index": int(row["trial_index"]), "start": row.get("time/start"),
-                            "end": row.get("time/end")})
+            records.append(
+                {
+                    "index": int(row["trial_index"]),
+                    "start": row.get("time/start"),
+                    "end": row.get("time/end"),
+                }
+            )
     return RunOutcome("orch", wall, records, error)
 
 
 def run_plain(case: Case, planned: Planned, workdir: Path) -> RunOutcome:
     trials = _write_trials(planned, workdir)
     out = workdir / "records.json"
-    wall, error = _timed([_python(), str(ROOT / "bench" / "plain_loop.py"), str(trials),
-                          str(out)], workdir)
+    wall, error = _timed(
+        [_python(), str(ROOT / "bench" / "plain_loop.py"), str(trials), str(out)], workdir
+    )
     return RunOutcome("plain", wall, _read_records(out), error)
 
 
 def run_ray_tune(case: Case, planned: Planned, workdir: Path) -> RunOutcome:
     trials = _write_trials(planned, workdir)
     out = workdir / "records.json"
-    wall, error = _timed([_python(), str(ROOT / "bench" / "tune_app.py"), str(trials), str(out),
-                          f"sqlite:///{workdir / 'mlflow.db'}", str(workdir / "ray_results")],
-                         workdir)
+    wall, error = _timed(
+        [
+            _python(),
+            str(ROOT / "bench" / "tune_app.py"),
+            str(trials),
+            str(out),
+            f"sqlite:///{workdir / 'mlflow.db'}",
+            str(workdir / "ray_results"),
+        ],
+        workdir,
+    )
     return RunOutcome("ray_tune", wall, _read_records(out), error)
 
 
 def run_hydra(case: Case, planned: Planned, workdir: Path) -> RunOutcome:
     out = workdir / "records.jsonl"
     env = {**_env(), "BENCH_RECORDS": str(out)}
-    cmd = [_python(), str(ROOT / "bench" / "hydra_app.py"), "-m",
-           f"hydra.searchpath=[file://{BENCH_CONF}]", f"study={case.study}",
-           *planned.hydra_overrides, f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
-           f"hydra.sweep.dir={workdir / 'multirun'}"]
+    cmd = [
+        _python(),
+        str(ROOT / "bench" / "hydra_app.py"),
+        "-m",
+        f"hydra.searchpath=[file://{BENCH_CONF}]",
+        f"study={case.study}",
+        *planned.hydra_overrides,
+        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        f"hydra.sweep.dir={workdir / 'multirun'}",
+    ]
     wall, error = _timed(cmd, workdir, env)
     records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return RunOutcome("hydra_multirun", wall, records, error)
@@ -267,14 +347,26 @@ def run_tracking_probe(case: Case, planned: Planned, workdir: Path) -> RunOutcom
     """The tracking scenario's one subprocess: all its repeats alternate inside it."""
     trials = _write_trials(planned, workdir)
     out = workdir / "probe.json"
-    wall, error = _timed([_python(), str(ROOT / "bench" / "tracking_probe.py"), str(trials),
-                          str(out), str(workdir), str(case.repeats)], workdir)
+    wall, error = _timed(
+        [
+            _python(),
+            str(ROOT / "bench" / "tracking_probe.py"),
+            str(trials),
+            str(out),
+            str(workdir),
+            str(case.repeats),
+        ],
+        workdir,
+    )
     extra = json.loads(out.read_text()) if out.exists() else {}
     return RunOutcome("probe", wall, [], error, extra)
 
 
 RUNNER_FNS: dict[str, Callable[[Case, Planned, Path], RunOutcome]] = {
-    "orch": run_orch, "plain": run_plain, "ray_tune": run_ray_tune, "hydra_multirun": run_hydra,
+    "orch": run_orch,
+    "plain": run_plain,
+    "ray_tune": run_ray_tune,
+    "hydra_multirun": run_hydra,
 }
 
 
@@ -294,6 +386,7 @@ def available(runner: str) -> str:
 
 # --- metrics -----------------------------------------------------------------------------------
 
+
 def slots(runner: str, n_trials: int) -> int:
     """Trials a runner runs at once here: orch one per CPU (resources.cpus=1), Tune its
     max_concurrent_trials=2, the plain loop and Hydra's basic launcher one."""
@@ -302,8 +395,11 @@ def slots(runner: str, n_trials: int) -> int:
 
 
 def _durations(records: list[dict[str, Any]]) -> list[float]:
-    return [r["end"] - r["start"] for r in records
-            if r.get("start") is not None and r.get("end") is not None]
+    return [
+        r["end"] - r["start"]
+        for r in records
+        if r.get("start") is not None and r.get("end") is not None
+    ]
 
 
 def span(records: list[dict[str, Any]]) -> float:
@@ -322,8 +418,10 @@ def order_bound(records: list[dict[str, Any]], n_slots: int) -> float:
     """The busy fraction a dispatcher with zero gaps would reach with the same trials taken in
     the same order (greedy: each trial to the first free slot). What the runner lost below
     this is dispatch latency; what this loses below 1.0 is the order (no longest-first)."""
-    ok = sorted((r for r in records if r.get("start") is not None and r.get("end") is not None),
-                key=lambda r: (r["start"], r["index"]))
+    ok = sorted(
+        (r for r in records if r.get("start") is not None and r.get("end") is not None),
+        key=lambda r: (r["start"], r["index"]),
+    )
     if not ok:
         return math.nan
     free = [0.0] * n_slots
@@ -340,8 +438,14 @@ def _median(values: Sequence[float]) -> float | None:
 
 # --- running -----------------------------------------------------------------------------------
 
-def run_case(case: Case, planned: Planned, runners: Sequence[str],
-             log: Callable[[str], None], keep: Path | None = None) -> dict[str, list[RunOutcome]]:
+
+def run_case(
+    case: Case,
+    planned: Planned,
+    runners: Sequence[str],
+    log: Callable[[str], None],
+    keep: Path | None = None,
+) -> dict[str, list[RunOutcome]]:
     """All repeats of a case; runner order rotates each repeat."""
     todo = [r for r in case.runners if r in runners]
     outcomes: dict[str, list[RunOutcome]] = {r: [] for r in todo}
@@ -352,12 +456,14 @@ def run_case(case: Case, planned: Planned, runners: Sequence[str],
         log(f"  tracking probe: {out.wall_s:.1f} s {out.error}")
         return {r: [out] for r in todo}
     for rep in range(case.repeats):
-        order = todo[rep % len(todo):] + todo[:rep % len(todo)] if todo else []
+        order = todo[rep % len(todo) :] + todo[: rep % len(todo)] if todo else []
         for runner in order:
             with _workdir(keep, case, runner, rep) as wd:
                 out = RUNNER_FNS[runner](case, planned, wd)
-            log(f"  {case.scenario}/{case.name} {runner} #{rep + 1}: {out.wall_s:.1f} s"
-                + (f"  FAILED {out.error}" if out.error else ""))
+            log(
+                f"  {case.scenario}/{case.name} {runner} #{rep + 1}: {out.wall_s:.1f} s"
+                + (f"  FAILED {out.error}" if out.error else "")
+            )
             outcomes[runner].append(out)
     return outcomes
 
@@ -390,8 +496,17 @@ def case_rows(case: Case, outcomes: dict[str, list[RunOutcome]], n: int) -> list
     rows: list[Row] = []
 
     def add(runner: str, metric: str, values: list[float], unit: str = "") -> None:
-        rows.append(Row(case.scenario, case.name, runner, metric, _median(values),
-                        [round(v, 4) for v in values], unit))
+        rows.append(
+            Row(
+                case.scenario,
+                case.name,
+                runner,
+                metric,
+                _median(values),
+                [round(v, 4) for v in values],
+                unit,
+            )
+        )
 
     for runner, outs in outcomes.items():
         good = [o for o in outs if o.ok]
@@ -401,13 +516,11 @@ def case_rows(case: Case, outcomes: dict[str, list[RunOutcome]], n: int) -> list
                 continue
             x = good[0].extra
             key = "orch" if runner == "orch" else "fluent"
-            base, tracked = _median(x["untracked"]), _median(x[key])
+            base, _tracked = _median(x["untracked"]), _median(x[key])
             add(runner, "untracked", x["untracked"], "s")
             add(runner, "tracked", x[key], "s")
-            add(runner, "overhead", [100 * (t - base) / base for t in x[key]] if base else [],
-                "%")
-            add(runner, "overhead_ms", [1000 * (t - base) for t in x[key]] if base else [],
-                "ms")
+            add(runner, "overhead", [100 * (t - base) / base for t in x[key]] if base else [], "%")
+            add(runner, "overhead_ms", [1000 * (t - base) for t in x[key]] if base else [], "ms")
             if runner == "orch":
                 add(runner, "store_create", [x["store_create_s"]], "s")
             continue
@@ -424,8 +537,9 @@ def case_rows(case: Case, outcomes: dict[str, list[RunOutcome]], n: int) -> list
         elif case.scenario == "grid16":
             add(runner, "trial", [_median(_durations(o.records)) or math.nan for o in good], "s")
         if len(good) < len(outs):
-            rows.append(Row(case.scenario, case.name, runner, "failed_runs", len(outs) - len(good),
-                            [], ""))
+            rows.append(
+                Row(case.scenario, case.name, runner, "failed_runs", len(outs) - len(good), [], "")
+            )
     _ratios(rows)
     return rows
 
@@ -445,15 +559,24 @@ def derived(rows: list[Row]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     checks: list[dict[str, Any]] = []
     figures: list[dict[str, Any]] = []
     orch16 = get.get(("grid16", "16 trials", "orch", "wall"))
-    for runner, target, want in (("plain", "orch <= plain", 1.0),
-                                 ("ray_tune", "orch >= 3x faster than ray_tune", 3.0),
-                                 ("hydra_multirun", "orch faster than hydra_multirun", 1.0)):
+    for runner, target, want in (
+        ("plain", "orch <= plain", 1.0),
+        ("ray_tune", "orch >= 3x faster than ray_tune", 3.0),
+        ("hydra_multirun", "orch faster than hydra_multirun", 1.0),
+    ):
         other = get.get(("grid16", "16 trials", runner, "wall"))
         if orch16 and other:
             ratio = other / orch16
             ok = ratio >= want if runner != "hydra_multirun" else ratio > want
-            checks.append({"check": f"grid16: {target}", "orch_s": orch16, "other_s": other,
-                           "ratio": ratio, "pass": ok})
+            checks.append(
+                {
+                    "check": f"grid16: {target}",
+                    "orch_s": orch16,
+                    "other_s": other,
+                    "ratio": ratio,
+                    "pass": ok,
+                }
+            )
     # Per-trial overhead: (wall(n) - wall(1 trial)) / (n - 1), from medians.
     for runner in RUNNERS:
         w1 = get.get(("overhead", "1 trial", runner, "wall"))
@@ -462,25 +585,42 @@ def derived(rows: list[Row]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             wn = get.get(("overhead", f"{n} trials", runner, "wall"))
             if w1 is not None and wn is not None:
                 per[n] = 1000 * (wn - w1) / (n - 1)
-                figures.append({"figure": f"overhead per trial, {n} trials", "runner": runner,
-                                "value": per[n], "unit": "ms"})
+                figures.append(
+                    {
+                        "figure": f"overhead per trial, {n} trials",
+                        "runner": runner,
+                        "value": per[n],
+                        "unit": "ms",
+                    }
+                )
         if w1 is not None:
-            figures.append({"figure": "start-up (1 trivial trial)", "runner": runner,
-                            "value": w1, "unit": "s"})
+            figures.append(
+                {"figure": "start-up (1 trivial trial)", "runner": runner, "value": w1, "unit": "s"}
+            )
         if 100 in per and 1000 in per and per[100] > 0:
-            figures.append({"figure": "per-trial overhead growth 100 -> 1000", "runner": runner,
-                            "value": per[1000] / per[100], "unit": "x"})
+            figures.append(
+                {
+                    "figure": "per-trial overhead growth 100 -> 1000",
+                    "runner": runner,
+                    "value": per[1000] / per[100],
+                    "unit": "x",
+                }
+            )
     # Crossover with the plain loop: wall(n) ~ start + n x marginal, from the 1- and 16-trial
     # grid16 runs of each; orch wins from n* = 1 + (start_o - start_p) / (marg_p - marg_o).
     o1, o16 = get.get(("grid16", "1 trial", "orch", "wall")), orch16
-    p1, p16 = (get.get(("grid16", "1 trial", "plain", "wall")),
-               get.get(("grid16", "16 trials", "plain", "wall")))
+    p1, p16 = (
+        get.get(("grid16", "1 trial", "plain", "wall")),
+        get.get(("grid16", "16 trials", "plain", "wall")),
+    )
     if None not in (o1, o16, p1, p16):
         mo, mp = (o16 - o1) / 15, (p16 - p1) / 15
-        figures.append({"figure": "grid16 marginal per trial", "runner": "orch", "value": mo,
-                        "unit": "s"})
-        figures.append({"figure": "grid16 marginal per trial", "runner": "plain", "value": mp,
-                        "unit": "s"})
+        figures.append(
+            {"figure": "grid16 marginal per trial", "runner": "orch", "value": mo, "unit": "s"}
+        )
+        figures.append(
+            {"figure": "grid16 marginal per trial", "runner": "plain", "value": mp, "unit": "s"}
+        )
         if mo < 0 or mp <= 0:
             # A 1-trial run slower than the 16-trial one: start-up noise swamps the trials
             # (a loaded machine); no crossover can be read from these runs.
@@ -489,14 +629,24 @@ def derived(rows: list[Row]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             crossover, unit = 1.0, "trials of this length"
         else:
             crossover = 1 + (o1 - p1) / (mp - mo) if mp > mo else math.inf
-            unit = "trials of this length" if mp > mo else \
-                "never: orch's marginal per trial is higher than plain's"
-        figures.append({"figure": "crossover: orch faster than plain from", "runner": "orch",
-                        "value": crossover, "unit": unit})
+            unit = (
+                "trials of this length"
+                if mp > mo
+                else "never: orch's marginal per trial is higher than plain's"
+            )
+        figures.append(
+            {
+                "figure": "crossover: orch faster than plain from",
+                "runner": "orch",
+                "value": crossover,
+                "unit": unit,
+            }
+        )
     return checks, figures
 
 
 # --- output ------------------------------------------------------------------------------------
+
 
 def _fmt(v: float | None, unit: str = "") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -507,19 +657,31 @@ def _fmt(v: float | None, unit: str = "") -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"# orch benchmark, {result['date']}", "",
-             f"Machine: {result['machine']['summary']}. Command: `{result['command']}`.", "",
-             "| scenario | case | runner | metric | median | unit | runs | vs orch |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# orch benchmark, {result['date']}",
+        "",
+        f"Machine: {result['machine']['summary']}. Command: `{result['command']}`.",
+        "",
+        "| scenario | case | runner | metric | median | unit | runs | vs orch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         ratio = "" if r["vs_orch"] is None or r["runner"] == "orch" else f"{r['vs_orch']:.2f}x"
-        lines.append(f"| {r['scenario']} | {r['case']} | {r['runner']} | {r['metric']} | "
-                     f"{_fmt(r['median'], r['unit'])} | {r['unit']} | {len(r['values'])} | {ratio} |")
+        lines.append(
+            f"| {r['scenario']} | {r['case']} | {r['runner']} | {r['metric']} | "
+            f"{_fmt(r['median'], r['unit'])} | {r['unit']} | {len(r['values'])} | {ratio} |"
+        )
     if result["checks"]:
-        lines += ["", "| target | orch s | other s | other / orch | pass |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| target | orch s | other s | other / orch | pass |",
+            "|---|---|---|---|---|",
+        ]
         for c in result["checks"]:
-            lines.append(f"| {c['check']} | {c['orch_s']:.1f} | {c['other_s']:.1f} | "
-                         f"{c['ratio']:.2f} | {'yes' if c['pass'] else 'NO'} |")
+            lines.append(
+                f"| {c['check']} | {c['orch_s']:.1f} | {c['other_s']:.1f} | "
+                f"{c['ratio']:.2f} | {'yes' if c['pass'] else 'NO'} |"
+            )
     if result["figures"]:
         lines += ["", "| figure | runner | value | unit |", "|---|---|---|---|"]
         for f in result["figures"]:
@@ -538,12 +700,17 @@ def machine() -> dict[str, Any]:
         except PackageNotFoundError:
             return "-"
 
-    info = {"cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(),
-            **{pkg: v(pkg) for pkg in ("ray", "mlflow", "hydra-core", "torch")}}
-    info["summary"] = (f"{info['cpus']} CPUs, {info['platform']}, Python {info['python']}, "
-                       f"ray {info['ray']}, mlflow {info['mlflow']}, hydra {info['hydra-core']}, "
-                       f"torch {info['torch']}")
+    info = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **{pkg: v(pkg) for pkg in ("ray", "mlflow", "hydra-core", "torch")},
+    }
+    info["summary"] = (
+        f"{info['cpus']} CPUs, {info['platform']}, Python {info['python']}, "
+        f"ray {info['ray']}, mlflow {info['mlflow']}, hydra {info['hydra-core']}, "
+        f"torch {info['torch']}"
+    )
     return info
 
 
@@ -558,8 +725,14 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def run(cases: list[Case], runners: Sequence[str], out: Path, command: str,
-        log: Callable[[str], None] = print, keep: Path | None = None) -> dict[str, Any]:
+def run(
+    cases: list[Case],
+    runners: Sequence[str],
+    out: Path,
+    command: str,
+    log: Callable[[str], None] = print,
+    keep: Path | None = None,
+) -> dict[str, Any]:
     """Run ``cases`` with ``runners``; write ``bench.md`` and ``bench.json`` to ``out``."""
     skipped = {r: why for r in runners if (why := available(r))}
     usable = [r for r in runners if r not in skipped]
@@ -570,12 +743,19 @@ def run(cases: list[Case], runners: Sequence[str], out: Path, command: str,
         planned = plan_case(case)
         rows += case_rows(case, run_case(case, planned, usable, log, keep), len(planned.trials))
     checks, figures = derived(rows)
-    result = _clean({
-        "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-        "command": command, "elapsed_s": time.perf_counter() - t0,
-        "cases": [asdict(c) for c in cases], "skipped": skipped,
-        "rows": [asdict(r) for r in rows], "checks": checks, "figures": figures,
-    })
+    result = _clean(
+        {
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "machine": machine(),
+            "command": command,
+            "elapsed_s": time.perf_counter() - t0,
+            "cases": [asdict(c) for c in cases],
+            "skipped": skipped,
+            "rows": [asdict(r) for r in rows],
+            "checks": checks,
+            "figures": figures,
+        }
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=1))
     (out / "bench.md").write_text(markdown(result))
@@ -585,22 +765,35 @@ def run(cases: list[Case], runners: Sequence[str], out: Path, command: str,
 def main(argv: Sequence[str] | None = None) -> int:
     all_cases = scenarios(None)
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenario", nargs="+", action="extend", choices=[*all_cases, "tiny"],
-                   help="run only these (default: all but tiny, the smoke test's)")
+    p.add_argument(
+        "--scenario",
+        nargs="+",
+        action="extend",
+        choices=[*all_cases, "tiny"],
+        help="run only these (default: all but tiny, the smoke test's)",
+    )
     p.add_argument("--runners", nargs="+", choices=RUNNERS, default=list(RUNNERS))
     p.add_argument("--repeats", type=int, help="repeats of every case (default: per case)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
-                   help="where bench.md and bench.json go (default: bench/results)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        help="where bench.md and bench.json go (default: bench/results)",
+    )
     p.add_argument("--keep", type=Path, help="keep each run's directory (logs, stores) here")
     args = p.parse_args(argv)
     chosen = scenarios(args.repeats)
-    cases = [c for name in (args.scenario or list(chosen)) for c in
-             ([replace_repeats(TINY, args.repeats)] if name == "tiny" else chosen[name])]
+    cases = [
+        c
+        for name in (args.scenario or list(chosen))
+        for c in ([replace_repeats(TINY, args.repeats)] if name == "tiny" else chosen[name])
+    ]
     command = shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])
     result = run(cases, args.runners, args.out, command, keep=args.keep)
     print(markdown(result))
-    print(f"written: {args.out / 'bench.md'}, {args.out / 'bench.json'} "
-          f"({result['elapsed_s']:.0f} s)")
+    print(
+        f"written: {args.out / 'bench.md'}, {args.out / 'bench.json'} ({result['elapsed_s']:.0f} s)"
+    )
     return 0
 
 

@@ -34,10 +34,16 @@ PHASES: list[tuple[str, str, str]] = [
     ("  of which: Ray processes up (Node.__init__)", "ray/_private/node.py", "__init__"),
     ("actors boot (Dispatcher.start + first ray.get)", "orchestrator/runtime/dispatch.py", "start"),
     ("ray.get (mostly: waiting for the actors to boot)", "ray/_private/worker.py", "get"),
-    ("tracking store open (Tracker.__init__: MlflowClient, store)", "orchestrator/store/writer.py",
-     "__init__"),
-    ("  of which: sqlite schema creation (alembic migrations)", "mlflow/store/db/utils.py",
-     "_initialize_tables"),
+    (
+        "tracking store open (Tracker.__init__: MlflowClient, store)",
+        "orchestrator/store/writer.py",
+        "__init__",
+    ),
+    (
+        "  of which: sqlite schema creation (alembic migrations)",
+        "mlflow/store/db/utils.py",
+        "_initialize_tables",
+    ),
     ("tracking store check (Tracker.check)", "orchestrator/store/writer.py", "check"),
     ("experiment lookup/creation", "orchestrator/store/writer.py", "experiment_id"),
     ("parent run", "orchestrator/sweep/run.py", "_start_parent"),
@@ -67,17 +73,29 @@ def phases(prof: Path) -> tuple[float, list[dict[str, Any]]]:
         for (file, _line, func), (_cc, nc, _tt, ct, _callers) in table.items():
             if func == name and file.endswith(suffix):
                 calls, cum = calls + nc, cum + ct
-        out.append({"phase": label, "calls": calls, "seconds": cum,
-                    "ms_per_call": 1000 * cum / calls if calls else None})
+        out.append(
+            {
+                "phase": label,
+                "calls": calls,
+                "seconds": cum,
+                "ms_per_call": 1000 * cum / calls if calls else None,
+            }
+        )
     return stats.total_tt, out  # type: ignore[attr-defined]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.profile_orch", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.profile_orch", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--study", default="bench_grid16")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    p.add_argument("--from", dest="source", type=Path,
-                   help="analyse this existing profile instead of running the sweep")
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="analyse this existing profile instead of running the sweep",
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -86,14 +104,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     prof = args.out / "orch.prof"
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
-        cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "orchestrator.cli",
-               "sweep", args.study, *args.overrides, "--tracking-uri", f"sqlite:///{tmp}/mlflow.db",
-               "--config-dir", str(BENCH_CONF), "--tasks", "bench.tasks"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            str(prof),
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            args.study,
+            *args.overrides,
+            "--tracking-uri",
+            f"sqlite:///{tmp}/mlflow.db",
+            "--config-dir",
+            str(BENCH_CONF),
+            "--tasks",
+            "bench.tasks",
+        ]
         import subprocess
 
         t0 = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        subprocess.run(
+            cmd,
+            cwd=ROOT,
+            env=_env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - t0
     write(prof, args.out, args.study, args.overrides, wall)
     return 0
@@ -103,18 +142,31 @@ def write(prof: Path, out: Path, study: str, overrides: list[str], wall: float |
     """``profile.md`` and ``profile.json`` in ``out`` from the profile ``prof``; printed too."""
     total, rows = phases(prof)
     walltext = f"Wall {wall:.1f} s (whole command), p" if wall is not None else "P"
-    lines = [f"# orch driver profile: {study} {' '.join(overrides)}", "",
-             f"{walltext}rofiled {total:.1f} s (driver process). "
-             "Phases nest; seconds are cumulative.", "",
-             "| phase | calls | seconds | ms/call |", "|---|---|---|---|"]
+    lines = [
+        f"# orch driver profile: {study} {' '.join(overrides)}",
+        "",
+        f"{walltext}rofiled {total:.1f} s (driver process). Phases nest; seconds are cumulative.",
+        "",
+        "| phase | calls | seconds | ms/call |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
         per = "" if r["ms_per_call"] is None else f"{r['ms_per_call']:.1f}"
         lines.append(f"| {r['phase']} | {r['calls']} | {r['seconds']:.2f} | {per} |")
     text = "\n".join(lines) + "\n"
     (out / "profile.md").write_text(text)
-    (out / "profile.json").write_text(json.dumps(
-        {"study": study, "overrides": overrides, "wall_s": wall, "profiled_s": total,
-         "phases": rows}, indent=1))
+    (out / "profile.json").write_text(
+        json.dumps(
+            {
+                "study": study,
+                "overrides": overrides,
+                "wall_s": wall,
+                "profiled_s": total,
+                "phases": rows,
+            },
+            indent=1,
+        )
+    )
     print(text)
 
 

@@ -60,8 +60,14 @@ def _timed_orch(args: list[str], cwd: Path) -> tuple[float, float, str]:
     """Wall s, the orch process's peak RSS MB and its stdout."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     t = time.perf_counter()
-    proc = subprocess.Popen([*_orch_command(), *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*_orch_command(), *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     rss: list[float] = []
     stop = threading.Event()
     sampler = threading.Thread(target=_peak_rss_mb, args=(proc, stop, rss), daemon=True)
@@ -80,8 +86,7 @@ def _reads(uri: str, sweep_id: str, cwd: Path, repeats: int = 3) -> dict[str, An
     from orchestrator.client import Client
     from orchestrator.store.reader import StoreReader
 
-    show = [_timed_orch(["show", sweep_id, "--tracking-uri", uri], cwd)[0]
-            for _ in range(repeats)]
+    show = [_timed_orch(["show", sweep_id, "--tracking-uri", uri], cwd)[0] for _ in range(repeats)]
     direct, search = [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -92,9 +97,14 @@ def _reads(uri: str, sweep_id: str, cwd: Path, repeats: int = 3) -> dict[str, An
     t = time.perf_counter()
     assert len(reader.trials(sweep_id)) == n
     search.append(time.perf_counter() - t)
-    return {"rows": n, "orch_show_s": statistics.median(show), "orch_show_runs": show,
-            "client_trials_s": statistics.median(direct), "client_trials_runs": direct,
-            "client_trials_search_runs_s": search[0]}
+    return {
+        "rows": n,
+        "orch_show_s": statistics.median(show),
+        "orch_show_runs": show,
+        "client_trials_s": statistics.median(direct),
+        "client_trials_runs": direct,
+        "client_trials_search_runs_s": search[0],
+    }
 
 
 def sweep(trials: list[int], workdir: Path) -> list[dict[str, Any]]:
@@ -103,14 +113,29 @@ def sweep(trials: list[int], workdir: Path) -> list[dict[str, Any]]:
         run = workdir / f"sweep-{n}"
         run.mkdir()
         uri = f"sqlite:///{run / 'mlflow.db'}"
-        wall, rss, _ = _timed_orch(["sweep", "bench_trivial", f"seed=range({n})",
-                                    "--tracking-uri", uri, "--config-dir", str(BENCH_CONF),
-                                    "--tasks", "bench.tasks"], run)
+        wall, rss, _ = _timed_orch(
+            [
+                "sweep",
+                "bench_trivial",
+                f"seed=range({n})",
+                "--tracking-uri",
+                uri,
+                "--config-dir",
+                str(BENCH_CONF),
+                "--tasks",
+                "bench.tasks",
+            ],
+            run,
+        )
         from orchestrator.store.reader import StoreReader
 
         sweep_id = StoreReader(uri).sweeps()[-1].data.tags["orch.sweep_id"]
-        row: dict[str, Any] = {"trials": n, "wall_s": wall, "driver_peak_rss_mb": rss,
-                               "load": os.getloadavg()[0]}
+        row: dict[str, Any] = {
+            "trials": n,
+            "wall_s": wall,
+            "driver_peak_rss_mb": rss,
+            "load": os.getloadavg()[0],
+        }
         if n >= 100:
             row.update(_reads(uri, sweep_id, run))
         print(json.dumps(row), flush=True)
@@ -140,36 +165,77 @@ def fill(uri: str, n: int, epochs: int = 10) -> str:
     sweep_id = f"scale-{n}"
     tracker = Tracker(uri)
     exp = tracker.experiment_id("scale")
-    parent = tracker.start_run(exp, sweep_id, {
-        schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: sweep_id,
-        schema.TAG_METRIC: "val/acc", schema.TAG_AXES: json.dumps(["lr", "seed"])}, {},
-        {"study": {"name": "scale", "claims": []}})
+    parent = tracker.start_run(
+        exp,
+        sweep_id,
+        {
+            schema.TAG_KIND: schema.KIND_SWEEP,
+            schema.TAG_SWEEP: sweep_id,
+            schema.TAG_METRIC: "val/acc",
+            schema.TAG_AXES: json.dumps(["lr", "seed"]),
+        },
+        {},
+        {"study": {"name": "scale", "claims": []}},
+    )
     tracker.end_run(parent, "FINISHED")
     tracker.close()
     now = int(time.time() * 1000)
-    rows: dict[Any, list[dict[str, Any]]] = {m: [] for m in (SqlRun, SqlTag, SqlParam,
-                                                             SqlMetric, SqlLatestMetric)}
+    rows: dict[Any, list[dict[str, Any]]] = {
+        m: [] for m in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric)
+    }
     for i in range(n):
         rid = uuid.uuid4().hex
-        rows[SqlRun].append(dict(
-            run_uuid=rid, name=f"{i:05d}", source_type="LOCAL", source_name="",
-            entry_point_name="", user_id="bench", status="FINISHED", start_time=now + i,
-            end_time=now + i + 1, source_version="", lifecycle_stage="active",
-            artifact_uri="", experiment_id=int(exp)))
-        for k, v in {schema.TAG_PARENT: parent, schema.TAG_KIND: schema.KIND_TRIAL,
-                     schema.TAG_SWEEP: sweep_id, schema.TAG_KEY: f"k{i}",
-                     schema.TAG_INDEX: str(i), schema.TAG_OUTCOME: "finished",
-                     schema.TAG_ARM: json.dumps({"lr": i % 10})}.items():
+        rows[SqlRun].append(
+            dict(
+                run_uuid=rid,
+                name=f"{i:05d}",
+                source_type="LOCAL",
+                source_name="",
+                entry_point_name="",
+                user_id="bench",
+                status="FINISHED",
+                start_time=now + i,
+                end_time=now + i + 1,
+                source_version="",
+                lifecycle_stage="active",
+                artifact_uri="",
+                experiment_id=int(exp),
+            )
+        )
+        for k, v in {
+            schema.TAG_PARENT: parent,
+            schema.TAG_KIND: schema.KIND_TRIAL,
+            schema.TAG_SWEEP: sweep_id,
+            schema.TAG_KEY: f"k{i}",
+            schema.TAG_INDEX: str(i),
+            schema.TAG_OUTCOME: "finished",
+            schema.TAG_ARM: json.dumps({"lr": i % 10}),
+        }.items():
             rows[SqlTag].append(dict(key=k, value=v, run_uuid=rid))
         for k, v in {"task": "work", "lr": str(i % 10), "seed": str(i)}.items():
             rows[SqlParam].append(dict(key=k, value=v, run_uuid=rid))
         for m in ("val/acc", "train/loss"):
             for step in range(epochs):
-                rows[SqlMetric].append(dict(key=m, value=step / epochs, timestamp=now + step,
-                                            step=step, is_nan=False, run_uuid=rid))
-            rows[SqlLatestMetric].append(dict(key=m, value=(epochs - 1) / epochs,
-                                              timestamp=now + epochs - 1, step=epochs - 1,
-                                              is_nan=False, run_uuid=rid))
+                rows[SqlMetric].append(
+                    dict(
+                        key=m,
+                        value=step / epochs,
+                        timestamp=now + step,
+                        step=step,
+                        is_nan=False,
+                        run_uuid=rid,
+                    )
+                )
+            rows[SqlLatestMetric].append(
+                dict(
+                    key=m,
+                    value=(epochs - 1) / epochs,
+                    timestamp=now + epochs - 1,
+                    step=epochs - 1,
+                    is_nan=False,
+                    run_uuid=rid,
+                )
+            )
     engine = sqlalchemy.create_engine(uri)
     with Session(engine) as s, s.begin():
         for model, batch in rows.items():
@@ -184,8 +250,12 @@ def read(runs: list[int], workdir: Path) -> list[dict[str, Any]]:
         uri = f"sqlite:///{workdir / f'read-{n}.db'}"
         t = time.perf_counter()
         sweep_id = fill(uri, n)
-        row = {"runs": n, "fill_s": time.perf_counter() - t, "load": os.getloadavg()[0],
-               **_reads(uri, sweep_id, workdir)}
+        row = {
+            "runs": n,
+            "fill_s": time.perf_counter() - t,
+            "load": os.getloadavg()[0],
+            **_reads(uri, sweep_id, workdir),
+        }
         print(json.dumps(row), flush=True)
         out.append(row)
     return out
@@ -224,8 +294,13 @@ def report(runs: list[int], workdir: Path, repeats: int = 3) -> list[dict[str, A
             t = time.perf_counter()
             report_sweep(uri, sweep_id)
             times.append(time.perf_counter() - t)
-        row = {"runs": n, "report_s": statistics.median(times), "report_runs": times,
-               "load": os.getloadavg()[0], **_history_reads(uri, sweep_id)}
+        row = {
+            "runs": n,
+            "report_s": statistics.median(times),
+            "report_runs": times,
+            "load": os.getloadavg()[0],
+            **_history_reads(uri, sweep_id),
+        }
         print(json.dumps(row), flush=True)
         out.append(row)
     return out
@@ -240,12 +315,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        run = {"sweep": lambda: sweep(args.trials, Path(tmp)),
-               "read": lambda: read(args.runs, Path(tmp)),
-               "report": lambda: report(args.runs, Path(tmp))}[args.mode]
+        run = {
+            "sweep": lambda: sweep(args.trials, Path(tmp)),
+            "read": lambda: read(args.runs, Path(tmp)),
+            "report": lambda: report(args.runs, Path(tmp)),
+        }[args.mode]
         rows = run()
-    result = {"mode": args.mode, "label": args.label, "rows": rows,
-              "cpus": os.cpu_count(), "load_end": os.getloadavg()[0]}
+    result = {
+        "mode": args.mode,
+        "label": args.label,
+        "rows": rows,
+        "cpus": os.cpu_count(),
+        "load_end": os.getloadavg()[0],
+    }
     if args.out:
         out = Path(args.out)
         prior = json.loads(out.read_text()) if out.exists() else []

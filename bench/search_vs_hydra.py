@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "search_vs_hydra.jsonl"
 HYDRA_VENV = Path.home() / ".cache" / "orch-bench" / "venv-hydra-optuna"  # outside the repo
 
-_APP = '''
+_APP = """
 import json, os, time
 import hydra
 from omegaconf import DictConfig
@@ -58,9 +58,9 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
-_CONFIG = '''
+_CONFIG = """
 defaults:
   - override hydra/sweeper: optuna
   - override hydra/sweeper/sampler: tpe
@@ -84,7 +84,7 @@ x: 0.5
 steps: {steps}
 step_s: {step_s}
 slow: {slow}
-'''
+"""
 
 
 def hydra_python(explicit: str | None) -> str:
@@ -96,9 +96,20 @@ def hydra_python(explicit: str | None) -> str:
         subprocess.run([sys.executable, "-m", "venv", str(HYDRA_VENV)], check=True)
         # hydra-core 1.3 pinned: pip may otherwise take a 1.4 pre-release, whose sweeper
         # config no longer instantiates the sampler.
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "hydra-optuna-sweeper==1.3.0",
-                        "hydra-joblib-launcher", "hydra-core==1.3.2", "omegaconf==2.3.0"],
-                       check=True)
+        subprocess.run(
+            [
+                str(py),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "hydra-optuna-sweeper==1.3.0",
+                "hydra-joblib-launcher",
+                "hydra-core==1.3.2",
+                "omegaconf==2.3.0",
+            ],
+            check=True,
+        )
     return str(py)
 
 
@@ -106,14 +117,20 @@ def duration(x: float, a: argparse.Namespace) -> float:
     return a.steps * a.step_s * (1 + a.slow * x)
 
 
-def _stats(name: str, wall: float, spans: list[tuple[float, float]], xs: list[float],
-           a: argparse.Namespace) -> dict[str, Any]:
+def _stats(
+    name: str, wall: float, spans: list[tuple[float, float]], xs: list[float], a: argparse.Namespace
+) -> dict[str, Any]:
     span = max(e for _, e in spans) - min(s for s, _ in spans)
     busy = sum(duration(x, a) for x in xs)
-    return {"runner": name, "trials": len(xs), "wall_s": round(wall, 2),
-            "span_s": round(span, 2), "busy_s": round(busy, 2),
-            "utilization": round(busy / (a.slots * span), 3),
-            "best_x": min(xs, key=lambda x: abs(x - 0.7))}
+    return {
+        "runner": name,
+        "trials": len(xs),
+        "wall_s": round(wall, 2),
+        "span_s": round(span, 2),
+        "busy_s": round(busy, 2),
+        "utilization": round(busy / (a.slots * span), 3),
+        "best_x": min(xs, key=lambda x: abs(x - 0.7)),
+    }
 
 
 def run_orch(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -121,16 +138,31 @@ def run_orch(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     uri = f"sqlite:///{tmp / 'orch' / 'mlflow.db'}"
     (tmp / "orch").mkdir()
-    cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", "quad",
-           "--config-dir", str(ROOT / "tests/data/search_conf"),
-           "--tasks", "tests.plugins.quadratic", "--tracking-uri", uri,
-           f"cluster.num_cpus={a.slots}", f"search.n_trials={a.trials}",
-           f"search.n_startup_trials={a.startup}", "search.pruner.name=none",
-           f"steps={a.steps}", f"step_s={a.step_s}", f"slow={a.slow}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "sweep",
+        "quad",
+        "--config-dir",
+        str(ROOT / "tests/data/search_conf"),
+        "--tasks",
+        "tests.plugins.quadratic",
+        "--tracking-uri",
+        uri,
+        f"cluster.num_cpus={a.slots}",
+        f"search.n_trials={a.trials}",
+        f"search.n_startup_trials={a.startup}",
+        "search.pruner.name=none",
+        f"steps={a.steps}",
+        f"step_s={a.step_s}",
+        f"slow={a.slow}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - t0
     client = MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
@@ -144,19 +176,39 @@ def run_hydra(a: argparse.Namespace, tmp: Path, launcher: str, python: str) -> d
     app = tmp / f"hydra_{launcher}"
     app.mkdir()
     (app / "app.py").write_text(textwrap.dedent(_APP))
-    (app / "config.yaml").write_text(_CONFIG.format(
-        launcher=launcher, startup=a.startup, trials=a.trials, slots=a.slots,
-        sweep_dir=app / "multirun", steps=a.steps, step_s=a.step_s, slow=a.slow))
+    (app / "config.yaml").write_text(
+        _CONFIG.format(
+            launcher=launcher,
+            startup=a.startup,
+            trials=a.trials,
+            slots=a.slots,
+            sweep_dir=app / "multirun",
+            steps=a.steps,
+            step_s=a.step_s,
+            slow=a.slow,
+        )
+    )
     records = app / "records.jsonl"
     env = {**os.environ, "BENCH_RECORDS": str(records)}
     extra = [f"hydra.launcher.n_jobs={a.slots}"] if launcher == "joblib" else []
     t0 = time.perf_counter()
-    subprocess.run([python, "app.py", "-m", *extra], cwd=app, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [python, "app.py", "-m", *extra],
+        cwd=app,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in records.read_text().splitlines()]
-    return _stats(f"hydra optuna sweeper ({launcher} launcher)", wall,
-                  [(r["start"], r["end"]) for r in rows], [r["x"] for r in rows], a)
+    return _stats(
+        f"hydra optuna sweeper ({launcher} launcher)",
+        wall,
+        [(r["start"], r["end"]) for r in rows],
+        [r["x"] for r in rows],
+        a,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,22 +224,42 @@ def main(argv: list[str] | None = None) -> int:
     python = hydra_python(a.hydra_python)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        rows = [run_orch(a, tmp), run_hydra(a, tmp, "basic", python),
-                run_hydra(a, tmp, "joblib", python)]
+        rows = [
+            run_orch(a, tmp),
+            run_hydra(a, tmp, "basic", python),
+            run_hydra(a, tmp, "joblib", python),
+        ]
     ours = rows[0]
     for r in rows:
-        print(f"{r['runner']:<42} wall {r['wall_s']:7.2f}s  span {r['span_s']:7.2f}s  "
-              f"busy {r['busy_s']:7.2f}s  utilization {r['utilization']:.0%}")
-    ratios = {r["runner"]: {"span_ratio": round(r["span_s"] / ours["span_s"], 2),
-                            "utilization_ratio": round(ours["utilization"] / r["utilization"], 2)}
-              for r in rows[1:]}
+        print(
+            f"{r['runner']:<42} wall {r['wall_s']:7.2f}s  span {r['span_s']:7.2f}s  "
+            f"busy {r['busy_s']:7.2f}s  utilization {r['utilization']:.0%}"
+        )
+    ratios = {
+        r["runner"]: {
+            "span_ratio": round(r["span_s"] / ours["span_s"], 2),
+            "utilization_ratio": round(ours["utilization"] / r["utilization"], 2),
+        }
+        for r in rows[1:]
+    }
     for name, q in ratios.items():
-        print(f"vs {name}: orch's span is {q['span_ratio']:.2f}x shorter, its utilization "
-              f"{q['utilization_ratio']:.2f}x higher")
+        print(
+            f"vs {name}: orch's span is {q['span_ratio']:.2f}x shorter, its utilization "
+            f"{q['utilization_ratio']:.2f}x higher"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "args": vars(a),
-                            "results": rows, "ratios": ratios}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "args": vars(a),
+                    "results": rows,
+                    "ratios": ratios,
+                }
+            )
+            + "\n"
+        )
     return 0
 
 

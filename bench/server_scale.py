@@ -55,9 +55,18 @@ def driver(uri: str, seconds: float, max_trials: int, out: str, name: str) -> No
             break
         t = time.perf_counter()
         try:
-            rid = tracker.start_run(exp, f"{name}-{i}", {
-                schema.TAG_KIND: "trial", schema.TAG_SWEEP: name, schema.TAG_INDEX: i,
-                schema.TAG_KEY: f"{name}-{i}"}, config, config)
+            rid = tracker.start_run(
+                exp,
+                f"{name}-{i}",
+                {
+                    schema.TAG_KIND: "trial",
+                    schema.TAG_SWEEP: name,
+                    schema.TAG_INDEX: i,
+                    schema.TAG_KEY: f"{name}-{i}",
+                },
+                config,
+                config,
+            )
             for e in range(EPOCHS):
                 tracker.log_metrics(rid, {"train/loss": 1 / (e + 1), "val/acc": e / EPOCHS}, e)
                 tracker.maybe_flush()
@@ -70,9 +79,18 @@ def driver(uri: str, seconds: float, max_trials: int, out: str, name: str) -> No
         points += 2 * EPOCHS + 1
     loop_s = time.monotonic() - start
     unwritten = tracker.close(wait_s=30)
-    Path(out).write_text(json.dumps({
-        "trials": len(latencies), "points": points, "loop_s": loop_s, "errors": errors,
-        "unwritten": unwritten, "latencies": latencies}))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "trials": len(latencies),
+                "points": points,
+                "loop_s": loop_s,
+                "errors": errors,
+                "unwritten": unwritten,
+                "latencies": latencies,
+            }
+        )
+    )
 
 
 def _free_port() -> int:
@@ -108,24 +126,43 @@ def _count(db_uri: str) -> dict[str, int]:
 
     engine = sqlalchemy.create_engine(db_uri)
     with engine.connect() as c:
-        out = {"runs_finished": c.execute(sqlalchemy.text(
-                   "SELECT count(*) FROM runs WHERE status = 'FINISHED'")).scalar_one(),
-               "metric_points": c.execute(sqlalchemy.text(
-                   "SELECT count(*) FROM metrics")).scalar_one()}
+        out = {
+            "runs_finished": c.execute(
+                sqlalchemy.text("SELECT count(*) FROM runs WHERE status = 'FINISHED'")
+            ).scalar_one(),
+            "metric_points": c.execute(
+                sqlalchemy.text("SELECT count(*) FROM metrics")
+            ).scalar_one(),
+        }
     engine.dispose()
     return out
 
 
-def case(drivers: int, seconds: float, max_trials: int, workers: int, tmp: Path
-         ) -> dict[str, Any]:
+def case(drivers: int, seconds: float, max_trials: int, workers: int, tmp: Path) -> dict[str, Any]:
     name, db_uri = _database()
     port = _free_port()
     with open(tmp / f"server-{drivers}.log", "ab") as log:
         server = subprocess.Popen(
-            [MLFLOW, "server", "--backend-store-uri", db_uri, "--serve-artifacts",
-             "--artifacts-destination", str(tmp / f"artifacts-{drivers}"), "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(workers)],
-            cwd=tmp, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+            [
+                MLFLOW,
+                "server",
+                "--backend-store-uri",
+                db_uri,
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(tmp / f"artifacts-{drivers}"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -147,10 +184,25 @@ def case(drivers: int, seconds: float, max_trials: int, workers: int, tmp: Path
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         outs = [tmp / f"d{drivers}-{i}.json" for i in range(drivers)]
         t = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-m", "bench.server_scale", "--driver", uri,
-                                   str(seconds), str(max_trials), str(o), f"d{i}"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for i, o in enumerate(outs)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.server_scale",
+                    "--driver",
+                    uri,
+                    str(seconds),
+                    str(max_trials),
+                    str(o),
+                    f"d{i}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i, o in enumerate(outs)
+        ]
         for p in procs:
             p.wait(timeout=seconds + 600)
         wall = time.perf_counter() - t
@@ -161,15 +213,22 @@ def case(drivers: int, seconds: float, max_trials: int, workers: int, tmp: Path
         points = sum(r["points"] for r in results)
         errors = [e for r in results for e in r["errors"]]
         row = {
-            "drivers": drivers, "server_workers": workers, "seconds": seconds,
-            "trials": trials, "trials_per_s": trials / loop,
+            "drivers": drivers,
+            "server_workers": workers,
+            "seconds": seconds,
+            "trials": trials,
+            "trials_per_s": trials / loop,
             "metric_points_per_s": points / loop,
             "trial_latency_median_s": statistics.median(lat) if lat else None,
             "trial_latency_p95_s": lat[int(0.95 * (len(lat) - 1))] if lat else None,
-            "errors": len(errors), "first_errors": errors[:3],
+            "errors": len(errors),
+            "first_errors": errors[:3],
             "unwritten": sum(len(r["unwritten"]) for r in results),
-            "drivers_crashed": drivers - len(results), "wall_s": wall,
-            "in_database": _count(db_uri), "load": os.getloadavg()[0]}
+            "drivers_crashed": drivers - len(results),
+            "wall_s": wall,
+            "in_database": _count(db_uri),
+            "load": os.getloadavg()[0],
+        }
         return row
     finally:
         os.killpg(server.pid, 15)
@@ -199,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         prior = json.loads(out.read_text()) if out.exists() else []
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps([*prior, {"label": args.label, "cpus": os.cpu_count(),
-                                            "rows": rows}], indent=1))
+        out.write_text(
+            json.dumps(
+                [*prior, {"label": args.label, "cpus": os.cpu_count(), "rows": rows}], indent=1
+            )
+        )
     return 0
 
 

@@ -57,6 +57,7 @@ def classify_timed(spec: ClassifySpec) -> Iterator[Event]:
     start = time.time()
     for event in run_classify(spec):
         if isinstance(event, Summary):
-            event = Summary({**event.values, **_timing(start)}, event.outcome, event.reason,
-                            event.artifacts)
+            event = Summary(
+                {**event.values, **_timing(start)}, event.outcome, event.reason, event.artifacts
+            )
         yield event

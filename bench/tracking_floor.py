@@ -32,18 +32,32 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 EPOCHS = 10
-CONFIG = {"task": "classify", "model": {"name": "mlp", "width": 64, "depth": 2},
-          "optimizer": {"name": "adam", "lr": 0.001, "weight_decay": 0.0},
-          "data": {"name": "digits", "batch_size": 64}, "epochs": EPOCHS, "seed": 0}
+CONFIG = {
+    "task": "classify",
+    "model": {"name": "mlp", "width": 64, "depth": 2},
+    "optimizer": {"name": "adam", "lr": 0.001, "weight_decay": 0.0},
+    "data": {"name": "digits", "batch_size": 64},
+    "epochs": EPOCHS,
+    "seed": 0,
+}
 
 
 def _tags(i: int) -> dict[str, Any]:
     from orchestrator.store import schema
 
-    return {schema.TAG_PARENT: "p", schema.TAG_KIND: "trial", schema.TAG_SWEEP: "floor",
-            schema.TAG_STUDY: "floor", schema.TAG_KEY: f"k{i}", schema.TAG_INDEX: i,
-            schema.TAG_ARM: json.dumps({"optimizer": "adam"}), schema.TAG_ATTEMPT: 1,
-            schema.TAG_NODE: "localhost", schema.TAG_NODE_ID: "n", schema.TAG_PID: 1}
+    return {
+        schema.TAG_PARENT: "p",
+        schema.TAG_KIND: "trial",
+        schema.TAG_SWEEP: "floor",
+        schema.TAG_STUDY: "floor",
+        schema.TAG_KEY: f"k{i}",
+        schema.TAG_INDEX: i,
+        schema.TAG_ARM: json.dumps({"optimizer": "adam"}),
+        schema.TAG_ATTEMPT: 1,
+        schema.TAG_NODE: "localhost",
+        schema.TAG_NODE_ID: "n",
+        schema.TAG_PID: 1,
+    }
 
 
 def calls(uri: str, n: int, wal: bool = False) -> dict[str, float]:
@@ -56,14 +70,22 @@ def calls(uri: str, n: int, wal: bool = False) -> dict[str, float]:
     from orchestrator.store import writer
 
     client = MlflowClient(uri)
-    exp = client.create_experiment(f"calls-{time.time_ns()}",
-                                   artifact_location=writer.artifact_root(uri, "calls"))
+    exp = client.create_experiment(
+        f"calls-{time.time_ns()}", artifact_location=writer.artifact_root(uri, "calls")
+    )
     if wal:
         writer.fast_sqlite(client)
     params = [Param(k, writer.param_value(v)) for k, v in writer.flatten(CONFIG).items()]
-    times: dict[str, list[float]] = {k: [] for k in (
-        "create_run", "log_batch_params", "config_artifact", "log_batch_metrics_tag",
-        "set_terminated")}
+    times: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "create_run",
+            "log_batch_params",
+            "config_artifact",
+            "log_batch_metrics_tag",
+            "set_terminated",
+        )
+    }
     ids = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.yaml"
@@ -78,15 +100,20 @@ def calls(uri: str, n: int, wal: bool = False) -> dict[str, float]:
             client.log_artifact(rid, str(cfg))
             t3 = time.perf_counter()
             ts = int(time.time() * 1000)
-            metrics = [Metric(k, 0.5, ts, e) for e in range(EPOCHS)
-                       for k in ("train/loss", "val/acc")]
+            metrics = [
+                Metric(k, 0.5, ts, e) for e in range(EPOCHS) for k in ("train/loss", "val/acc")
+            ]
             client.log_batch(rid, metrics=metrics, tags=[RunTag("orch.outcome", "finished")])
             t4 = time.perf_counter()
             client.set_terminated(rid, "FINISHED")
             t5 = time.perf_counter()
-            for k, a, b in (("create_run", t, t1), ("log_batch_params", t1, t2),
-                            ("config_artifact", t2, t3), ("log_batch_metrics_tag", t3, t4),
-                            ("set_terminated", t4, t5)):
+            for k, a, b in (
+                ("create_run", t, t1),
+                ("log_batch_params", t1, t2),
+                ("config_artifact", t2, t3),
+                ("log_batch_metrics_tag", t3, t4),
+                ("set_terminated", t4, t5),
+            ):
                 times[k].append(1000 * (b - a))
             ids.append(rid)
     t = time.perf_counter()
@@ -155,8 +182,9 @@ def ab(tmp: Path, n: int, block: int) -> dict[str, Any]:
                 i = b * block + j
                 rid = tracker.start_run(exp, f"trial-{i}", _tags(i), params, CONFIG)
                 for e in range(EPOCHS):
-                    tracker.log_metrics(rid, {"train/loss": 1.0 / (e + 1),
-                                              "val/acc": e / EPOCHS}, e)
+                    tracker.log_metrics(
+                        rid, {"train/loss": 1.0 / (e + 1), "val/acc": e / EPOCHS}, e
+                    )
                     tracker.maybe_flush()
                 tracker.log_metrics(rid, {"test/acc": 0.9}, EPOCHS - 1)
                 tracker.end_run(rid, "FINISHED", {schema.TAG_OUTCOME: "finished"})
@@ -176,8 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=200, help="trials for the per-call breakdown")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--uri", default=None, help="default: a fresh sqlite file per case")
-    ap.add_argument("--ab", type=int, default=0,
-                    help="trials per variant for the interleaved A/B of the write paths")
+    ap.add_argument(
+        "--ab",
+        type=int,
+        default=0,
+        help="trials per variant for the interleaved A/B of the write paths",
+    )
     ap.add_argument("--block", type=int, default=50)
     ap.add_argument("--label", default="")
     ap.add_argument("--out", default=None)
@@ -186,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     def store(tmp: str, name: str) -> str:
         return args.uri or f"sqlite:///{Path(tmp) / name}.db"
 
-    result: dict[str, Any] = {"label": args.label, "load": os.getloadavg()[0],
-                              "uri": args.uri or "sqlite (fresh file)", "tracker": {}}
+    result: dict[str, Any] = {
+        "label": args.label,
+        "load": os.getloadavg()[0],
+        "uri": args.uri or "sqlite (fresh file)",
+        "tracker": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         if args.calls:
             result["calls_ms"] = calls(store(tmp, "calls"), args.calls)
@@ -195,13 +231,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps([result["calls_ms"], result["calls_wal_ms"]], indent=1), flush=True)
         if args.ab:
             result["ab"] = ab(Path(tmp), args.ab, args.block)
-            print(json.dumps({k: v for k, v in result["ab"].items() if k != "blocks_ms"}),
-                  flush=True)
+            print(
+                json.dumps({k: v for k, v in result["ab"].items() if k != "blocks_ms"}), flush=True
+            )
         for n in args.trials:
             runs = [tracker_loop(store(tmp, f"t{n}-{r}"), n) for r in range(args.repeats)]
             result["tracker"][str(n)] = {
                 "per_trial_ms": statistics.median(r["per_trial_ms"] for r in runs),
-                "runs": runs}
+                "runs": runs,
+            }
             print(n, json.dumps(result["tracker"][str(n)]), flush=True)
     result["load_end"] = os.getloadavg()[0]
     if args.out:

@@ -61,11 +61,20 @@ def main(argv: list[str]) -> int:
 
     def orch_tracked(i: int) -> None:
         # The tags, params and config artifact orch's _Recorder writes for a child run.
-        tags = {schema.TAG_KIND: "trial", schema.TAG_SWEEP: "bench", schema.TAG_STUDY: "bench_tracking",
-                schema.TAG_KEY: f"k{i}", schema.TAG_INDEX: i, schema.TAG_ARM: "{}", schema.TAG_ATTEMPT: 1,
-                schema.TAG_NODE: "localhost", "orch.node_id": "n"}
-        run_id = tracker.start_run(experiment, f"trial-{i}", tags, params,
-                                   {"task": trial["task"], **trial["config"]})
+        tags = {
+            schema.TAG_KIND: "trial",
+            schema.TAG_SWEEP: "bench",
+            schema.TAG_STUDY: "bench_tracking",
+            schema.TAG_KEY: f"k{i}",
+            schema.TAG_INDEX: i,
+            schema.TAG_ARM: "{}",
+            schema.TAG_ATTEMPT: 1,
+            schema.TAG_NODE: "localhost",
+            "orch.node_id": "n",
+        }
+        run_id = tracker.start_run(
+            experiment, f"trial-{i}", tags, params, {"task": trial["task"], **trial["config"]}
+        )
         last = 0
         for event in run_trial(trial["task"], trial["config"]):
             if isinstance(event, Metrics):
@@ -89,8 +98,11 @@ def main(argv: list[str]) -> int:
     times: dict[str, list[float]] = {"untracked": [], "orch": [], "fluent": []}
     for i in range(repeats):
         # Alternate the three so that load drifting during the probe hits them alike.
-        for name, fn in (("untracked", lambda: untracked()), ("orch", lambda: orch_tracked(i)),
-                         ("fluent", lambda: fluent_tracked(i))):
+        for name, fn in (
+            ("untracked", lambda: untracked()),
+            ("orch", lambda i=i: orch_tracked(i)),
+            ("fluent", lambda i=i: fluent_tracked(i)),
+        ):
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)

@@ -52,22 +52,39 @@ def main(argv: list[str]) -> int:
     trials = load_trials(trials_path)
     # Workers import bench.tasks: Tune's workers get the repo on their path like orch's do.
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=False)
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
+    ray.init(
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
     tuner = tune.Tuner(
         trainable,
-        param_space={"case": tune.grid_search(
-            [{"index": t["index"], "task": t["task"], "trial": t["config"]} for t in trials])},
+        param_space={
+            "case": tune.grid_search(
+                [{"index": t["index"], "task": t["task"], "trial": t["config"]} for t in trials]
+            )
+        },
         tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
         run_config=tune.RunConfig(
-            name="bench", storage_path=str(Path(storage).resolve()), verbose=0,
-            callbacks=[MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name="bench",
-                                            save_artifact=False)]),
+            name="bench",
+            storage_path=str(Path(storage).resolve()),
+            verbose=0,
+            callbacks=[
+                MLflowLoggerCallback(
+                    tracking_uri=tracking_uri, experiment_name="bench", save_artifact=False
+                )
+            ],
+        ),
     )
     results = tuner.fit()
-    records = [record(int(r.metrics["index"]), r.metrics) for r in results
-               if r.metrics and "index" in r.metrics]
+    records = [
+        record(int(r.metrics["index"]), r.metrics)
+        for r in results
+        if r.metrics and "index" in r.metrics
+    ]
     write_records(records_path, records)
     ray.shutdown()
     return 0 if not results.errors else 1

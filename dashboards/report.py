@@ -29,19 +29,19 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on cluster nodes / CI; must precede pyplot
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from scipy import stats  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+from scipy import stats
 
-from orchestrator.verdicts import ArmStats, Verdict  # noqa: E402
+from orchestrator.verdicts import ArmStats, Verdict
 
 #: metric -> run_id -> DataFrame with columns ``step`` and ``value``.
 Histories = Mapping[str, Mapping[str, pd.DataFrame]]
 
-MAX_PANELS = 24          # beyond this a panel per value is no longer a glance
-MAX_LINES = 12           # arms on one axis before it is split into panels (same y scale)
+MAX_PANELS = 24  # beyond this a panel per value is no longer a glance
+MAX_LINES = 12  # arms on one axis before it is split into panels (same y scale)
 _COLOURS = {"confirmed": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#9a6700"}
 
 
@@ -93,8 +93,9 @@ def _run_link(sweep: SweepInfo, run_id: str, text: str) -> str:
 def _arm_columns(trials: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """The axes that vary in this table (seed excluded): they name an arm."""
     cols = [a for a in axes if a != "seed" and a in trials.columns]
-    return [c for c in cols if trials[c].dropna().astype(str).nunique() > 1] or \
-        [c for c in cols][:1]
+    return [c for c in cols if trials[c].dropna().astype(str).nunique() > 1] or [c for c in cols][
+        :1
+    ]
 
 
 def _arm_label(row: Mapping[str, object], cols: Sequence[str]) -> str:
@@ -110,8 +111,9 @@ def _curve(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return data.groupby("step")["value"].agg(["mean", "min", "max", "count"]).reset_index()
 
 
-def _curves_figure(metric: str, trials: pd.DataFrame, runs: Mapping[str, pd.DataFrame],
-                   cols: list[str]) -> plt.Figure | None:
+def _curves_figure(
+    metric: str, trials: pd.DataFrame, runs: Mapping[str, pd.DataFrame], cols: list[str]
+) -> plt.Figure | None:
     """All arms on one axis (mean over seeds, min-max band); a metric with one value per
     run is drawn as points with intervals instead. Past ``MAX_LINES`` arms, one panel per
     value of the axis with the fewest values, every panel on the same y scale."""
@@ -125,38 +127,52 @@ def _curves_figure(metric: str, trials: pd.DataFrame, runs: Mapping[str, pd.Data
     panel_col = None
     if len(set(labels)) > MAX_LINES:
         counts = {c: fin[c].dropna().astype(str).nunique() for c in cols}
-        panel_col = min((c for c in cols if 2 <= counts[c] <= MAX_PANELS),
-                        key=lambda c: counts[c], default=None)
+        panel_col = min(
+            (c for c in cols if 2 <= counts[c] <= MAX_PANELS), key=lambda c: counts[c], default=None
+        )
     line_cols = [c for c in cols if c != panel_col]
     panels = list(dict.fromkeys(fin[panel_col].astype(str))) if panel_col else ["all"]
-    fin = fin.assign(_line=[_arm_label(r, line_cols) for r in fin.to_dict("records")],
-                     _panel=fin[panel_col].astype(str) if panel_col else "all")
+    fin = fin.assign(
+        _line=[_arm_label(r, line_cols) for r in fin.to_dict("records")],
+        _panel=fin[panel_col].astype(str) if panel_col else "all",
+    )
     lines = list(dict.fromkeys(fin["_line"]))
     cmap = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
     colour = {name: cmap(i % cmap.N) for i, name in enumerate(lines)}
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     legend_cols = max(1, math.ceil(len(lines) / 24))
-    fig, axs = plt.subplots(nrows, ncols, figsize=(5.0 * ncols + 2.2 * legend_cols,
-                                                   3.6 * nrows + 0.6),
-                            squeeze=False, sharex=True, sharey=True)
+    fig, axs = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(5.0 * ncols + 2.2 * legend_cols, 3.6 * nrows + 0.6),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
     positive = True
     for ax, panel in zip(axs.flat, panels):
         part = fin[fin["_panel"] == panel]
         for name, group in part.groupby("_line", sort=False):
             c = _curve([runs[r] for r in group["run_id"]])
             positive &= bool((c["min"] > 0).all())
-            ax.plot(c["step"], c["mean"], color=colour[name], lw=1.6,
-                    marker="o" if len(c) == 1 else None, ms=3, label=name)
+            ax.plot(
+                c["step"],
+                c["mean"],
+                color=colour[name],
+                lw=1.6,
+                marker="o" if len(c) == 1 else None,
+                ms=3,
+                label=name,
+            )
             if (c["count"] > 1).any():
-                ax.fill_between(c["step"], c["min"], c["max"], color=colour[name], alpha=0.15,
-                                lw=0)
+                ax.fill_between(c["step"], c["min"], c["max"], color=colour[name], alpha=0.15, lw=0)
         if panel_col:  # one axis: the figure's title names the metric
             ax.set_title(f"{panel_col}={panel}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8, labelleft=True)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are epochs
-    for ax in list(axs.flat)[len(panels):]:
+    for ax in list(axs.flat)[len(panels) :]:
         ax.set_visible(False)
     for ax in axs[-1]:
         ax.set_xlabel("step (epoch)", fontsize=8)
@@ -173,18 +189,32 @@ def _curves_figure(metric: str, trials: pd.DataFrame, runs: Mapping[str, pd.Data
     handles = [plt.Line2D([], [], color=colour[n], lw=2) for n in lines]
     fig.suptitle(f"{metric}: mean over finished seeds, band = min-max", fontsize=10)
     if len(lines) > 1 or line_cols:
-        fig.legend(handles, lines, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   fontsize=7, ncols=legend_cols, frameon=False)
+        fig.legend(
+            handles,
+            lines,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            fontsize=7,
+            ncols=legend_cols,
+            frameon=False,
+        )
     fig.tight_layout()
     return fig
 
 
-def _points_figure(metric: str, fin: pd.DataFrame, runs: Mapping[str, pd.DataFrame],
-                   cols: list[str], confidence: float = 0.95) -> plt.Figure:
+def _points_figure(
+    metric: str,
+    fin: pd.DataFrame,
+    runs: Mapping[str, pd.DataFrame],
+    cols: list[str],
+    confidence: float = 0.95,
+) -> plt.Figure:
     """One value per run (``test/acc``): per arm its seeds as dots and their mean with a
     t-interval, the arms on one axis, in plan order."""
-    values = fin.assign(_arm=[_arm_label(r, cols) for r in fin.to_dict("records")],
-                        _v=[float(runs[r]["value"].iloc[-1]) for r in fin["run_id"]])
+    values = fin.assign(
+        _arm=[_arm_label(r, cols) for r in fin.to_dict("records")],
+        _v=[float(runs[r]["value"].iloc[-1]) for r in fin["run_id"]],
+    )
     arms = list(dict.fromkeys(values["_arm"]))
     n = values.groupby("_arm", sort=False)["_v"].count()
     fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.38 * len(arms)))
@@ -198,17 +228,29 @@ def _points_figure(metric: str, fin: pd.DataFrame, runs: Mapping[str, pd.DataFra
         mean = float(v.mean())
         lo = hi = mean
         if len(v) > 1 and v.std(ddof=1) > 0:
-            lo, hi = stats.t.interval(confidence, len(v) - 1, loc=mean,
-                                      scale=v.std(ddof=1) / math.sqrt(len(v)))
-        ax.errorbar([mean], [i], xerr=[[mean - lo], [hi - mean]], fmt="o", color="#0969da",
-                    ms=6, capsize=3, lw=1.6, zorder=3)
+            lo, hi = stats.t.interval(
+                confidence, len(v) - 1, loc=mean, scale=v.std(ddof=1) / math.sqrt(len(v))
+            )
+        ax.errorbar(
+            [mean],
+            [i],
+            xerr=[[mean - lo], [hi - mean]],
+            fmt="o",
+            color="#0969da",
+            ms=6,
+            capsize=3,
+            lw=1.6,
+            zorder=3,
+        )
     ax.set_yticks(range(len(arms)), [f"{a} (n={n[a]})" for a in arms], fontsize=8)
     ax.invert_yaxis()  # the first arm at the top, as in the tables
     ax.set_xlabel(metric, fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"{metric}: one value per trial; dots = seeds, bar = mean and "
-                 f"{confidence:.0%} t-interval", fontsize=9)
+    ax.set_title(
+        f"{metric}: one value per trial; dots = seeds, bar = mean and {confidence:.0%} t-interval",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -222,8 +264,9 @@ def _save(fig: plt.Figure, path: Path) -> str:
 
 
 # -- tables ---------------------------------------------------------------------------------
-def arm_table(trials: pd.DataFrame, cols: Sequence[str], metric: str, mode: str,
-              confidence: float = 0.95) -> pd.DataFrame:
+def arm_table(
+    trials: pd.DataFrame, cols: Sequence[str], metric: str, mode: str, confidence: float = 0.95
+) -> pd.DataFrame:
     """One row per arm: trial counts by outcome and the metric's mean, std, CI (finished).
 
     Args:
@@ -242,21 +285,34 @@ def arm_table(trials: pd.DataFrame, cols: Sequence[str], metric: str, mode: str,
     for _, g in keyed.groupby("_arm", sort=False):
         out = g["outcome"]
         fin = g[out == "finished"]
-        v = pd.to_numeric(fin[metric], errors="coerce").dropna().to_numpy(float) \
-            if metric in g else np.array([])
+        v = (
+            pd.to_numeric(fin[metric], errors="coerce").dropna().to_numpy(float)
+            if metric in g
+            else np.array([])
+        )
         mean = float(v.mean()) if len(v) else math.nan
         std = float(v.std(ddof=1)) if len(v) > 1 else math.nan
         lo = hi = math.nan
         if len(v) > 1 and std > 0:
-            lo, hi = stats.t.interval(confidence, len(v) - 1, loc=mean, scale=std / math.sqrt(len(v)))
+            lo, hi = stats.t.interval(
+                confidence, len(v) - 1, loc=mean, scale=std / math.sqrt(len(v))
+            )
         elif len(v) > 1:
             lo = hi = mean
-        rows.append({**{c: g[c].iloc[0] for c in cols}, "n": len(g),
-                     "finished": int((out == "finished").sum()),
-                     "failed": int((out == "failed").sum()),
-                     "diverged": int((out == "diverged").sum()),
-                     "other": int((~out.isin(["finished", "failed", "diverged"])).sum()),
-                     "mean": mean, "std": std, "ci_low": lo, "ci_high": hi})
+        rows.append(
+            {
+                **{c: g[c].iloc[0] for c in cols},
+                "n": len(g),
+                "finished": int((out == "finished").sum()),
+                "failed": int((out == "failed").sum()),
+                "diverged": int((out == "diverged").sum()),
+                "other": int((~out.isin(["finished", "failed", "diverged"])).sum()),
+                "mean": mean,
+                "std": std,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values("mean", ascending=mode == "min", na_position="last")
@@ -266,14 +322,33 @@ def arm_table(trials: pd.DataFrame, cols: Sequence[str], metric: str, mode: str,
 def _arms_html(arms: Sequence[ArmStats]) -> str:
     if not arms:
         return ""
-    df = pd.DataFrame([{"arm": a.label, "n": a.n, "mean": a.mean, "std": a.std,
-                        "ci_low": a.ci_low, "ci_high": a.ci_high, "finished": a.n_finished,
-                        "failed": a.n_failed, "diverged": a.n_diverged, "other": a.n_other}
-                       for a in arms])
+    df = pd.DataFrame(
+        [
+            {
+                "arm": a.label,
+                "n": a.n,
+                "mean": a.mean,
+                "std": a.std,
+                "ci_low": a.ci_low,
+                "ci_high": a.ci_high,
+                "finished": a.n_finished,
+                "failed": a.n_failed,
+                "diverged": a.n_diverged,
+                "other": a.n_other,
+            }
+            for a in arms
+        ]
+    )
     for c in ("mean", "std", "ci_low", "ci_high"):  # None (no value) -> NaN -> blank cell
         df[c] = pd.to_numeric(df[c], errors="coerce")
-    return df.to_html(index=False, escape=True, na_rep="", float_format=lambda x: f"{x:.4g}",
-                      classes="arms", border=0)
+    return df.to_html(
+        index=False,
+        escape=True,
+        na_rep="",
+        float_format=lambda x: f"{x:.4g}",
+        classes="arms",
+        border=0,
+    )
 
 
 def _sanity_first(verdicts: Sequence[Verdict]) -> list[Verdict]:
@@ -284,28 +359,44 @@ def _sanity_first(verdicts: Sequence[Verdict]) -> list[Verdict]:
 def _verdict_html(v: Verdict) -> str:
     colour = _COLOURS.get(v.verdict, "#57606a")
     ci = f"[{_num(v.ci_low)}, {_num(v.ci_high)}]" if v.ci_low is not None else ""
-    what = " ".join(x for x in (f"test {v.test}", f"metric {v.metric}" if v.metric else "",
-                                f"axis {v.axis}", f"predict {v.predict}" if v.predict else "")
-                    if x)
-    cells = [("effect", _num(v.effect, "{:+.4g}")), (f"{v.confidence:.0%} CI", ci),
-             ("min_effect", _num(v.min_effect, "{:g}")), ("n a / b", f"{v.n_a} / {v.n_b}"),
-             ("method", v.method), ("p (one-sided, raw)", _num(v.p_value, "{:.3g}")),
-             ("p (Holm over the claims)", _num(v.p_adjusted, "{:.3g}"))]
+    what = " ".join(
+        x
+        for x in (
+            f"test {v.test}",
+            f"metric {v.metric}" if v.metric else "",
+            f"axis {v.axis}",
+            f"predict {v.predict}" if v.predict else "",
+        )
+        if x
+    )
+    cells = [
+        ("effect", _num(v.effect, "{:+.4g}")),
+        (f"{v.confidence:.0%} CI", ci),
+        ("min_effect", _num(v.min_effect, "{:g}")),
+        ("n a / b", f"{v.n_a} / {v.n_b}"),
+        ("method", v.method),
+        ("p (one-sided, raw)", _num(v.p_value, "{:.3g}")),
+        ("p (Holm over the claims)", _num(v.p_adjusted, "{:.3g}")),
+    ]
     numbers = "".join(f"<th>{_e(k)}</th>" for k, _ in cells)
     values = "".join(f"<td>{_e(x)}</td>" for _, x in cells)
     groups = ""
     if v.groups:
         items = "".join(
             f'<li><span class="badge" style="background:{_COLOURS.get(g.verdict, "#57606a")}">'
-            f"{_e(g.verdict)}</span> {_e(g.group)}: {_e(g.detail)}</li>" for g in v.groups)
+            f"{_e(g.verdict)}</span> {_e(g.group)}: {_e(g.detail)}</li>"
+            for g in v.groups
+        )
         groups = f"<ul class=groups>{items}</ul>"
-    return (f'<div class="verdict" style="border-left-color:{colour}">'
-            f'<h3><span class="badge" style="background:{colour}">{_e(v.verdict)}</span> '
-            f"{_e(v.id)} <small>{_e(v.source)}</small></h3>"
-            f"<p class=statement>{_e(v.statement)}</p><p class=what>{_e(what)}</p>"
-            f"<table class=numbers><tr>{numbers}</tr><tr>{values}</tr></table>"
-            f"<p class=detail>{_e(v.detail)}</p>{groups}"
-            f"<details><summary>per arm</summary>{_arms_html(v.arms)}</details></div>")
+    return (
+        f'<div class="verdict" style="border-left-color:{colour}">'
+        f'<h3><span class="badge" style="background:{colour}">{_e(v.verdict)}</span> '
+        f"{_e(v.id)} <small>{_e(v.source)}</small></h3>"
+        f"<p class=statement>{_e(v.statement)}</p><p class=what>{_e(what)}</p>"
+        f"<table class=numbers><tr>{numbers}</tr><tr>{values}</tr></table>"
+        f"<p class=detail>{_e(v.detail)}</p>{groups}"
+        f"<details><summary>per arm</summary>{_arms_html(v.arms)}</details></div>"
+    )
 
 
 def _axis_values(trials: pd.DataFrame, axis: str) -> list[str] | None:
@@ -327,16 +418,19 @@ def _untestable_html(v: Verdict, trials: pd.DataFrame) -> str:
     colour = _COLOURS.get(v.verdict, "#57606a")
     values = _axis_values(trials, v.axis)
     why = f"was pinned to {values[0]}" if values else "did not vary"
-    return (f'<p class="verdict" style="border-left-color:{colour}">'
-            f'<span class="badge" style="background:{colour}">not testable</span> '
-            f"<b>{_e(v.id)}</b> {_e(v.statement)}: the axis <code>{_e(v.axis)}</code> "
-            f"{_e(why)} in this sweep, so its arms cannot be compared (make "
-            f"<code>{_e(v.axis)}</code> a sweep axis to test it).</p>")
+    return (
+        f'<p class="verdict" style="border-left-color:{colour}">'
+        f'<span class="badge" style="background:{colour}">not testable</span> '
+        f"<b>{_e(v.id)}</b> {_e(v.statement)}: the axis <code>{_e(v.axis)}</code> "
+        f"{_e(why)} in this sweep, so its arms cannot be compared (make "
+        f"<code>{_e(v.axis)}</code> a sweep axis to test it).</p>"
+    )
 
 
 def _trials_html(trials: pd.DataFrame, cols: Sequence[str], sweep: SweepInfo) -> str:
-    shown = [c for c in ("trial_index", *cols, "seed", "outcome", sweep.metric)
-             if c in trials.columns]
+    shown = [
+        c for c in ("trial_index", *cols, "seed", "outcome", sweep.metric) if c in trials.columns
+    ]
     head = "".join(f"<th>{_e(c)}</th>" for c in [*shown, "error", "run"])
     body = []
     ordered = trials.sort_values("trial_index") if "trial_index" in trials else trials
@@ -350,42 +444,58 @@ def _trials_html(trials: pd.DataFrame, cols: Sequence[str], sweep: SweepInfo) ->
         cells.append(f'<td class=err title="{_e(err)}">{_e(err[:120])}</td>')
         cells.append(f"<td>{_run_link(sweep, str(r['run_id']), str(r['run_id'])[:8])}</td>")
         body.append(f'<tr class="{_e(r.get("outcome", ""))}">{"".join(cells)}</tr>')
-    return (f"<details><summary>All {len(trials)} trials</summary><table class=trials>"
-            f"<tr>{head}</tr>{''.join(body)}</table></details>")
+    return (
+        f"<details><summary>All {len(trials)} trials</summary><table class=trials>"
+        f"<tr>{head}</tr>{''.join(body)}</table></details>"
+    )
 
 
 _CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#1f2328;padding:0 16px}
-h1{font-size:22px;margin-bottom:4px} h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:32px}
-table{border-collapse:collapse;font-size:12px;margin:6px 0} td,th{border:1px solid #d0d7de;padding:3px 7px;text-align:left}
-th{background:#f6f8fa} .verdict{border-left:6px solid;padding:4px 12px;margin:14px 0;background:#fbfbfc}
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#1f2328;
+  padding:0 16px}
+h1{font-size:22px;margin-bottom:4px}
+h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;font-size:12px;margin:6px 0}
+td,th{border:1px solid #d0d7de;padding:3px 7px;text-align:left}
+th{background:#f6f8fa}
+.verdict{border-left:6px solid;padding:4px 12px;margin:14px 0;background:#fbfbfc}
 .badge{color:#fff;border-radius:4px;padding:1px 7px;font-size:12px;text-transform:uppercase}
-.verdict h3{margin:6px 0;font-size:16px} .statement{font-style:italic;margin:2px 0} .what,.detail{margin:4px 0}
-.what{color:#57606a;font-size:12px} small{color:#57606a;font-weight:normal}
-.counts span{margin-right:14px} img{max-width:100%;border:1px solid #eee;margin:8px 0}
-tr.failed td,tr.diverged td{background:#fff5f5} td.err{max-width:380px;overflow:hidden;white-space:nowrap}
+.verdict h3{margin:6px 0;font-size:16px}
+.statement{font-style:italic;margin:2px 0}
+.what,.detail{margin:4px 0}
+.what{color:#57606a;font-size:12px}
+small{color:#57606a;font-weight:normal}
+.counts span{margin-right:14px}
+img{max-width:100%;border:1px solid #eee;margin:8px 0}
+tr.failed td,tr.diverged td{background:#fff5f5}
+td.err{max-width:380px;overflow:hidden;white-space:nowrap}
 """
 
 
 def _search_html(search: object, out: Path) -> tuple[str, list[Path]]:
     """The section of a search sweep: best trial, fANOVA importances, Optuna's plots.
 
-    ``search`` is an :class:`orchestrator.search.optuna_search.SearchSummary` (figures as local paths);
+    ``search`` is an :class:`orchestrator.search.SearchSummary` (figures as local paths);
     its PNGs are copied beside the report and embedded.
     """
     best = getattr(search, "best", {}) or {}
-    rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(_num(v) if isinstance(v, float) else v)}</td></tr>"
-                   for k, v in (best.get("params") or {}).items())
+    rows = "".join(
+        f"<tr><td>{_e(k)}</td><td>{_e(_num(v) if isinstance(v, float) else v)}</td></tr>"
+        for k, v in (best.get("params") or {}).items()
+    )
     head = ""
     if best:
-        values = ", ".join(f"{_e(m)} = {_num(v)}" for m, v in zip(best.get("metrics", []),
-                                                                   best.get("values", [])))
+        values = ", ".join(
+            f"{_e(m)} = {_num(v)}" for m, v in zip(best.get("metrics", []), best.get("values", []))
+        )
         head = f"<p>best trial <b>{_e(best.get('number'))}</b>: {values}</p>"
     imps = ""
     for branch, imp in (getattr(search, "importances", {}) or {}).items():
         cells = "".join(f"<tr><td>{_e(k)}</td><td>{v:.3f}</td></tr>" for k, v in imp.items())
-        imps += (f"<h3>fANOVA importances <small>{_e(branch)}</small></h3>"
-                 f"<table><tr><th>parameter</th><th>importance</th></tr>{cells}</table>")
+        imps += (
+            f"<h3>fANOVA importances <small>{_e(branch)}</small></h3>"
+            f"<table><tr><th>parameter</th><th>importance</th></tr>{cells}</table>"
+        )
     pngs: list[Path] = []
     figs = ""
     for name, path in (getattr(search, "figures", {}) or {}).items():
@@ -398,14 +508,22 @@ def _search_html(search: object, out: Path) -> tuple[str, list[Path]]:
         b64 = base64.b64encode(dest.read_bytes()).decode()
         figs += f'<h3>{_e(name)}</h3><img alt="{_e(name)}" src="data:image/png;base64,{b64}">'
     notes = "".join(f"<li>{_e(n)}</li>" for n in getattr(search, "notes", []) or [])
-    html_ = (f"<h2>Search</h2>{head}<table><tr><th>parameter</th><th>best</th></tr>{rows}"
-             f"</table>{imps}{figs}" + (f"<ul class=what>{notes}</ul>" if notes else ""))
+    html_ = (
+        f"<h2>Search</h2>{head}<table><tr><th>parameter</th><th>best</th></tr>{rows}"
+        f"</table>{imps}{figs}" + (f"<ul class=what>{notes}</ul>" if notes else "")
+    )
     return html_, pngs
 
 
-def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
-                 verdicts: Sequence[Verdict], histories: Histories, axes: Sequence[str],
-                 search: object | None = None) -> list[Path]:
+def build_report(
+    out_dir: str | Path,
+    sweep: SweepInfo,
+    trials: pd.DataFrame,
+    verdicts: Sequence[Verdict],
+    histories: Histories,
+    axes: Sequence[str],
+    search: object | None = None,
+) -> list[Path]:
     """Write ``report.html`` and one ``curves_<metric>.png`` per metric into ``out_dir``.
 
     Args:
@@ -416,7 +534,7 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
         histories: metric -> run_id -> ``[step, value]``: one curve figure per metric, in
             this order (runs without a history are skipped).
         axes: The sweep's axes (the parent run's ``orch.axes``); those that vary name arms.
-        search: A search sweep's :class:`orchestrator.search.optuna_search.SearchSummary`: adds a section
+        search: A search sweep's :class:`orchestrator.search.SearchSummary`: adds a section
             with its best trial, importances and plots (their PNGs are written too).
 
     Returns:
@@ -443,26 +561,42 @@ def build_report(out_dir: str | Path, sweep: SweepInfo, trials: pd.DataFrame,
     verdict_counts = pd.Series([v.verdict for v in verdicts]).value_counts().to_dict()
     summary = ", ".join(f"{n} {k}" for k, n in verdict_counts.items()) or "no claims"
     arms = arm_table(trials, cols, sweep.metric, sweep.mode) if len(trials) else pd.DataFrame()
-    arms_html = arms.to_html(index=False, escape=True, na_rep="", border=0,
-                             float_format=lambda x: f"{x:.4g}") if len(arms) else "<p>none</p>"
-    parent = _run_link(sweep, sweep.parent_run_id, sweep.parent_run_id) \
-        if sweep.parent_run_id else ""
-    figs_html = "".join(
-        f'<h3>{_e(m)}</h3><img alt="{_e(m)} learning curves" '
-        f'src="data:image/png;base64,{b64}">' for m, b64 in figures) or \
-        "<p>no per-epoch history was recorded for finished trials</p>"
+    arms_html = (
+        arms.to_html(
+            index=False, escape=True, na_rep="", border=0, float_format=lambda x: f"{x:.4g}"
+        )
+        if len(arms)
+        else "<p>none</p>"
+    )
+    parent = (
+        _run_link(sweep, sweep.parent_run_id, sweep.parent_run_id) if sweep.parent_run_id else ""
+    )
+    figs_html = (
+        "".join(
+            f'<h3>{_e(m)}</h3><img alt="{_e(m)} learning curves" src="data:image/png;base64,{b64}">'
+            for m, b64 in figures
+        )
+        or "<p>no per-epoch history was recorded for finished trials</p>"
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(sweep.study)} - {_e(sweep.sweep_id)}</title>
 <style>{_CSS}</style></head><body>
 <h1>Study {_e(sweep.study)}</h1>
 <p>{_e(sweep.description)}</p>
 <p>sweep <code>{_e(sweep.sweep_id)}</code> &middot; parent run {parent} &middot; metric
-<code>{_e(sweep.metric)}</code> ({_e(sweep.mode)}) &middot; store <code>{_e(sweep.tracking_uri)}</code>
+<code>{_e(sweep.metric)}</code> ({_e(sweep.mode)}) &middot; store <code>{
+        _e(sweep.tracking_uri)
+    }</code>
 &middot; generated {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}</p>
 <p class=counts><b>{len(trials)}</b> trials: {count_html}</p>
 <h2>Verdicts <small>{_e(summary)}</small></h2>
-{"".join(_untestable_html(v, trials) if _pinned(v, trials, axes) else _verdict_html(v)
-         for v in _sanity_first(verdicts)) or "<p>the study states no claims</p>"}
+{
+        "".join(
+            _untestable_html(v, trials) if _pinned(v, trials, axes) else _verdict_html(v)
+            for v in _sanity_first(verdicts)
+        )
+        or "<p>the study states no claims</p>"
+    }
 {search_html}
 <h2>Learning curves</h2>
 {figs_html}

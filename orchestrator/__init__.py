@@ -1,4 +1,5 @@
-"""Experiment orchestration for deep-learning research: Hydra studies, Ray dispatch, MLflow tracking.
+"""Experiment orchestration for deep-learning research: Hydra studies, Ray dispatch, MLflow
+tracking.
 
 Layers, each importing only from those below it (``.importlinter`` checks this):
 

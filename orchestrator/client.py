@@ -46,17 +46,37 @@ class Client:
         for r in self.reader.sweeps():
             t, m = r.data.tags, r.data.metrics
             metric = t.get(schema.TAG_METRIC)
-            rows.append({
-                "sweep_id": t.get(schema.TAG_SWEEP), "study": t.get(schema.TAG_STUDY),
-                "status": r.info.status, "start_time": pd.to_datetime(r.info.start_time, unit="ms"),
-                "n_trials": int(t.get(schema.TAG_N_TRIALS, 0)),
-                "finished": int(m.get("trials/finished", 0)), "failed": int(m.get("trials/failed", 0)),
-                "metric": metric, "best": m.get(f"best/{metric}"),
-                "run_id": r.info.run_id, "experiment_id": r.info.experiment_id,
-            })
-        return pd.DataFrame(rows, columns=["sweep_id", "study", "status", "start_time", "n_trials",
-                                           "finished", "failed", "metric", "best", "run_id",
-                                           "experiment_id"])
+            rows.append(
+                {
+                    "sweep_id": t.get(schema.TAG_SWEEP),
+                    "study": t.get(schema.TAG_STUDY),
+                    "status": r.info.status,
+                    "start_time": pd.to_datetime(r.info.start_time, unit="ms"),
+                    "n_trials": int(t.get(schema.TAG_N_TRIALS, 0)),
+                    "finished": int(m.get("trials/finished", 0)),
+                    "failed": int(m.get("trials/failed", 0)),
+                    "metric": metric,
+                    "best": m.get(f"best/{metric}"),
+                    "run_id": r.info.run_id,
+                    "experiment_id": r.info.experiment_id,
+                }
+            )
+        return pd.DataFrame(
+            rows,
+            columns=[
+                "sweep_id",
+                "study",
+                "status",
+                "start_time",
+                "n_trials",
+                "finished",
+                "failed",
+                "metric",
+                "best",
+                "run_id",
+                "experiment_id",
+            ],
+        )
 
     # -- trials ---------------------------------------------------------------------------
     def trials(self, sweep_id: str) -> pd.DataFrame:
@@ -71,16 +91,18 @@ class Client:
 
     def history(self, run_id: str, metric: str) -> pd.DataFrame:
         """A metric's per-step values of one trial (follows reused runs to their source)."""
-        return pd.DataFrame(self.reader.history(run_id, metric),
-                            columns=["step", "value", "timestamp"])
+        return pd.DataFrame(
+            self.reader.history(run_id, metric), columns=["step", "value", "timestamp"]
+        )
 
     def verdicts(self, sweep_id: str) -> list[Verdict]:
         """The verdicts on the study's claims: the parent run's ``verdicts.json``, written
         at the end of the sweep (or by ``orch report``); recomputed, not written, if absent."""
         parent = self.sweep_run(sweep_id)
         if self.reader.has_artifact(parent.info.run_id, schema.VERDICTS_ARTIFACT):
-            return verdicts_from_json(self.reader.read_text(parent.info.run_id,
-                                                            schema.VERDICTS_ARTIFACT))
+            return verdicts_from_json(
+                self.reader.read_text(parent.info.run_id, schema.VERDICTS_ARTIFACT)
+            )
         from orchestrator.report import compute_verdicts  # plots and statistics: on use only
 
         return compute_verdicts(self.tracking_uri, sweep_id)

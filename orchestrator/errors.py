@@ -36,7 +36,9 @@ def describe_validation_error(err: ValidationError, raw: Any = None, prefix: str
             node = node.get(part) if isinstance(node, dict) else None
         field = prefix + ".".join(parts) if parts else prefix.rstrip(".") or "<root>"
         got = e.get("input")
-        shown = "" if isinstance(got, (dict, list)) and e["type"] != "missing" else f" (got {got!r})"
+        shown = (
+            "" if isinstance(got, (dict, list)) and e["type"] != "missing" else f" (got {got!r})"
+        )
         if e["type"] == "missing":
             shown = ""
         lines.append(f"{field}: {e['msg']}{shown}")

@@ -13,10 +13,17 @@ class AdamNoBiasCorrection(torch.optim.Optimizer):
     """The notes' Adam without bias correction: m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
     w <- w - lr m / (sqrt(v) + eps); L2 weight decay added to g, as torch's Adam does."""
 
-    def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float],
-                 eps: float, weight_decay: float) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
-                                  "weight_decay": weight_decay})
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:

@@ -45,7 +45,7 @@ class HeadOnlyStrategy(StrictModel):
     """Linear probe: the pre-trained backbone is frozen; only the new head trains."""
 
     name: Literal["head_only"] = "head_only"
-    lr_multiple: PositiveFloat = 0.1    # backbone LR = lr_multiple x optimizer.lr (unused: frozen)
+    lr_multiple: PositiveFloat = 0.1  # backbone LR = lr_multiple x optimizer.lr (unused: frozen)
     head_lr_ratio: PositiveFloat = 10.0  # head LR = head_lr_ratio x backbone LR
 
 
@@ -81,7 +81,8 @@ class GradualStrategy(StrictModel):
 
 StrategySpec = Annotated[
     ScratchStrategy | HeadOnlyStrategy | FullStrategy | DiscriminativeStrategy | GradualStrategy,
-    Field(discriminator="name")]
+    Field(discriminator="name"),
+]
 
 
 class FinetuneSpec(StrictModel):
@@ -90,7 +91,7 @@ class FinetuneSpec(StrictModel):
 
     data: DataSpec
     model: ModelSpec
-    optimizer: OptimizerSpec   # its lr is the scratch LR; see the strategies' lr_multiple
+    optimizer: OptimizerSpec  # its lr is the scratch LR; see the strategies' lr_multiple
     scheduler: SchedulerSpec
     strategy: StrategySpec
     pretrain: PretrainSpec
@@ -100,14 +101,20 @@ class FinetuneSpec(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
         if self.model != self.pretrain.model:
-            raise ValueError("model must equal pretrain.model: the checkpoint's backbone is "
-                             "loaded into the fine-tuned model")
+            raise ValueError(
+                "model must equal pretrain.model: the checkpoint's backbone is "
+                "loaded into the fine-tuned model"
+            )
         if self.data.name != self.pretrain.data.name:
             raise ValueError("data and pretrain.data must be the same dataset (input shape)")
-        if isinstance(self.strategy, GradualStrategy) and \
-                self.strategy.head_phase(self.train.epochs) >= self.train.epochs:
-            raise ValueError(f"strategy.head_epochs ({self.strategy.head_epochs}) must be "
-                             f"below train.epochs ({self.train.epochs}) or nothing is unfrozen")
+        if (
+            isinstance(self.strategy, GradualStrategy)
+            and self.strategy.head_phase(self.train.epochs) >= self.train.epochs
+        ):
+            raise ValueError(
+                f"strategy.head_epochs ({self.strategy.head_epochs}) must be "
+                f"below train.epochs ({self.train.epochs}) or nothing is unfrozen"
+            )
         return self
 
 
@@ -119,10 +126,23 @@ def needs_pretrain(spec: FinetuneSpec) -> tuple[str, dict[str, Any]] | None:
     return "pretrain", spec.pretrain.model_dump(mode="json")
 
 
-register_lazy("classify", ClassifySpec, "tasks.classify:run",
-              "Train a classifier from scratch and report per-epoch and final metrics.")
-register_lazy("pretrain", PretrainSpec, "tasks.finetune:pretrain",
-              "Pre-train a classifier on the source task; its weights are the run's artifact.")
-register_lazy("finetune", FinetuneSpec, "tasks.finetune:run",
-              "Fine-tune a pre-trained backbone on the target task with one strategy (or train "
-              "the same model from scratch).", upstream=needs_pretrain)
+register_lazy(
+    "classify",
+    ClassifySpec,
+    "tasks.classify:run",
+    "Train a classifier from scratch and report per-epoch and final metrics.",
+)
+register_lazy(
+    "pretrain",
+    PretrainSpec,
+    "tasks.finetune:pretrain",
+    "Pre-train a classifier on the source task; its weights are the run's artifact.",
+)
+register_lazy(
+    "finetune",
+    FinetuneSpec,
+    "tasks.finetune:run",
+    "Fine-tune a pre-trained backbone on the target task with one strategy (or train "
+    "the same model from scratch).",
+    upstream=needs_pretrain,
+)

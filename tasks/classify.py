@@ -21,8 +21,9 @@ from tasks.schedules import build_scheduler
 from tasks.training import fit, pick_device
 
 
-def run(spec: ClassifySpec, dist: distributed.DistContext | None = None,
-        resume: bytes | None = None) -> Iterator[Event]:
+def run(
+    spec: ClassifySpec, dist: distributed.DistContext | None = None, resume: bytes | None = None
+) -> Iterator[Event]:
     """Train a classifier from scratch and report per-epoch and final metrics.
 
     With ``dist`` (one rank of a data-parallel trial) the model is DDP-wrapped (its BNs
@@ -42,5 +43,15 @@ def run(spec: ClassifySpec, dist: distributed.DistContext | None = None,
     global_batch = spec.train.batch_size * (dist.world_size if dist is not None else 1)
     steps_per_epoch = -(-len(data.x_train) // global_batch)
     scheduler = build_scheduler(optimizer, spec.scheduler, steps_per_epoch, spec.train.epochs)
-    yield from fit(model, data, optimizer, scheduler, spec.train, spec.seed, device, dist=dist,
-                   resume=resume, config=spec.model_dump(mode="json"))
+    yield from fit(
+        model,
+        data,
+        optimizer,
+        scheduler,
+        spec.train,
+        spec.seed,
+        device,
+        dist=dist,
+        resume=resume,
+        config=spec.model_dump(mode="json"),
+    )

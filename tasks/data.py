@@ -110,8 +110,14 @@ def _load_cached(spec_json: str) -> Dataset:
         x, y = _digits(spec)
     else:
         x, y = _synthetic(spec)
-    return _split(x, y, spec.val_fraction, spec.test_fraction, spec.split_seed,
-                  getattr(spec, "per_class", None))
+    return _split(
+        x,
+        y,
+        spec.val_fraction,
+        spec.test_fraction,
+        spec.split_seed,
+        getattr(spec, "per_class", None),
+    )
 
 
 def _digits(spec: DigitsSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -139,9 +145,12 @@ def _synthetic(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
-        n_samples=spec.n_samples, n_features=spec.n_features,
-        n_informative=min(spec.n_informative, spec.n_features), n_redundant=0,
-        n_classes=spec.n_classes, random_state=spec.split_seed,
+        n_samples=spec.n_samples,
+        n_features=spec.n_features,
+        n_informative=min(spec.n_informative, spec.n_features),
+        n_redundant=0,
+        n_classes=spec.n_classes,
+        random_state=spec.split_seed,
     )
     if spec.sparsity > 0:
         mask = np.random.default_rng(spec.split_seed).random(x.shape) >= spec.sparsity
@@ -165,8 +174,12 @@ def _mnist1d_raw() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    return (raw["x"].astype(np.float32), raw["y"].astype(np.int64),
-            raw["x_test"].astype(np.float32), raw["y_test"].astype(np.int64))
+    return (
+        raw["x"].astype(np.float32),
+        raw["y"].astype(np.int64),
+        raw["x_test"].astype(np.float32),
+        raw["y_test"].astype(np.int64),
+    )
 
 
 def _mnist1d(spec: MNIST1DSpec) -> Dataset:
@@ -177,29 +190,49 @@ def _mnist1d(spec: MNIST1DSpec) -> Dataset:
         perm = np.random.default_rng(MNIST1D_SHUFFLE_SEED).permutation(x.shape[1])
         x, x_test = x[:, perm], x_test[:, perm]
     x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=spec.val_fraction, random_state=spec.split_seed, stratify=y)
+        x, y, test_size=spec.val_fraction, random_state=spec.split_seed, stratify=y
+    )
     import torch  # here: specs are validated where torch is not imported (the driver)
 
     t = torch.from_numpy
     # One input channel, like the digits: 1-D convolutions and recurrent models read N x 1 x 40.
-    return Dataset(t(x_train[:, None]), t(y_train), t(x_val[:, None]), t(y_val),
-                   t(x_test[:, None]), t(y_test), len(np.unique(y)))
+    return Dataset(
+        t(x_train[:, None]),
+        t(y_train),
+        t(x_val[:, None]),
+        t(y_val),
+        t(x_test[:, None]),
+        t(y_test),
+        len(np.unique(y)),
+    )
 
 
-def _split(x: np.ndarray, y: np.ndarray, val_fraction: float, test_fraction: float,
-           seed: int, per_class: int | None) -> Dataset:
+def _split(
+    x: np.ndarray,
+    y: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    per_class: int | None,
+) -> Dataset:
     from sklearn.model_selection import train_test_split
 
     x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y)
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
     x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=val_fraction / (1 - test_fraction), random_state=seed,
-        stratify=y_rest)
+        x_rest,
+        y_rest,
+        test_size=val_fraction / (1 - test_fraction),
+        random_state=seed,
+        stratify=y_rest,
+    )
     if per_class is not None:
         idx = np.concatenate([np.flatnonzero(y_train == c)[:per_class] for c in np.unique(y_train)])
         x_train, y_train = x_train[idx], y_train[idx]
     import torch  # here: specs are validated where torch is not imported (the driver)
 
     t = torch.from_numpy
-    return Dataset(t(x_train), t(y_train), t(x_val), t(y_val), t(x_test), t(y_test),
-                   int(len(np.unique(y))))
+    return Dataset(
+        t(x_train), t(y_train), t(x_val), t(y_val), t(x_test), t(y_test), int(len(np.unique(y)))
+    )

@@ -65,22 +65,30 @@ def backend_for(gpus_per_worker: float) -> str:
 
 def open_store(host: str) -> tuple[torch_dist.TCPStore, int]:
     """Rank 0's rendezvous store on ``host`` and a port the OS picked (no probe-then-bind race)."""
-    store = torch_dist.TCPStore(host, 0, is_master=True, wait_for_workers=False,
-                                timeout=timedelta(seconds=60))
+    store = torch_dist.TCPStore(
+        host, 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=60)
+    )
     return store, store.port
 
 
-def join(host: str, port: int, rank: int, world_size: int, backend: str,
-         store: torch_dist.TCPStore | None = None,
-         timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+def join(
+    host: str,
+    port: int,
+    rank: int,
+    world_size: int,
+    backend: str,
+    store: torch_dist.TCPStore | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> DistContext:
     """Initialise the default process group through rank 0's TCP store (blocks until all join).
 
     Rank 0 passes the store it opened; the others connect to ``host:port``.
     """
     if store is None:
         store = torch_dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=60))
-    torch_dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                                  timeout=timedelta(seconds=timeout_s))
+    torch_dist.init_process_group(
+        backend, store=store, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
+    )
     return DistContext(rank, world_size, backend)
 
 
@@ -90,8 +98,9 @@ def leave() -> None:
         torch_dist.destroy_process_group()
 
 
-def prepare_model(model: nn.Module, norm: str, ctx: DistContext | None,
-                  device: torch.device) -> nn.Module:
+def prepare_model(
+    model: nn.Module, norm: str, ctx: DistContext | None, device: torch.device
+) -> nn.Module:
     """``model`` ready for data-parallel training: synced BN if asked, then DDP.
 
     Without a context (one worker) the model is returned unchanged: ``syncbn`` at world size
@@ -115,8 +124,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DDP) else model
 
 
-def batches(perm: torch.Tensor, batch_size: int, ctx: DistContext | None
-            ) -> Iterator[tuple[torch.Tensor, float]]:
+def batches(
+    perm: torch.Tensor, batch_size: int, ctx: DistContext | None
+) -> Iterator[tuple[torch.Tensor, float]]:
     """This rank's ``(indices, loss_weight)`` for each step of an epoch over ``perm``.
 
     One worker: consecutive slices of ``batch_size``, weight 1. With ``k`` ranks: global
@@ -128,20 +138,21 @@ def batches(perm: torch.Tensor, batch_size: int, ctx: DistContext | None
     """
     if ctx is None or ctx.world_size == 1:
         for i in range(0, len(perm), batch_size):
-            yield perm[i:i + batch_size], 1.0
+            yield perm[i : i + batch_size], 1.0
         return
     k = ctx.world_size
     step = k * batch_size
     for i in range(0, len(perm), step):
-        glob = perm[i:i + step]
+        glob = perm[i : i + step]
         if len(glob) < k:
             return
-        mine = glob[ctx.rank::k]
+        mine = glob[ctx.rank :: k]
         yield mine, k * len(mine) / len(glob)
 
 
-def reduce_sums(values: list[float], ctx: DistContext | None,
-                device: torch.device = torch.device("cpu")) -> list[float]:
+def reduce_sums(
+    values: list[float], ctx: DistContext | None, device: torch.device = torch.device("cpu")
+) -> list[float]:
     """Element-wise SUM over ranks of ``values`` in one collective (identity for one worker)."""
     if ctx is None or ctx.world_size == 1:
         return values
@@ -150,14 +161,14 @@ def reduce_sums(values: list[float], ctx: DistContext | None,
     return t.tolist()
 
 
-def reduce_batch(loss: float, correct: float, count: int, ctx: DistContext | None
-                 ) -> tuple[float, float, float]:
+def reduce_batch(
+    loss: float, correct: float, count: int, ctx: DistContext | None
+) -> tuple[float, float, float]:
     """A step's (mean loss, correct, examples) over the global batch; this rank's alone
     when there is one worker. One collective of three numbers per step."""
     if ctx is None or ctx.world_size == 1:
         return loss, correct, float(count)
-    loss_sum, correct_sum, n = reduce_sums([loss * count, correct, float(count)], ctx,
-                                           ctx.device)
+    loss_sum, correct_sum, n = reduce_sums([loss * count, correct, float(count)], ctx, ctx.device)
     return loss_sum / n, correct_sum, n
 
 
@@ -175,15 +186,18 @@ def any_rank(flag: bool, ctx: DistContext | None) -> bool:
     """True on every rank when ``flag`` is true on any (a collective stop decision)."""
     if ctx is None or ctx.world_size == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0],
-                     device=ctx.device if ctx.backend == "nccl" else "cpu")
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device if ctx.backend == "nccl" else "cpu")
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return bool(t.item())
 
 
-def evaluate(evaluate_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[float, float]],
-             model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DistContext | None,
-             ) -> tuple[float, float]:
+def evaluate(
+    evaluate_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[float, float]],
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ctx: DistContext | None,
+) -> tuple[float, float]:
     """Mean loss and accuracy of rank 0's model on all of ``(x, y)``, computed sharded.
 
     ``evaluate_fn(module, x, y)`` is the single-process evaluation (mean loss, accuracy). Each
@@ -196,8 +210,9 @@ def evaluate(evaluate_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tupl
         return evaluate_fn(module, x, y)
     for buf in module.buffers():
         torch_dist.broadcast(buf, src=0)
-    xs, ys = x[ctx.rank::ctx.world_size], y[ctx.rank::ctx.world_size]
+    xs, ys = x[ctx.rank :: ctx.world_size], y[ctx.rank :: ctx.world_size]
     loss, acc = evaluate_fn(module, xs, ys) if len(xs) else (0.0, 0.0)
-    loss_sum, correct, n = reduce_sums([loss * len(xs), acc * len(xs), float(len(xs))], ctx,
-                                       ctx.device)
+    loss_sum, correct, n = reduce_sums(
+        [loss * len(xs), acc * len(xs), float(len(xs))], ctx, ctx.device
+    )
     return loss_sum / n, correct / n

@@ -58,11 +58,12 @@ from tasks.optimizers import build_optimizer
 from tasks.schedules import build_scheduler
 from tasks.training import fit, pick_device
 
-CHECKPOINT = "checkpoint.pt"          # pretrain's artifact: the model's state_dict
-SOURCE = "checkpoint_source.json"     # finetune's artifact: which checkpoint it started from
+CHECKPOINT = "checkpoint.pt"  # pretrain's artifact: the model's state_dict
+SOURCE = "checkpoint_source.json"  # finetune's artifact: which checkpoint it started from
 
 
 # --------------------------------------------------------------------------- pretrain
+
 
 def save_checkpoint(model: nn.Module) -> bytes:
     """``model``'s state_dict as bytes (``torch.save`` into memory), tensors on the CPU."""
@@ -77,13 +78,13 @@ def load_checkpoint(blob: bytes) -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
-def _setup(spec: ClassifySpec | FinetuneSpec, data: datasets.Dataset, params: Any
-           ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def _setup(
+    spec: ClassifySpec | FinetuneSpec, data: datasets.Dataset, params: Any
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Optimizer and per-step scheduler over ``params`` (tensors or parameter groups)."""
     optimizer = build_optimizer(params, spec.optimizer)
     steps_per_epoch = -(-len(data.x_train) // spec.train.batch_size)
-    return optimizer, build_scheduler(optimizer, spec.scheduler, steps_per_epoch,
-                                      spec.train.epochs)
+    return optimizer, build_scheduler(optimizer, spec.scheduler, steps_per_epoch, spec.train.epochs)
 
 
 def pretrain(spec: PretrainSpec, resume: bytes | None = None) -> Iterator[Event]:
@@ -94,8 +95,17 @@ def pretrain(spec: PretrainSpec, resume: bytes | None = None) -> Iterator[Event]
     data = datasets.load(spec.data)
     model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
     optimizer, scheduler = _setup(spec, data, model.parameters())
-    for event in fit(model, data, optimizer, scheduler, spec.train, spec.seed, device,
-                     resume=resume, config=spec.model_dump(mode="json")):
+    for event in fit(
+        model,
+        data,
+        optimizer,
+        scheduler,
+        spec.train,
+        spec.seed,
+        device,
+        resume=resume,
+        config=spec.model_dump(mode="json"),
+    ):
         if isinstance(event, Summary) and event.outcome == "finished":
             # Only a finished run yields a checkpoint: a diverged pretrain has no artifact,
             # and the orchestrator fails its fine-tune trials as "upstream did not finish".
@@ -105,6 +115,7 @@ def pretrain(spec: PretrainSpec, resume: bytes | None = None) -> Iterator[Event]
 
 # --------------------------------------------------------------------------- mechanics
 
+
 def backbone_blocks(model: Classifier) -> list[nn.Module]:
     """The backbone's blocks that hold parameters, bottom to top (CNN-d: its conv blocks)."""
     return [m for m in model.features.children() if any(True for _ in m.parameters())]
@@ -112,7 +123,7 @@ def backbone_blocks(model: Classifier) -> list[nn.Module]:
 
 def top_half(blocks: list[nn.Module]) -> list[nn.Module]:
     """The upper half of ``blocks`` (at least one): what ``unfreeze: top_half`` trains."""
-    return blocks[len(blocks) - max(1, len(blocks) // 2):]
+    return blocks[len(blocks) - max(1, len(blocks) // 2) :]
 
 
 class Freezer:
@@ -159,8 +170,10 @@ def param_groups(model: Classifier, spec: FinetuneSpec) -> list[dict[str, Any]]:
     else:
         backbone_lr = s.lr_multiple * lr
         head_lr = backbone_lr * getattr(s, "head_lr_ratio", 1.0)  # full: one LR for all
-    return [{"params": list(model.features.parameters()), "lr": backbone_lr, "name": "backbone"},
-            {"params": list(model.head.parameters()), "lr": head_lr, "name": "head"}]
+    return [
+        {"params": list(model.features.parameters()), "lr": backbone_lr, "name": "backbone"},
+        {"params": list(model.head.parameters()), "lr": head_lr, "name": "head"},
+    ]
 
 
 def backbone_vector(model: Classifier) -> torch.Tensor:
@@ -174,21 +187,23 @@ def drift(model: Classifier, start: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(now - start) / torch.linalg.vector_norm(start))
 
 
-def build_finetune_model(spec: FinetuneSpec, data: datasets.Dataset,
-                         checkpoint: dict[str, torch.Tensor] | None) -> Classifier:
+def build_finetune_model(
+    spec: FinetuneSpec, data: datasets.Dataset, checkpoint: dict[str, torch.Tensor] | None
+) -> Classifier:
     """The target model: the checkpoint's backbone (if any) under a fresh head sized for the
     target's classes (initialised from ``spec.seed``, so seeds differ in the head)."""
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, data.input_shape, data.num_classes)
     if checkpoint is not None:
         prefix = "features."
-        backbone = {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
+        backbone = {k[len(prefix) :]: v for k, v in checkpoint.items() if k.startswith(prefix)}
         model.features.load_state_dict(backbone)  # strict: an architecture mismatch raises
     return model
 
 
-def run(spec: FinetuneSpec, upstream: dict[str, bytes] | None = None,
-        resume: bytes | None = None) -> Iterator[Event]:
+def run(
+    spec: FinetuneSpec, upstream: dict[str, bytes] | None = None, resume: bytes | None = None
+) -> Iterator[Event]:
     """Fine-tune a pre-trained backbone on the target task with one strategy (or train the
     same model from scratch) and report per-epoch metrics, final metrics and backbone drift.
 
@@ -200,30 +215,54 @@ def run(spec: FinetuneSpec, upstream: dict[str, bytes] | None = None,
     checkpoint = None
     if not isinstance(spec.strategy, ScratchStrategy):
         if not upstream or CHECKPOINT not in upstream:
-            raise ValueError(f"strategy {spec.strategy.name!r} needs the pretrain run's "
-                             f"{CHECKPOINT}; the upstream gave {sorted(upstream or {})}")
+            raise ValueError(
+                f"strategy {spec.strategy.name!r} needs the pretrain run's "
+                f"{CHECKPOINT}; the upstream gave {sorted(upstream or {})}"
+            )
         blob = upstream[CHECKPOINT]
         checkpoint = load_checkpoint(blob)
         # Where the weights came from, kept with the run: the checkpoint's digest matches
         # the pretrain run's artifact, and its config identifies that run.
-        source = {"task": "pretrain", "artifact": CHECKPOINT,
-                  "sha256": hashlib.sha256(blob).hexdigest(),
-                  "config": spec.pretrain.model_dump(mode="json")}
+        source = {
+            "task": "pretrain",
+            "artifact": CHECKPOINT,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "config": spec.pretrain.model_dump(mode="json"),
+        }
     model = build_finetune_model(spec, data, checkpoint).to(device)
     start = backbone_vector(model)
     optimizer, scheduler = _setup(spec, data, param_groups(model, spec))
     freezer = Freezer(model, spec.strategy, spec.train.epochs)
     # The Freezer depends on the epoch only, so a resumed run freezes what the original did.
-    for event in fit(model, data, optimizer, scheduler, spec.train, spec.seed, device,
-                     on_epoch_start=freezer, resume=resume, config=spec.model_dump(mode="json")):
+    for event in fit(
+        model,
+        data,
+        optimizer,
+        scheduler,
+        spec.train,
+        spec.seed,
+        device,
+        on_epoch_start=freezer,
+        resume=resume,
+        config=spec.model_dump(mode="json"),
+    ):
         if isinstance(event, Metrics):
             lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-            event = Metrics(event.step, {**event.values, **lrs,
-                                         "backbone/drift": drift(model, start),
-                                         "backbone/frozen_blocks": float(len(freezer.frozen))})
+            event = Metrics(
+                event.step,
+                {
+                    **event.values,
+                    **lrs,
+                    "backbone/drift": drift(model, start),
+                    "backbone/frozen_blocks": float(len(freezer.frozen)),
+                },
+            )
         elif isinstance(event, Summary):
             d = drift(model, start)
-            event = Summary({**event.values, "backbone/drift": d if math.isfinite(d) else 1e30},
-                            event.outcome, event.reason,
-                            {SOURCE: json.dumps(source, sort_keys=True, indent=1).encode()})
+            event = Summary(
+                {**event.values, "backbone/drift": d if math.isfinite(d) else 1e30},
+                event.outcome,
+                event.reason,
+                {SOURCE: json.dumps(source, sort_keys=True, indent=1).encode()},
+            )
         yield event

@@ -101,4 +101,5 @@ class GRU1DSpec(StrictModel):
 
 ModelSpec = Annotated[
     MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | CNN1DSpec | GRU1DSpec,
-    Field(discriminator="name")]
+    Field(discriminator="name"),
+]

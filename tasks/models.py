@@ -27,8 +27,12 @@ from tasks.model_specs import (
 )
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid, "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
 }
 
 
@@ -44,8 +48,15 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def norm_layer(kind: Norm, channels: int, *, spatial: bool, groups: int = 4,
-               momentum: float = 0.1, dims: int = 2) -> nn.Module:
+def norm_layer(
+    kind: Norm,
+    channels: int,
+    *,
+    spatial: bool,
+    groups: int = 4,
+    momentum: float = 0.1,
+    dims: int = 2,
+) -> nn.Module:
     """The normalisation layer a config names (``dims``: 1 or 2 spatial dimensions). ``syncbn``
     builds a BatchNorm here; data-parallel trials convert it to the synced version once the
     process group exists."""
@@ -60,8 +71,11 @@ def norm_layer(kind: Norm, channels: int, *, spatial: bool, groups: int = 4,
     return nn.Identity()
 
 
-def build_model(spec: MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | CNN1DSpec
-                | GRU1DSpec, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
+def build_model(
+    spec: MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | CNN1DSpec | GRU1DSpec,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> Classifier:
     """Instantiate the model a spec names for inputs of ``input_shape`` (without the batch)."""
     width = int(torch.tensor(input_shape).prod())
     if isinstance(spec, LogRegSpec):
@@ -69,9 +83,14 @@ def build_model(spec: MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | 
     if isinstance(spec, MLP1DSpec):
         act1d = _ACTIVATIONS[spec.activation]
         return Classifier(
-            nn.Sequential(nn.Flatten(), nn.Linear(width, spec.hidden), act1d(),
-                          _Residual(nn.Sequential(nn.Linear(spec.hidden, spec.hidden), act1d()))),
-            nn.Linear(spec.hidden, num_classes))
+            nn.Sequential(
+                nn.Flatten(),
+                nn.Linear(width, spec.hidden),
+                act1d(),
+                _Residual(nn.Sequential(nn.Linear(spec.hidden, spec.hidden), act1d())),
+            ),
+            nn.Linear(spec.hidden, num_classes),
+        )
     if isinstance(spec, CNN1DSpec):
         act1d = _ACTIVATIONS[spec.activation]
         c, length = input_shape[0], input_shape[-1]
@@ -79,19 +98,25 @@ def build_model(spec: MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | 
         for k_in, k in ((c, 5), (spec.channels, 3), (spec.channels, 3)):
             convs += [nn.Conv1d(k_in, spec.channels, k, stride=2, padding=1), act1d()]
             length = (length + 2 - k) // 2 + 1
-        return Classifier(nn.Sequential(*convs, nn.Flatten()),
-                          nn.Linear(spec.channels * length, num_classes))
+        return Classifier(
+            nn.Sequential(*convs, nn.Flatten()), nn.Linear(spec.channels * length, num_classes)
+        )
     if isinstance(spec, GRU1DSpec):
         directions = 2 if spec.bidirectional else 1
-        return Classifier(nn.Sequential(_GRUFeatures(input_shape[0], spec.hidden, spec.bidirectional)),
-                          nn.Linear(directions * spec.hidden * input_shape[-1], num_classes))
+        return Classifier(
+            nn.Sequential(_GRUFeatures(input_shape[0], spec.hidden, spec.bidirectional)),
+            nn.Linear(directions * spec.hidden * input_shape[-1], num_classes),
+        )
 
     act = _ACTIVATIONS[spec.activation]
     if isinstance(spec, MLPSpec):
         layers: list[nn.Module] = [nn.Flatten()]
         for h in spec.hidden:
-            layers += [nn.Linear(width, h), norm_layer(spec.norm, h, spatial=False,
-                                                       momentum=spec.bn_momentum), act()]
+            layers += [
+                nn.Linear(width, h),
+                norm_layer(spec.norm, h, spatial=False, momentum=spec.bn_momentum),
+                act(),
+            ]
             if spec.dropout:
                 layers.append(nn.Dropout(spec.dropout))
             width = h
@@ -109,26 +134,47 @@ def build_model(spec: MLPSpec | CNNSpec | ResNetSpec | LogRegSpec | MLP1DSpec | 
     if isinstance(spec, CNNSpec):
         blocks: list[nn.Module] = []
         for out_ch in spec.channels:
-            blocks.append(nn.Sequential(
-                conv(in_ch, out_ch, 3, padding=1, bias=spec.norm == "none"),
-                norm_layer(spec.norm, out_ch, spatial=True, groups=spec.gn_groups,
-                           momentum=spec.bn_momentum, dims=dims),
-                act()))
+            blocks.append(
+                nn.Sequential(
+                    conv(in_ch, out_ch, 3, padding=1, bias=spec.norm == "none"),
+                    norm_layer(
+                        spec.norm,
+                        out_ch,
+                        spatial=True,
+                        groups=spec.gn_groups,
+                        momentum=spec.bn_momentum,
+                        dims=dims,
+                    ),
+                    act(),
+                )
+            )
             in_ch = out_ch
         tail: list[nn.Module] = [pool(1), nn.Flatten()]
         if spec.dropout:
             tail.append(nn.Dropout(spec.dropout))
-        return Classifier(nn.Sequential(*blocks, nn.Sequential(*tail)), nn.Linear(in_ch, num_classes))
+        return Classifier(
+            nn.Sequential(*blocks, nn.Sequential(*tail)), nn.Linear(in_ch, num_classes)
+        )
 
     stem = nn.Sequential(
         conv(in_ch, spec.width, 3, padding=1, bias=False),
-        norm_layer(spec.norm, spec.width, spatial=True, groups=spec.gn_groups,
-                   momentum=spec.bn_momentum, dims=dims), act())
+        norm_layer(
+            spec.norm,
+            spec.width,
+            spatial=True,
+            groups=spec.gn_groups,
+            momentum=spec.bn_momentum,
+            dims=dims,
+        ),
+        act(),
+    )
     res = [_ResidualBlock(spec, act, dims) for _ in range(spec.blocks)]
     tail = [pool(1), nn.Flatten()]
     if spec.dropout:
         tail.append(nn.Dropout(spec.dropout))
-    return Classifier(nn.Sequential(stem, *res, nn.Sequential(*tail)), nn.Linear(spec.width, num_classes))
+    return Classifier(
+        nn.Sequential(stem, *res, nn.Sequential(*tail)), nn.Linear(spec.width, num_classes)
+    )
 
 
 class _ResidualBlock(nn.Module):
@@ -138,11 +184,22 @@ class _ResidualBlock(nn.Module):
         conv = nn.Conv2d if dims == 2 else nn.Conv1d
 
         def norm() -> nn.Module:
-            return norm_layer(spec.norm, w, spatial=True, groups=spec.gn_groups,
-                              momentum=spec.bn_momentum, dims=dims)
+            return norm_layer(
+                spec.norm,
+                w,
+                spatial=True,
+                groups=spec.gn_groups,
+                momentum=spec.bn_momentum,
+                dims=dims,
+            )
 
-        self.body = nn.Sequential(conv(w, w, 3, padding=1, bias=False), norm(), act(),
-                                  conv(w, w, 3, padding=1, bias=False), norm())
+        self.body = nn.Sequential(
+            conv(w, w, 3, padding=1, bias=False),
+            norm(),
+            act(),
+            conv(w, w, 3, padding=1, bias=False),
+            norm(),
+        )
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

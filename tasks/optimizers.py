@@ -32,7 +32,7 @@ class SGDSpec(StrictModel):
     weight_decay: Decay = 1e-4
 
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> "SGDSpec":
+    def _nesterov_needs_momentum(self) -> SGDSpec:
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov=true needs momentum > 0 and dampening = 0")
         return self
@@ -80,14 +80,16 @@ class AdamSpec(StrictModel):
     bias_correction: bool = True
 
     @model_validator(mode="after")
-    def _correction_switch_is_adams(self) -> "AdamSpec":
+    def _correction_switch_is_adams(self) -> AdamSpec:
         if not self.bias_correction and self.name != "adam":
             raise ValueError("bias_correction=false is implemented for adam only")
         return self
 
 
 OptimizerSpec = Annotated[
-    SGDSpec | AdagradSpec | AdadeltaSpec | RMSpropSpec | AdamSpec, Field(discriminator="name")]
+    SGDSpec | AdagradSpec | AdadeltaSpec | RMSpropSpec | AdamSpec, Field(discriminator="name")
+]
+
 
 def build_optimizer(params: Iterable[Any], spec: OptimizerSpec) -> torch.optim.Optimizer:
     """The torch optimizer a spec names. ``params`` may be tensors or parameter groups
@@ -97,9 +99,14 @@ def build_optimizer(params: Iterable[Any], spec: OptimizerSpec) -> torch.optim.O
     from tasks.adam_nobc import AdamNoBiasCorrection  # a torch Optimizer: worker side too
 
     classes: dict[str, type[torch.optim.Optimizer]] = {
-        "sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adadelta": torch.optim.Adadelta,
-        "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-        "adamax": torch.optim.Adamax, "nadam": torch.optim.NAdam,
+        "sgd": torch.optim.SGD,
+        "adagrad": torch.optim.Adagrad,
+        "adadelta": torch.optim.Adadelta,
+        "rmsprop": torch.optim.RMSprop,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "adamax": torch.optim.Adamax,
+        "nadam": torch.optim.NAdam,
     }
     kwargs = spec.model_dump(exclude={"name", "bias_correction"})
     if isinstance(spec, AdamSpec):

@@ -70,9 +70,12 @@ _TASKS: dict[str, Task] = {}
 _loaded = False
 
 
-def register(name: str, spec: type[StrictModel], description: str = "",
-             upstream: Upstream | None = None,
-             ) -> Callable[[Callable[..., Iterator[Event]]], Callable[..., Iterator[Event]]]:
+def register(
+    name: str,
+    spec: type[StrictModel],
+    description: str = "",
+    upstream: Upstream | None = None,
+) -> Callable[[Callable[..., Iterator[Event]]], Callable[..., Iterator[Event]]]:
     """Decorator registering ``fn(spec) -> Iterator[Event]`` as task ``name``."""
 
     def wrap(fn: Callable[..., Iterator[Event]]) -> Callable[..., Iterator[Event]]:
@@ -83,8 +86,13 @@ def register(name: str, spec: type[StrictModel], description: str = "",
     return wrap
 
 
-def register_lazy(name: str, spec: type[StrictModel], target: str, description: str = "",
-                  upstream: Upstream | None = None) -> None:
+def register_lazy(
+    name: str,
+    spec: type[StrictModel],
+    target: str,
+    description: str = "",
+    upstream: Upstream | None = None,
+) -> None:
     """Register task ``name`` whose generator is ``target`` (``"module:name"``), imported only
     when a trial runs: the spec's module must not import what the run needs (torch)."""
     if ":" not in target:
@@ -100,7 +108,9 @@ def accepts(fn: Callable[..., object], name: str) -> bool:
     except (TypeError, ValueError):  # builtins and some C callables have no signature
         return False
     return name in params and params[name].kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
 
 
 def load_plugins(modules: tuple[str, ...] = ()) -> None:
@@ -162,7 +172,9 @@ def _import(module: str) -> None:
         where = "" if e.name != module.split(".")[0] else f" (not in {os.getcwd()} or on the path)"
         raise PluginError(f"--tasks: {module!r}: no module named {e.name!r}{where}") from None
     except Exception as e:  # noqa: BLE001 - whatever the user's module raises is bad input
-        raise PluginError(f"--tasks: {module!r} failed to import: {type(e).__name__}: {e}") from None
+        raise PluginError(
+            f"--tasks: {module!r} failed to import: {type(e).__name__}: {e}"
+        ) from None
 
 
 def get(name: str) -> Task:
@@ -171,7 +183,9 @@ def get(name: str) -> Task:
     try:
         return _TASKS[name]
     except KeyError:
-        raise KeyError(f"task {name!r} is not registered; registered: {', '.join(names())}") from None
+        raise KeyError(
+            f"task {name!r} is not registered; registered: {', '.join(names())}"
+        ) from None
 
 
 def names() -> list[str]:

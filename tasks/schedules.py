@@ -25,7 +25,8 @@ torch's own schedulers
   natural_exp        exp(-decay_rate*t/D), floor(t/D) if staircase      (ExponentialLR, StepLR)
   polynomial         (1-min(t,D)/D)^power when end_factor=0, no cycle   (PolynomialLR)
   cosine             alpha + (1-alpha)*(1+cos(pi*min(t,D)/D))/2         (CosineAnnealingLR)
-  cosine_restarts    SGDR, period first_decay_steps*t_mul^i, m_mul=1    (CosineAnnealingWarmRestarts)
+  cosine_restarts    SGDR, period first_decay_steps*t_mul^i, m_mul=1    (CosineAnnealingWarm-
+                                                                        Restarts)
   onecycle           Smith's 1cycle; the optimizer's LR is the peak     (OneCycleLR)
   cyclic             triangular / triangular2 / exp_range between
                      base_factor*LR and LR                              (CyclicLR)
@@ -66,8 +67,8 @@ if TYPE_CHECKING:
 Epochs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Factor = Annotated[float, Field(gt=0, le=1)]      # a multiplicative decay per period
-Floor = Annotated[float, Field(ge=0, lt=1)]       # a floor as a fraction of the LR
+Factor = Annotated[float, Field(gt=0, le=1)]  # a multiplicative decay per period
+Floor = Annotated[float, Field(ge=0, lt=1)]  # a floor as a fraction of the LR
 
 
 def _increasing(v: tuple[float, ...]) -> tuple[float, ...]:
@@ -144,12 +145,14 @@ class PiecewiseConstantSpec(_Warmup):
 
     @field_validator("values")
     @classmethod
-    def _one_more_than_boundaries(cls, v: tuple[float, ...], info: ValidationInfo
-                                  ) -> tuple[float, ...]:
+    def _one_more_than_boundaries(
+        cls, v: tuple[float, ...], info: ValidationInfo
+    ) -> tuple[float, ...]:
         boundaries = info.data.get("boundaries")  # absent when boundaries itself was invalid
         if boundaries is not None and len(v) != len(boundaries) + 1:
-            raise ValueError(f"needs one more entry than boundaries ({len(boundaries) + 1}), "
-                             f"got {len(v)}")
+            raise ValueError(
+                f"needs one more entry than boundaries ({len(boundaries) + 1}), got {len(v)}"
+            )
         return v
 
 
@@ -242,13 +245,26 @@ class CyclicSpec(_Warmup):
 
 
 SchedulerSpec = Annotated[
-    ConstantSpec | StepSpec | MultiStepSpec | ExponentialSpec | NaturalExpSpec
-    | PiecewiseConstantSpec | PolynomialSpec | InverseTimeSpec | CosineSpec
-    | CosineRestartsSpec | LinearCosineSpec | NoisyLinearCosineSpec | OneCycleSpec | CyclicSpec,
-    Field(discriminator="name")]
+    ConstantSpec
+    | StepSpec
+    | MultiStepSpec
+    | ExponentialSpec
+    | NaturalExpSpec
+    | PiecewiseConstantSpec
+    | PolynomialSpec
+    | InverseTimeSpec
+    | CosineSpec
+    | CosineRestartsSpec
+    | LinearCosineSpec
+    | NoisyLinearCosineSpec
+    | OneCycleSpec
+    | CyclicSpec,
+    Field(discriminator="name"),
+]
 
 
 # --- pure multiplier functions (step -> factor); all durations in steps ---
+
 
 def constant(step: int) -> float:
     """1.0 at every step."""
@@ -260,15 +276,17 @@ def piecewise_constant(step: int, boundaries: Sequence[int], values: Sequence[fl
     return values[bisect_right(boundaries, step)]
 
 
-def inverse_time_decay(step: int, decay_steps: int, decay_rate: float,
-                       staircase: bool = False) -> float:
+def inverse_time_decay(
+    step: int, decay_steps: int, decay_rate: float, staircase: bool = False
+) -> float:
     """TF: 1 / (1 + decay_rate * p), p = step/decay_steps (floored if staircase)."""
     p = step / decay_steps
     return 1.0 / (1.0 + decay_rate * (math.floor(p) if staircase else p))
 
 
-def polynomial_decay(step: int, decay_steps: int, power: float = 1.0, end_factor: float = 0.0,
-                     cycle: bool = False) -> float:
+def polynomial_decay(
+    step: int, decay_steps: int, power: float = 1.0, end_factor: float = 0.0, cycle: bool = False
+) -> float:
     """TF: (1-end)(1 - t/D)^power + end. With ``cycle``, D grows to the next multiple of
     ``decay_steps`` past t, so each cycle restarts from a lower peak (~(1/k)^power)."""
     if cycle:
@@ -284,8 +302,9 @@ def cosine_decay(step: int, decay_steps: int, alpha: float = 0.0) -> float:
     return alpha + (1.0 - alpha) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def cosine_decay_restarts(step: int, first_decay_steps: int, t_mul: float = 2.0,
-                          m_mul: float = 1.0, alpha: float = 0.0) -> float:
+def cosine_decay_restarts(
+    step: int, first_decay_steps: int, t_mul: float = 2.0, m_mul: float = 1.0, alpha: float = 0.0
+) -> float:
     """TF (SGDR): cosine periods of ``first_decay_steps * t_mul^i``; restart i peaks at
     ``m_mul^i`` (above the ``alpha`` floor)."""
     # Walk the periods instead of TF's log(): exact at the boundaries, where log() can
@@ -293,21 +312,29 @@ def cosine_decay_restarts(step: int, first_decay_steps: int, t_mul: float = 2.0,
     start, period, i = 0.0, float(first_decay_steps), 0
     while step >= start + period:
         start, period, i = start + period, period * t_mul, i + 1
-    cos = 0.5 * (m_mul ** i) * (1.0 + math.cos(math.pi * (step - start) / period))
+    cos = 0.5 * (m_mul**i) * (1.0 + math.cos(math.pi * (step - start) / period))
     return alpha + (1.0 - alpha) * cos
 
 
-def linear_cosine_decay(step: int, decay_steps: int, num_periods: float = 0.5,
-                        alpha: float = 0.0, beta: float = 0.001) -> float:
+def linear_cosine_decay(
+    step: int, decay_steps: int, num_periods: float = 0.5, alpha: float = 0.0, beta: float = 0.001
+) -> float:
     """TF: (alpha + linear) * cosine + beta; note it starts at 1 + beta, as TF's does."""
     t = min(step, decay_steps)
     linear = (decay_steps - t) / decay_steps
     return (alpha + linear) * _cos_periods(t, decay_steps, num_periods) + beta
 
 
-def noisy_linear_cosine_decay(step: int, decay_steps: int, initial_variance: float = 1.0,
-                              variance_decay: float = 0.55, num_periods: float = 0.5,
-                              alpha: float = 0.0, beta: float = 0.001, seed: int = 0) -> float:
+def noisy_linear_cosine_decay(
+    step: int,
+    decay_steps: int,
+    initial_variance: float = 1.0,
+    variance_decay: float = 0.55,
+    num_periods: float = 0.5,
+    alpha: float = 0.0,
+    beta: float = 0.001,
+    seed: int = 0,
+) -> float:
     """TF's linear_cosine with N(0, initial_variance / (1+t)^variance_decay) added to the
     linear term. The noisy term is clipped at 0 (TF's is not): at the default variance it
     is negative ~16% of the time early on, which would make the LR negative."""
@@ -326,6 +353,7 @@ def _cos_periods(t: int, decay_steps: int, num_periods: float) -> float:
 
 # --- builder ---
 
+
 def _steps(epochs: float, steps_per_epoch: int) -> int:
     """A duration in epochs as a whole number of steps, at least one."""
     return max(1, round(epochs * steps_per_epoch))
@@ -335,23 +363,29 @@ def _points(field: str, epochs: Sequence[float], steps_per_epoch: int) -> list[i
     """Increasing epoch points as steps; two points rounding onto one step is an error."""
     steps = [_steps(e, steps_per_epoch) for e in epochs]
     if any(b <= a for a, b in zip(steps, steps[1:])):
-        raise ValueError(f"{field}: {list(epochs)} epochs fall on the same step at "
-                         f"{steps_per_epoch} steps per epoch; space them further apart")
+        raise ValueError(
+            f"{field}: {list(epochs)} epochs fall on the same step at "
+            f"{steps_per_epoch} steps per epoch; space them further apart"
+        )
     return steps
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, spec: SchedulerSpec,
-                    steps_per_epoch: int, epochs: int) -> lrs.LRScheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, spec: SchedulerSpec, steps_per_epoch: int, epochs: int
+) -> lrs.LRScheduler:
     """The scheduler ``spec`` describes for a run of ``epochs`` x ``steps_per_epoch`` steps,
     to be stepped after every optimizer step. Build it once, on a fresh optimizer."""
     if steps_per_epoch < 1 or epochs < 1:
-        raise ValueError(f"steps_per_epoch and epochs must be >= 1, got {steps_per_epoch} "
-                         f"and {epochs}")
+        raise ValueError(
+            f"steps_per_epoch and epochs must be >= 1, got {steps_per_epoch} and {epochs}"
+        )
     total = steps_per_epoch * epochs
     warmup = _steps(spec.warmup_epochs, steps_per_epoch) if spec.warmup_epochs > 0 else 0
     if warmup >= total:
-        raise ValueError(f"warmup_epochs: {spec.warmup_epochs} epochs of warmup leave no step "
-                         f"of the {epochs}-epoch run to the {spec.name} schedule")
+        raise ValueError(
+            f"warmup_epochs: {spec.warmup_epochs} epochs of warmup leave no step "
+            f"of the {epochs}-epoch run to the {spec.name} schedule"
+        )
     # The family is built first: OneCycleLR and CyclicLR set the groups' starting LR
     # ("initial_lr"), which SequentialLR restores and the warmup then ramps up to, so the
     # hand-over is continuous for every family.
@@ -360,13 +394,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: SchedulerSpec,
         return family
     from torch.optim import lr_scheduler as lrs  # here: the specs are importable without torch
 
-    ramp = lrs.LinearLR(optimizer, start_factor=spec.warmup_start_factor, end_factor=1.0,
-                        total_iters=warmup)
+    ramp = lrs.LinearLR(
+        optimizer, start_factor=spec.warmup_start_factor, end_factor=1.0, total_iters=warmup
+    )
     return lrs.SequentialLR(optimizer, [ramp, family], milestones=[warmup])
 
 
-def _family(optimizer: torch.optim.Optimizer, spec: SchedulerSpec, spe: int,
-            steps: int) -> lrs.LRScheduler:
+def _family(
+    optimizer: torch.optim.Optimizer, spec: SchedulerSpec, spe: int, steps: int
+) -> lrs.LRScheduler:
     """The family's own scheduler over ``steps`` steps (the run after warmup)."""
     from torch.optim import lr_scheduler as lrs
 
@@ -388,29 +424,48 @@ def _family(optimizer: torch.optim.Optimizer, spec: SchedulerSpec, spe: int,
         case StepSpec():
             return lrs.StepLR(optimizer, _steps(spec.step_size, spe), spec.gamma)
         case MultiStepSpec():
-            return lrs.MultiStepLR(optimizer, _points("milestones", spec.milestones, spe),
-                                   spec.gamma)
+            return lrs.MultiStepLR(
+                optimizer, _points("milestones", spec.milestones, spe), spec.gamma
+            )
         case ExponentialSpec() | NaturalExpSpec():
             d = span(spec.decay_steps)
             # natural_exp is exponential with base e^-decay_rate per decay period.
-            base = (spec.decay_rate if isinstance(spec, ExponentialSpec)
-                    else math.exp(-spec.decay_rate))
+            base = (
+                spec.decay_rate if isinstance(spec, ExponentialSpec) else math.exp(-spec.decay_rate)
+            )
             if spec.staircase:
                 return lrs.StepLR(optimizer, d, base)
             return lrs.ExponentialLR(optimizer, base ** (1.0 / d))
         case PiecewiseConstantSpec():
-            return ours(partial(piecewise_constant,
-                                boundaries=_points("boundaries", spec.boundaries, spe),
-                                values=spec.values))
+            return ours(
+                partial(
+                    piecewise_constant,
+                    boundaries=_points("boundaries", spec.boundaries, spe),
+                    values=spec.values,
+                )
+            )
         case PolynomialSpec():
             d = span(spec.decay_steps)
             if not spec.cycle and spec.end_factor == 0:
                 return lrs.PolynomialLR(optimizer, total_iters=d, power=spec.power)
-            return ours(partial(polynomial_decay, decay_steps=d, power=spec.power,
-                                end_factor=spec.end_factor, cycle=spec.cycle))
+            return ours(
+                partial(
+                    polynomial_decay,
+                    decay_steps=d,
+                    power=spec.power,
+                    end_factor=spec.end_factor,
+                    cycle=spec.cycle,
+                )
+            )
         case InverseTimeSpec():
-            return ours(partial(inverse_time_decay, decay_steps=span(spec.decay_steps),
-                                decay_rate=spec.decay_rate, staircase=spec.staircase))
+            return ours(
+                partial(
+                    inverse_time_decay,
+                    decay_steps=span(spec.decay_steps),
+                    decay_rate=spec.decay_rate,
+                    staircase=spec.staircase,
+                )
+            )
         case CosineSpec():
             d = span(spec.decay_steps)
             # CosineAnnealingLR climbs back after T_max; TF holds the floor, so torch's
@@ -422,32 +477,67 @@ def _family(optimizer: torch.optim.Optimizer, spec: SchedulerSpec, spe: int,
             d = span(spec.first_decay_steps)
             # torch's SGDR has no m_mul and takes an integer T_mult only.
             if spec.m_mul == 1 and spec.t_mul.is_integer() and floor_fits:
-                return lrs.CosineAnnealingWarmRestarts(optimizer, T_0=d, T_mult=int(spec.t_mul),
-                                                       eta_min=eta_min)
-            return ours(partial(cosine_decay_restarts, first_decay_steps=d, t_mul=spec.t_mul,
-                                m_mul=spec.m_mul, alpha=spec.alpha))
+                return lrs.CosineAnnealingWarmRestarts(
+                    optimizer, T_0=d, T_mult=int(spec.t_mul), eta_min=eta_min
+                )
+            return ours(
+                partial(
+                    cosine_decay_restarts,
+                    first_decay_steps=d,
+                    t_mul=spec.t_mul,
+                    m_mul=spec.m_mul,
+                    alpha=spec.alpha,
+                )
+            )
         case LinearCosineSpec():
-            return ours(partial(linear_cosine_decay, decay_steps=span(spec.decay_steps),
-                                num_periods=spec.num_periods, alpha=spec.alpha, beta=spec.beta))
+            return ours(
+                partial(
+                    linear_cosine_decay,
+                    decay_steps=span(spec.decay_steps),
+                    num_periods=spec.num_periods,
+                    alpha=spec.alpha,
+                    beta=spec.beta,
+                )
+            )
         case NoisyLinearCosineSpec():
-            return ours(partial(noisy_linear_cosine_decay, decay_steps=span(spec.decay_steps),
-                                initial_variance=spec.initial_variance,
-                                variance_decay=spec.variance_decay, num_periods=spec.num_periods,
-                                alpha=spec.alpha, beta=spec.beta, seed=spec.seed))
+            return ours(
+                partial(
+                    noisy_linear_cosine_decay,
+                    decay_steps=span(spec.decay_steps),
+                    initial_variance=spec.initial_variance,
+                    variance_decay=spec.variance_decay,
+                    num_periods=spec.num_periods,
+                    alpha=spec.alpha,
+                    beta=spec.beta,
+                    seed=spec.seed,
+                )
+            )
         case OneCycleSpec():
-            return lrs.OneCycleLR(optimizer, max_lr=peaks, total_steps=steps,
-                                  pct_start=spec.pct_start, anneal_strategy=spec.anneal_strategy,
-                                  div_factor=spec.div_factor,
-                                  final_div_factor=spec.final_div_factor,
-                                  three_phase=spec.three_phase, cycle_momentum=False)
+            return lrs.OneCycleLR(
+                optimizer,
+                max_lr=peaks,
+                total_steps=steps,
+                pct_start=spec.pct_start,
+                anneal_strategy=spec.anneal_strategy,
+                div_factor=spec.div_factor,
+                final_div_factor=spec.final_div_factor,
+                three_phase=spec.three_phase,
+                cycle_momentum=False,
+            )
         case CyclicSpec():
             down = None if spec.step_size_down is None else _steps(spec.step_size_down, spe)
             # cycle_momentum=False: torch's default needs a momentum/betas optimizer
             # (Adagrad has neither) and would overwrite the optimizer's momentum.
-            return lrs.CyclicLR(optimizer, base_lr=[spec.base_factor * p for p in peaks],
-                                max_lr=peaks, step_size_up=_steps(spec.step_size_up, spe),
-                                step_size_down=down, mode=spec.mode,
-                                gamma=spec.gamma ** (1.0 / spe), cycle_momentum=False)
+            return lrs.CyclicLR(
+                optimizer,
+                base_lr=[spec.base_factor * p for p in peaks],
+                max_lr=peaks,
+                step_size_up=_steps(spec.step_size_up, spe),
+                step_size_down=down,
+                mode=spec.mode,
+                gamma=spec.gamma ** (1.0 / spe),
+                cycle_momentum=False,
+            )
         case _:
             assert_never(spec)
 

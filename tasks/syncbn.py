@@ -103,8 +103,9 @@ def sync_batch_norm(
     # float64 sums: one all-reduce of (sum, sumsq) needs E[x^2] - E[x]^2, which loses all
     # precision in float32 when the mean is large relative to the spread.
     acc = input.to(torch.float64)
-    count = torch.full((1,), input.numel() // channels if channels else 0,
-                       dtype=torch.float64, device=input.device)
+    count = torch.full(
+        (1,), input.numel() // channels if channels else 0, dtype=torch.float64, device=input.device
+    )
     local = torch.cat([acc.sum(reduce_dims), (acc * acc).sum(reduce_dims), count])
     stats = all_reduce_sum(local, process_group)
     total = stats[2 * channels].detach()  # the count is data-independent: no gradient
@@ -113,18 +114,19 @@ def sync_batch_norm(
         # Every rank sees the same global count, so they all raise together (no hang).
         raise ValueError(
             f"Expected more than 1 value per channel when training, got {int(n)} "
-            "over the process group")
+            "over the process group"
+        )
     mean = stats[:channels] / n
     # clamp: rounding can push a constant channel's variance a hair below zero.
-    var = (stats[channels:2 * channels] / n - mean * mean).clamp_min(0.0)
+    var = (stats[channels : 2 * channels] / n - mean * mean).clamp_min(0.0)
 
     if running_mean is not None and running_var is not None:
         with torch.no_grad():  # torch's BN updates buffers outside autograd too
             running_mean.mul_(1.0 - momentum).add_(
-                mean.detach().to(running_mean.dtype), alpha=momentum)
+                mean.detach().to(running_mean.dtype), alpha=momentum
+            )
             unbiased = var.detach() * (n / (n - 1.0))
-            running_var.mul_(1.0 - momentum).add_(
-                unbiased.to(running_var.dtype), alpha=momentum)
+            running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
     # Normalise in the input's precision (float32 for half types, like torch's CPU kernel);
     # only the reductions above needed float64.
@@ -162,8 +164,16 @@ class SyncBatchNorm(_BatchNorm):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         device=device, dtype=dtype, bias=bias)
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device=device,
+            dtype=dtype,
+            bias=bias,
+        )
         self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -181,14 +191,16 @@ class SyncBatchNorm(_BatchNorm):
         self._check_input_dim(input)
         if input.size(1) != self.num_features:
             raise ValueError(
-                f"expected {self.num_features} channels, got input of shape {tuple(input.shape)}")
+                f"expected {self.num_features} channels, got input of shape {tuple(input.shape)}"
+            )
 
         # Same bookkeeping as torch's _BatchNorm.forward, so running stats match it exactly.
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                      else self.momentum)
+            factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
 
         # Batch statistics in training, and in eval only when there are no running buffers.
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
@@ -198,10 +210,26 @@ class SyncBatchNorm(_BatchNorm):
 
         # Sync only in training (eval never communicates, as in torch's SyncBatchNorm).
         if not (self.training and self._world_size() > 1):
-            return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                                bn_training, factor, self.eps)
-        return sync_batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                               factor, self.eps, self.process_group)
+            return F.batch_norm(
+                input,
+                running_mean,
+                running_var,
+                self.weight,
+                self.bias,
+                bn_training,
+                factor,
+                self.eps,
+            )
+        return sync_batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            factor,
+            self.eps,
+            self.process_group,
+        )
 
 
 def _convert(module: nn.Module, make: Any) -> nn.Module:
@@ -233,13 +261,20 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any | None = None) 
     buffers are shared (not copied) with the originals, the training flag is kept, and a
     bare BatchNorm argument yields a new module (so always use the return value).
     """
+
     def make(bn: _BatchNorm) -> SyncBatchNorm:
         ref = bn.weight if bn.weight is not None else bn.running_mean
-        return SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine,
-                             bn.track_running_stats, process_group,
-                             device=None if ref is None else ref.device,
-                             dtype=None if ref is None else ref.dtype,
-                             bias=bn.bias is not None)
+        return SyncBatchNorm(
+            bn.num_features,
+            bn.eps,
+            bn.momentum,
+            bn.affine,
+            bn.track_running_stats,
+            process_group,
+            device=None if ref is None else ref.device,
+            dtype=None if ref is None else ref.dtype,
+            bias=bn.bias is not None,
+        )
 
     return _convert(module, make)
 

@@ -23,8 +23,9 @@ CHECKPOINT_EVERY = 1
 CHECKPOINT_MIN_INTERVAL_S = 60.0
 #: Spec fields a resumed attempt may change: they say where and how often a trial runs,
 #: not what it computes.
-RUNTIME_FIELDS = frozenset({"train.device", "train.checkpoint_every",
-                            "train.checkpoint_min_interval_s"})
+RUNTIME_FIELDS = frozenset(
+    {"train.device", "train.checkpoint_every", "train.checkpoint_min_interval_s"}
+)
 
 
 class TrainSpec(StrictModel):
@@ -48,9 +49,11 @@ class TrainSpec(StrictModel):
         # Trial keys hash the dumped spec: leaving the defaults out keeps the keys of trials
         # run before these fields existed (finished runs, shared upstreams) unchanged.
         d = handler(self)
-        for name, default in (("checkpoint_every", CHECKPOINT_EVERY),
-                              ("checkpoint_min_interval_s", CHECKPOINT_MIN_INTERVAL_S),
-                              ("layer_stats", False)):
+        for name, default in (
+            ("checkpoint_every", CHECKPOINT_EVERY),
+            ("checkpoint_min_interval_s", CHECKPOINT_MIN_INTERVAL_S),
+            ("layer_stats", False),
+        ):
             if getattr(self, name) == default:
                 d.pop(name, None)
         return d

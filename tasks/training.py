@@ -55,25 +55,33 @@ def pick_device(choice: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             batch: int = 1024) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch])
-        loss_sum += nn.functional.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch]).sum().item()
+        logits = model(x[i : i + batch])
+        loss_sum += nn.functional.cross_entropy(logits, y[i : i + batch], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i : i + batch]).sum().item()
     return loss_sum / len(x), correct / len(x)
 
 
-def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None, train: TrainSpec,
-        seed: int, device: torch.device, extra_metrics: dict[str, float] | None = None,
-        on_epoch_start: Callable[[int], None] | None = None,
-        dist: distributed.DistContext | None = None,
-        resume: bytes | None = None, config: dict[str, Any] | None = None,
-        ) -> Iterator[Event]:
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    train: TrainSpec,
+    seed: int,
+    device: torch.device,
+    extra_metrics: dict[str, float] | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+    dist: distributed.DistContext | None = None,
+    resume: bytes | None = None,
+    config: dict[str, Any] | None = None,
+) -> Iterator[Event]:
     """Train ``model`` on ``data``: yield :class:`Metrics` per epoch, then a :class:`Summary`.
 
     With ``dist`` (a data-parallel rank, ``model`` already DDP-wrapped) each step trains on
@@ -122,8 +130,9 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         loss_sum, correct, seen, epoch_steps = 0.0, 0.0, 0.0, 0
         for idx, weight in distributed.batches(perm, train.batch_size, dist):
             logits = model(x_tr[idx])
-            loss = nn.functional.cross_entropy(logits, y_tr[idx],
-                                               label_smoothing=train.label_smoothing)
+            loss = nn.functional.cross_entropy(
+                logits, y_tr[idx], label_smoothing=train.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             (loss * (train.loss_scale * weight)).backward()
             if train.grad_clip is not None:
@@ -134,13 +143,16 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
             # Over the global batch when data-parallel, so every rank takes the same
             # divergence decision (one stopping alone would hang the others).
             batch_loss, batch_correct, batch_n = distributed.reduce_batch(
-                loss.item(), (logits.argmax(1) == y_tr[idx]).sum().item(), len(idx), dist)
+                loss.item(), (logits.argmax(1) == y_tr[idx]).sum().item(), len(idx), dist
+            )
             first_loss = batch_loss if first_loss is None else first_loss
             if not math.isfinite(batch_loss) or batch_loss > train.diverge_factor * first_loss:
-                yield Summary({"train/loss": _finite(batch_loss), "epochs_run": epoch + 1},
-                              outcome="diverged",
-                              reason=f"batch loss {batch_loss:.4g} at epoch {epoch}, step "
-                                     f"{steps} (first batch {first_loss:.4g})")
+                yield Summary(
+                    {"train/loss": _finite(batch_loss), "epochs_run": epoch + 1},
+                    outcome="diverged",
+                    reason=f"batch loss {batch_loss:.4g} at epoch {epoch}, step "
+                    f"{steps} (first batch {first_loss:.4g})",
+                )
                 return
             loss_sum += batch_loss * batch_n
             correct += batch_correct
@@ -152,14 +164,24 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
         train_loss = loss_sum / seen
         lr = optimizer.param_groups[-1]["lr"]
         val_loss, val_acc = distributed.evaluate(evaluate, model, x_va, y_va, dist)
-        yield Metrics(epoch, {"train/loss": train_loss, "train/acc": correct / seen,
-                              "val/loss": val_loss, "val/acc": val_acc, "lr": lr,
-                              "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
-                              **layers, **(extra_metrics or {})})
+        yield Metrics(
+            epoch,
+            {
+                "train/loss": train_loss,
+                "train/acc": correct / seen,
+                "val/loss": val_loss,
+                "val/acc": val_acc,
+                "lr": lr,
+                "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
+                **layers,
+                **(extra_metrics or {}),
+            },
+        )
         due = train.checkpoint_every and (epoch + 1) % train.checkpoint_every == 0
         # any_rank: the ranks' clocks differ, and every rank must take part in the gather.
         if due and distributed.any_rank(
-                time.monotonic() - last_checkpoint >= train.checkpoint_min_interval_s, dist):
+            time.monotonic() - last_checkpoint >= train.checkpoint_min_interval_s, dist
+        ):
             last_checkpoint = time.monotonic()
             # Dropout draws differ between ranks, so each rank's RNG state is kept; the
             # rest is replicated (DDP's gradients, rank 0's buffers after evaluate).
@@ -169,29 +191,44 @@ def fit(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer,
                 # per event); only rank 0's carries the state.
                 yield Checkpoint(epoch, b"")
             else:
-                yield Checkpoint(epoch, _to_bytes({
-                    "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": config,
-                    "world_size": world,
-                    "model": distributed.unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "data_order": gen.get_state(),
-                    "rng": rngs,
-                    "progress": {"steps": steps, "train_time": train_time,
-                                 "first_loss": first_loss},
-                }))
+                yield Checkpoint(
+                    epoch,
+                    _to_bytes(
+                        {
+                            "format": CHECKPOINT_FORMAT,
+                            "epoch": epoch,
+                            "config": config,
+                            "world_size": world,
+                            "model": distributed.unwrap(model).state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                            "data_order": gen.get_state(),
+                            "rng": rngs,
+                            "progress": {
+                                "steps": steps,
+                                "train_time": train_time,
+                                "first_loss": first_loss,
+                            },
+                        }
+                    ),
+                )
 
-    test_loss, test_acc = distributed.evaluate(evaluate, model, data.x_test.to(device),
-                                               data.y_test.to(device), dist)
+    test_loss, test_acc = distributed.evaluate(
+        evaluate, model, data.x_test.to(device), data.y_test.to(device), dist
+    )
     train_eval_loss, train_eval_acc = distributed.evaluate(evaluate, model, x_tr, y_tr, dist)
     # val/* of the last epoch is already the latest value; train/eval_* differ from the
     # epoch's running train/* (eval mode, final weights), hence their own names.
-    yield Summary({
-        "test/loss": test_loss, "test/acc": test_acc,
-        "train/eval_loss": train_eval_loss, "train/eval_acc": train_eval_acc,
-        "gap/acc": train_eval_acc - test_acc,
-        "time/step_ms": 1000 * train_time / max(steps, 1),
-    })
+    yield Summary(
+        {
+            "test/loss": test_loss,
+            "test/acc": test_acc,
+            "train/eval_loss": train_eval_loss,
+            "train/eval_acc": train_eval_acc,
+            "gap/acc": train_eval_acc - test_acc,
+            "time/step_ms": 1000 * train_time / max(steps, 1),
+        }
+    )
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -200,11 +237,13 @@ def rng_state(device: torch.device) -> dict[str, Any]:
     # As a tensor: torch.load(weights_only=True) refuses numpy arrays.
     np_state["state"]["key"] = torch.from_numpy(np_state["state"]["key"].astype(np.int64))
     version, words, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "numpy": np_state,
-            # One tensor, not 625 ints: torch.save pays a Python callback per object.
-            "python": (version, torch.tensor(words, dtype=torch.int64), gauss)}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": np_state,
+        # One tensor, not 625 ints: torch.save pays a Python callback per object.
+        "python": (version, torch.tensor(words, dtype=torch.int64), gauss),
+    }
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
@@ -213,15 +252,18 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     if state["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
     np_state = dict(state["numpy"])
-    np_state["state"] = {**np_state["state"],
-                         "key": np_state["state"]["key"].numpy().astype(np.uint32)}
+    np_state["state"] = {
+        **np_state["state"],
+        "key": np_state["state"]["key"].numpy().astype(np.uint32),
+    }
     np.random.set_state(np_state)
     version, words, gauss = state["python"]
     random.setstate((version, tuple(words.tolist()), gauss))
 
 
-def read_checkpoint(blob: bytes, config: dict[str, Any] | None, world_size: int,
-                    epochs: int) -> dict[str, Any]:
+def read_checkpoint(
+    blob: bytes, config: dict[str, Any] | None, world_size: int, epochs: int
+) -> dict[str, Any]:
     """The checkpoint dict in ``blob``, checked against the trial resuming from it.
 
     Raises :class:`CheckpointError` naming the problem: unreadable bytes, another format,
@@ -232,27 +274,40 @@ def read_checkpoint(blob: bytes, config: dict[str, Any] | None, world_size: int,
         # weights_only: bytes from a store must not run code when loaded.
         ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"resume checkpoint is not readable (corrupt or not a "
-                              f"checkpoint): {type(e).__name__}: {str(e)[:200]}") from e
+        raise CheckpointError(
+            f"resume checkpoint is not readable (corrupt or not a "
+            f"checkpoint): {type(e).__name__}: {str(e)[:200]}"
+        ) from e
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"resume checkpoint has format {fmt!r}; this task reads "
-                              f"{CHECKPOINT_FORMAT!r}")
+        raise CheckpointError(
+            f"resume checkpoint has format {fmt!r}; this task reads {CHECKPOINT_FORMAT!r}"
+        )
     diffs = _differences(ckpt["config"], config)
     if diffs:
-        raise CheckpointError("resume checkpoint belongs to another trial config: "
-                              + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else ""))
+        raise CheckpointError(
+            "resume checkpoint belongs to another trial config: "
+            + "; ".join(diffs[:5])
+            + (" ..." if len(diffs) > 5 else "")
+        )
     if ckpt["world_size"] != world_size:
-        raise CheckpointError(f"resume checkpoint was trained by {ckpt['world_size']} "
-                              f"rank(s); this trial has {world_size}")
+        raise CheckpointError(
+            f"resume checkpoint was trained by {ckpt['world_size']} "
+            f"rank(s); this trial has {world_size}"
+        )
     if not 0 <= ckpt["epoch"] < epochs:
-        raise CheckpointError(f"resume checkpoint is at epoch {ckpt['epoch']}, outside this "
-                              f"trial's {epochs} epochs")
+        raise CheckpointError(
+            f"resume checkpoint is at epoch {ckpt['epoch']}, outside this trial's {epochs} epochs"
+        )
     return ckpt
 
 
-def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-             scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> None:
+def _restore(
+    ckpt: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+) -> None:
     """Load the checkpoint's states; a mismatch is a :class:`CheckpointError`."""
     try:
         model.load_state_dict(ckpt["model"])  # strict: missing or extra keys raise
@@ -262,17 +317,25 @@ def _restore(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opti
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"resume checkpoint does not fit this trial's model, "
-                              f"optimizer or scheduler: {str(e)[:300]}") from e
+        raise CheckpointError(
+            f"resume checkpoint does not fit this trial's model, "
+            f"optimizer or scheduler: {str(e)[:300]}"
+        ) from e
 
 
 def _differences(saved: Any, current: Any, path: str = "") -> list[str]:
     """``path: checkpoint X, this trial Y`` for each leaf where two configs differ, ignoring
     :data:`RUNTIME_FIELDS` (a missing key reads as absent)."""
     if isinstance(saved, dict) and isinstance(current, dict):
-        return [d for k in sorted(set(saved) | set(current))
-                for d in _differences(saved.get(k, "<absent>"), current.get(k, "<absent>"),
-                                      f"{path}.{k}" if path else str(k))]
+        return [
+            d
+            for k in sorted(set(saved) | set(current))
+            for d in _differences(
+                saved.get(k, "<absent>"),
+                current.get(k, "<absent>"),
+                f"{path}.{k}" if path else str(k),
+            )
+        ]
     if path in RUNTIME_FIELDS or saved == current:
         return []
     return [f"{path or 'config'}: checkpoint {saved!r}, this trial {current!r}"]
@@ -300,13 +363,19 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
     running statistics), the RNG (dropout) and ``.grad`` are restored afterwards, so a run
     with the statistics trains exactly like one without.
     """
-    layers = {name: m for name, m in model.named_modules()
-              if any(True for _ in m.parameters(recurse=False))}
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if any(True for _ in m.parameters(recurse=False))
+    }
     acts: dict[str, torch.Tensor] = {}
 
-    def keep(name: str) -> Callable[[nn.Module, object, torch.Tensor | tuple[torch.Tensor, ...]], None]:
+    def keep(
+        name: str,
+    ) -> Callable[[nn.Module, object, torch.Tensor | tuple[torch.Tensor, ...]], None]:
         def hook(_: nn.Module, __: object, out: torch.Tensor | tuple[torch.Tensor, ...]) -> None:
             acts[name] = (out[0] if isinstance(out, tuple) else out).detach()  # GRU: (output, h)
+
         return hook
 
     relus = {name: m for name, m in model.named_modules() if isinstance(m, nn.ReLU)}
@@ -325,7 +394,8 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
             out[f"layer/{name}/act_mean"] = a.mean().item()
             out[f"layer/{name}/act_std"] = a.std().item()
             out[f"layer/{name}/grad_norm"] = (
-                torch.linalg.vector_norm(torch.cat([t.flatten() for t in g])).item() if g else 0.0)
+                torch.linalg.vector_norm(torch.cat([t.flatten() for t in g])).item() if g else 0.0
+            )
         for name in relus:
             alive = acts[name].transpose(0, 1).flatten(1) > 0  # units x (examples * positions)
             out[f"layer/{name}/dead_frac"] = 1.0 - alive.any(1).float().mean().item()

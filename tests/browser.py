@@ -17,8 +17,15 @@ from typing import Any
 
 #: Debian's package; ``make browser-check-deps`` installs it.
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--no-first-run", "--remote-debugging-port=0", "--window-size=1400,900"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--remote-debugging-port=0",
+    "--window-size=1400,900",
+]
 
 
 class Browser:
@@ -26,9 +33,12 @@ class Browser:
 
     def __init__(self, profile: Path) -> None:
         assert CHROMIUM is not None
-        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}",
-                                      "about:blank"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         port_file = profile / "DevToolsActivePort"  # Chromium writes its port here
         deadline = time.monotonic() + 120
         while not port_file.exists() or not port_file.read_text().strip():
@@ -48,8 +58,7 @@ class Browser:
         self._session = aiohttp.ClientSession()
         async with self._session.get(f"http://127.0.0.1:{self.port}/json/list") as r:
             pages = [t for t in await r.json() if t["type"] == "page"]
-        self._ws = await self._session.ws_connect(pages[0]["webSocketDebuggerUrl"],
-                                                  max_msg_size=0)
+        self._ws = await self._session.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         return self._loop.run_until_complete(self._call(method, params))
@@ -68,8 +77,9 @@ class Browser:
         self.call("Page.navigate", url=url)
 
     def eval(self, expression: str) -> Any:
-        return self.call("Runtime.evaluate", expression=expression,
-                         returnByValue=True)["result"].get("value")
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)[
+            "result"
+        ].get("value")
 
     def wait_text(self, *needles: str, timeout: float = 180) -> str:
         """The page's text once it holds every needle (a slow machine: long timeout)."""

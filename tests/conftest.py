@@ -29,8 +29,14 @@ SLOW_FIXTURES = {"ray_session", "tracking_uri", "require_postgres"}
 def _checkout_state() -> str | None:
     """``git status`` of the checkout (untracked files included), or None outside git."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout
@@ -38,7 +44,8 @@ def _checkout_state() -> str | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # New sqlite stores are copied from a template cached here (orchestrator/store/create.py):
     # in the temp folder, kept between runs, never in the user's ~/.cache.
@@ -60,8 +67,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if before is not None and after is not None and after != before:
         changed = sorted(set(after.splitlines()) ^ set(before.splitlines()))
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        message = ("the tests changed the checkout (they must write only in their temp "
-                   "dirs): " + "; ".join(changed[:10]))
+        message = (
+            "the tests changed the checkout (they must write only in their temp "
+            "dirs): " + "; ".join(changed[:10])
+        )
         if reporter is not None:
             reporter.write_line(message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -75,8 +84,13 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False, configure_logging=False)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
     yield ray
     ray.shutdown()
 

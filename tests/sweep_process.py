@@ -17,9 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_sweep(tracking_uri: str, args: list[str]) -> subprocess.Popen:
     """``orch sweep ARGS --tracking-uri URI`` as a subprocess with piped output."""
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", *args,
-                             "--tracking-uri", tracking_uri], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", *args, "--tracking-uri", tracking_uri],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_running(tracking_uri: str, proc: subprocess.Popen, timeout: float) -> str:

@@ -20,15 +20,31 @@ from orchestrator.verdicts.sequential import (
     sequential_verdicts,
 )
 
-CLAIM = {"id": "C", "test": "compare", "metric": "m", "mode": "max", "axis": "opt", "a": "x",
-         "b": "y", "predict": "a_better"}
+CLAIM = {
+    "id": "C",
+    "test": "compare",
+    "metric": "m",
+    "mode": "max",
+    "axis": "opt",
+    "a": "x",
+    "b": "y",
+    "predict": "a_better",
+}
 SCHEDULE = looks(3, 13)
 
 
 def _table(rng: np.random.Generator, effect: float, n: int) -> pd.DataFrame:
-    rows = [{"run_id": f"{arm}{s}", "outcome": "finished", "opt": arm, "seed": s,
-             "m": rng.normal(mu, 1.0)}
-            for s in range(n) for arm, mu in (("x", effect), ("y", 0.0))]
+    rows = [
+        {
+            "run_id": f"{arm}{s}",
+            "outcome": "finished",
+            "opt": arm,
+            "seed": s,
+            "m": rng.normal(mu, 1.0),
+        }
+        for s in range(n)
+        for arm, mu in (("x", effect), ("y", 0.0))
+    ]
     return pd.DataFrame(rows)
 
 
@@ -49,8 +65,9 @@ def test_null_error_stays_at_alpha_with_a_look_per_round() -> None:
         df = _table(rng, 0.0, SCHEDULE[-1])
         (v,), _ = sequential_verdicts([CLAIM], df, SCHEDULE)
         wrong += v.verdict != "inconclusive"
-        naive += any(evaluate([CLAIM], df[df.seed < k])[0].verdict != "inconclusive"
-                     for k in SCHEDULE)
+        naive += any(
+            evaluate([CLAIM], df[df.seed < k])[0].verdict != "inconclusive" for k in SCHEDULE
+        )
     assert wrong / n <= 0.05 + 0.03
     assert naive > wrong  # peeking at the nominal level is what the rule avoids
 
@@ -72,8 +89,16 @@ def test_claim_arms() -> None:
     assert claim_arm_matches(claim, {"opt": "x", "model": "mlp"})
     assert not claim_arm_matches(claim, {"opt": "z", "model": "mlp"})
     assert not claim_arm_matches(claim, {"opt": "x", "model": "cnn"})
-    best = ClaimSpec.model_validate({"id": "B", "test": "best", "metric": "m", "mode": "max",
-                                     "axis": "opt", "predict_in": ["x"]})
+    best = ClaimSpec.model_validate(
+        {
+            "id": "B",
+            "test": "best",
+            "metric": "m",
+            "mode": "max",
+            "axis": "opt",
+            "predict_in": ["x"],
+        }
+    )
     assert claim_arm_matches(best, {"opt": "z"})
 
 
@@ -86,9 +111,21 @@ def test_adaptive_spec_validated_and_planned_at_min() -> None:
 
 @pytest.mark.slow
 def test_adaptive_sweep_adds_seeds_and_shows_them(ray_session, tracking_uri: str) -> None:
-    assert main(["sweep", "optimizers", "--quick", "sweep.seeds={min:2,max:4}",
-                 "optimizer=sgd_momentum,adam", "train.epochs=1",
-                 "--tracking-uri", tracking_uri]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "optimizers",
+                "--quick",
+                "sweep.seeds={min:2,max:4}",
+                "optimizer=sgd_momentum,adam",
+                "train.epochs=1",
+                "--tracking-uri",
+                tracking_uri,
+            ]
+        )
+        == 0
+    )
     client = Client(tracking_uri)
     sid = client.sweeps().sweep_id.iloc[0]
     df = client.trials(sid)
@@ -96,9 +133,12 @@ def test_adaptive_sweep_adds_seeds_and_shows_them(ray_session, tracking_uri: str
     # seeds 2 and 3; indices stay unique, keys are those a plain 4-seed sweep plans.
     assert sorted(df.seed) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert df.trial_index.is_unique
-    plain = plan_sweep(composer(None), "optimizers",
-                       ["seed=range(4)", "optimizer=sgd_momentum,adam", "train.epochs=1"],
-                       quick=True)
+    plain = plan_sweep(
+        composer(None),
+        "optimizers",
+        ["seed=range(4)", "optimizer=sgd_momentum,adam", "train.epochs=1"],
+        quick=True,
+    )
     assert set(df.trial_key) == {t.key for t in plain.trials}
     verdicts = client.verdicts(sid)
     assert verdicts and all(v.seeds_used in (2, 4) and v.stopped for v in verdicts)

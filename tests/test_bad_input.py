@@ -8,18 +8,25 @@ from typing import Any
 
 import pytest
 import yaml
+from hydra.core.override_parser.types import RangeSweep
 
 from orchestrator.cli import main
+from orchestrator.config import grammar
 from orchestrator.errors import SpecError
 
 CORPUS: list[dict[str, Any]] = yaml.safe_load(
-    (Path(__file__).parent / "data" / "bad_inputs.yaml").read_text())
+    (Path(__file__).parent / "data" / "bad_inputs.yaml").read_text()
+)
 LOCAL = [c for c in CORPUS if not c.get("needs_cluster")]
 CLUSTER = [c for c in CORPUS if c.get("needs_cluster")]
 
 
-def _run_case(case: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-              capsys: pytest.CaptureFixture[str]) -> None:
+def _run_case(
+    case: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Run the case through ``orch sweep``; check exit 2, the message, and no store."""
     work = tmp_path / "work"
     work.mkdir()
@@ -49,8 +56,9 @@ def test_corpus_is_large_and_ids_unique() -> None:
 
 
 @pytest.mark.parametrize("case", LOCAL, ids=[c["id"] for c in LOCAL])
-def test_bad_input_exits_2_before_ray(case: dict[str, Any], tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_bad_input_exits_2_before_ray(
+    case: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     import ray
 
     ray_was_up = ray.is_initialized()  # another test file's session may already run
@@ -60,10 +68,9 @@ def test_bad_input_exits_2_before_ray(case: dict[str, Any], tmp_path: Path,
 
 
 @pytest.mark.parametrize("case", CLUSTER, ids=[c["id"] for c in CLUSTER])
-def test_bad_input_found_against_the_cluster_exits_2(ray_session, case: dict[str, Any],
-                                                     tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     capsys) -> None:
+def test_bad_input_found_against_the_cluster_exits_2(
+    ray_session, case: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     _run_case(case, tmp_path, monkeypatch, capsys)
 
 
@@ -72,10 +79,6 @@ def test_bad_input_found_against_the_cluster_exits_2(ray_session, case: dict[str
 # 3,6,9); orchestrator.config.grammar registers upstream Hydra's fix. Rows copied from Hydra's
 # tests/test_overrides_parser.py: test_range, test_sort (its range rows) and
 # test_sort_range_materializes_to_sorted_values.
-from hydra.core.override_parser.types import RangeSweep
-
-from orchestrator.config import grammar
-
 HYDRA_RANGE = [
     ("range(10,11)", RangeSweep(start=10, stop=11, step=1)),
     ("range (10,11)", RangeSweep(start=10, stop=11, step=1)),
@@ -108,12 +111,26 @@ def test_range_and_sort_parse_as_hydras_tests_expect(text: str, expected: RangeS
     assert o.value() == expected
 
 
-@pytest.mark.parametrize("start, stop, step", [
-    (0, 5, 2), (4, -1, -2), (7, 0, -3), (1, 10, 1), (0, 1, 1), (0, 0, 1), (1, 0, 1),
-    (0, 2, 0.5), (0, 1.3, 0.5), (1.3, 0, -0.5), (0, 1, 0.1), (0, 1, 0.2), (0, 0.3, 0.1),
-    (1, 0, -0.1)])
-def test_sorted_range_has_the_ranges_values_sorted(start: float, stop: float,
-                                                   step: float) -> None:
+@pytest.mark.parametrize(
+    "start, stop, step",
+    [
+        (0, 5, 2),
+        (4, -1, -2),
+        (7, 0, -3),
+        (1, 10, 1),
+        (0, 1, 1),
+        (0, 0, 1),
+        (1, 0, 1),
+        (0, 2, 0.5),
+        (0, 1.3, 0.5),
+        (1.3, 0, -0.5),
+        (0, 1, 0.1),
+        (0, 1, 0.2),
+        (0, 0.3, 0.1),
+        (1, 0, -0.1),
+    ],
+)
+def test_sorted_range_has_the_ranges_values_sorted(start: float, stop: float, step: float) -> None:
     (o,) = grammar.parse([f"x=range({start},{stop},{step})"])
     original = list(o.value().range())
     assert grammar.range_bounds(o.value())[0] == len(original)  # counted as iterated
@@ -123,10 +140,22 @@ def test_sorted_range_has_the_ranges_values_sorted(start: float, stop: float,
 
 
 def test_sorted_range_sweeps_the_seeds_hydra_documents(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["sweep", "optimizers", "--dry-run", "optimizer=sgd", "model=mlp_d",
-                 "seed=sort(range(7,0,-3))"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "optimizers",
+                "--dry-run",
+                "optimizer=sgd",
+                "model=mlp_d",
+                "seed=sort(range(7,0,-3))",
+            ]
+        )
+        == 0
+    )
     seeds = [line.rsplit("seed=", 1)[1] for line in capsys.readouterr().out.splitlines()]
     assert seeds == ["1", "4", "7"]
     assert list(tmp_path.iterdir()) == []
@@ -144,7 +173,8 @@ def _dump(plan: Any) -> str:
 
 @pytest.mark.parametrize("where", ["override", "study file", "option file"])
 def test_env_resolver_is_refused_and_the_value_never_shown(
-        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     monkeypatch.setenv("ORCH_TEST_SECRET", SECRET)
     monkeypatch.delenv("ORCH_ALLOW_RESOLVERS", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -156,7 +186,8 @@ def test_env_resolver_is_refused_and_the_value_never_shown(
         argv.append("study.description=${oc.env:ORCH_TEST_SECRET}")
     elif where == "study file":
         (conf / "study" / "leak.yaml").write_text(
-            "# @package _global_\nstudy: {name: leak, description: '${oc.env:ORCH_TEST_SECRET}'}\n")
+            "# @package _global_\nstudy: {name: leak, description: '${oc.env:ORCH_TEST_SECRET}'}\n"
+        )
         argv[1] = "leak"
     else:  # a file the study does not even use is refused: it is the user's config dir
         (conf / "optimizer" / "leak.yaml").write_text("lr: ${oc.env:ORCH_TEST_SECRET}\n")
@@ -168,25 +199,34 @@ def test_env_resolver_is_refused_and_the_value_never_shown(
 
 
 def test_allow_list_admits_one_variable_and_the_plan_holds_no_other(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from orchestrator.config.compose import composer
     from orchestrator.config.plan import plan_sweep
 
     monkeypatch.setenv("ORCH_TEST_SECRET", SECRET)
     monkeypatch.setenv("ORCH_TEST_EPOCHS", "3")
     monkeypatch.setenv("ORCH_ALLOW_RESOLVERS", "oc.env:ORCH_TEST_EPOCHS")
-    plan = plan_sweep(composer(None), "optimizers",
-                      ["optimizer=sgd", "model=mlp_d", "train.epochs=${oc.env:ORCH_TEST_EPOCHS}"])
+    plan = plan_sweep(
+        composer(None),
+        "optimizers",
+        ["optimizer=sgd", "model=mlp_d", "train.epochs=${oc.env:ORCH_TEST_EPOCHS}"],
+    )
     assert {t.config["train"]["epochs"] for t in plan.trials} == {3}
     assert SECRET not in _dump(plan)
     # The allow-list names one variable: another is still refused.
     with pytest.raises(SpecError, match=r"resolver 'oc.env'.*oc.env:ORCH_TEST_SECRET"):
-        plan_sweep(composer(None), "optimizers",
-                   ["optimizer=sgd", "study.description=${oc.env:ORCH_TEST_SECRET}"])
+        plan_sweep(
+            composer(None),
+            "optimizers",
+            ["optimizer=sgd", "study.description=${oc.env:ORCH_TEST_SECRET}"],
+        )
     monkeypatch.setenv("ORCH_ALLOW_RESOLVERS", "oc.env")  # the operator allows them all
-    plan = plan_sweep(composer(None), "optimizers",
-                      ["optimizer=sgd", "model=mlp_d",
-                       "study.description=${oc.env:ORCH_TEST_SECRET}"])
+    plan = plan_sweep(
+        composer(None),
+        "optimizers",
+        ["optimizer=sgd", "model=mlp_d", "study.description=${oc.env:ORCH_TEST_SECRET}"],
+    )
     assert SECRET in _dump(plan)  # the check above could fail: this is where it would show
 
 
@@ -202,7 +242,8 @@ def test_builtin_studies_write_no_environment_value(monkeypatch: pytest.MonkeyPa
 
 
 def test_config_dir_with_too_many_yaml_files_exits_2(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     from orchestrator.config import safe_yaml
 
     conf = tmp_path / "conf" / "optimizer"

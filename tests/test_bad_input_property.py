@@ -43,19 +43,67 @@ sweep:
 RSS_GROWTH_MB = 1024
 
 # -- the grammar ----------------------------------------------------------------------------
-KEYS = st.sampled_from(["seed", "train.epochs", "train.batch_size", "optimizer.lr",
-                        "optimizer.momentum", "model", "optimizer", "sweep.seeds",
-                        "sweep.axes.seed", "search.space.optimizer.lr", "+train.foo",
-                        "~train.epochs", "task.name", "resources.workers"])
+KEYS = st.sampled_from(
+    [
+        "seed",
+        "train.epochs",
+        "train.batch_size",
+        "optimizer.lr",
+        "optimizer.momentum",
+        "model",
+        "optimizer",
+        "sweep.seeds",
+        "sweep.axes.seed",
+        "search.space.optimizer.lr",
+        "+train.foo",
+        "~train.epochs",
+        "task.name",
+        "resources.workers",
+    ]
+)
 IDENT = st.from_regex(r"[a-z_][a-z0-9_]{0,6}(\.[a-z_][a-z0-9_]{0,6}){0,2}", fullmatch=True)
 DIGITS = st.sampled_from([1, 3, 19, 400, 4300, 4301, 6000]).map(lambda n: "9" * n)
-NUMBER = st.one_of(st.integers(-10**6, 10**6).map(str), DIGITS,
-                   st.sampled_from(["0", "-0", "1e999", "-1e999", "1e-400", "inf", "nan",
-                                    "0.5", "1_000", "0x10", "1e3", ".5", "5."]))
+NUMBER = st.one_of(
+    st.integers(-(10**6), 10**6).map(str),
+    DIGITS,
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "1e999",
+            "-1e999",
+            "1e-400",
+            "inf",
+            "nan",
+            "0.5",
+            "1_000",
+            "0x10",
+            "1e3",
+            ".5",
+            "5.",
+        ]
+    ),
+)
 QUOTED = st.text(st.sampled_from("ab ,'\"\\$}{:=()[]*"), max_size=8).map(
-    lambda s: "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'")
-WORD = st.sampled_from(["sgd", "adam", "mlp_d", "cnn_d", "true", "null", "abc", "x y",
-                        "${oc.env:HOME}", "${now:%H}", "${train.epochs}", "*", "nosuch"])
+    lambda s: "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+)
+WORD = st.sampled_from(
+    [
+        "sgd",
+        "adam",
+        "mlp_d",
+        "cnn_d",
+        "true",
+        "null",
+        "abc",
+        "x y",
+        "${oc.env:HOME}",
+        "${now:%H}",
+        "${train.epochs}",
+        "*",
+        "nosuch",
+    ]
+)
 ATOM = st.one_of(NUMBER, QUOTED, WORD)
 
 
@@ -68,24 +116,29 @@ VALUE = st.recursive(
     lambda inner: st.one_of(
         st.lists(inner, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
         st.lists(st.tuples(IDENT, inner), max_size=3).map(
-            lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}"),
+            lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}"
+        ),
         st.lists(inner, min_size=0, max_size=4).map(lambda xs: _call("choice", xs)),
         st.lists(NUMBER, min_size=0, max_size=4).map(lambda xs: _call("range", xs)),
         st.lists(NUMBER, min_size=0, max_size=3).map(lambda xs: _call("interval", xs)),
         st.tuples(st.sampled_from(["log", "foo", ""]), inner).map(
-            lambda t: _call("tag", [x for x in t if x])),
-        st.tuples(st.sampled_from(["int", "float", "str", "bool", "sort", "shuffle"]),
-                  inner).map(lambda t: _call(*t[:1], [t[1]])),
+            lambda t: _call("tag", [x for x in t if x])
+        ),
+        st.tuples(st.sampled_from(["int", "float", "str", "bool", "sort", "shuffle"]), inner).map(
+            lambda t: _call(*t[:1], [t[1]])
+        ),
         st.lists(inner, min_size=2, max_size=4).map(",".join),
         st.sampled_from(["*", "sgd*", "nomatch*", "'*'"]).map(lambda g: _call("glob", [g])),
     ),
-    max_leaves=8)
+    max_leaves=8,
+)
 # Characters of the grammar in any order: mostly malformed.
 NOISE = st.text(st.sampled_from("abc019.,=()[]{}'\"\\$:~+@/ *-"), max_size=30)
 OVERRIDE = st.one_of(
     st.tuples(KEYS, VALUE).map(lambda kv: f"{kv[0]}={kv[1]}"),
     st.tuples(IDENT, VALUE).map(lambda kv: f"{kv[0]}={kv[1]}"),
-    NOISE)
+    NOISE,
+)
 
 
 @st.composite
@@ -96,15 +149,20 @@ def study_files(draw: st.DrawFn) -> str:
     n, width = draw(st.integers(0, 9)), draw(st.integers(1, 12))
     if n:
         lines.append("bomb_0: &a0 [" + ", ".join(["x"] * width) + "]")
-        lines += [f"bomb_{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]"
-                  for i in range(1, n)]
-    axes = draw(st.lists(st.tuples(st.sampled_from(["seed", "optimizer.lr", "model",
-                                                    "train.epochs", "nokey"]), VALUE),
-                         max_size=3))
+        lines += [
+            f"bomb_{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, n)
+        ]
+    axes = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["seed", "optimizer.lr", "model", "train.epochs", "nokey"]), VALUE
+            ),
+            max_size=3,
+        )
+    )
     if axes:
         lines += ["sweep:", "  max_trials: 20", "  axes:"]
-        lines += [f"    {k}: {v!r}" if draw(st.booleans()) else f"    {k}: {v}"
-                  for k, v in axes]
+        lines += [f"    {k}: {v!r}" if draw(st.booleans()) else f"    {k}: {v}" for k, v in axes]
     if draw(st.booleans()):
         lines += ["train:", f"  epochs: {draw(ATOM)}"]
     if draw(st.integers(0, 9)) == 0:
@@ -132,9 +190,18 @@ def _check_run(work: Path, study: str, overrides: list[str]) -> int:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = main(["sweep", study, *overrides, "--dry-run", "--config-dir",
-                         str(work / "conf"), "--tracking-uri",
-                         f"sqlite:///{work / 'mlflow.db'}"])
+            code = main(
+                [
+                    "sweep",
+                    study,
+                    *overrides,
+                    "--dry-run",
+                    "--config-dir",
+                    str(work / "conf"),
+                    "--tracking-uri",
+                    f"sqlite:///{work / 'mlflow.db'}",
+                ]
+            )
         except SystemExit as e:  # argparse: an override that looks like an option
             assert e.code == 2 and "orch: error: " in err.getvalue(), err.getvalue()
             return 2
@@ -156,8 +223,13 @@ def _peak_rss_mb() -> float:
 
 # Warm-up (imports, the built-in composer) happens in the first example; derandomized so
 # that CI sees the same inputs every run.
-PROPERTY = settings(max_examples=20, deadline=timedelta(seconds=20), derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow], database=None)
+PROPERTY = settings(
+    max_examples=20,
+    deadline=timedelta(seconds=20),
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+)
 
 
 def test_overrides_exit_0_or_2_without_traceback_or_writes() -> None:
@@ -194,8 +266,17 @@ def test_study_files_exit_0_or_2_without_traceback_or_writes() -> None:
             try:
                 out, err = io.StringIO(), io.StringIO()
                 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                    code = main(["sweep", "gen", "--dry-run", "--config-dir", str(conf),
-                                 "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"])
+                    code = main(
+                        [
+                            "sweep",
+                            "gen",
+                            "--dry-run",
+                            "--config-dir",
+                            str(conf),
+                            "--tracking-uri",
+                            f"sqlite:///{work / 'mlflow.db'}",
+                        ]
+                    )
                 assert code in (0, 2), (code, text, err.getvalue())
                 codes.append(code)
                 assert "Traceback" not in err.getvalue(), err.getvalue()
@@ -208,9 +289,13 @@ def test_study_files_exit_0_or_2_without_traceback_or_writes() -> None:
         assert _peak_rss_mb() - before < RSS_GROWTH_MB
 
 
-BOMB = "# @package _global_\nstudy: {name: bomb}\n" + "a0: &a0 [" + ", ".join(["lol"] * 10) \
-    + "]\n" + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n"
-                      for i in range(1, 10))
+BOMB = (
+    "# @package _global_\nstudy: {name: bomb}\n"
+    + "a0: &a0 ["
+    + ", ".join(["lol"] * 10)
+    + "]\n"
+    + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10))
+)
 
 
 def test_alias_bomb_as_a_subprocess_exits_2_in_bounded_memory(tmp_path: Path) -> None:
@@ -222,10 +307,26 @@ def test_alias_bomb_as_a_subprocess_exits_2_in_bounded_memory(tmp_path: Path) ->
     # One process (its imports cost seconds): the alias bomb, which is refused before the
     # grid (whose range alone would be a trillion trials) is even counted.
     proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", "bomb",
-         "seed=range(0,1000000000000)", "--dry-run", "--config-dir", str(tmp_path / "conf"),
-         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            "bomb",
+            "seed=range(0,1000000000000)",
+            "--dry-run",
+            "--config-dir",
+            str(tmp_path / "conf"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: study/bomb.yaml: expands to more than")
     assert "Traceback" not in proc.stderr

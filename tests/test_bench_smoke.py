@@ -17,13 +17,27 @@ import pytest
 # bench/ is not an installed package: import it from the checkout (as `python -m bench` does).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import harness  # noqa: E402
+from bench import harness
 
 
 @pytest.mark.slow
 def test_tiny_scenario_writes_table(tmp_path: Path) -> None:
-    assert harness.main(["--scenario", "tiny", "--repeats", "1", "--runners", "orch", "plain",
-                         "--out", str(tmp_path)]) == 0
+    assert (
+        harness.main(
+            [
+                "--scenario",
+                "tiny",
+                "--repeats",
+                "1",
+                "--runners",
+                "orch",
+                "plain",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
 
     result = json.loads((tmp_path / "bench.json").read_text())
     assert {"date", "machine", "command", "rows", "checks", "figures", "skipped"} <= set(result)
@@ -45,8 +59,11 @@ def test_tiny_scenario_writes_table(tmp_path: Path) -> None:
 def test_slot_metrics() -> None:
     """Busy fraction and the order bound on hand-made spans (no runs)."""
     # Two slots: [0,1] and [0,2] then [1,2]: every slot busy the whole span.
-    full = [{"index": 0, "start": 0.0, "end": 1.0}, {"index": 1, "start": 0.0, "end": 2.0},
-            {"index": 2, "start": 1.0, "end": 2.0}]
+    full = [
+        {"index": 0, "start": 0.0, "end": 1.0},
+        {"index": 1, "start": 0.0, "end": 2.0},
+        {"index": 2, "start": 1.0, "end": 2.0},
+    ]
     assert harness.busy_fraction(full, 2) == pytest.approx(1.0)
     assert harness.order_bound(full, 2) == pytest.approx(1.0)
     # A 0.5 s gap before the last trial: busy 4 s of 2 x 2.5 s; a gapless dispatcher gets 1.0.

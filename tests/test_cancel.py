@@ -15,7 +15,6 @@ from tests.sweep_process import start_sweep, wait_running
 LONG = ["optimizers", "optimizer=adam", "model=cnn_d", "seed=range(4)", "train.epochs=500"]
 
 
-
 def _trial_workers(root: int) -> list[psutil.Process]:
     """The sweep's processes running trials (Ray names them after the actor class): only
     the sweep process's own tree is looked at, never the rest of the machine."""

@@ -41,7 +41,9 @@ CLASSIFY: dict[str, Any] = {
     "optimizer": {"name": "adam", "lr": 3e-3},
     "scheduler": {"name": "cosine", "warmup_epochs": 1.0},  # scheduler state matters
     # No minimum interval: these trials take a second, and every epoch's checkpoint is wanted.
-    "train": {"epochs": 5, "batch_size": 64, "checkpoint_min_interval_s": 0}, "seed": 3}
+    "train": {"epochs": 5, "batch_size": 64, "checkpoint_min_interval_s": 0},
+    "seed": 3,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +103,11 @@ def test_resumed_classify_equals_uninterrupted() -> None:
     # Each Checkpoint comes right after the Metrics of its step.
     events = list(classify(spec))
     assert [(type(e).__name__, getattr(e, "step", None)) for e in events[:4]] == [
-        ("Metrics", 0), ("Checkpoint", 0), ("Metrics", 1), ("Checkpoint", 1)]
+        ("Metrics", 0),
+        ("Checkpoint", 0),
+        ("Metrics", 1),
+        ("Checkpoint", 1),
+    ]
 
     before, state = _until_checkpoint(classify(spec), 2)
     after, _, resumed = _split(list(classify(spec, resume=state)))
@@ -127,16 +133,26 @@ def test_resume_may_change_runtime_fields_only() -> None:
     full, _, summary = _split(list(classify(spec)))
     before, state = _until_checkpoint(classify(spec), 1)
     # How often to checkpoint and on which device are not part of what the trial computes.
-    after, checkpoints, resumed = _split(list(classify(
-        _classify_spec(checkpoint_every=1, device="cpu"), resume=state)))
+    after, checkpoints, resumed = _split(
+        list(classify(_classify_spec(checkpoint_every=1, device="cpu"), resume=state))
+    )
     assert [c.step for c in checkpoints] == [2, 3, 4]
     _same_history(full, before + after)
     _same_values(summary.values, resumed.values)
 
-    with pytest.raises(CheckpointError, match=r"another trial config: optimizer\.lr: "
-                                              r"checkpoint 0\.003, this trial 0\.01"):
-        next(classify(ClassifySpec.model_validate(
-            {**spec.model_dump(), "optimizer": {"name": "adam", "lr": 1e-2}}), resume=state))
+    with pytest.raises(
+        CheckpointError,
+        match=r"another trial config: optimizer\.lr: "
+        r"checkpoint 0\.003, this trial 0\.01",
+    ):
+        next(
+            classify(
+                ClassifySpec.model_validate(
+                    {**spec.model_dump(), "optimizer": {"name": "adam", "lr": 1e-2}}
+                ),
+                resume=state,
+            )
+        )
 
 
 def _saved(obj: Any) -> bytes:
@@ -162,11 +178,20 @@ def test_unusable_checkpoints_raise_naming_the_problem() -> None:
 
     # Same config, other model (a caller that builds a different net): the load fails.
     data = datasets.load(spec.data)
-    other = build_model(spec.model.model_copy(update={"hidden": [16]}), data.input_shape,
-                        data.num_classes)
-    events = fit(other, data, build_optimizer(other.parameters(), spec.optimizer), None,
-                 spec.train, spec.seed, torch.device("cpu"), resume=state,
-                 config=ckpt["config"])
+    other = build_model(
+        spec.model.model_copy(update={"hidden": [16]}), data.input_shape, data.num_classes
+    )
+    events = fit(
+        other,
+        data,
+        build_optimizer(other.parameters(), spec.optimizer),
+        None,
+        spec.train,
+        spec.seed,
+        torch.device("cpu"),
+        resume=state,
+        config=ckpt["config"],
+    )
     with pytest.raises(CheckpointError, match="does not fit this trial's model"):
         next(events)
 
@@ -189,8 +214,9 @@ def test_default_checkpoint_every_keeps_old_trial_keys() -> None:
     assert not {"checkpoint_every", "checkpoint_min_interval_s"} & set(TrainSpec().model_dump())
     dumped = TrainSpec(checkpoint_every=0, checkpoint_min_interval_s=5).model_dump(mode="json")
     assert (dumped["checkpoint_every"], dumped["checkpoint_min_interval_s"]) == (0, 5)
-    assert TrainSpec.model_validate(dumped) == TrainSpec(checkpoint_every=0,
-                                                         checkpoint_min_interval_s=5)
+    assert TrainSpec.model_validate(dumped) == TrainSpec(
+        checkpoint_every=0, checkpoint_min_interval_s=5
+    )
 
 
 def test_registry_reports_which_tasks_resume() -> None:
@@ -204,15 +230,24 @@ def test_registry_reports_which_tasks_resume() -> None:
 
 def test_finetune_resumes_across_the_unfreeze() -> None:
     model = {"name": "cnn_d", "channels": [4, 8], "dropout": 0.2}
-    pretrain = {"data": {"name": "digits", "classes": [0, 1, 2, 3, 4]}, "model": model,
-                "optimizer": {"name": "adam", "lr": 1e-2}, "scheduler": {"name": "constant"},
-                "train": {"epochs": 1}}
-    spec = FinetuneSpec.model_validate({
-        "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "per_class": 20},
-        "model": model, "optimizer": {"name": "adam", "lr": 1e-2},
-        "scheduler": {"name": "constant"}, "pretrain": pretrain,
-        "strategy": {"name": "gradual", "head_epochs": 2},
-        "train": {"epochs": 4, "batch_size": 16, "checkpoint_min_interval_s": 0}})
+    pretrain = {
+        "data": {"name": "digits", "classes": [0, 1, 2, 3, 4]},
+        "model": model,
+        "optimizer": {"name": "adam", "lr": 1e-2},
+        "scheduler": {"name": "constant"},
+        "train": {"epochs": 1},
+    }
+    spec = FinetuneSpec.model_validate(
+        {
+            "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "per_class": 20},
+            "model": model,
+            "optimizer": {"name": "adam", "lr": 1e-2},
+            "scheduler": {"name": "constant"},
+            "pretrain": pretrain,
+            "strategy": {"name": "gradual", "head_epochs": 2},
+            "train": {"epochs": 4, "batch_size": 16, "checkpoint_min_interval_s": 0},
+        }
+    )
     # Untrained weights stand in for the pretrain run: resume does not care what they learnt.
     torch.manual_seed(0)
     upstream = {"checkpoint.pt": save_checkpoint(build_model(spec.pretrain.model, (1, 8, 8), 5))}
@@ -228,12 +263,18 @@ def test_finetune_resumes_across_the_unfreeze() -> None:
 
 def _rank(rank: int, world: int, tmp: str) -> None:
     torch.set_num_threads(1)
-    torch_dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank,
-                                  world_size=world, timeout=timedelta(seconds=60))
+    torch_dist.init_process_group(
+        "gloo",
+        init_method=f"file://{tmp}/store",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
     ctx = DistContext(rank, world, "gloo")
     # A small training set: every step is a collective, and the machine is shared.
-    spec = ClassifySpec.model_validate({**_classify_spec().model_dump(),
-                                        "data": {"name": "digits", "per_class": 40}})
+    spec = ClassifySpec.model_validate(
+        {**_classify_spec().model_dump(), "data": {"name": "digits", "per_class": 40}}
+    )
     out: dict[str, Any] = {"full": list(classify(spec, dist=ctx))}
     # Every rank stops at the same event, as the orchestrator's per-event stop vote does.
     before, state = _until_checkpoint(classify(spec, dist=ctx), 1)
@@ -274,8 +315,9 @@ def test_every_scheduler_resumes_from_its_saved_state(name: str, warmup: float) 
 
     def fresh() -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
-        opt = torch.optim.SGD([{"params": params[:1], "lr": 0.1},
-                               {"params": params[1:], "lr": 0.01}], momentum=0.9)
+        opt = torch.optim.SGD(
+            [{"params": params[:1], "lr": 0.1}, {"params": params[1:], "lr": 0.01}], momentum=0.9
+        )
         return opt, build_scheduler(opt, spec, steps_per_epoch=7, epochs=6)
 
     def lrs(opt: torch.optim.Optimizer, sched: Any, n: int) -> list[float]:
@@ -288,8 +330,10 @@ def test_every_scheduler_resumes_from_its_saved_state(name: str, warmup: float) 
 
     opt, sched = fresh()
     lrs(opt, sched, 16)
-    state = torch.load(io.BytesIO(_saved({"optimizer": opt.state_dict(),
-                                          "scheduler": sched.state_dict()})), weights_only=True)
+    state = torch.load(
+        io.BytesIO(_saved({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})),
+        weights_only=True,
+    )
     expected = lrs(opt, sched, 20)
     opt2, sched2 = fresh()
     opt2.load_state_dict(state["optimizer"])

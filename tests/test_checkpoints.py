@@ -28,9 +28,18 @@ from tests.test_failures import MlflowServer, is_trial_worker, user_conf
 PLUGINS = "tests.plugins.paced_classify"
 EPOCHS = 40
 #: One deterministic 40-epoch digits-MLP trial, a checkpoint after every epoch.
-SWEEP = ["optimizers", "optimizer=adam", "model=mlp_d", "seed=0", f"train.epochs={EPOCHS}",
-         "train.checkpoint_every=1", "train.checkpoint_min_interval_s=0",
-         "task.name=classify_paced", "--tasks", PLUGINS]
+SWEEP = [
+    "optimizers",
+    "optimizer=adam",
+    "model=mlp_d",
+    "seed=0",
+    f"train.epochs={EPOCHS}",
+    "train.checkpoint_every=1",
+    "train.checkpoint_min_interval_s=0",
+    "task.name=classify_paced",
+    "--tasks",
+    PLUGINS,
+]
 FINAL = ("test/acc", "test/loss", "train/eval_loss", "val/acc", "val/loss")
 
 
@@ -65,8 +74,10 @@ def test_store_keeps_the_latest_behind_a_pointer_and_copies_history(store_uri: s
     tracker.log_metrics(first, {"system/cpu_utilization_percentage": 50.0}, 7)
     assert not store.save("k", first, Checkpoint(4, b""))  # a rank > 0's: nothing to store
     assert ml.get_run(first).data.tags[schema.TAG_CHECKPOINT_STEP] == "3"
-    assert sorted(a.path for a in ml.list_artifacts(first, schema.CHECKPOINTS_FOLDER)) == \
-        [schema.checkpoint_path(2), schema.checkpoint_path(3)]
+    assert sorted(a.path for a in ml.list_artifacts(first, schema.CHECKPOINTS_FOLDER)) == [
+        schema.checkpoint_path(2),
+        schema.checkpoint_path(3),
+    ]
     # The driver died after a newer artifact, before its pointer: that one is not used.
     tracker.log_files(first, {schema.checkpoint_name(5): b"partial"}, schema.CHECKPOINTS_FOLDER)
     tracker.end_run(first, "KILLED")
@@ -85,8 +96,9 @@ def test_store_keeps_the_latest_behind_a_pointer_and_copies_history(store_uri: s
     again.copy_history(first, second, 2)
     copied = ml.get_metric_history(second, "val/acc")
     original = ml.get_metric_history(first, "val/acc")
-    assert [(m.step, m.value, m.timestamp) for m in copied] == \
-        [(m.step, m.value, m.timestamp) for m in original if m.step <= 2]
+    assert [(m.step, m.value, m.timestamp) for m in copied] == [
+        (m.step, m.value, m.timestamp) for m in original if m.step <= 2
+    ]
     assert "system/cpu_utilization_percentage" not in ml.get_run(second).data.metrics
 
     # A checkpoint the task refused: the next attempt starts over, and a later resume does
@@ -106,9 +118,11 @@ def _trial_run(uri: str, experiment: str = "optimizers") -> list[Any]:
     exp = MlflowClient(uri).get_experiment_by_name(experiment)
     if exp is None:
         return []
-    return MlflowClient(uri).search_runs([exp.experiment_id],
-                                         f"tags.`{schema.TAG_KIND}` = 'trial'",
-                                         order_by=["attributes.start_time ASC"])
+    return MlflowClient(uri).search_runs(
+        [exp.experiment_id],
+        f"tags.`{schema.TAG_KIND}` = 'trial'",
+        order_by=["attributes.start_time ASC"],
+    )
 
 
 def _reference(tmp_path: Path) -> dict[str, float]:
@@ -131,15 +145,18 @@ def _assert_same_result(run: Any, reference: dict[str, float]) -> None:
         assert run.data.metrics[name] == pytest.approx(reference[name], rel=1e-5, abs=1e-6), name
 
 
-def _wait_for_checkpoint(uri: str, alive: Any, experiment: str = "optimizers",
-                         timeout: float = 300) -> Any:
+def _wait_for_checkpoint(
+    uri: str, alive: Any, experiment: str = "optimizers", timeout: float = 300
+) -> Any:
     """The running trial's run once it points at a checkpoint after step 0."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive():
         try:
             for run in _trial_run(uri, experiment):
-                if run.info.status == "RUNNING" and \
-                        int(run.data.tags.get(schema.TAG_CHECKPOINT_STEP, 0)) > 0:
+                if (
+                    run.info.status == "RUNNING"
+                    and int(run.data.tags.get(schema.TAG_CHECKPOINT_STEP, 0)) > 0
+                ):
                     return run
         except Exception:  # noqa: BLE001 - the store is being created by the sweep
             pass
@@ -148,7 +165,8 @@ def _wait_for_checkpoint(uri: str, alive: Any, experiment: str = "optimizers",
 
 
 def test_driver_killed_then_resumed_continues_from_the_checkpoint(
-        ray_session, tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ray_session, tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     proc = start_sweep(tracking_uri, SWEEP)
     try:
         victim = _wait_for_checkpoint(tracking_uri, lambda: proc.poll() is None)
@@ -176,11 +194,13 @@ def test_driver_killed_then_resumed_continues_from_the_checkpoint(
     assert f"resumed from its checkpoint at step {k} (attempt" in capsys.readouterr().out
 
 
-def test_worker_killed_then_retried_attempt_resumes(ray_session, tracking_uri: str,
-                                                    tmp_path: Path) -> None:
+def test_worker_killed_then_retried_attempt_resumes(
+    ray_session, tracking_uri: str, tmp_path: Path
+) -> None:
     codes: list[int] = []
-    sweep = threading.Thread(target=lambda: codes.append(main(
-        ["sweep", *SWEEP, "--tracking-uri", tracking_uri])))
+    sweep = threading.Thread(
+        target=lambda: codes.append(main(["sweep", *SWEEP, "--tracking-uri", tracking_uri]))
+    )
     sweep.start()
     victim = _wait_for_checkpoint(tracking_uri, sweep.is_alive)
     pid = int(victim.data.tags[schema.TAG_PID])
@@ -201,16 +221,34 @@ def test_worker_killed_then_retried_attempt_resumes(ray_session, tracking_uri: s
 
 
 def test_unusable_checkpoint_restarts_the_trial_once_from_scratch(
-        ray_session, tracking_uri: str, tmp_path: Path) -> None:
+    ray_session, tracking_uri: str, tmp_path: Path
+) -> None:
     """The retried attempt's task refuses the checkpoint: that attempt fails with the
     task's message and a third runs from scratch, once, saying so; the sweep finishes."""
-    conf = user_conf(tmp_path, "stepper", "steppers",
-                     {"steps": 20, "step_s": 0.3, "refuse_resume": True},
-                     {"seeds": 1, "metric": "final"})
+    conf = user_conf(
+        tmp_path,
+        "stepper",
+        "steppers",
+        {"steps": 20, "step_s": 0.3, "refuse_resume": True},
+        {"seeds": 1, "metric": "final"},
+    )
     codes: list[int] = []
-    sweep = threading.Thread(target=lambda: codes.append(main(
-        ["sweep", "steppers", "--config-dir", str(conf), "--tasks", "tests.plugins.resumable",
-         "--tracking-uri", tracking_uri])))
+    sweep = threading.Thread(
+        target=lambda: codes.append(
+            main(
+                [
+                    "sweep",
+                    "steppers",
+                    "--config-dir",
+                    str(conf),
+                    "--tasks",
+                    "tests.plugins.resumable",
+                    "--tracking-uri",
+                    tracking_uri,
+                ]
+            )
+        )
+    )
     sweep.start()
     victim = _wait_for_checkpoint(tracking_uri, sweep.is_alive, experiment="steppers")
     pid = int(victim.data.tags[schema.TAG_PID])
@@ -229,26 +267,39 @@ def test_unusable_checkpoint_restarts_the_trial_once_from_scratch(
     assert fresh.data.tags[schema.TAG_OUTCOME] == "finished"
     assert fresh.data.tags[schema.TAG_RESTARTED] == message
     assert schema.TAG_RESUMED_STEP not in fresh.data.tags
-    steps = [m.step for m in MlflowClient(tracking_uri).get_metric_history(
-        fresh.info.run_id, "score")]
+    steps = [
+        m.step for m in MlflowClient(tracking_uri).get_metric_history(fresh.info.run_id, "score")
+    ]
     assert steps == list(range(20))
 
 
 def test_two_rank_trial_resumes_every_rank_from_rank_0s_checkpoint(
-        ray_session, tracking_uri: str, tmp_path: Path) -> None:
+    ray_session, tracking_uri: str, tmp_path: Path
+) -> None:
     """A rank > 0 dies: the retried gang resumes, every rank from rank 0's stored state (a
     rank starting over would train other epochs than rank 0, and the result would differ)."""
     from tests.test_ddp import _workers
 
     epochs = 12
-    args = ["bn_sync", "resources.workers=2", "model.norm=syncbn", "train.batch_size=8",
-            "sweep.seeds=1", "data.per_class=60", f"train.epochs={epochs}",
-            "train.checkpoint_every=1", "train.checkpoint_min_interval_s=0",
-            "task.name=classify_paced", "--tasks", PLUGINS]
+    args = [
+        "bn_sync",
+        "resources.workers=2",
+        "model.norm=syncbn",
+        "train.batch_size=8",
+        "sweep.seeds=1",
+        "data.per_class=60",
+        f"train.epochs={epochs}",
+        "train.checkpoint_every=1",
+        "train.checkpoint_min_interval_s=0",
+        "task.name=classify_paced",
+        "--tasks",
+        PLUGINS,
+    ]
     proc = start_sweep(tracking_uri, args)
     try:
-        victim = _wait_for_checkpoint(tracking_uri, lambda: proc.poll() is None,
-                                      experiment="bn_sync")
+        victim = _wait_for_checkpoint(
+            tracking_uri, lambda: proc.poll() is None, experiment="bn_sync"
+        )
         (rank1,) = _workers(proc, "GroupWorker.run_rank")  # rank 0 runs ``run``
         rank1.kill()
         out, err = proc.communicate(timeout=600)
@@ -264,8 +315,9 @@ def test_two_rank_trial_resumes_every_rank_from_rank_0s_checkpoint(
     k = int(second.data.tags[schema.TAG_RESUMED_STEP])
     assert k > 0
     ml = MlflowClient(tracking_uri)
-    assert sorted(m.step for m in ml.get_metric_history(second.info.run_id, "val/acc")) == \
-        list(range(epochs))
+    assert sorted(m.step for m in ml.get_metric_history(second.info.run_id, "val/acc")) == list(
+        range(epochs)
+    )
 
     reference = f"sqlite:///{tmp_path / 'reference.db'}"
     assert main(["sweep", *args, "--tracking-uri", reference]) == 0

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CLAIM_ID = re.compile(r"^\|\s*((?:OPT|LR|FT|BN|HP|INIT|ACT|REG|ARCH|BNW|ERR)-\d+)\s*\|", re.MULTILINE)
+CLAIM_ID = re.compile(
+    r"^\|\s*((?:OPT|LR|FT|BN|HP|INIT|ACT|REG|ARCH|BNW|ERR)-\d+)\s*\|", re.MULTILINE
+)
 KINDS = ("study", "test", "out_of_scope", "pending")
 
 
@@ -40,7 +42,9 @@ def _study_claims(name: str) -> set[str]:
 
 def _test_functions(file: Path) -> set[str]:
     tree = ast.parse(file.read_text())
-    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test")}
+    return {
+        n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test")
+    }
 
 
 def test_every_catalogue_id_is_accounted_for_and_nothing_else() -> None:
@@ -69,7 +73,9 @@ def test_every_mapped_place_exists() -> None:
                 if not study.is_file():
                     problems.append(f"{cid}: no study {place['study']}")
                 elif place.get("claim") not in _study_claims(place["study"]):
-                    problems.append(f"{cid}: study {place['study']} has no claim {place.get('claim')}")
+                    problems.append(
+                        f"{cid}: study {place['study']} has no claim {place.get('claim')}"
+                    )
             elif "test" in place:
                 file, _, fn = place["test"].partition("::")
                 if not (ROOT / file).is_file() or fn not in _test_functions(ROOT / file):

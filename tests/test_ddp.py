@@ -58,15 +58,18 @@ def _curves(tracking_uri: str, sweep_id: str) -> dict[str, dict[str, np.ndarray]
     for _, row in df.iterrows():
         out[row["model.norm"]] = {
             m: client.history(row.run_id, m).sort_values("step").value.to_numpy()
-            for m in ("train/loss", "val/loss", "val/acc")}
+            for m in ("train/loss", "val/loss", "val/acc")
+        }
     return out
 
 
 def test_two_workers_match_one_worker_at_twice_the_batch(ray_session, tracking_uri: str) -> None:
-    single = _sweep(tracking_uri, "resources.workers=1", "train.batch_size=32",
-                    "model.norm=none,bn")
-    double = _sweep(tracking_uri, "resources.workers=2", "train.batch_size=16",
-                    "model.norm=none,bn,syncbn")
+    single = _sweep(
+        tracking_uri, "resources.workers=1", "train.batch_size=32", "model.norm=none,bn"
+    )
+    double = _sweep(
+        tracking_uri, "resources.workers=2", "train.batch_size=16", "model.norm=none,bn,syncbn"
+    )
     one, two = _curves(tracking_uri, single), _curves(tracking_uri, double)
 
     # No BN: data parallelism is a larger batch with averaged gradients (BN-6).
@@ -82,8 +85,9 @@ def test_two_workers_match_one_worker_at_twice_the_batch(ray_session, tracking_u
     # Rank 0 alone reports: one child run per trial, one value per step, all global.
     ml = MlflowClient(tracking_uri)
     parent = Client(tracking_uri).sweep_run(double)
-    children = ml.search_runs([parent.info.experiment_id],
-                              f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    children = ml.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     assert len(children) == 3
     for run in children:
         history = ml.get_metric_history(run.info.run_id, "train/loss")
@@ -100,9 +104,14 @@ def test_two_workers_match_one_worker_at_twice_the_batch(ray_session, tracking_u
 
 # -- processes: cancel and dead ranks (a subprocess sweep with its own local Ray) ---------
 
-LONG = ["bn_sync", "resources.workers=2", "model.norm=syncbn", "train.batch_size=8",
-        "sweep.seeds=1", "train.epochs=500"]
-
+LONG = [
+    "bn_sync",
+    "resources.workers=2",
+    "model.norm=syncbn",
+    "train.batch_size=8",
+    "sweep.seeds=1",
+    "train.epochs=500",
+]
 
 
 def _workers(sweep: subprocess.Popen, method: str = "") -> list[psutil.Process]:
@@ -152,35 +161,59 @@ def test_dead_rank_retries_the_trial(tracking_uri: str) -> None:
     epochs = 6
     proc = start_sweep(tracking_uri, [*LONG[:-1], f"train.epochs={epochs}", "data.per_class=60"])
     sweep_id = wait_running(tracking_uri, proc, timeout=240)
-    (rank1,) = _workers(proc, "GroupWorker.run_rank")  # rank 0 runs ``run``, the others ``run_rank``
+    (rank1,) = _workers(
+        proc, "GroupWorker.run_rank"
+    )  # rank 0 runs ``run``, the others ``run_rank``
     rank1.kill()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
 
     ml = MlflowClient(tracking_uri)
     parent = Client(tracking_uri).sweep_run(sweep_id)
-    runs = ml.search_runs([parent.info.experiment_id],
-                          f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    runs = ml.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     by_outcome = {r.data.tags["orch.outcome"]: r for r in runs}
     assert set(by_outcome) == {"retried", "finished"}, [r.data.tags for r in runs]
-    assert "rank" in by_outcome["retried"].data.tags["orch.error"].lower() or \
-        "died" in by_outcome["retried"].data.tags["orch.error"].lower()
+    assert (
+        "rank" in by_outcome["retried"].data.tags["orch.error"].lower()
+        or "died" in by_outcome["retried"].data.tags["orch.error"].lower()
+    )
     assert by_outcome["finished"].data.tags["orch.attempt"] == "2"
     assert len(ml.get_metric_history(by_outcome["finished"].info.run_id, "val/acc")) == epochs
 
 
 def test_two_worker_trial_over_its_memory_limit_fails_and_the_sweep_goes_on(
-        ray_session, tracking_uri: str, tmp_path: Path) -> None:
+    ray_session, tracking_uri: str, tmp_path: Path
+) -> None:
     """The one trial runner serves gangs too: a k=2 trial over ``resources.memory_mb`` ends
     FAILED with the memory error, the next trial runs on a fresh gang, and the run carries
     the worker's ``system/*`` metrics."""
     from tests.test_failures import PLUGINS, trial_runs, user_conf
 
-    conf = user_conf(tmp_path, "hog", "hogs2", {"total_mb": 3000, "every_s": 0.1},
-                     {"axes": {"total_mb": "3000,100"}, "metric": "held_mb", "retries": 0},
-                     resources={"memory_mb": 1200, "workers": 2, "cpus": 1})
-    assert main(["sweep", "hogs2", "--config-dir", str(conf), "--tasks", PLUGINS,
-                 "--tracking-uri", tracking_uri]) == 0
+    conf = user_conf(
+        tmp_path,
+        "hog",
+        "hogs2",
+        {"total_mb": 3000, "every_s": 0.1},
+        {"axes": {"total_mb": "3000,100"}, "metric": "held_mb", "retries": 0},
+        resources={"memory_mb": 1200, "workers": 2, "cpus": 1},
+    )
+    assert (
+        main(
+            [
+                "sweep",
+                "hogs2",
+                "--config-dir",
+                str(conf),
+                "--tasks",
+                PLUGINS,
+                "--tracking-uri",
+                tracking_uri,
+            ]
+        )
+        == 0
+    )
     runs = {int(r.data.params["total_mb"]): r for r in trial_runs(tracking_uri, "hogs2")}
     hog, small = runs[3000], runs[100]
     assert hog.data.params["resources.workers"] == "2"

@@ -26,13 +26,22 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 DASHBOARDS = ROOT / "dashboards" / "grafana"
 
-LONG_RUNNING = ("postgres", "mlflow", "ray-head", "ray-worker", "ray-gpu-worker", "prometheus",
-                "grafana")
+LONG_RUNNING = (
+    "postgres",
+    "mlflow",
+    "ray-head",
+    "ray-worker",
+    "ray-gpu-worker",
+    "prometheus",
+    "grafana",
+)
 #: Named volume -> (service, mount path) that must hold it: the data that survives a restart.
-PERSISTENT = {"pgdata": ("postgres", "/var/lib/postgresql/data"),
-              "mlflow-artifacts": ("mlflow", "/mlflow/artifacts"),
-              "grafana-data": ("grafana", "/var/lib/grafana"),
-              "prometheus-data": ("prometheus", "/prometheus")}
+PERSISTENT = {
+    "pgdata": ("postgres", "/var/lib/postgresql/data"),
+    "mlflow-artifacts": ("mlflow", "/mlflow/artifacts"),
+    "grafana-data": ("grafana", "/var/lib/grafana"),
+    "prometheus-data": ("prometheus", "/prometheus"),
+}
 SECRET_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN)", re.I)
 INTERPOLATION = re.compile(r"^\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}$")
 
@@ -77,8 +86,14 @@ def test_compose_services_and_healthchecks(compose: dict[str, Any]) -> None:
 
 def test_compose_depends_on_healthy(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    expected = {"mlflow": "postgres", "ray-head": "mlflow", "ray-worker": "ray-head",
-                "ray-gpu-worker": "ray-head", "prometheus": "ray-head", "grafana": "prometheus"}
+    expected = {
+        "mlflow": "postgres",
+        "ray-head": "mlflow",
+        "ray-worker": "ray-head",
+        "ray-gpu-worker": "ray-head",
+        "prometheus": "ray-head",
+        "grafana": "prometheus",
+    }
     for name, dep in expected.items():
         depends = services[name]["depends_on"]
         assert depends[dep]["condition"] == "service_healthy", f"{name} -> {dep}"
@@ -169,8 +184,12 @@ def test_no_secret_values_in_any_docker_file() -> None:
         for line in path.read_text().splitlines():
             if line.lstrip().startswith(("#", ";")):
                 continue
-            m = re.match(r"^\s*-?\s*([A-Za-z0-9_]*(?:password|secret|token)[A-Za-z0-9_]*)"
-                         r"\s*[:=]\s*(.*)$", line, re.I)
+            m = re.match(
+                r"^\s*-?\s*([A-Za-z0-9_]*(?:password|secret|token)[A-Za-z0-9_]*)"
+                r"\s*[:=]\s*(.*)$",
+                line,
+                re.I,
+            )
             if m and m.group(2).strip():
                 assert m.group(2).strip().startswith("${"), f"{path.name}: {line.strip()}"
 
@@ -235,8 +254,9 @@ def test_grafana_provisioning(compose: dict[str, Any]) -> None:
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
     boards = yaml.safe_load((prov / "dashboards" / "orch.yaml").read_text())
     path = boards["providers"][0]["options"]["path"]
-    mounts = dict((t.removesuffix(":ro"), s) for s, t in
-                  volume_mounts(compose["services"]["grafana"]))
+    mounts = dict(
+        (t.removesuffix(":ro"), s) for s, t in volume_mounts(compose["services"]["grafana"])
+    )
     assert (DOCKER / mounts[path]).resolve() == DASHBOARDS.resolve()
     # Every dashboard queries the provisioned datasource by its uid.
     for board in DASHBOARDS.glob("*.json"):
@@ -253,8 +273,16 @@ def test_dashboards_valid_with_required_panels() -> None:
     assert boards
     board = json.loads((DASHBOARDS / "orch-service.json").read_text())
     panels = exprs(board)
-    for title in ("Trials running", "Trials finished", "Trials failed", "Trial throughput",
-                  "Queue wait", "GPU utilization per node", "Node CPU", "Node memory"):
+    for title in (
+        "Trials running",
+        "Trials finished",
+        "Trials failed",
+        "Trial throughput",
+        "Queue wait",
+        "GPU utilization per node",
+        "Node CPU",
+        "Node memory",
+    ):
         assert title in panels and panels[title], title
     assert "ray_orch_trials_running" in panels["Trials running"][0]
     assert 'outcome="finished"' in panels["Trials finished"][0]
@@ -272,8 +300,9 @@ def test_dashboard_metrics_are_exported_names() -> None:
     (Ray prefixes ``ray_``; counters gain ``_total``; histograms ``_bucket/_sum/_count``),
     and every exported metric is shown somewhere."""
     exported = {name for names in metrics.EXPORTED.values() for name in names}
-    assert all(n.startswith("ray_" + base) for base, names in metrics.EXPORTED.items()
-               for n in names)
+    assert all(
+        n.startswith("ray_" + base) for base, names in metrics.EXPORTED.items() for n in names
+    )
     queried: set[str] = set()
     for board in DASHBOARDS.glob("*.json"):
         for expressions in exprs(json.loads(board.read_text())).values():

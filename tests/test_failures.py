@@ -30,21 +30,31 @@ MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def user_conf(tmp: Path, task: str, study: str, fields: dict[str, Any], sweep: dict[str, Any],
-              resources: dict[str, Any] | None = None) -> Path:
+def user_conf(
+    tmp: Path,
+    task: str,
+    study: str,
+    fields: dict[str, Any],
+    sweep: dict[str, Any],
+    resources: dict[str, Any] | None = None,
+) -> Path:
     """A ``--config-dir`` holding ``task/TASK.yaml`` and ``study/STUDY.yaml`` for a plugin task."""
     conf = tmp / "conf"
     (conf / "task").mkdir(parents=True, exist_ok=True)
     (conf / "study").mkdir(exist_ok=True)
     (conf / "task" / f"{task}.yaml").write_text(
-        "# @package _global_\n" + yaml.safe_dump({"task": {"name": task}, "seed": 0, **fields}))
-    study_cfg: dict[str, Any] = {"defaults": [{"override /task": task}],
-                                 "study": {"name": study, "description": f"{task} test"},
-                                 "sweep": sweep}
+        "# @package _global_\n" + yaml.safe_dump({"task": {"name": task}, "seed": 0, **fields})
+    )
+    study_cfg: dict[str, Any] = {
+        "defaults": [{"override /task": task}],
+        "study": {"name": study, "description": f"{task} test"},
+        "sweep": sweep,
+    }
     if resources:
         study_cfg["resources"] = resources
     (conf / "study" / f"{study}.yaml").write_text(
-        "# @package _global_\n" + yaml.safe_dump(study_cfg, sort_keys=False))
+        "# @package _global_\n" + yaml.safe_dump(study_cfg, sort_keys=False)
+    )
     return conf
 
 
@@ -57,8 +67,7 @@ def trial_runs(uri: str, study: str) -> list:
     exp = ml.get_experiment_by_name(study)
     if exp is None:
         return []
-    return list(ml.search_runs([exp.experiment_id], "tags.`orch.kind` = 'trial'",
-                               max_results=1000))
+    return list(ml.search_runs([exp.experiment_id], "tags.`orch.kind` = 'trial'", max_results=1000))
 
 
 def free_port() -> int:
@@ -76,17 +85,34 @@ def is_trial_worker(pid: int) -> bool:
 
 
 # -- 1. a worker killed mid-trial ------------------------------------------------------------
-def test_worker_killed_mid_trial_is_retried(ray_session, tracking_uri: str,
-                                            tmp_path: Path) -> None:
+def test_worker_killed_mid_trial_is_retried(ray_session, tracking_uri: str, tmp_path: Path) -> None:
     """SIGKILL the process running a trial: that attempt ends FAILED (outcome retried), the
     trial runs again on a fresh worker and finishes; Client.trials shows one row per trial.
     The finished attempt also carries the worker's system metrics."""
-    conf = user_conf(tmp_path, "slow", "slowpoke", {"steps": 8, "step_s": 0.5},
-                     {"seeds": 2, "metric": "final", "retries": 1})
+    conf = user_conf(
+        tmp_path,
+        "slow",
+        "slowpoke",
+        {"steps": 8, "step_s": 0.5},
+        {"seeds": 2, "metric": "final", "retries": 1},
+    )
     codes: list[int] = []
-    sweep = threading.Thread(target=lambda: codes.append(main(
-        ["sweep", "slowpoke", "--config-dir", str(conf), "--tasks", PLUGINS,
-         "--tracking-uri", tracking_uri])))
+    sweep = threading.Thread(
+        target=lambda: codes.append(
+            main(
+                [
+                    "sweep",
+                    "slowpoke",
+                    "--config-dir",
+                    str(conf),
+                    "--tasks",
+                    PLUGINS,
+                    "--tracking-uri",
+                    tracking_uri,
+                ]
+            )
+        )
+    )
     sweep.start()
 
     victim: dict[str, Any] = {}
@@ -95,10 +121,16 @@ def test_worker_killed_mid_trial_is_retried(ray_session, tracking_uri: str,
         try:
             for run in trial_runs(tracking_uri, "slowpoke"):
                 # Mid-trial: it is running and has reported at least one step.
-                if run.info.status == "RUNNING" and "score" in run.data.metrics \
-                        and is_trial_worker(int(run.data.tags["orch.pid"])):
-                    victim = {"pid": int(run.data.tags["orch.pid"]),
-                              "key": run.data.tags["orch.trial_key"], "run": run.info.run_id}
+                if (
+                    run.info.status == "RUNNING"
+                    and "score" in run.data.metrics
+                    and is_trial_worker(int(run.data.tags["orch.pid"]))
+                ):
+                    victim = {
+                        "pid": int(run.data.tags["orch.pid"]),
+                        "key": run.data.tags["orch.trial_key"],
+                        "run": run.info.run_id,
+                    }
                     break
         except Exception:  # noqa: BLE001 - the store is being created by the sweep
             pass
@@ -108,8 +140,11 @@ def test_worker_killed_mid_trial_is_retried(ray_session, tracking_uri: str,
     sweep.join(timeout=300)
     assert not sweep.is_alive() and codes == [0]
 
-    attempts = [r for r in trial_runs(tracking_uri, "slowpoke")
-                if r.data.tags["orch.trial_key"] == victim["key"]]
+    attempts = [
+        r
+        for r in trial_runs(tracking_uri, "slowpoke")
+        if r.data.tags["orch.trial_key"] == victim["key"]
+    ]
     by_attempt = {int(r.data.tags["orch.attempt"]): r for r in attempts}
     assert sorted(by_attempt) == [1, 2]
     first, second = by_attempt[1], by_attempt[2]
@@ -137,12 +172,31 @@ def test_worker_killed_mid_trial_is_retried(ray_session, tracking_uri: str,
 
 
 # -- 2. a trial raising, a trial going NaN ----------------------------------------------------
-def test_raise_and_nan_are_recorded_and_sweep_goes_on(ray_session, tracking_uri: str,
-                                                      tmp_path: Path) -> None:
-    conf = user_conf(tmp_path, "nan", "nans", {"nan_seeds": [1], "raise_seeds": [2]},
-                     {"seeds": 3, "metric": "loss", "mode": "min"})
-    assert main(["sweep", "nans", "--config-dir", str(conf), "--tasks", PLUGINS,
-                 "--tracking-uri", tracking_uri]) == 0
+def test_raise_and_nan_are_recorded_and_sweep_goes_on(
+    ray_session, tracking_uri: str, tmp_path: Path
+) -> None:
+    conf = user_conf(
+        tmp_path,
+        "nan",
+        "nans",
+        {"nan_seeds": [1], "raise_seeds": [2]},
+        {"seeds": 3, "metric": "loss", "mode": "min"},
+    )
+    assert (
+        main(
+            [
+                "sweep",
+                "nans",
+                "--config-dir",
+                str(conf),
+                "--tasks",
+                PLUGINS,
+                "--tracking-uri",
+                tracking_uri,
+            ]
+        )
+        == 0
+    )
     runs = {int(r.data.params["seed"]): r for r in trial_runs(tracking_uri, "nans")}
     assert sorted(runs) == [0, 1, 2]
     ok, nan, raised = runs[0], runs[1], runs[2]
@@ -155,8 +209,9 @@ def test_raise_and_nan_are_recorded_and_sweep_goes_on(ray_session, tracking_uri:
     ml = MlflowClient(tracking_uri)
     assert raised.data.tags["orch.outcome"] == "failed" and raised.info.status == "FAILED"
     assert raised.data.tags["orch.error"] == "ValueError: raised at step 1 (seed 2)"
-    assert [a.path for a in ml.list_artifacts(raised.info.run_id, "error")] == \
-        ["error/traceback.txt"]
+    assert [a.path for a in ml.list_artifacts(raised.info.run_id, "error")] == [
+        "error/traceback.txt"
+    ]
     tb = Path(ml.download_artifacts(raised.info.run_id, "error/traceback.txt", str(tmp_path)))
     text = tb.read_text()
     assert text.startswith("Traceback") and "failing_tasks.py" in text
@@ -168,15 +223,34 @@ def test_raise_and_nan_are_recorded_and_sweep_goes_on(ray_session, tracking_uri:
 
 
 # -- 3. a trial over resources.memory_mb ------------------------------------------------------
-def test_memory_limit_stops_the_trial_and_replaces_its_worker(ray_session, tracking_uri: str,
-                                                              tmp_path: Path) -> None:
+def test_memory_limit_stops_the_trial_and_replaces_its_worker(
+    ray_session, tracking_uri: str, tmp_path: Path
+) -> None:
     """The hog grows to 3000 MB in 50 MB steps; the limit is 1200 MB. The watchdog ends the
     trial as failed (out of memory) and the slot's next trial runs in a fresh process."""
-    conf = user_conf(tmp_path, "hog", "hogs", {"total_mb": 3000},
-                     {"axes": {"total_mb": "3000,100"}, "metric": "held_mb",
-                      "max_concurrent": 1}, resources={"memory_mb": 1200})
-    assert main(["sweep", "hogs", "--config-dir", str(conf), "--tasks", PLUGINS,
-                 "--tracking-uri", tracking_uri]) == 0
+    conf = user_conf(
+        tmp_path,
+        "hog",
+        "hogs",
+        {"total_mb": 3000},
+        {"axes": {"total_mb": "3000,100"}, "metric": "held_mb", "max_concurrent": 1},
+        resources={"memory_mb": 1200},
+    )
+    assert (
+        main(
+            [
+                "sweep",
+                "hogs",
+                "--config-dir",
+                str(conf),
+                "--tasks",
+                PLUGINS,
+                "--tracking-uri",
+                tracking_uri,
+            ]
+        )
+        == 0
+    )
     runs = {int(r.data.params["total_mb"]): r for r in trial_runs(tracking_uri, "hogs")}
     hog, small = runs[3000], runs[100]
     assert hog.data.tags["orch.outcome"] == "failed" and hog.info.status == "FAILED"
@@ -200,11 +274,15 @@ def test_ray_out_of_memory_is_named_not_a_silent_death() -> None:
 
     from orchestrator.runtime.memory import is_out_of_memory
 
-    assert is_out_of_memory(OutOfMemoryError(
-        "Task was killed due to the node running low on memory.\nMemory on the node ..."))
+    assert is_out_of_memory(
+        OutOfMemoryError(
+            "Task was killed due to the node running low on memory.\nMemory on the node ..."
+        )
+    )
     assert not is_out_of_memory(ActorDiedError())
-    assert not is_out_of_memory(RuntimeError("(1) The process is killed by SIGKILL by OOM "
-                                             "killer due to high memory usage."))
+    assert not is_out_of_memory(
+        RuntimeError("(1) The process is killed by SIGKILL by OOM killer due to high memory usage.")
+    )
 
 
 # -- 4. the tracking server unreachable, or lost mid-sweep -----------------------------------
@@ -214,14 +292,21 @@ def _sweep_cmd(*args: str) -> list[str]:
 
 def test_tracking_server_unreachable_at_start_fails_fast_before_ray(tmp_path: Path) -> None:
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    probe = ("import sys, ray\nfrom orchestrator.cli import main\n"
-             f"code = main(['sweep', 'mine', '--config-dir', {str(ROOT / 'tests/data/user_conf')!r},"
-             f" '--tasks', {PLUGINS!r}, '--tracking-uri', {uri!r}])\n"
-             "print('ray initialized:', ray.is_initialized())\nsys.exit(code)\n")
+    probe = (
+        "import sys, ray\nfrom orchestrator.cli import main\n"
+        f"code = main(['sweep', 'mine', '--config-dir', {str(ROOT / 'tests/data/user_conf')!r},"
+        f" '--tasks', {PLUGINS!r}, '--tracking-uri', {uri!r}])\n"
+        "print('ray initialized:', ray.is_initialized())\nsys.exit(code)\n"
+    )
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     took = time.monotonic() - start
     assert proc.returncode == 1, proc.stderr
     assert f"tracking store '{uri}' is unreachable" in proc.stderr
@@ -234,20 +319,34 @@ class MlflowServer:
     """A real ``mlflow server`` subprocess (sqlite backend, served artifacts) that a test can
     kill and start again on the same port."""
 
-    def __init__(self, tmp: Path, port: int | None = None,
-                 backend: str | None = None) -> None:
+    def __init__(self, tmp: Path, port: int | None = None, backend: str | None = None) -> None:
         self.tmp, self.port = tmp, port or free_port()
         self.backend = backend or f"sqlite:///{tmp / 'server.db'}"
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "MlflowServer":
+    def start(self, timeout: float = 120) -> MlflowServer:
         self.proc = subprocess.Popen(
-            [MLFLOW, "server", "--backend-store-uri", self.backend, "--serve-artifacts",
-             "--artifacts-destination", str(self.tmp / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "server.log", "ab"),
-            start_new_session=True)  # its own process group: kill() ends its workers too
+            [
+                MLFLOW,
+                "server",
+                "--backend-store-uri",
+                self.backend,
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(self.tmp / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            cwd=self.tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.tmp / "server.log", "ab"),
+            start_new_session=True,
+        )  # its own process group: kill() ends its workers too
         deadline = time.monotonic() + timeout
         import urllib.request
 
@@ -286,12 +385,19 @@ def test_tracking_server_lost_mid_sweep_then_back(tmp_path: Path) -> None:
     sweep completes (exit 0) and every step's metric is in the store, those logged while it
     was down included."""
     server = MlflowServer(tmp_path).start()
-    conf = user_conf(tmp_path, "slow", "outage", {"steps": 24, "step_s": 0.5},
-                     {"seeds": 2, "metric": "final"})
-    sweep = subprocess.Popen(_sweep_cmd("outage", "--config-dir", str(conf), "--tasks", PLUGINS,
-                                        "--tracking-uri", server.uri),
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    conf = user_conf(
+        tmp_path, "slow", "outage", {"steps": 24, "step_s": 0.5}, {"seeds": 2, "metric": "final"}
+    )
+    sweep = subprocess.Popen(
+        _sweep_cmd(
+            "outage", "--config-dir", str(conf), "--tasks", PLUGINS, "--tracking-uri", server.uri
+        ),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         _wait_metric(server.uri, "outage", "score")
         server.kill()
@@ -317,8 +423,7 @@ def test_tracking_server_lost_mid_sweep_then_back(tmp_path: Path) -> None:
         for run in done:
             history = ml.get_metric_history(run.info.run_id, "score")
             assert sorted(p.step for p in history) == list(range(24))  # none lost, none twice
-            logged_while_down += sum(down_at * 1000 <= p.timestamp <= up_at * 1000
-                                     for p in history)
+            logged_while_down += sum(down_at * 1000 <= p.timestamp <= up_at * 1000 for p in history)
         assert logged_while_down >= 2  # the outage really fell inside the trials
     finally:
         server.kill()
@@ -328,13 +433,19 @@ def test_tracking_server_gone_for_good_is_reported_exit_1(tmp_path: Path) -> Non
     """The server dies mid-sweep and never comes back: the trials still run, and the user
     is told what could not be written (stderr) with exit code 1."""
     server = MlflowServer(tmp_path).start()
-    conf = user_conf(tmp_path, "slow", "gone", {"steps": 10, "step_s": 0.4},
-                     {"seeds": 1, "metric": "final"})
-    sweep = subprocess.Popen(_sweep_cmd("gone", "--config-dir", str(conf), "--tasks", PLUGINS,
-                                        "--tracking-uri", server.uri),
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT),
-                                             "ORCH_TRACKING_OUTAGE_S": "5"})
+    conf = user_conf(
+        tmp_path, "slow", "gone", {"steps": 10, "step_s": 0.4}, {"seeds": 1, "metric": "final"}
+    )
+    sweep = subprocess.Popen(
+        _sweep_cmd(
+            "gone", "--config-dir", str(conf), "--tasks", PLUGINS, "--tracking-uri", server.uri
+        ),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ORCH_TRACKING_OUTAGE_S": "5"},
+    )
     try:
         _wait_metric(server.uri, "gone", "score")
         server.kill()
@@ -360,10 +471,17 @@ def test_local_cluster_secure_defaults(tmp_path: Path) -> None:
         "node = ray._private.worker._global_node\n"
         "print('webui=' + repr(node.address_info.get('webui_url')))\n"
         "print('token=' + str(get_authentication_mode() == AuthenticationMode.TOKEN))\n"
-        "ray.shutdown()\n")
+        "ray.shutdown()\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**env, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "webui=''" in proc.stdout or "webui=None" in proc.stdout
     assert "token=True" in proc.stdout

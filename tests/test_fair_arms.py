@@ -24,9 +24,14 @@ def _effective(cfg: dict) -> float:
     return cfg["lr"] / (1 - cfg.get("momentum", 0.0))
 
 
-@pytest.mark.parametrize("a,b", [("sgd_momentum_matched", "sgd"),    # OPT-1
-                                 ("nesterov", "sgd_momentum"),       # OPT-2
-                                 ("rmsprop_momentum", "adam")])      # OPT-5
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        ("sgd_momentum_matched", "sgd"),  # OPT-1
+        ("nesterov", "sgd_momentum"),  # OPT-2
+        ("rmsprop_momentum", "adam"),
+    ],
+)  # OPT-5
 def test_compared_optimizers_take_the_same_effective_step(a: str, b: str) -> None:
     assert _effective(_opt(a)) == pytest.approx(_effective(_opt(b)))
 

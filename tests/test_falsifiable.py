@@ -1,8 +1,9 @@
 """Every built-in claim can be confirmed and can be refuted by the design its study runs.
 
 For each claim of each ``conf/study/*.yaml`` (read directly, parsed with the verdict module's
-parser; the search claims of hpo.yaml are a different engine), the trial table is the one the study's plan produces: the planner's trials (arms of
-its axes and sub-grids, its seeds; a trial shared by overlapping grids gets a row per arm,
+parser; the search claims of hpo.yaml are a different engine), the trial table is the one
+the study's plan produces: the planner's trials (arms of its axes and sub-grids, its
+seeds; a trial shared by overlapping grids gets a row per arm,
 as ``Client.trials`` gives it). Its metrics are synthetic: in one table the notes' prediction
 clearly holds (a large effect, tiny noise), in the other its opposite clearly holds, and the
 engine must say confirmed and refuted. A claim is evaluated at the one-sided level
@@ -40,10 +41,9 @@ from orchestrator.verdicts import (
 )
 
 STUDIES = Path(__file__).resolve().parent.parent / "conf" / "study"
-BASE = 0.6       # every metric's value where the scenario says nothing
-NOISE = 0.002    # per-trial noise, tiny next to the effects
-METRICS = ("test/acc", "val/acc", "train/eval_loss", "time/step_ms", "backbone/drift",
-           "gap/acc")
+BASE = 0.6  # every metric's value where the scenario says nothing
+NOISE = 0.002  # per-trial noise, tiny next to the effects
+METRICS = ("test/acc", "val/acc", "train/eval_loss", "time/step_ms", "backbone/drift", "gap/acc")
 
 
 def _study_claims() -> list[tuple[str, ClaimSpec, int]]:
@@ -65,8 +65,15 @@ def _design(study: str, quick: bool) -> pd.DataFrame:
     rows = []
     for t in plan.trials:
         for arm in (t.arm, *t.also):
-            rows.append({"run_id": f"t{t.index}", "trial_index": t.index, "seed": t.seed,
-                         "outcome": "finished", **arm})
+            rows.append(
+                {
+                    "run_id": f"t{t.index}",
+                    "trial_index": t.index,
+                    "seed": t.seed,
+                    "outcome": "finished",
+                    **arm,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -83,8 +90,9 @@ def _is(table: pd.DataFrame, col: str, value: Any) -> pd.Series:
     return table[col].map(lambda v: any(values_match(v, x) for x in values)).astype(bool)
 
 
-def _scenario(claim: ClaimSpec, design: pd.DataFrame, study: str, holds: bool, winner: Any
-              ) -> tuple[pd.DataFrame, dict[str, float]]:
+def _scenario(
+    claim: ClaimSpec, design: pd.DataFrame, study: str, holds: bool, winner: Any
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """The design with metrics (or outcomes) in which the claim (``holds``) or its opposite
     clearly holds; ``winner`` is the arm made best for ``best`` claims. Returns the table and
     each run's value of the claim's metric (its per-epoch history for ``at_step``)."""
@@ -105,7 +113,9 @@ def _scenario(claim: ClaimSpec, design: pd.DataFrame, study: str, holds: bool, w
             up = (claim.predict == "increasing") == holds
             event = (x > mid) if up else (x < mid)
         else:
-            favoured = claim.a if (claim.predict in ("a_better", "a_not_worse")) == holds else claim.b
+            favoured = (
+                claim.a if (claim.predict in ("a_better", "a_not_worse")) == holds else claim.b
+            )
             other = claim.b if favoured == claim.a else claim.a
             event = _is(t, axis, other)
         t.loc[event, "outcome"] = "diverged"
@@ -169,8 +179,11 @@ def _outcomes(claim: ClaimSpec, design: pd.DataFrame, study: str, k: int) -> tup
     arms = list(dict.fromkeys(scope[claim.axis or ""]))
     inside = [a for a in arms if any(values_match(a, p) for p in claim.predict_in or [])]
     outside = [a for a in arms if a not in inside]
-    yes = [_verdict(claim, *_scenario(claim, design, study, True, a), k) for a in inside
-           if not _diverges(study, scope[_is(scope, claim.axis or "", a)]).all()]
+    yes = [
+        _verdict(claim, *_scenario(claim, design, study, True, a), k)
+        for a in inside
+        if not _diverges(study, scope[_is(scope, claim.axis or "", a)]).all()
+    ]
     no = [_verdict(claim, *_scenario(claim, design, study, False, a), k) for a in outside]
     return yes, no
 
@@ -202,6 +215,14 @@ def test_quick_variant_is_never_wrong(study: str, claim: ClaimSpec, k: int) -> N
 
 def test_every_study_with_claims_is_covered() -> None:
     covered = {s for s, _, _ in CLAIMS}
-    assert covered == {"bn_sync", "finetune", "lr_schedules", "optimizers", "init_act",
-                       "mnist1d_baselines", "regularization", "norm_batch"}
+    assert covered == {
+        "bn_sync",
+        "finetune",
+        "lr_schedules",
+        "optimizers",
+        "init_act",
+        "mnist1d_baselines",
+        "regularization",
+        "norm_batch",
+    }
     assert len(CLAIMS) >= 35

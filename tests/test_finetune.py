@@ -39,18 +39,31 @@ torch.set_num_threads(1)  # the machine is shared; these models are tiny
 
 MODEL = {"name": "cnn_d", "channels": [4, 8]}
 PRETRAIN: dict[str, Any] = {
-    "data": {"name": "digits", "classes": [0, 1, 2, 3, 4]}, "model": MODEL,
-    "optimizer": {"name": "adam", "lr": 1e-2}, "scheduler": {"name": "constant"},
-    "train": {"epochs": 2, "batch_size": 64}, "seed": 0}
+    "data": {"name": "digits", "classes": [0, 1, 2, 3, 4]},
+    "model": MODEL,
+    "optimizer": {"name": "adam", "lr": 1e-2},
+    "scheduler": {"name": "constant"},
+    "train": {"epochs": 2, "batch_size": 64},
+    "seed": 0,
+}
 
 
-def _spec(strategy: dict[str, Any], epochs: int = 4, per_class: int = 20,
-          **extra: Any) -> FinetuneSpec:
-    return FinetuneSpec.model_validate({
-        "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "per_class": per_class},
-        "model": MODEL, "optimizer": {"name": "adam", "lr": 1e-2},
-        "scheduler": {"name": "constant"}, "strategy": strategy, "pretrain": PRETRAIN,
-        "train": {"epochs": epochs, "batch_size": 16}, "seed": 0, **extra})
+def _spec(
+    strategy: dict[str, Any], epochs: int = 4, per_class: int = 20, **extra: Any
+) -> FinetuneSpec:
+    return FinetuneSpec.model_validate(
+        {
+            "data": {"name": "digits", "classes": [5, 6, 7, 8, 9], "per_class": per_class},
+            "model": MODEL,
+            "optimizer": {"name": "adam", "lr": 1e-2},
+            "scheduler": {"name": "constant"},
+            "strategy": strategy,
+            "pretrain": PRETRAIN,
+            "train": {"epochs": epochs, "batch_size": 16},
+            "seed": 0,
+            **extra,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +76,7 @@ def upstream() -> dict[str, bytes]:
     return summary.artifacts
 
 
-def _events(spec: FinetuneSpec, upstream: dict[str, bytes] | None
-            ) -> tuple[list[Metrics], Summary]:
+def _events(spec: FinetuneSpec, upstream: dict[str, bytes] | None) -> tuple[list[Metrics], Summary]:
     events = list(run(spec, upstream=upstream))
     *metrics, summary = events
     assert isinstance(summary, Summary) and all(isinstance(m, Metrics) for m in metrics)
@@ -105,8 +117,18 @@ def test_frozen_weights_and_bn_statistics_do_not_change(upstream: dict[str, byte
     model = build_finetune_model(spec, data, load_checkpoint(upstream[CHECKPOINT]))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = build_optimizer(param_groups(model, spec), spec.optimizer)
-    events = list(fit(model, data, optimizer, None, spec.train, 0, torch.device("cpu"),
-                      on_epoch_start=Freezer(model, spec.strategy, spec.train.epochs)))
+    events = list(
+        fit(
+            model,
+            data,
+            optimizer,
+            None,
+            spec.train,
+            0,
+            torch.device("cpu"),
+            on_epoch_start=Freezer(model, spec.strategy, spec.train.epochs),
+        )
+    )
     assert isinstance(events[-1], Summary) and events[-1].outcome == "finished"
     after = model.state_dict()
     for k in before:
@@ -128,27 +150,34 @@ def test_each_parameter_group_gets_its_lr(upstream: dict[str, bytes]) -> None:
     head_ids = {id(p) for p in model.head.parameters()}
     assert {id(p) for p in optimizer.param_groups[1]["params"]} == head_ids
 
-    for strategy, expect in [({"name": "full", "lr_multiple": 0.01}, (1e-4, 1e-4)),
-                             ({"name": "scratch"}, (1e-2, 1e-2)),
-                             ({"name": "discriminative", "lr_multiple": 0.01,
-                               "head_lr_ratio": 100.0}, (1e-4, 1e-2))]:
+    for strategy, expect in [
+        ({"name": "full", "lr_multiple": 0.01}, (1e-4, 1e-4)),
+        ({"name": "scratch"}, (1e-2, 1e-2)),
+        ({"name": "discriminative", "lr_multiple": 0.01, "head_lr_ratio": 100.0}, (1e-4, 1e-2)),
+    ]:
         g = param_groups(model, _spec(strategy))
         assert (g[0]["lr"], g[1]["lr"]) == pytest.approx(expect), strategy
 
     # The running task reports the groups' LRs every epoch.
-    metrics, _ = _events(_spec({"name": "discriminative", "head_lr_ratio": 100.0}, epochs=2),
-                         upstream)
+    metrics, _ = _events(
+        _spec({"name": "discriminative", "head_lr_ratio": 100.0}, epochs=2), upstream
+    )
     assert [m.values["lr/backbone"] for m in metrics] == pytest.approx([1e-3, 1e-3])
     assert [m.values["lr/head"] for m in metrics] == pytest.approx([1e-1, 1e-1])
 
 
 @pytest.mark.parametrize("unfreeze,frozen_after", [("all", 0), ("top_half", 1)])
-def test_gradual_unfreezes_at_the_right_epoch(upstream: dict[str, bytes], unfreeze: str,
-                                              frozen_after: int) -> None:
+def test_gradual_unfreezes_at_the_right_epoch(
+    upstream: dict[str, bytes], unfreeze: str, frozen_after: int
+) -> None:
     spec = _spec({"name": "gradual", "head_epochs": 2, "unfreeze": unfreeze}, epochs=4)
     metrics, summary = _events(spec, upstream)
-    assert [m.values["backbone/frozen_blocks"] for m in metrics] == [2, 2, frozen_after,
-                                                                     frozen_after]
+    assert [m.values["backbone/frozen_blocks"] for m in metrics] == [
+        2,
+        2,
+        frozen_after,
+        frozen_after,
+    ]
     drifts = [m.values["backbone/drift"] for m in metrics]
     assert drifts[0] == drifts[1] == 0.0  # head phase: the backbone is the checkpoint
     assert 0.0 < drifts[2] < drifts[3]
@@ -162,8 +191,18 @@ def test_gradual_unfreezes_at_the_right_epoch(upstream: dict[str, bytes], unfree
     start = [p.detach().clone() for p in bottom.parameters()]
     top_start = [p.detach().clone() for p in top.parameters()]
     optimizer = build_optimizer(param_groups(model, spec), spec.optimizer)
-    list(fit(model, data, optimizer, None, spec.train, 0, torch.device("cpu"),
-             on_epoch_start=Freezer(model, spec.strategy, spec.train.epochs)))
+    list(
+        fit(
+            model,
+            data,
+            optimizer,
+            None,
+            spec.train,
+            0,
+            torch.device("cpu"),
+            on_epoch_start=Freezer(model, spec.strategy, spec.train.epochs),
+        )
+    )
     bottom_moved = any(not torch.equal(a, b) for a, b in zip(start, bottom.parameters()))
     top_moved = any(not torch.equal(a, b) for a, b in zip(top_start, top.parameters()))
     assert bottom_moved == (unfreeze == "all") and top_moved
@@ -177,7 +216,8 @@ def test_default_head_phase_is_a_third_of_the_run() -> None:
 
 
 def test_head_only_drift_is_zero_and_scratch_needs_no_checkpoint(
-        upstream: dict[str, bytes]) -> None:
+    upstream: dict[str, bytes],
+) -> None:
     metrics, summary = _events(_spec({"name": "head_only"}, epochs=3), upstream)
     assert summary.outcome == "finished"
     assert summary.values["backbone/drift"] == 0.0
@@ -200,7 +240,8 @@ def test_head_only_drift_is_zero_and_scratch_needs_no_checkpoint(
 def test_spec_rejects_inconsistent_configs() -> None:
     name, config = needs_pretrain(_spec({"name": "full"}))
     assert name == "pretrain" and config == PretrainSpec.model_validate(PRETRAIN).model_dump(
-        mode="json")
+        mode="json"
+    )
     with pytest.raises(ValidationError, match="head_epochs"):
         _spec({"name": "gradual", "head_epochs": 4}, epochs=4)
     with pytest.raises(ValidationError, match="pretrain.model"):
@@ -210,6 +251,7 @@ def test_spec_rejects_inconsistent_configs() -> None:
 
 
 # ------------------------------------------------------------------- end to end
+
 
 def test_study_is_listed_with_its_claims(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["studies"]) == 0
@@ -222,10 +264,18 @@ def test_study_is_listed_with_its_claims(capsys: pytest.CaptureFixture[str]) -> 
 
 
 #: A small slice of the study: only the `similar` grid at 5/class, three strategies.
-SWEEP = ["finetune", "~sweep.grids.different", "~sweep.grids.ratio", "~sweep.grids.lr",
-         'sweep.grids.similar={data.per_class: "5", strategy: "scratch,head_only,gradual_all"}',
-         "sweep.seeds=1", "train.epochs=3", "train.batch_size=32", "pretrain.train.epochs=2",
-         "model.channels=[4,8]"]
+SWEEP = [
+    "finetune",
+    "~sweep.grids.different",
+    "~sweep.grids.ratio",
+    "~sweep.grids.lr",
+    'sweep.grids.similar={data.per_class: "5", strategy: "scratch,head_only,gradual_all"}',
+    "sweep.seeds=1",
+    "train.epochs=3",
+    "train.batch_size=32",
+    "pretrain.train.epochs=2",
+    "model.channels=[4,8]",
+]
 
 
 def _runs(ml: MlflowClient, kind: str) -> list[Any]:
@@ -237,21 +287,24 @@ def _artifact(ml: MlflowClient, run_id: str, path: str, tmp: Path) -> bytes:
     return Path(ml.download_artifacts(run_id, path, str(tmp))).read_bytes()
 
 
-def test_finetune_sweep_trains_pretrain_once_and_reuses_it(ray_session, tracking_uri: str,
-                                                           tmp_path: Path) -> None:
+def test_finetune_sweep_trains_pretrain_once_and_reuses_it(
+    ray_session, tracking_uri: str, tmp_path: Path
+) -> None:
     assert main(["sweep", *SWEEP, "--tracking-uri", tracking_uri]) == 0
     ml = MlflowClient(tracking_uri)
     (pre,) = _runs(ml, "upstream")  # exactly one pre-training run
     assert pre.data.tags["orch.outcome"] == "finished"
     assert pre.data.params["data.classes"] == "[0, 1, 2, 3, 4]"
-    digest = hashlib.sha256(_artifact(ml, pre.info.run_id, f"outputs/{CHECKPOINT}",
-                                      tmp_path / "pre")).hexdigest()
+    digest = hashlib.sha256(
+        _artifact(ml, pre.info.run_id, f"outputs/{CHECKPOINT}", tmp_path / "pre")
+    ).hexdigest()
 
     def check_children(runs: list[Any], where: str) -> None:
         for r in runs:
             assert r.data.tags["orch.outcome"] == "finished", r.data.tags.get("orch.error")
-            source = json.loads(_artifact(ml, r.info.run_id, f"outputs/{SOURCE}",
-                                          tmp_path / where / r.info.run_id))
+            source = json.loads(
+                _artifact(ml, r.info.run_id, f"outputs/{SOURCE}", tmp_path / where / r.info.run_id)
+            )
             if r.data.params["strategy.name"] == "scratch":
                 assert source["task"] is None
                 assert "orch.upstream_key" not in r.data.tags
@@ -263,14 +316,16 @@ def test_finetune_sweep_trains_pretrain_once_and_reuses_it(ray_session, tracking
             assert len(ml.get_metric_history(r.info.run_id, "val/acc")) == 3
 
     first = _runs(ml, "trial")
-    assert sorted(r.data.params["strategy.name"] for r in first) == \
-        ["gradual", "head_only", "scratch"]
+    assert sorted(r.data.params["strategy.name"] for r in first) == [
+        "gradual",
+        "head_only",
+        "scratch",
+    ]
     check_children(first, "first")
 
     # New fine-tune trials (another seed) that need the same pretrain: reused, not retrained.
     assert main(["sweep", *SWEEP, "seed=1", "--tracking-uri", tracking_uri]) == 0
     assert [r.info.run_id for r in _runs(ml, "upstream")] == [pre.info.run_id]
-    second = [r for r in _runs(ml, "trial") if r.info.run_id not in
-              {f.info.run_id for f in first}]
+    second = [r for r in _runs(ml, "trial") if r.info.run_id not in {f.info.run_id for f in first}]
     assert len(second) == 3 and all(r.data.params["seed"] == "1" for r in second)
     check_children(second, "second")

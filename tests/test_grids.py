@@ -25,8 +25,21 @@ def test_a_shared_trial_has_a_row_in_each_grid(ray_session, tracking_uri: str) -
     from orchestrator.cli import main
 
     # range keeps lr 1.0 only; warmup's no-warmup arm is the same config: 2 runs, 3 rows.
-    assert main(["sweep", "lr_schedules", "~sweep.grids.families", "sweep.grids.range={optimizer.lr: '1.0'}",
-                 "sweep.seeds=1", "train.epochs=1", "--tracking-uri", tracking_uri]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "lr_schedules",
+                "~sweep.grids.families",
+                "sweep.grids.range={optimizer.lr: '1.0'}",
+                "sweep.seeds=1",
+                "train.epochs=1",
+                "--tracking-uri",
+                tracking_uri,
+            ]
+        )
+        == 0
+    )
     client = Client(tracking_uri)
     sweep_id = client.sweeps().sweep_id.iloc[0]
     df = client.trials(sweep_id)

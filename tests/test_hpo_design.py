@@ -13,13 +13,20 @@ from orchestrator.config.compose import composer
 from orchestrator.config.plan import plan_sweep
 from orchestrator.search.claims import search_verdicts
 
-INTERIOR = {"optimizer": "adam", "optimizer.lr": 3e-3, "train.batch_size": 32,
-            "optimizer.weight_decay": 5e-5, "model.dropout": 0.2}
-DISTS = {"optimizer": CategoricalDistribution(["sgd_momentum", "adam"]),
-         "optimizer.lr": FloatDistribution(1e-3, 1e-2, log=True),
-         "train.batch_size": IntDistribution(1, 1024, log=True),
-         "optimizer.weight_decay": FloatDistribution(0, 1e-4),
-         "model.dropout": FloatDistribution(0, 0.5)}
+INTERIOR = {
+    "optimizer": "adam",
+    "optimizer.lr": 3e-3,
+    "train.batch_size": 32,
+    "optimizer.weight_decay": 5e-5,
+    "model.dropout": 0.2,
+}
+DISTS = {
+    "optimizer": CategoricalDistribution(["sgd_momentum", "adam"]),
+    "optimizer.lr": FloatDistribution(1e-3, 1e-2, log=True),
+    "train.batch_size": IntDistribution(1, 1024, log=True),
+    "optimizer.weight_decay": FloatDistribution(0, 1e-4),
+    "model.dropout": FloatDistribution(0, 0.5),
+}
 
 
 def _hp2(quick: bool, best: dict[str, object], n: int = 40) -> str:
@@ -29,8 +36,11 @@ def _hp2(quick: bool, best: dict[str, object], n: int = 40) -> str:
     study = optuna.create_study(direction="maximize")
     for i in range(n):  # n-1 worse trials at the interior point, then the best one
         params = best if i == n - 1 else INTERIOR
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=DISTS,
-                                                  value=0.9 if i == n - 1 else 0.5))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=DISTS, value=0.9 if i == n - 1 else 0.5
+            )
+        )
     (v,) = search_verdicts([claim], study, plan.search, {})
     return v.verdict
 
@@ -44,14 +54,17 @@ def test_space_and_claim_are_the_notes_ranges() -> None:
     assert claim.ranges["train.batch_size"] == (1, 1024) and claim.margin == 0.05
 
 
-@pytest.mark.parametrize("change,verdict", [
-    ({}, "confirmed"),
-    ({"train.batch_size": 1}, "refuted"),          # the notes' floor: the optimum may lie below
-    ({"train.batch_size": 800}, "refuted"),        # within 5% of log10(1024) of the top
-    ({"optimizer.lr": 9.5e-3}, "refuted"),
-    ({"model.dropout": 0.49}, "refuted"),
-    ({"optimizer.weight_decay": 0.0}, "confirmed"),  # 0 is the parameter's floor, not an edge
-])
+@pytest.mark.parametrize(
+    "change,verdict",
+    [
+        ({}, "confirmed"),
+        ({"train.batch_size": 1}, "refuted"),  # the notes' floor: the optimum may lie below
+        ({"train.batch_size": 800}, "refuted"),  # within 5% of log10(1024) of the top
+        ({"optimizer.lr": 9.5e-3}, "refuted"),
+        ({"model.dropout": 0.49}, "refuted"),
+        ({"optimizer.weight_decay": 0.0}, "confirmed"),  # 0 is the parameter's floor, not an edge
+    ],
+)
 def test_hp2_is_refuted_only_when_pinned(change: dict[str, object], verdict: str) -> None:
     assert _hp2(False, {**INTERIOR, **change}) == verdict
 

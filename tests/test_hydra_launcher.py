@@ -31,15 +31,28 @@ APP = ROOT / "tests" / "plugins" / "hydra_app" / "train.py"
 pytestmark = pytest.mark.slow
 
 
-def _multirun(tmp_path: Path, launcher: list[str], env: dict[str, str] | None = None
-              ) -> subprocess.CompletedProcess:
+def _multirun(
+    tmp_path: Path, launcher: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``python train.py -m LAUNCHER x=1,2,3`` in ``tmp_path``; no process of it may remain."""
-    args = [sys.executable, str(APP), "-m", *launcher, "x=1,2,3",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    args = [
+        sys.executable,
+        str(APP),
+        "-m",
+        *launcher,
+        "x=1,2,3",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
     # A session of its own: whatever it started (Ray's GCS, raylet, workers) can be found.
-    proc = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=400)
     finally:
@@ -73,8 +86,9 @@ def test_hydra_app_unchanged_on_orch(tmp_path: Path) -> None:
     # What Hydra's basic launcher gives for the same multirun (its in-job MLflow runs go to
     # a store of their own).
     (tmp_path / "basic").mkdir()
-    basic = _multirun(tmp_path / "basic", [],
-                      {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'basic.db'}"})
+    basic = _multirun(
+        tmp_path / "basic", [], {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'basic.db'}"}
+    )
     assert basic.returncode == 1 and "x=2 is the input this app fails on" in basic.stdout
     assert first.returncode == basic.returncode, first.stdout
     assert "ValueError: x=2 is the input this app fails on" in first.stdout
@@ -103,8 +117,11 @@ def test_hydra_app_unchanged_on_orch(tmp_path: Path) -> None:
     assert failed.info.status == "FAILED"
     assert failed.data.tags[schema.TAG_OUTCOME] == "failed"
     assert failed.data.tags[schema.TAG_ERROR] == "ValueError: x=2 is the input this app fails on"
-    trace = Path(client.download_artifacts(failed.info.run_id, "error/traceback.txt",
-                                           str(tmp_path / "trace")))
+    trace = Path(
+        client.download_artifacts(
+            failed.info.run_id, "error/traceback.txt", str(tmp_path / "trace")
+        )
+    )
     assert "raise ValueError" in trace.read_text()
     assert "return_value" not in failed.data.metrics
     for x in ("1", "3"):
@@ -118,18 +135,25 @@ def test_hydra_app_unchanged_on_orch(tmp_path: Path) -> None:
     trained_before = {r.info.run_id for r in client.search_runs([exp.experiment_id])}
     second = _multirun(tmp_path, orch)
     assert second.returncode == first.returncode, second.stdout
-    parents = client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_KIND}` = 'sweep'",
-                                 order_by=["attributes.start_time DESC"])
+    parents = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`{schema.TAG_KIND}` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+    )
     assert len(parents) == 2
-    rerun = {r.data.params["x"]: r for r in _children(client, exp.experiment_id,
-                                                      parents[0].info.run_id)}
+    rerun = {
+        r.data.params["x"]: r for r in _children(client, exp.experiment_id, parents[0].info.run_id)
+    }
     assert rerun["1"].data.tags[schema.TAG_REUSED] == children["1"].info.run_id
     assert rerun["3"].data.tags[schema.TAG_REUSED] == children["3"].info.run_id
     assert rerun["3"].data.metrics["return_value"] == 6.0
     assert schema.TAG_REUSED not in rerun["2"].data.tags
     assert rerun["2"].data.tags[schema.TAG_OUTCOME] == "failed"
-    trained = [r for r in client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_KIND}` = 'trial'")
-               if schema.TAG_REUSED not in r.data.tags]
+    trained = [
+        r
+        for r in client.search_runs([exp.experiment_id], f"tags.`{schema.TAG_KIND}` = 'trial'")
+        if schema.TAG_REUSED not in r.data.tags
+    ]
     finished = [r for r in trained if r.data.tags[schema.TAG_OUTCOME] == "finished"]
     assert {r.info.run_id for r in finished} <= trained_before and len(finished) == 2
     assert len(trained) == 4  # 3 of the first multirun + x=2 again
@@ -154,20 +178,28 @@ def test_rerun_returns_the_stored_values(hydra_sweep_runner, tmp_path: Path) -> 
         return {"foo": cfg.foo, "bar": cfg.bar, "note": "not a metric"}
 
     def sweep() -> list:
-        with hydra_sweep_runner(calling_file=None, calling_module="hydra.test_utils.a_module",
-                                task_function=task, config_path="configs",
-                                config_name="compose.yaml",
-                                overrides=["hydra/launcher=orch", "bar=100,200"],
-                                temp_dir=tmp_path / "runs") as run:
+        with hydra_sweep_runner(
+            calling_file=None,
+            calling_module="hydra.test_utils.a_module",
+            task_function=task,
+            config_path="configs",
+            config_name="compose.yaml",
+            overrides=["hydra/launcher=orch", "bar=100,200"],
+            temp_dir=tmp_path / "runs",
+        ) as run:
             return [r.return_value for batch in run.returns for r in batch]
 
-    expected = [{"foo": 10, "bar": 100, "note": "not a metric"},
-                {"foo": 10, "bar": 200, "note": "not a metric"}]
+    expected = [
+        {"foo": 10, "bar": 100, "note": "not a metric"},
+        {"foo": 10, "bar": 200, "note": "not a metric"},
+    ]
     assert sweep() == expected
     assert sweep() == expected
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("a_module").experiment_id],
-                              f"tags.`{schema.TAG_KIND}` = 'trial'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("a_module").experiment_id],
+        f"tags.`{schema.TAG_KIND}` = 'trial'",
+    )
     reused = [r for r in runs if schema.TAG_REUSED in r.data.tags]
     assert len(runs) == 4 and len(reused) == 2
     assert {r.data.metrics["bar"] for r in reused} == {100.0, 200.0}
@@ -180,7 +212,9 @@ class TestOrchLauncher(LauncherTestSuite):
 
 
 @pytest.mark.usefixtures("store_in_tmp")
-@pytest.mark.parametrize("launcher_name, overrides",
-                         [("orch", ["hydra/sweeper=basic", "hydra.sweeper.max_batch_size=2"])])
+@pytest.mark.parametrize(
+    "launcher_name, overrides",
+    [("orch", ["hydra/sweeper=basic", "hydra.sweeper.max_batch_size=2"])],
+)
 class TestOrchLauncherBatched(BatchedSweeperTestSuite):
     pass

@@ -19,8 +19,7 @@ def _study(value: Callable[[float, float], float], n: int = 40) -> optuna.Study:
     """In-memory study on (x, z): a value per step, the later steps closer to ``value``;
     every third trial is pruned after step 1."""
     rng = np.random.default_rng(0)
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     dists = {"x": FloatDistribution(0, 1), "z": FloatDistribution(0, 1)}
     for i in range(n):
         t = study.ask(dists)
@@ -50,8 +49,7 @@ def test_one_parameter_matters() -> None:
     assert v.verdict == "confirmed", v.detail
     assert v.ci_low is not None and v.ci_low > 0
     assert "PED-ANOVA" in v.detail and "pruned" in v.detail
-    assert importance_verdict(REVERSED, trials, ["x", "z"], "all",
-                              n_boot=20).verdict == "refuted"
+    assert importance_verdict(REVERSED, trials, ["x", "z"], "all", n_boot=20).verdict == "refuted"
 
 
 def test_equal_importance_is_inconclusive() -> None:

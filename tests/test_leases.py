@@ -34,8 +34,9 @@ SEEDS = 4
 
 
 def _conf(tmp: Path) -> Path:
-    return user_conf(tmp, "slow", "lease", {"steps": 4, "step_s": 0.3},
-                     {"seeds": SEEDS, "metric": "final"})
+    return user_conf(
+        tmp, "slow", "lease", {"steps": 4, "step_s": 0.3}, {"seeds": SEEDS, "metric": "final"}
+    )
 
 
 def _sweep(conf: Path, uri: str, cwd: Path, *overrides: str) -> subprocess.Popen:
@@ -44,10 +45,27 @@ def _sweep(conf: Path, uri: str, cwd: Path, *overrides: str) -> subprocess.Popen
     ray_tmp = tempfile.mkdtemp(prefix="orchray", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "lease",
-                             *overrides, "--config-dir", str(conf), "--tasks", PLUGINS,
-                             "--tracking-uri", uri], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            "lease",
+            *overrides,
+            "--config-dir",
+            str(conf),
+            "--tasks",
+            PLUGINS,
+            "--tracking-uri",
+            uri,
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc.ray_tmp = ray_tmp  # type: ignore[attr-defined]
     return proc
 
@@ -84,8 +102,7 @@ def _trained_once(uri: str) -> None:
     assert len(trained) == SEEDS and all(len(v) == 1 for v in trained.values()), trained
 
 
-def test_two_sweeps_started_together_on_a_new_store_train_each_trial_once(
-        tmp_path: Path) -> None:
+def test_two_sweeps_started_together_on_a_new_store_train_each_trial_once(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     conf = _conf(tmp_path)
     errs = _finish([_sweep(conf, uri, tmp_path) for _ in range(2)])
@@ -94,8 +111,10 @@ def test_two_sweeps_started_together_on_a_new_store_train_each_trial_once(
     assert_store_truthful(uri)
 
 
-def test_two_sweeps_into_one_server_train_each_trial_once(mlflow_server,  # noqa: F811
-                                                          tmp_path: Path) -> None:
+def test_two_sweeps_into_one_server_train_each_trial_once(
+    mlflow_server,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     uri, _ = mlflow_server
     conf = _conf(tmp_path)
     procs = [_sweep(conf, uri, tmp_path) for _ in range(2)]
@@ -113,9 +132,16 @@ def _claim(uri: str, conf: Path, seed: int, beat_age_s: float) -> tuple[str, str
     open_store(uri)
     ml = MlflowClient(uri)
     exp = ml.create_experiment("lease")
-    run = ml.create_run(exp, run_name="elsewhere", tags={
-        schema.TAG_KIND: schema.KIND_TRIAL, schema.TAG_KEY: key, schema.TAG_SWEEP: "other",
-        schema.TAG_HEARTBEAT: f"{time.time() - beat_age_s:.0f}"})
+    run = ml.create_run(
+        exp,
+        run_name="elsewhere",
+        tags={
+            schema.TAG_KIND: schema.KIND_TRIAL,
+            schema.TAG_KEY: key,
+            schema.TAG_SWEEP: "other",
+            schema.TAG_HEARTBEAT: f"{time.time() - beat_age_s:.0f}",
+        },
+    )
     return run.info.run_id, key
 
 
@@ -138,22 +164,28 @@ def test_live_claim_is_waited_for_and_its_result_reused(tmp_path: Path) -> None:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
-            runs = ml.search_runs([ml.get_experiment_by_name("lease").experiment_id],
-                                  f"tags.`{schema.TAG_OUTCOME}` = 'finished'")
+            runs = ml.search_runs(
+                [ml.get_experiment_by_name("lease").experiment_id],
+                f"tags.`{schema.TAG_OUTCOME}` = 'finished'",
+            )
             if len(runs) == SEEDS - 1:
                 break
             time.sleep(0.5)
         else:
             pytest.fail("the other trials did not finish")
         time.sleep(3)  # longer than a trial: seed 0 is not being trained here
-        mine = ml.search_runs([ml.get_experiment_by_name("lease").experiment_id],
-                              f"tags.`{schema.TAG_KEY}` = '{key}'")
+        mine = ml.search_runs(
+            [ml.get_experiment_by_name("lease").experiment_id], f"tags.`{schema.TAG_KEY}` = '{key}'"
+        )
         assert [r.info.run_id for r in mine] == [other]
     finally:
         stop.set()
         beater.join()
-    ml.log_batch(other, metrics=[Metric("final", 4.0, int(time.time() * 1000), 3)],
-                 tags=[RunTag(schema.TAG_OUTCOME, "finished")])
+    ml.log_batch(
+        other,
+        metrics=[Metric("final", 4.0, int(time.time() * 1000), 3)],
+        tags=[RunTag(schema.TAG_OUTCOME, "finished")],
+    )
     ml.set_terminated(other, "FINISHED")
     errs = _finish([proc])
     assert proc.returncode == 0, errs

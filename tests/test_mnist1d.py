@@ -32,7 +32,8 @@ def one_thread() -> Iterator[None]:
 
 
 def test_generated_offline_with_published_sizes_and_rng_left_alone(
-        monkeypatch: pytest.MonkeyPatch, plain: datasets.Dataset) -> None:
+    monkeypatch: pytest.MonkeyPatch, plain: datasets.Dataset
+) -> None:
     # ``plain`` has loaded once already: the lazy first imports (which draw from ``random``)
     # are done, so what follows measures generation alone.
     def no_network(*args: object, **kwargs: object) -> None:
@@ -51,7 +52,10 @@ def test_generated_offline_with_published_sizes_and_rng_left_alone(
     assert (np.random.rand(), random.random()) == (expected_np, expected_py)
     # 4,000 train (3,600 + 400 validation) / 1,000 test, one channel of length 40, 10 classes.
     assert (d.x_train.shape, d.x_val.shape, d.x_test.shape) == (
-        (3600, 1, 40), (400, 1, 40), (1000, 1, 40))
+        (3600, 1, 40),
+        (400, 1, 40),
+        (1000, 1, 40),
+    )
     assert d.num_classes == 10 and d.x_train.dtype == torch.float32
     # Stratified: each class keeps its share of the package's (not exactly balanced) 4,000.
     per_class = torch.bincount(torch.cat([d.y_train, d.y_val]))
@@ -86,13 +90,18 @@ PARAMS = {"logreg_1d": 410, "mlp_1d": 15_210, "cnn_1d": 5_210, "gru_1d": 5_134}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
-def test_baseline_sizes_and_one_epoch_learns(name: str, plain: datasets.Dataset,
-                                             one_thread: None) -> None:
-    spec = ClassifySpec.model_validate({
-        "data": {"name": "mnist1d"}, "model": {"name": name},
-        "optimizer": {"name": "adam", "lr": 1e-2}, "scheduler": {"name": "constant"},
-        "train": {"epochs": 1, "batch_size": 100, "device": "cpu"},
-    })
+def test_baseline_sizes_and_one_epoch_learns(
+    name: str, plain: datasets.Dataset, one_thread: None
+) -> None:
+    spec = ClassifySpec.model_validate(
+        {
+            "data": {"name": "mnist1d"},
+            "model": {"name": name},
+            "optimizer": {"name": "adam", "lr": 1e-2},
+            "scheduler": {"name": "constant"},
+            "train": {"epochs": 1, "batch_size": 100, "device": "cpu"},
+        }
+    )
     model = build_model(spec.model, plain.input_shape, plain.num_classes)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
     summary = [e for e in run(spec) if isinstance(e, Summary)][-1]

@@ -50,13 +50,17 @@ def _free_ports(n: int) -> list[int]:
 def _node_ports(ports: Iterator[int]) -> list[str]:
     """The per-raylet ports, each explicit, plus a private worker port range."""
     low = next(ports)
-    return [f"--node-manager-port={next(ports)}", f"--object-manager-port={next(ports)}",
-            f"--metrics-export-port={next(ports)}",
-            f"--dashboard-agent-listen-port={next(ports)}",
-            f"--dashboard-agent-grpc-port={next(ports)}",
-            f"--runtime-env-agent-port={next(ports)}",
-            # Worker ports: a window above a free port, distinct per node.
-            f"--min-worker-port={low}", f"--max-worker-port={low + 40}"]
+    return [
+        f"--node-manager-port={next(ports)}",
+        f"--object-manager-port={next(ports)}",
+        f"--metrics-export-port={next(ports)}",
+        f"--dashboard-agent-listen-port={next(ports)}",
+        f"--dashboard-agent-grpc-port={next(ports)}",
+        f"--runtime-env-agent-port={next(ports)}",
+        # Worker ports: a window above a free port, distinct per node.
+        f"--min-worker-port={low}",
+        f"--max-worker-port={low + 40}",
+    ]
 
 
 def _descendants(procs: list[subprocess.Popen]) -> list[psutil.Process]:
@@ -89,10 +93,18 @@ def _teardown(procs: list[subprocess.Popen], known: list[psutil.Process]) -> Non
 
 
 def _alive_nodes(address: str, env: dict[str, str]) -> list[str]:
-    code = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
-            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=120, check=True)
+    code = (
+        f"import json, ray; ray.init(address={address!r}, log_to_driver=False); "
+        "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -107,18 +119,42 @@ def two_node_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     procs: list[subprocess.Popen] = []
     seen: list[psutil.Process] = []
     try:
-        procs.append(subprocess.Popen(
-            [RAY, "start", "--head", f"--port={port}", f"--temp-dir={temp}",
-             "--include-dashboard=false", f"--ray-client-server-port={next(ports)}",
-             *common, *_node_ports(ports)],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "head.log", "w")))
+        procs.append(
+            subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    "--head",
+                    f"--port={port}",
+                    f"--temp-dir={temp}",
+                    "--include-dashboard=false",
+                    f"--ray-client-server-port={next(ports)}",
+                    *common,
+                    *_node_ports(ports),
+                ],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp_path / "head.log", "w"),
+            )
+        )
         _wait_nodes(address, env, 1, procs)
-        procs.append(subprocess.Popen(
-            [RAY, "start", f"--address={address}", '--resources={"second_node": 1}',
-             *common, *_node_ports(ports)],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "worker.log", "w")))
+        procs.append(
+            subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    f"--address={address}",
+                    '--resources={"second_node": 1}',
+                    *common,
+                    *_node_ports(ports),
+                ],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp_path / "worker.log", "w"),
+            )
+        )
         _wait_nodes(address, env, 2, procs)
         seen = _descendants(procs)
         yield address, env
@@ -127,8 +163,9 @@ def two_node_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _wait_nodes(address: str, env: dict[str, str], n: int, procs: list[subprocess.Popen],
-                timeout: float = 180) -> None:
+def _wait_nodes(
+    address: str, env: dict[str, str], n: int, procs: list[subprocess.Popen], timeout: float = 180
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
@@ -147,16 +184,33 @@ def test_sweep_spreads_trials_over_two_nodes(two_node_cluster, tmp_path: Path) -
     nodes = set(_alive_nodes(address, env))
     assert len(nodes) == 2
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", "optimizers",
-                          "--quick", "--address", address, "--tracking-uri", uri],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            "optimizers",
+            "--quick",
+            "--address",
+            address,
+            "--tracking-uri",
+            uri,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
 
     client = Client(uri)
     (sweep_id,) = client.sweeps().sweep_id
     parent = client.sweep_run(sweep_id)
     runs = MlflowClient(uri).search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     assert len(runs) == int(parent.data.tags["orch.n_trials"])
     used = {r.data.tags["orch.node_id"] for r in runs}
     assert used == nodes, (used, nodes)  # both nodes ran trials, and only cluster nodes

@@ -1,4 +1,5 @@
-"""Claims of shared/claims.md that a unit check settles without a sweep (mapped in conf/claims.yaml).
+"""Claims of shared/claims.md that a unit check settles without a sweep (mapped in
+conf/claims.yaml).
 
 OPT-10: one step (three, to exercise the state) of torch's optimizers equals the notes' update
 rule. BN-5: BN momentum changes evaluation only. INIT-1: constant init keeps hidden units
@@ -26,7 +27,7 @@ STEPS = 3
 
 def _loss(theta: torch.Tensor) -> torch.Tensor:
     # Not quadratic, so the gradient depends on where it is taken (Nesterov's look-ahead matters).
-    return (torch.sin(3 * theta) + theta ** 4 / 4 + theta ** 2).sum()
+    return (torch.sin(3 * theta) + theta**4 / 4 + theta**2).sum()
 
 
 def _grad(theta: torch.Tensor) -> torch.Tensor:
@@ -36,8 +37,9 @@ def _grad(theta: torch.Tensor) -> torch.Tensor:
     return t.grad
 
 
-def _torch_trajectory(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-                      theta0: torch.Tensor) -> list[torch.Tensor]:
+def _torch_trajectory(
+    make: Callable[[list[torch.Tensor]], torch.optim.Optimizer], theta0: torch.Tensor
+) -> list[torch.Tensor]:
     p = theta0.clone().requires_grad_(True)
     opt = make([p])
     out = []
@@ -53,7 +55,8 @@ THETA0 = torch.tensor([0.7, -1.3, 0.05, 2.0], dtype=torch.float64)
 
 
 def test_OPT_10_nesterov_matches_notes_after_change_of_variables() -> None:
-    # Notes (003:L124, Goodfellow et al. 8.3.3): v <- a v - e grad J(theta + a v); theta <- theta + v.
+    # Notes (003:L124, Goodfellow et al. 8.3.3): v <- a v - e grad J(theta + a v);
+    # theta <- theta + v.
     # torch (SGD, nesterov=True, dampening 0; Sutskever et al.'s form): b <- a b + g;
     # p <- p - e (g + a b), with g the gradient at p. Change of variables: torch's parameter is
     # the look-ahead point p = theta + a v, and its buffer is b = -v / e. Then
@@ -110,7 +113,7 @@ def test_OPT_10_adam_matches_notes_with_bias_correction() -> None:
         g = _grad(theta)
         v = b1 * v + (1 - b1) * g
         s = b2 * s + (1 - b2) * g * g
-        theta = theta - lr * (v / (1 - b1 ** t)) / ((s / (1 - b2 ** t)).sqrt() + eps)
+        theta = theta - lr * (v / (1 - b1**t)) / ((s / (1 - b2**t)).sqrt() + eps)
         torch.testing.assert_close(got[step], theta, rtol=1e-10, atol=1e-12)
         if t == 1:
             uncorrected = THETA0 - lr * v / (s.sqrt() + eps)
@@ -133,21 +136,24 @@ def test_OPT_7_adam_without_bias_correction_is_the_notes_rule_minus_the_correcti
         theta = theta - lr * v / (s.sqrt() + eps)
         torch.testing.assert_close(got[step], theta, rtol=1e-10, atol=1e-12)
     first = (got[0] - THETA0) / (corrected[0] - THETA0)
-    torch.testing.assert_close(first, torch.full_like(first, (1 - b1) / (1 - b2) ** 0.5),
-                               rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        first, torch.full_like(first, (1 - b1) / (1 - b2) ** 0.5), rtol=1e-5, atol=0
+    )
     with pytest.raises(ValueError, match="adam only"):
         AdamSpec(name="adamw", bias_correction=False)
 
 
 def _bn_run(bn_momentum: float) -> list[Metrics]:
-    spec = ClassifySpec.model_validate({
-        "data": {"name": "digits"},
-        "model": {"name": "mlp_d", "hidden": [32], "norm": "bn", "bn_momentum": bn_momentum},
-        "optimizer": {"name": "sgd", "lr": 0.05},
-        "scheduler": {"name": "constant"},
-        "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
-        "seed": 3,
-    })
+    spec = ClassifySpec.model_validate(
+        {
+            "data": {"name": "digits"},
+            "model": {"name": "mlp_d", "hidden": [32], "norm": "bn", "bn_momentum": bn_momentum},
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "scheduler": {"name": "constant"},
+            "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
+            "seed": 3,
+        }
+    )
     return [e for e in run(spec) if isinstance(e, Metrics)]
 
 
@@ -169,7 +175,7 @@ def test_ERR_1_sigmoid_is_neither_even_nor_odd() -> None:
     s, s_neg = torch.sigmoid(X), torch.sigmoid(-X)
     torch.testing.assert_close(s_neg, 1 - s)
     nonzero = X != 0
-    assert not torch.allclose(s_neg[nonzero], s[nonzero])   # not even
+    assert not torch.allclose(s_neg[nonzero], s[nonzero])  # not even
     assert not torch.allclose(s_neg[nonzero], -s[nonzero])  # not odd
 
 
@@ -199,19 +205,35 @@ def _fit(spec: ClassifySpec) -> tuple[list[Metrics], Classifier]:
     torch.manual_seed(spec.seed)
     data = datasets.load(spec.data)
     model = build_model(spec.model, data.input_shape, data.num_classes)
-    events = fit(model, data, build_optimizer(model.parameters(), spec.optimizer), None,
-                 spec.train, spec.seed, torch.device("cpu"))
+    events = fit(
+        model,
+        data,
+        build_optimizer(model.parameters(), spec.optimizer),
+        None,
+        spec.train,
+        spec.seed,
+        torch.device("cpu"),
+    )
     return [e for e in events if isinstance(e, Metrics)], model
 
 
 def _mlp_run(**train: object) -> tuple[list[Metrics], Classifier]:
-    spec = ClassifySpec.model_validate({
-        "data": {"name": "digits"},
-        "model": {"name": "mlp_d", "hidden": [32, 32], "init": train.pop("init", "default"),
-                  "norm": train.pop("norm", "none"), "dropout": 0.2},
-        "optimizer": {"name": "sgd", "lr": 0.05}, "scheduler": {"name": "constant"},
-        "train": {"epochs": 2, "batch_size": 64, "device": "cpu", **train}, "seed": 1,
-    })
+    spec = ClassifySpec.model_validate(
+        {
+            "data": {"name": "digits"},
+            "model": {
+                "name": "mlp_d",
+                "hidden": [32, 32],
+                "init": train.pop("init", "default"),
+                "norm": train.pop("norm", "none"),
+                "dropout": 0.2,
+            },
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "scheduler": {"name": "constant"},
+            "train": {"epochs": 2, "batch_size": 64, "device": "cpu", **train},
+            "seed": 1,
+        }
+    )
     return _fit(spec)
 
 
@@ -219,16 +241,22 @@ def test_INIT_1_constant_init_keeps_hidden_units_identical() -> None:
     # Every hidden unit of a layer starts with the same weights; its gradient is then the
     # same too, so after training they are still copies of one another (no dropout here: its
     # random masks would break the symmetry).
-    spec = ClassifySpec.model_validate({
-        "data": {"name": "digits"}, "model": {"name": "mlp_d", "hidden": [16, 16], "init": "constant"},
-        "optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": {"name": "constant"},
-        "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
-    })
+    spec = ClassifySpec.model_validate(
+        {
+            "data": {"name": "digits"},
+            "model": {"name": "mlp_d", "hidden": [16, 16], "init": "constant"},
+            "optimizer": {"name": "sgd", "lr": 0.1},
+            "scheduler": {"name": "constant"},
+            "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
+        }
+    )
     _, model = _fit(spec)
     hidden = [m for m in model.features if isinstance(m, nn.Linear)]
     for layer in hidden:
         assert torch.allclose(layer.weight, layer.weight[:1].expand_as(layer.weight))
-        assert not torch.allclose(layer.weight, torch.full_like(layer.weight, 1 / layer.in_features))
+        assert not torch.allclose(
+            layer.weight, torch.full_like(layer.weight, 1 / layer.in_features)
+        )
     # A default-initialised layer's units differ from the start.
     default = build_model(spec.model.model_copy(update={"init": "default"}), (1, 8, 8), 10)
     first = default.features[1]
@@ -243,14 +271,19 @@ def test_layer_stats_are_reported_and_leave_training_unchanged(norm: str) -> Non
     plain, plain_model = _mlp_run(norm=norm)
     stats, stats_model = _mlp_run(norm=norm, layer_stats=True)
     for a, b in zip(plain, stats):
-        assert {k: v for k, v in b.values.items() if not k.startswith("layer/")
-                and k != "time/step_ms"} == {k: v for k, v in a.values.items() if k != "time/step_ms"}
+        assert {
+            k: v for k, v in b.values.items() if not k.startswith("layer/") and k != "time/step_ms"
+        } == {k: v for k, v in a.values.items() if k != "time/step_ms"}
     for (k, a), (_, b) in zip(plain_model.state_dict().items(), stats_model.state_dict().items()):
         assert torch.equal(a, b), k
     layer_keys = {k for k in stats[0].values if k.startswith("layer/")}
-    names = {"features.1", "features.5", "head"} | ({"features.2", "features.6"} if norm == "bn" else set())
-    assert layer_keys == ({f"layer/{n}/{s}" for n in names for s in ("act_mean", "act_std", "grad_norm")}
-                          | {"layer/features.3/dead_frac", "layer/features.7/dead_frac"})
+    names = {"features.1", "features.5", "head"} | (
+        {"features.2", "features.6"} if norm == "bn" else set()
+    )
+    assert layer_keys == (
+        {f"layer/{n}/{s}" for n in names for s in ("act_mean", "act_std", "grad_norm")}
+        | {"layer/features.3/dead_frac", "layer/features.7/dead_frac"}
+    )
     assert all(0 <= stats[1].values[f"layer/features.{i}/dead_frac"] < 1 for i in (3, 7))
     assert all(stats[0].values[f"layer/{n}/grad_norm"] > 0 for n in names)
     # Epoch 0 is measured at initialisation, epoch 1 after training: they differ.

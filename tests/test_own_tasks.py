@@ -16,10 +16,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def orch(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cwd / "cache"),
-           "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "XDG_CACHE_HOME": str(cwd / "cache"),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -31,19 +41,32 @@ def work(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("tasks", ["mytasks", "./mytasks.py"])
 def test_task_sweep_without_a_study(work: Path, tasks: str) -> None:
-    r = orch(work, "sweep", "--task", "quadratic", "--tasks", tasks, "x=0.1,0.5",
-             "seed=range(3)", "sweep.metric=score", "--dry-run")
+    r = orch(
+        work,
+        "sweep",
+        "--task",
+        "quadratic",
+        "--tasks",
+        tasks,
+        "x=0.1,0.5",
+        "seed=range(3)",
+        "sweep.metric=score",
+        "--dry-run",
+    )
     assert r.returncode == 0, r.stderr
     assert "study quadratic: 6 trials (x=2  seed=3)" in r.stderr
     assert len(r.stdout.splitlines()) == 6
     assert not (work / "mlflow.db").exists()
 
 
-@pytest.mark.parametrize("tasks,needle", [
-    ("broken", "--tasks: 'broken': no module named 'no_such_module_here'"),
-    ("missing_mod", "no module named 'missing_mod' (not in"),
-    ("./nofile.py", "no such file"),
-])
+@pytest.mark.parametrize(
+    "tasks,needle",
+    [
+        ("broken", "--tasks: 'broken': no module named 'no_such_module_here'"),
+        ("missing_mod", "no module named 'missing_mod' (not in"),
+        ("./nofile.py", "no such file"),
+    ],
+)
 def test_bad_task_module_is_one_line_exit_2(work: Path, tasks: str, needle: str) -> None:
     r = orch(work, "sweep", "--task", "quadratic", "--tasks", tasks, "--dry-run")
     assert r.returncode == 2
@@ -52,7 +75,8 @@ def test_bad_task_module_is_one_line_exit_2(work: Path, tasks: str, needle: str)
 
 
 def test_task_with_a_builtin_option(work: Path) -> None:
-    r = orch(work, "sweep", "--task", "classify", "optimizer=sgd,adam", "train.epochs=1",
-             "--dry-run")
+    r = orch(
+        work, "sweep", "--task", "classify", "optimizer=sgd,adam", "train.epochs=1", "--dry-run"
+    )
     assert r.returncode == 0, r.stderr
     assert "study classify: 2 trials (optimizer=2  seed=1)" in r.stderr

@@ -18,12 +18,31 @@ CATALOGUE = ROOT.parent / "shared" / "claims.md"
 def test_readme_section_is_replaced_between_its_markers(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nkept\n\n{BEGIN}\nold table\n{END}\n\ntail kept\n")
-    result = {"study": "s", "quick": True, "sweep_id": "s-1", "n_trials": 4, "seeds": "0..1",
-              "wall_s": 3.0, "machine": "m", "versions": {"torch": "2"},
-              "verdicts": [{"id": "C-1", "statement": "x", "verdict": "refuted",
-                            "effect": -0.5, "ci_low": -0.7, "ci_high": -0.3, "n_a": 2,
-                            "n_b": 2, "method": "paired t", "p_value": 0.01,
-                            "p_adjusted": 0.02}]}
+    result = {
+        "study": "s",
+        "quick": True,
+        "sweep_id": "s-1",
+        "n_trials": 4,
+        "seeds": "0..1",
+        "wall_s": 3.0,
+        "machine": "m",
+        "versions": {"torch": "2"},
+        "verdicts": [
+            {
+                "id": "C-1",
+                "statement": "x",
+                "verdict": "refuted",
+                "effect": -0.5,
+                "ci_low": -0.7,
+                "ci_high": -0.3,
+                "n_a": 2,
+                "n_b": 2,
+                "method": "paired t",
+                "p_value": 0.01,
+                "p_adjusted": 0.02,
+            }
+        ],
+    }
     write_readme(readme, [result])
     text = readme.read_text()
     assert "old table" not in text and "kept" in text and "tail kept" in text
@@ -43,8 +62,23 @@ def test_every_catalogue_id_is_accounted_for(capsys: pytest.CaptureFixture[str])
 def test_record_writes_results_and_tables_from_the_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     readme, results = tmp_path / "README.md", tmp_path / "results"
-    assert main(["record", "--quick", "--studies", "optimizers", "--tracking-uri", uri,
-                 "--readme", str(readme), "--results", str(results)]) == 0
+    assert (
+        main(
+            [
+                "record",
+                "--quick",
+                "--studies",
+                "optimizers",
+                "--tracking-uri",
+                uri,
+                "--readme",
+                str(readme),
+                "--results",
+                str(results),
+            ]
+        )
+        == 0
+    )
     recorded = json.loads((results / "optimizers.json").read_text())
     assert recorded["quick"] and recorded["verdicts"]
     text = readme.read_text()

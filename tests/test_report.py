@@ -25,39 +25,83 @@ def _big_sweep() -> tuple[pd.DataFrame, dict]:
     """200 trials: 2 grids x (10 LRs | 10 schedulers) x 10 seeds, some diverged/failed."""
     rows, curves = [], {"val/acc": {}, "train/loss": {}}
     i = 0
-    for grid, axis, values in (("range", "optimizer.lr", [10.0 ** e for e in range(-5, 5)]),
-                               ("families", "scheduler", [f"s<{k}>" for k in range(10)])):
+    for grid, axis, values in (
+        ("range", "optimizer.lr", [10.0**e for e in range(-5, 5)]),
+        ("families", "scheduler", [f"s<{k}>" for k in range(10)]),
+    ):
         for j, v in enumerate(values):
             for seed in range(10):
-                outcome = "diverged" if grid == "range" and j >= 8 else \
-                    ("failed" if (i % 37) == 5 else "finished")
+                outcome = (
+                    "diverged"
+                    if grid == "range" and j >= 8
+                    else ("failed" if (i % 37) == 5 else "finished")
+                )
                 acc = 0.5 + 0.04 * j + 0.001 * seed if outcome == "finished" else float("nan")
                 rid = f"run{i:03d}"
-                rows.append({"run_id": rid, "trial_index": i, "outcome": outcome, "seed": seed,
-                             "grid": grid, axis: v, "test/acc": acc,
-                             "error": "boom <script>" if outcome == "failed" else ""})
+                rows.append(
+                    {
+                        "run_id": rid,
+                        "trial_index": i,
+                        "outcome": outcome,
+                        "seed": seed,
+                        "grid": grid,
+                        axis: v,
+                        "test/acc": acc,
+                        "error": "boom <script>" if outcome == "failed" else "",
+                    }
+                )
                 steps = list(range(5))
-                curves["val/acc"][rid] = pd.DataFrame({"step": steps,
-                                                       "value": [acc * (s + 1) / 5 for s in steps]})
-                curves["train/loss"][rid] = pd.DataFrame({"step": steps,
-                                                          "value": [2.0 / (s + 1 + j) for s in steps]})
+                curves["val/acc"][rid] = pd.DataFrame(
+                    {"step": steps, "value": [acc * (s + 1) / 5 for s in steps]}
+                )
+                curves["train/loss"][rid] = pd.DataFrame(
+                    {"step": steps, "value": [2.0 / (s + 1 + j) for s in steps]}
+                )
                 i += 1
     return pd.DataFrame(rows), curves
 
 
 def test_build_report_reads_well_for_200_trials(tmp_path: Path) -> None:
     trials, curves = _big_sweep()
-    claims = [{"id": "LR-1/u<shape>", "statement": "best LR is <mid> & not the edge",
-               "test": "best", "metric": "test/acc", "mode": "max", "axis": "optimizer.lr",
-               "predict_in": [1e-3, 1e-2], "where": {"grid": "range"}},
-              {"id": "R", "test": "rate", "axis": "optimizer.lr", "predict": "increasing",
-               "where": {"grid": "range"}}]
+    claims = [
+        {
+            "id": "LR-1/u<shape>",
+            "statement": "best LR is <mid> & not the edge",
+            "test": "best",
+            "metric": "test/acc",
+            "mode": "max",
+            "axis": "optimizer.lr",
+            "predict_in": [1e-3, 1e-2],
+            "where": {"grid": "range"},
+        },
+        {
+            "id": "R",
+            "test": "rate",
+            "axis": "optimizer.lr",
+            "predict": "increasing",
+            "where": {"grid": "range"},
+        },
+    ]
     verdicts = evaluate(claims, trials, axes=["grid", "optimizer.lr", "scheduler", "seed"])
     assert [v.verdict for v in verdicts] == ["refuted", "confirmed"]
-    info = SweepInfo("lr-2026", "lr_schedules", "a <b>study</b>", "test/acc", "max", "7",
-                     "parentid", "sqlite:///x.db")
-    files = build_report(tmp_path / "out", info, trials, verdicts, curves,
-                         ["grid", "optimizer.lr", "scheduler", "seed"])
+    info = SweepInfo(
+        "lr-2026",
+        "lr_schedules",
+        "a <b>study</b>",
+        "test/acc",
+        "max",
+        "7",
+        "parentid",
+        "sqlite:///x.db",
+    )
+    files = build_report(
+        tmp_path / "out",
+        info,
+        trials,
+        verdicts,
+        curves,
+        ["grid", "optimizer.lr", "scheduler", "seed"],
+    )
     page_path, *pngs = files
     assert page_path.name == "report.html"
     assert sorted(p.name for p in pngs) == ["curves_train_loss.png", "curves_val_acc.png"]
@@ -93,8 +137,9 @@ def test_build_report_with_no_trials_or_histories(tmp_path: Path) -> None:
 SWEEP = ["sweep", "optimizers", "--quick", "optimizer=sgd_momentum,adam", "train.epochs=2"]
 
 
-def test_sweep_ends_with_verdicts_report_and_tags(ray_session, tracking_uri: str,
-                                                  tmp_path: Path, capsys) -> None:
+def test_sweep_ends_with_verdicts_report_and_tags(
+    ray_session, tracking_uri: str, tmp_path: Path, capsys
+) -> None:
     assert main([*SWEEP, "--tracking-uri", tracking_uri]) == 0
     client = Client(tracking_uri)
     sweep = client.sweeps().iloc[0]
@@ -105,11 +150,15 @@ def test_sweep_ends_with_verdicts_report_and_tags(ray_session, tracking_uri: str
     assert {"verdicts.json", "config.yaml", "report"} <= top
     report = {a.path for a in ml.list_artifacts(pid, "report")}
     assert "report/report.html" in report
-    assert {"report/curves_test_acc.png", "report/curves_val_acc.png",
-            "report/curves_train_loss.png"} <= report
+    assert {
+        "report/curves_test_acc.png",
+        "report/curves_val_acc.png",
+        "report/curves_train_loss.png",
+    } <= report
 
-    stored = verdicts_from_json(Path(ml.download_artifacts(pid, "verdicts.json",
-                                                           str(tmp_path))).read_text())
+    stored = verdicts_from_json(
+        Path(ml.download_artifacts(pid, "verdicts.json", str(tmp_path))).read_text()
+    )
     ids = [v.id for v in stored]
     assert ids == ["OPT-1", "OPT-5", "OPT-8/early", "OPT-8/end", "OPT-8/gap"]
     by_id = {v.id: v for v in stored}
@@ -135,15 +184,21 @@ def test_sweep_ends_with_verdicts_report_and_tags(ray_session, tracking_uri: str
     # orch report rebuilds everything; a local copy when asked.
     ml.delete_tag(pid, "orch.verdict.OPT-5")
     out = tmp_path / "local"
-    assert main(["report", sweep.sweep_id[:-2], "--tracking-uri", tracking_uri,
-                 "--out", str(out)]) == 0
+    assert (
+        main(["report", sweep.sweep_id[:-2], "--tracking-uri", tracking_uri, "--out", str(out)])
+        == 0
+    )
     assert ml.get_run(pid).data.tags["orch.verdict.OPT-5"] == by_id["OPT-5"].verdict
     assert (out / "report.html").exists() and (out / "curves_train_loss.png").exists()
     again, paths = report_sweep(tracking_uri, sweep.sweep_id)
     assert [v.verdict for v in again] == [v.verdict for v in stored]
     assert paths[:2] == ["verdicts.json", "report/report.html"]
-    assert json.loads(Path(ml.download_artifacts(pid, "verdicts.json", str(tmp_path / "x")))
-                      .read_text())[2]["id"] == "OPT-8/early"
+    assert (
+        json.loads(
+            Path(ml.download_artifacts(pid, "verdicts.json", str(tmp_path / "x"))).read_text()
+        )[2]["id"]
+        == "OPT-8/early"
+    )
 
 
 def _small_sweep() -> tuple[pd.DataFrame, dict]:
@@ -152,10 +207,21 @@ def _small_sweep() -> tuple[pd.DataFrame, dict]:
     for i, (opt, seed) in enumerate((o, s) for o in ("sgd", "adam", "rmsprop") for s in range(3)):
         acc = {"sgd": 0.3, "adam": 0.8, "rmsprop": 0.85}[opt] + 0.01 * seed
         rid = f"run{i}"
-        rows.append({"run_id": rid, "trial_index": i, "outcome": "finished", "seed": seed,
-                     "optimizer": opt, "optimizer.name": opt, "test/acc": acc, "error": ""})
-        curves["val/acc"][rid] = pd.DataFrame({"step": range(4),
-                                               "value": [acc * (s + 1) / 4 for s in range(4)]})
+        rows.append(
+            {
+                "run_id": rid,
+                "trial_index": i,
+                "outcome": "finished",
+                "seed": seed,
+                "optimizer": opt,
+                "optimizer.name": opt,
+                "test/acc": acc,
+                "error": "",
+            }
+        )
+        curves["val/acc"][rid] = pd.DataFrame(
+            {"step": range(4), "value": [acc * (s + 1) / 4 for s in range(4)]}
+        )
         curves["test/acc"][rid] = pd.DataFrame({"step": [3], "value": [acc]})
     return pd.DataFrame(rows), curves
 
@@ -173,13 +239,17 @@ def test_curves_overlay_arms_and_one_value_metrics_are_points(tmp_path: Path) ->
     fig = _curves_figure("test/acc", trials, curves["test/acc"], ["optimizer"])
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_yticklabels()] == [
-        "optimizer=sgd (n=3)", "optimizer=adam (n=3)", "optimizer=rmsprop (n=3)"]
+        "optimizer=sgd (n=3)",
+        "optimizer=adam (n=3)",
+        "optimizer=rmsprop (n=3)",
+    ]
     assert len(ax.collections) >= 3  # each arm's seeds as dots (plus its interval bars)
     plt.close(fig)
     # The 200-trial sweep has 20 arms: panels by its 2-valued axis, on one y scale.
     big, big_curves = _big_sweep()
-    fig = _curves_figure("val/acc", big, big_curves["val/acc"], ["grid", "optimizer.lr",
-                                                                  "scheduler"])
+    fig = _curves_figure(
+        "val/acc", big, big_curves["val/acc"], ["grid", "optimizer.lr", "scheduler"]
+    )
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 2 and visible[0].get_ylim() == visible[1].get_ylim()
     plt.close(fig)
@@ -188,12 +258,24 @@ def test_curves_overlay_arms_and_one_value_metrics_are_points(tmp_path: Path) ->
 def test_a_claim_on_a_pinned_axis_is_one_line(tmp_path: Path) -> None:
     trials, curves = _small_sweep()
     pinned = trials[trials["optimizer"] == "adam"].drop(columns=["optimizer"])
-    claims = [{"id": "OPT-1", "statement": "momentum helps", "test": "compare",
-               "metric": "test/acc", "mode": "max", "axis": "optimizer", "a": "sgd",
-               "b": "adam", "predict": "a_better", "min_effect": 0.01}]
+    claims = [
+        {
+            "id": "OPT-1",
+            "statement": "momentum helps",
+            "test": "compare",
+            "metric": "test/acc",
+            "mode": "max",
+            "axis": "optimizer",
+            "a": "sgd",
+            "b": "adam",
+            "predict": "a_better",
+            "min_effect": 0.01,
+        }
+    ]
     verdicts = evaluate(claims, pinned, axes=["seed"])
-    (page, *_) = build_report(tmp_path, SweepInfo("s", "optimizers"), pinned, verdicts,
-                              curves, ["seed"])
+    (page, *_) = build_report(
+        tmp_path, SweepInfo("s", "optimizers"), pinned, verdicts, curves, ["seed"]
+    )
     text = page.read_text()
     assert "the axis <code>optimizer</code> was pinned to adam in this sweep" in text
     assert "not in the trials table" not in text  # not the list of every column

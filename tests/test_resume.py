@@ -19,9 +19,12 @@ SWEEP = ["optimizers", "optimizer=adam", "model=mlp_d", "seed=range(6)", "train.
 
 
 def test_driver_killed_then_resumed_runs_exactly_the_rest(ray_session, tracking_uri: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", *SWEEP,
-                             "--tracking-uri", tracking_uri], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", *SWEEP, "--tracking-uri", tracking_uri],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = Client(tracking_uri)
     deadline = time.monotonic() + 180
     sweep_id = None
@@ -51,8 +54,9 @@ def test_driver_killed_then_resumed_runs_exactly_the_rest(ray_session, tracking_
     parent = client.sweep_run(sweep_id)
     assert parent.info.status == "FINISHED"
     runs = MlflowClient(tracking_uri).search_runs(
-        [parent.info.experiment_id], f"tags.`orch.sweep_id` = '{sweep_id}' and "
-                                     f"tags.`orch.kind` = 'trial'")
+        [parent.info.experiment_id],
+        f"tags.`orch.sweep_id` = '{sweep_id}' and tags.`orch.kind` = 'trial'",
+    )
     by_key: dict[str, list] = {}
     for r in runs:
         by_key.setdefault(r.data.tags["orch.trial_key"], []).append(r)
@@ -62,5 +66,7 @@ def test_driver_killed_then_resumed_runs_exactly_the_rest(ray_session, tracking_
     interrupted = [r for r in runs if r.data.tags.get("orch.outcome") == "interrupted"]
     assert interrupted and all(r.info.status == "KILLED" for r in interrupted)
     for r in interrupted:
-        outcomes = sorted(x.data.tags["orch.outcome"] for x in by_key[r.data.tags["orch.trial_key"]])
+        outcomes = sorted(
+            x.data.tags["orch.outcome"] for x in by_key[r.data.tags["orch.trial_key"]]
+        )
         assert outcomes == ["finished", "interrupted"]

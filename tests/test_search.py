@@ -71,23 +71,30 @@ def test_space_grammar_becomes_optuna_distributions() -> None:
     assert dist("range(1, 5)") == IntDistribution(1, 4)
     assert dist("range(0, 1, 0.25)") == FloatDistribution(0.0, 0.75, step=0.25)
     assert dist("a,b,c") == CategoricalDistribution(["a", "b", "c"])
-    assert dist("sgd_momentum,adam", True, ["adam", "sgd", "sgd_momentum"]) == \
-        CategoricalDistribution(["sgd_momentum", "adam"])
+    assert dist(
+        "sgd_momentum,adam", True, ["adam", "sgd", "sgd_momentum"]
+    ) == CategoricalDistribution(["sgd_momentum", "adam"])
     # A choice of lists is stored as JSON text and decoded into the config.
     p = parse_param("model.channels", "[8,16],[16,32]", False)
     assert p.distribution == CategoricalDistribution(["[8, 16]", "[16, 32]"])
     assert p.value("[16, 32]") == [16, 32]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("interval(1, 0)", "low 1.0 >= high 0.0; allowed: interval(low, high) with low < high"),
-    ("tag(log, interval(0, 1))", "is not > 0; allowed: low > 0"),
-    ("choice()", "empty choice is not legal"),
-    ("range(5, 1)", "is empty"),
-    ("0.5", "is a single value, not a distribution; allowed: interval(lo, hi)"),
-    ("tag(exp, interval(0, 1))", "unknown tag(s) ['exp'] in 'tag(exp, interval(0, 1))'; allowed: log"),
-    ("a,a", "repeats a choice"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("interval(1, 0)", "low 1.0 >= high 0.0; allowed: interval(low, high) with low < high"),
+        ("tag(log, interval(0, 1))", "is not > 0; allowed: low > 0"),
+        ("choice()", "empty choice is not legal"),
+        ("range(5, 1)", "is empty"),
+        ("0.5", "is a single value, not a distribution; allowed: interval(lo, hi)"),
+        (
+            "tag(exp, interval(0, 1))",
+            "unknown tag(s) ['exp'] in 'tag(exp, interval(0, 1))'; allowed: log",
+        ),
+        ("a,a", "repeats a choice"),
+    ],
+)
 def test_bad_space_entries_name_the_key_and_what_is_allowed(text: str, message: str) -> None:
     with pytest.raises(SpecError) as e:
         parse_param("optimizer.lr", text, False)
@@ -95,27 +102,40 @@ def test_bad_space_entries_name_the_key_and_what_is_allowed(text: str, message: 
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["search.sampler=bogus"], "search.sampler: Input should be 'tpe', 'random', 'cmaes', "
-                               "'grid' or 'nsga2'"),
-    (["x=interval(1, 0)"], "search.space.x: 'interval(1, 0)' has low 1.0 >= high 0.0"),
-    (["x=choice()"], "'x=choice()' ValueError while evaluating 'choice()': empty choice is "
-                     "not legal"),
-    (["nope=interval(0, 1)"], "search.space.nope: no such key in the composed config"),
-    (["search.pruner=bogus"], "search.pruner.name: Input should be 'none', 'median'"),
-    (["search.sampler=grid"], "search.space.x: sampler 'grid' needs a choice or range()"),
-    (["search.metrics=[score,final]", "search.directions=[max,min]"],
-     "pruner: 'median' cannot prune a multi-objective search (2 metrics); allowed: none"),
-    (["+search.conditions.x={nope: 1}"], "search.conditions.x.nope: 'nope' is not a "
-                                           "parameter of search.space"),
-    (["x=interval(0, 2)", "y_weight=-1"], "y_weight: Input should be greater than or equal to 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["search.sampler=bogus"],
+            "search.sampler: Input should be 'tpe', 'random', 'cmaes', 'grid' or 'nsga2'",
+        ),
+        (["x=interval(1, 0)"], "search.space.x: 'interval(1, 0)' has low 1.0 >= high 0.0"),
+        (
+            ["x=choice()"],
+            "'x=choice()' ValueError while evaluating 'choice()': empty choice is not legal",
+        ),
+        (["nope=interval(0, 1)"], "search.space.nope: no such key in the composed config"),
+        (["search.pruner=bogus"], "search.pruner.name: Input should be 'none', 'median'"),
+        (["search.sampler=grid"], "search.space.x: sampler 'grid' needs a choice or range()"),
+        (
+            ["search.metrics=[score,final]", "search.directions=[max,min]"],
+            "pruner: 'median' cannot prune a multi-objective search (2 metrics); allowed: none",
+        ),
+        (
+            ["+search.conditions.x={nope: 1}"],
+            "search.conditions.x.nope: 'nope' is not a parameter of search.space",
+        ),
+        (
+            ["x=interval(0, 2)", "y_weight=-1"],
+            "y_weight: Input should be greater than or equal to 0",
+        ),
+    ],
+)
 def test_bad_search_input_exits_2_before_anything_is_written(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str],
-        message: str) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str], message: str
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["sweep", "quad", *QUAD, "--tracking-uri", uri, "search.pruner=median",
-                 *overrides])
+    code = main(["sweep", "quad", *QUAD, "--tracking-uri", uri, "search.pruner=median", *overrides])
     assert code == EXIT_BAD_INPUT
     err = " ".join(capsys.readouterr().err.split())
     assert message in err
@@ -135,8 +155,9 @@ def test_resume_accepts_only_a_new_budget(capsys: pytest.CaptureFixture[str]) ->
 
 def test_storage_beside_sqlite_store_and_explicit_for_a_server(tmp_path: Path) -> None:
     spec = SearchSpec(space={"x": "interval(0, 1)"})
-    assert resolve_storage(spec, "sqlite:////data/runs/mlflow.db") == \
-        "sqlite:////data/runs/optuna.db"
+    assert (
+        resolve_storage(spec, "sqlite:////data/runs/mlflow.db") == "sqlite:////data/runs/optuna.db"
+    )
     with pytest.raises(SpecError, match=r"^search\.storage: .*postgresql://"):
         resolve_storage(spec, "http://mlflow:5000")
     pg = "postgresql://orch@db/optuna"
@@ -147,8 +168,7 @@ def test_conditional_space_composes_group_choices_per_trial() -> None:
     """The hpo study's space: momentum only with SGD+momentum, betas/eps only with Adam,
     and the trial config is the one Hydra composes for the chosen optimizer."""
     plan = _plan([], "hpo", None)
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=1))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     source = OptunaSource(plan.search, study, n_trials=12)
     seen, trials = set(), []
     for _ in range(12):
@@ -181,8 +201,7 @@ def test_conditional_space_composes_group_choices_per_trial() -> None:
 # -- after the search -----------------------------------------------------------------------
 def _fake_study(plan, objective) -> optuna.Study:
     """A study with 40 complete trials on the quad space (x, y), values from ``objective``."""
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=3))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
     dists = {p.key: p.distribution for p in plan.search.space.params}
     for _ in range(40):
         t = study.ask(dists)
@@ -192,7 +211,7 @@ def _fake_study(plan, objective) -> optuna.Study:
 
 def test_importances_plots_and_hp_verdicts(tmp_path: Path) -> None:
     plan = _plan(["y=interval(0, 1)", "y_weight=0.01"])
-    study = _fake_study(plan, lambda x, y: -(x - 0.7) ** 2 - 0.01 * (y - 0.7) ** 2)
+    study = _fake_study(plan, lambda x, y: -((x - 0.7) ** 2) - 0.01 * (y - 0.7) ** 2)
     summary = analyse(study, plan.search, tmp_path)
     imp = summary.importances["all"]
     assert list(imp) == ["x", "y"] and imp["x"] > 0.8
@@ -205,25 +224,46 @@ def test_importances_plots_and_hp_verdicts(tmp_path: Path) -> None:
         SearchClaimSpec(id="outside", test="inside", ranges={"x": (0.0, 0.5)}),
         SearchClaimSpec(id="few", test="importance", first=["x"], min_trials=100),
     ]
-    got = {v.id: v.verdict for v in search_verdicts(claims, study, plan.search,
-                                                     summary.importances)}
-    assert got == {"order": "confirmed", "wrong-order": "refuted", "inside": "confirmed",
-                   "outside": "refuted", "few": "inconclusive"}
+    got = {
+        v.id: v.verdict for v in search_verdicts(claims, study, plan.search, summary.importances)
+    }
+    assert got == {
+        "order": "confirmed",
+        "wrong-order": "refuted",
+        "inside": "confirmed",
+        "outside": "refuted",
+        "few": "inconclusive",
+    }
     # A best trial pinned against the space's edge says the optimum may lie beyond it.
     rising = _fake_study(plan, lambda x, y: x)
-    (edge,) = search_verdicts([SearchClaimSpec(id="edge", test="inside",
-                                               ranges={"x": (0.0, 1.0)}, margin=0.05)],
-                              rising, plan.search, {})
+    (edge,) = search_verdicts(
+        [SearchClaimSpec(id="edge", test="inside", ranges={"x": (0.0, 1.0)}, margin=0.05)],
+        rising,
+        plan.search,
+        {},
+    )
     assert edge.verdict == "refuted" and "pinned against the space's edge 1" in edge.detail
 
 
 # -- end to end on Ray ----------------------------------------------------------------------
 def test_pruned_trial_stops_early_and_is_recorded_pruned(ray_session, tracking_uri: str) -> None:
     steps = 8
-    code = main(["sweep", "quad", *QUAD, "--tracking-uri", tracking_uri,
-                 "search.sampler=random", "search.n_trials=8", "search.pruner.name=median",
-                 "search.pruner.n_startup_trials=2", "search.pruner.n_warmup_steps=0",
-                 f"steps={steps}", "step_s=0.15"])
+    code = main(
+        [
+            "sweep",
+            "quad",
+            *QUAD,
+            "--tracking-uri",
+            tracking_uri,
+            "search.sampler=random",
+            "search.n_trials=8",
+            "search.pruner.name=median",
+            "search.pruner.n_startup_trials=2",
+            "search.pruner.n_warmup_steps=0",
+            f"steps={steps}",
+            "step_s=0.15",
+        ]
+    )
     assert code == 0
     client = Client(tracking_uri)
     sweep_id = client.sweeps().sweep_id.iloc[0]
@@ -237,8 +277,9 @@ def test_pruned_trial_stops_early_and_is_recorded_pruned(ray_session, tracking_u
         assert 1 <= len(history) < steps  # stopped within a step of the pruner's call
         ot = study.trials[int(row.trial_index)]
         assert ot.state == TrialState.PRUNED and ot.user_attrs[ATTR_RUN] == row.run_id
-        assert MlflowClient(tracking_uri).get_run(row.run_id).data.tags[
-            "orch.optuna_trial"] == str(ot.number)
+        assert MlflowClient(tracking_uri).get_run(row.run_id).data.tags["orch.optuna_trial"] == str(
+            ot.number
+        )
     finished = df[df.outcome == "finished"]
     assert len(finished) + len(pruned) == 8
     assert all(len(client.history(r, "score")) == steps for r in finished.run_id)
@@ -249,13 +290,28 @@ def test_pruned_trial_stops_early_and_is_recorded_pruned(ray_session, tracking_u
     assert parent.data.metrics["importance/x"] == pytest.approx(1.0)
 
 
-def test_killed_driver_resumes_the_same_study_without_rerunning(ray_session,
-                                                                tracking_uri: str) -> None:
+def test_killed_driver_resumes_the_same_study_without_rerunning(
+    ray_session, tracking_uri: str
+) -> None:
     n = 8
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", "quad", *QUAD, "--tracking-uri",
-         tracking_uri, f"search.n_trials={n}", "steps=6", "step_s=0.4"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            "quad",
+            *QUAD,
+            "--tracking-uri",
+            tracking_uri,
+            f"search.n_trials={n}",
+            "steps=6",
+            "step_s=0.4",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = Client(tracking_uri)
     deadline = time.monotonic() + 240
     sweep_id = None
@@ -294,14 +350,19 @@ def test_killed_driver_resumes_the_same_study_without_rerunning(ray_session,
     assert not any(t.user_attrs.get(ATTR_RERUN) in done_before for t in trials)
     runs = MlflowClient(tracking_uri).search_runs(
         [client.sweep_run(sweep_id).info.experiment_id],
-        f"tags.`orch.sweep_id` = '{sweep_id}' and tags.`orch.kind` = 'trial'")
-    numbers = [r.data.tags["orch.optuna_trial"] for r in runs
-               if r.data.tags.get("orch.outcome") in ("finished", "pruned")]
+        f"tags.`orch.sweep_id` = '{sweep_id}' and tags.`orch.kind` = 'trial'",
+    )
+    numbers = [
+        r.data.tags["orch.optuna_trial"]
+        for r in runs
+        if r.data.tags.get("orch.outcome") in ("finished", "pruned")
+    ]
     assert len(numbers) == n == len(set(numbers))
     assert {int(k) for k in numbers} == {t.number for t in settled}
     for t in settled:
         assert MlflowClient(tracking_uri).get_run(t.user_attrs[ATTR_RUN]).data.tags[
-            "orch.optuna_trial"] == str(t.number)
+            "orch.optuna_trial"
+        ] == str(t.number)
     interrupted = [r for r in runs if r.data.tags.get("orch.outcome") == "interrupted"]
     assert len(interrupted) == len(running_before)
     assert len(client.sweeps()) == 1 and client.sweep_run(sweep_id).info.status == "FINISHED"
@@ -309,8 +370,22 @@ def test_killed_driver_resumes_the_same_study_without_rerunning(ray_session,
 
 def test_resumed_search_keeps_the_samplers_history(ray_session, tracking_uri: str) -> None:
     """TPE continued on resume (``search.n_trials`` raised) concentrates near the optimum."""
-    assert main(["sweep", "quad", *QUAD, "--tracking-uri", tracking_uri, "search.n_trials=8",
-                 "search.n_startup_trials=6", "steps=1", "step_s=0.0"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "quad",
+                *QUAD,
+                "--tracking-uri",
+                tracking_uri,
+                "search.n_trials=8",
+                "search.n_startup_trials=6",
+                "steps=1",
+                "step_s=0.0",
+            ]
+        )
+        == 0
+    )
     sweep_id = Client(tracking_uri).sweeps().sweep_id.iloc[0]
     assert main(["resume", sweep_id, "--tracking-uri", tracking_uri, "search.n_trials=24"]) == 0
     trials = sorted(_study(tracking_uri, sweep_id).trials, key=lambda t: t.number)

@@ -61,10 +61,26 @@ def mlflow_server(fresh_database: str, tmp_path: Path) -> Iterator[tuple[str, Pa
     port, artifacts = _free_port(), tmp_path / "served-artifacts"
     log = open(tmp_path / "server.log", "ab")
     proc = subprocess.Popen(
-        [MLFLOW, "server", "--backend-store-uri", fresh_database, "--serve-artifacts",
-         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        [
+            MLFLOW,
+            "server",
+            "--backend-store-uri",
+            fresh_database,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -95,17 +111,27 @@ def _conf(tmp: Path) -> Path:
     conf = tmp / "conf"
     (conf / "task").mkdir(parents=True)
     (conf / "study").mkdir()
-    (conf / "task" / "slow.yaml").write_text("# @package _global_\n" + yaml.safe_dump(
-        {"task": {"name": "slow"}, "seed": 0, "steps": 5, "step_s": 0.2}))
-    (conf / "study" / "served.yaml").write_text("# @package _global_\n" + yaml.safe_dump(
-        {"defaults": [{"override /task": "slow"}],
-         "study": {"name": "served", "description": "two sweeps into one server"},
-         "sweep": {"seeds": SEEDS, "metric": "final"}}, sort_keys=False))
+    (conf / "task" / "slow.yaml").write_text(
+        "# @package _global_\n"
+        + yaml.safe_dump({"task": {"name": "slow"}, "seed": 0, "steps": 5, "step_s": 0.2})
+    )
+    (conf / "study" / "served.yaml").write_text(
+        "# @package _global_\n"
+        + yaml.safe_dump(
+            {
+                "defaults": [{"override /task": "slow"}],
+                "study": {"name": "served", "description": "two sweeps into one server"},
+                "sweep": {"seeds": SEEDS, "metric": "final"},
+            },
+            sort_keys=False,
+        )
+    )
     return conf
 
 
-def test_two_sweeps_into_one_server_lose_and_duplicate_nothing(mlflow_server, tmp_path: Path
-                                                               ) -> None:
+def test_two_sweeps_into_one_server_lose_and_duplicate_nothing(
+    mlflow_server, tmp_path: Path
+) -> None:
     uri, served = mlflow_server
     conf = _conf(tmp_path)
     procs: dict[str, subprocess.Popen] = {}
@@ -119,10 +145,26 @@ def test_two_sweeps_into_one_server_lose_and_duplicate_nothing(mlflow_server, tm
             env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
             env.update(PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
             procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", "sweep", "served", f"steps={steps}",
-                 "--config-dir", str(conf), "--tasks", "tests.plugins.failing_tasks",
-                 "--tracking-uri", uri],
-                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator.cli",
+                    "sweep",
+                    "served",
+                    f"steps={steps}",
+                    "--config-dir",
+                    str(conf),
+                    "--tasks",
+                    "tests.plugins.failing_tasks",
+                    "--tracking-uri",
+                    uri,
+                ],
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
         outputs = {name: p.communicate(timeout=500) for name, p in procs.items()}
     finally:
         for p in procs.values():
@@ -143,8 +185,9 @@ def test_two_sweeps_into_one_server_lose_and_duplicate_nothing(mlflow_server, tm
         df = client.trials(sweep.sweep_id)
         assert len(df) == SEEDS and (df.outcome == "finished").all()
         assert sorted(df.seed) == list(range(SEEDS))
-        children = ml.search_runs([sweep.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{sweep.run_id}'")
+        children = ml.search_runs(
+            [sweep.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep.run_id}'"
+        )
         assert len(children) == SEEDS  # no run created twice (a retried create_run)
         steps = int(children[0].data.params["steps"])
         for run in children:

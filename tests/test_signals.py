@@ -24,23 +24,43 @@ PLUGINS = "tests.plugins.failing_tasks"
 
 
 def _start(tmp: Path, uri: str, steps: int, step_s: float, seeds: int) -> subprocess.Popen:
-    conf = user_conf(tmp, "slow", "sig", {"steps": steps, "step_s": step_s},
-                     {"seeds": seeds, "metric": "final"})
+    conf = user_conf(
+        tmp, "slow", "sig", {"steps": steps, "step_s": step_s}, {"seeds": seeds, "metric": "final"}
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "sig",
-                             "--config-dir", str(conf), "--tasks", PLUGINS,
-                             "--tracking-uri", uri], cwd=tmp, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            "sig",
+            "--config-dir",
+            str(conf),
+            "--tasks",
+            PLUGINS,
+            "--tracking-uri",
+            uri,
+        ],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def _wait_for(uri: str, proc: subprocess.Popen, what: str, n: int = 1,
-              timeout: float = 300) -> None:
+def _wait_for(
+    uri: str, proc: subprocess.Popen, what: str, n: int = 1, timeout: float = 300
+) -> None:
     """Until the sweep's parent run exists (``parent``), ``n`` trial runs do (``trial``) or
     ``n`` trials have finished (``finished``): points of the sweep, not of the clock."""
-    path = Path(uri[len("sqlite:///"):])
-    query = {"parent": f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}'",
-             "trial": f"tags.`{schema.TAG_KIND}` = '{schema.KIND_TRIAL}'",
-             "finished": f"tags.`{schema.TAG_OUTCOME}` = 'finished'"}[what]
+    path = Path(uri[len("sqlite:///") :])
+    query = {
+        "parent": f"tags.`{schema.TAG_KIND}` = '{schema.KIND_SWEEP}'",
+        "trial": f"tags.`{schema.TAG_KIND}` = '{schema.KIND_TRIAL}'",
+        "finished": f"tags.`{schema.TAG_OUTCOME}` = 'finished'",
+    }[what]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
@@ -71,7 +91,8 @@ def assert_store_truthful(uri: str) -> dict[str, int]:
         assert status == expected, (run.info.run_name, status, outcome)
         if outcome == "finished":  # its result: the final metric and the whole curve
             assert run.data.metrics["final"] == float(run.data.params["steps"]) + float(
-                run.data.params["seed"])
+                run.data.params["seed"]
+            )
             trained = tags.get(schema.TAG_REUSED, run.info.run_id)  # a reuse points at it
             steps = ml.get_metric_history(trained, "score")
             assert sorted(p.step for p in steps) == list(range(int(run.data.params["steps"])))
@@ -82,13 +103,18 @@ def assert_store_truthful(uri: str) -> dict[str, int]:
 
 # (what to wait for, how many, then seconds more): before the store is written, as the
 # first trial starts, mid-trial, and once half of the trials have finished.
-POINTS = {"before the parent run": ("start", 0, 0.5), "parent run": ("parent", 1, 0.0),
-          "first trial": ("trial", 1, 0.0), "mid-trial": ("trial", 1, 0.5),
-          "half done": ("finished", 0, 0.0)}
+POINTS = {
+    "before the parent run": ("start", 0, 0.5),
+    "parent run": ("parent", 1, 0.0),
+    "first trial": ("trial", 1, 0.0),
+    "mid-trial": ("trial", 1, 0.5),
+    "half done": ("finished", 0, 0.0),
+}
 
 
-def _run_and_signal(tmp: Path, point: str, signals: list[int], steps: int, step_s: float,
-                    seeds: int) -> tuple[int, str, dict[str, int]]:
+def _run_and_signal(
+    tmp: Path, point: str, signals: list[int], steps: int, step_s: float, seeds: int
+) -> tuple[int, str, dict[str, int]]:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     proc = _start(tmp, uri, steps, step_s, seeds)
     what, n, more = POINTS[point]
@@ -99,13 +125,14 @@ def _run_and_signal(tmp: Path, point: str, signals: list[int], steps: int, step_
         proc.send_signal(sig)
         time.sleep(0.3)
     _, err = proc.communicate(timeout=300)
-    counts = assert_store_truthful(uri) if Path(uri[len("sqlite:///"):]).exists() else {}
+    counts = assert_store_truthful(uri) if Path(uri[len("sqlite:///") :]).exists() else {}
     return proc.returncode, err, counts
 
 
 @pytest.mark.parametrize("point", list(POINTS))
 def test_sigterm_at_any_point_is_a_cancel_and_the_store_tells_the_truth(
-        point: str, tmp_path: Path) -> None:
+    point: str, tmp_path: Path
+) -> None:
     code, err, counts = _run_and_signal(tmp_path, point, [signal.SIGTERM], 4, 0.3, 8)
     if point == "before the parent run":
         # Still starting (Python importing): the handler may not be there yet, and SIGTERM's
@@ -138,7 +165,8 @@ def test_signal_while_trials_end_rapidly(point: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("point", ["first trial", "half done"])
 def test_second_signal_forces_the_exit_after_marking(point: str, tmp_path: Path) -> None:
-    code, err, counts = _run_and_signal(tmp_path, point, [signal.SIGTERM, signal.SIGTERM],
-                                        1, 0.02, 60)
+    code, err, counts = _run_and_signal(
+        tmp_path, point, [signal.SIGTERM, signal.SIGTERM], 1, 0.02, 60
+    )
     assert code == 143, err
     assert "Traceback" not in err, err

@@ -33,8 +33,14 @@ print(json.dumps({{"rc": rc, "loaded": [m for m in {HEAVY!r} if m in sys.modules
 def loaded_by(argv: list[str], cwd: Path) -> list[str]:
     """The heavy packages a fresh interpreter holds after ``orch ARGV``; asserts exit 0."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": ""}
-    out = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(argv)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["rc"] == 0, out.stderr

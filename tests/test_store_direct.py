@@ -30,28 +30,39 @@ def _write(uri: str) -> tuple[str, dict[str, str]]:
     second sweep in the same experiment; the experiment id and run id by trial key."""
     tracker = Tracker(uri)
     exp = tracker.experiment_id("direct")
-    parent = tracker.start_run(exp, SWEEP, {schema.TAG_KIND: schema.KIND_SWEEP,
-                                            schema.TAG_SWEEP: SWEEP}, {})
+    parent = tracker.start_run(
+        exp, SWEEP, {schema.TAG_KIND: schema.KIND_SWEEP, schema.TAG_SWEEP: SWEEP}, {}
+    )
     ids: dict[str, str] = {}
     for sweep in (SWEEP, "other-sweep"):
         for i in range(6):
             attempts = 2 if (sweep, i) == (SWEEP, 1) else 1
             for attempt in range(1, attempts + 1):
-                tags = {schema.TAG_PARENT: parent, schema.TAG_KIND: schema.KIND_TRIAL,
-                        schema.TAG_SWEEP: sweep, schema.TAG_KEY: f"{sweep}-k{i}",
-                        schema.TAG_INDEX: i, schema.TAG_ATTEMPT: attempt,
-                        schema.TAG_ARM: f'{{"lr": {i}}}'}
+                tags = {
+                    schema.TAG_PARENT: parent,
+                    schema.TAG_KIND: schema.KIND_TRIAL,
+                    schema.TAG_SWEEP: sweep,
+                    schema.TAG_KEY: f"{sweep}-k{i}",
+                    schema.TAG_INDEX: i,
+                    schema.TAG_ATTEMPT: attempt,
+                    schema.TAG_ARM: f'{{"lr": {i}}}',
+                }
                 if (sweep, i) == (SWEEP, 5):
                     tags[schema.TAG_REUSED] = ids[f"{SWEEP}-k0"]
-                rid = tracker.start_run(exp, f"t{i}", tags, {"lr": i, "model.width": 8},
-                                        {"lr": i})
+                rid = tracker.start_run(exp, f"t{i}", tags, {"lr": i, "model.width": 8}, {"lr": i})
                 for step in range(4):
-                    tracker.log_metrics(rid, {"val/acc": i + step / 10,
-                                              "train/loss": math.nan if i == 3 else 1.0}, step)
+                    tracker.log_metrics(
+                        rid,
+                        {"val/acc": i + step / 10, "train/loss": math.nan if i == 3 else 1.0},
+                        step,
+                    )
                 tracker.flush()  # histories written over several batches, as in a sweep
                 outcome = "finished" if attempt == attempts else schema.RETRIED
-                tracker.end_run(rid, "FINISHED" if outcome == "finished" else "FAILED",
-                                {schema.TAG_OUTCOME: outcome})
+                tracker.end_run(
+                    rid,
+                    "FINISHED" if outcome == "finished" else "FAILED",
+                    {schema.TAG_OUTCOME: outcome},
+                )
                 ids[f"{sweep}-k{i}"] = rid
     assert not tracker.close()
     return exp, ids
@@ -60,10 +71,21 @@ def _write(uri: str) -> tuple[str, dict[str, str]]:
 def _same_runs(a: list, b: list) -> None:
     assert [r.info.run_id for r in a] == [r.info.run_id for r in b]
     for x, y in zip(a, b):
-        assert (x.info.status, x.info.start_time, x.info.end_time, x.info.experiment_id,
-                x.info.artifact_uri, x.info.run_name) == \
-               (y.info.status, y.info.start_time, y.info.end_time, y.info.experiment_id,
-                y.info.artifact_uri, y.info.run_name)
+        assert (
+            x.info.status,
+            x.info.start_time,
+            x.info.end_time,
+            x.info.experiment_id,
+            x.info.artifact_uri,
+            x.info.run_name,
+        ) == (
+            y.info.status,
+            y.info.start_time,
+            y.info.end_time,
+            y.info.experiment_id,
+            y.info.artifact_uri,
+            y.info.run_name,
+        )
         assert x.data.tags == y.data.tags
         assert x.data.params == y.data.params
         assert x.data.metrics.keys() == y.data.metrics.keys()
@@ -109,8 +131,10 @@ def test_bulk_histories_match_metric_history(store) -> None:
         for rid in runs:
             one = reader.history(rid, metric, source=rid)
             assert [(s, ts) for s, _, ts in bulk[rid]] == [(s, ts) for s, _, ts in one]
-            assert all(x == y or (math.isnan(x) and math.isnan(y))
-                       for (_, x, _), (_, y, _) in zip(bulk[rid], one))
+            assert all(
+                x == y or (math.isnan(x) and math.isnan(y))
+                for (_, x, _), (_, y, _) in zip(bulk[rid], one)
+            )
     # The report's reader follows a reuse to its source run's history, one query per metric.
     trials = reader.trials(SWEEP)
     history = _Histories(reader, trials)
@@ -121,7 +145,7 @@ def test_bulk_histories_match_metric_history(store) -> None:
 
 def test_sqlite_store_is_wal_and_config_written_in_place(store) -> None:
     uri, exp, ids = store
-    path = uri[len("sqlite:///"):]
+    path = uri[len("sqlite:///") :]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     reader = StoreReader(uri)
@@ -132,11 +156,16 @@ def test_sqlite_store_is_wal_and_config_written_in_place(store) -> None:
 def _same_trial(tracker: Tracker, exp: str, name: str) -> str:
     """One trial's writes, with fixed timestamps: NaN and inf values, a late point with a
     lower step (must not become the latest), a tag set twice, params, an end."""
-    rid = tracker.start_run(exp, name, {schema.TAG_KIND: schema.KIND_TRIAL, "t": "1"},
-                            {"lr": 0.1, "model": "mlp"})
+    rid = tracker.start_run(
+        exp, name, {schema.TAG_KIND: schema.KIND_TRIAL, "t": "1"}, {"lr": 0.1, "model": "mlp"}
+    )
     for step in range(3):
-        tracker.log_metrics(rid, {"val/acc": step / 10, "loss": [1.0, math.nan, math.inf][step]},
-                            step, timestamp_ms=1000 + step)
+        tracker.log_metrics(
+            rid,
+            {"val/acc": step / 10, "loss": [1.0, math.nan, math.inf][step]},
+            step,
+            timestamp_ms=1000 + step,
+        )
         tracker.flush()
     tracker.log_metrics(rid, {"val/acc": 0.9}, 1, timestamp_ms=5000)
     tracker.set_tags(rid, {"t": "2"})
@@ -166,8 +195,9 @@ def test_direct_writes_leave_what_mlflow_writes(tmp_path: Path) -> None:
     _compare_write_paths(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-def test_direct_writes_and_reads_on_postgresql(postgres_uri: str, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_direct_writes_and_reads_on_postgresql(
+    postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root on a database is ./mlruns
     _compare_write_paths(postgres_uri)
     exp, _ = _write(postgres_uri)
@@ -190,8 +220,9 @@ def _compare_write_paths(uri: str) -> None:
     assert ra.info.end_time is not None and rb.info.end_time is not None
 
     def tags(run: Any) -> dict[str, str]:
-        return {k: v for k, v in run.data.tags.items()
-                if k not in (schema.TAG_TOKEN, "mlflow.runName")}
+        return {
+            k: v for k, v in run.data.tags.items() if k not in (schema.TAG_TOKEN, "mlflow.runName")
+        }
 
     assert tags(ra) == tags(rb) and tags(ra)["t"] == "3"
     assert ra.data.params == rb.data.params
@@ -201,8 +232,9 @@ def _compare_write_paths(uri: str) -> None:
         assert x == y or (math.isnan(x) and math.isnan(y)), k
     for key in ("val/acc", "loss"):
         ha, hb = client.get_metric_history(a, key), client.get_metric_history(b, key)
-        assert [(m.step, m.timestamp, str(m.value)) for m in ha] == \
-               [(m.step, m.timestamp, str(m.value)) for m in hb]
+        assert [(m.step, m.timestamp, str(m.value)) for m in ha] == [
+            (m.step, m.timestamp, str(m.value)) for m in hb
+        ]
 
 
 def test_an_end_waits_with_its_metrics_while_the_store_is_locked(tmp_path: Path) -> None:
@@ -220,8 +252,9 @@ def test_an_end_waits_with_its_metrics_while_the_store_is_locked(tmp_path: Path)
     engine.dispose()
     import sqlalchemy
 
-    sqlalchemy.event.listen(engine, "connect",
-                            lambda conn, _: conn.execute("PRAGMA busy_timeout = 0"))
+    sqlalchemy.event.listen(
+        engine, "connect", lambda conn, _: conn.execute("PRAGMA busy_timeout = 0")
+    )
     tracker.end_run(rid, "FINISHED", {schema.TAG_OUTCOME: "finished"})
     run = tracker.client.get_run(rid)
     assert run.info.status == "RUNNING" and schema.TAG_OUTCOME not in run.data.tags

@@ -20,11 +20,17 @@ from orchestrator.store.create import check_store, open_store
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _orch(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-          ) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd or ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+def _orch(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        cwd=cwd or ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 def _store(path: Path) -> Path:
@@ -85,10 +91,16 @@ def locked() -> Iterator[Callable[[Path], None]]:
     def make(path: Path) -> None:
         _store(path)
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sqlite3, sys, time\n"
-             f"con = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
-             "con.execute('BEGIN EXCLUSIVE')\nprint('held', flush=True)\ntime.sleep(600)"],
-            stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys, time\n"
+                f"con = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+                "con.execute('BEGIN EXCLUSIVE')\nprint('held', flush=True)\ntime.sleep(600)",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         held.append(holder)
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
 
@@ -98,20 +110,23 @@ def locked() -> Iterator[Callable[[Path], None]]:
         holder.wait()
 
 
-CASES = {"random bytes": (_random, "not an MLflow store"),
-         "a text file": (_text, "not an MLflow store"),
-         "corrupt": (_corrupt, "is corrupt"),
-         "another program's database": (_not_mlflow, "not an MLflow store"),
-         "newer schema": (_newer, "newer than this MLflow"),
-         "older or half-migrated schema": (_older, "mlflow db upgrade"),
-         "read-only": (_read_only, "read-only"),
-         "locked": (None, "locked by another program")}
+CASES = {
+    "random bytes": (_random, "not an MLflow store"),
+    "a text file": (_text, "not an MLflow store"),
+    "corrupt": (_corrupt, "is corrupt"),
+    "another program's database": (_not_mlflow, "not an MLflow store"),
+    "newer schema": (_newer, "newer than this MLflow"),
+    "older or half-migrated schema": (_older, "mlflow db upgrade"),
+    "read-only": (_read_only, "read-only"),
+    "locked": (None, "locked by another program"),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("command", [["sweep", "optimizers", "--quick"], ["ls"]])
 def test_broken_store_is_one_line_exit_1_and_left_unchanged(
-        case: str, command: list[str], tmp_path: Path, locked: Callable[[Path], None]) -> None:
+    case: str, command: list[str], tmp_path: Path, locked: Callable[[Path], None]
+) -> None:
     make, expected = CASES[case]
     path = tmp_path / "mlflow.db"
     (make or locked)(path)
@@ -127,8 +142,12 @@ def test_broken_store_is_one_line_exit_1_and_left_unchanged(
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: tracking store") and str(path) in \
-        lines[0] and expected in lines[0], err
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: tracking store")
+        and str(path) in lines[0]
+        and expected in lines[0]
+    ), err
     assert "Traceback" not in out + err
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no journal, no Ray

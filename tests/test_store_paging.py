@@ -26,34 +26,67 @@ def _fill(uri: str, sweep_id: str) -> str:
     """A parent run and ``N`` finished trial runs under it; the experiment id."""
     tracker = Tracker(uri)
     exp = tracker.experiment_id("paging")
-    parent = tracker.start_run(exp, sweep_id, {schema.TAG_KIND: schema.KIND_SWEEP,
-                                               schema.TAG_SWEEP: sweep_id,
-                                               schema.TAG_METRIC: "val/acc"}, {})
+    parent = tracker.start_run(
+        exp,
+        sweep_id,
+        {
+            schema.TAG_KIND: schema.KIND_SWEEP,
+            schema.TAG_SWEEP: sweep_id,
+            schema.TAG_METRIC: "val/acc",
+        },
+        {},
+    )
     tracker.close()
     now = int(time.time() * 1000)
     runs, tags, params, metrics = [], [], [], []
     for i in range(N):
         rid = uuid.uuid4().hex
-        runs.append((rid, f"t{i}", "LOCAL", "", "", "test", "FINISHED", now + i, now + i, "",
-                     "active", "", int(exp)))
-        for k, v in {schema.TAG_PARENT: parent, schema.TAG_KIND: schema.KIND_TRIAL,
-                     schema.TAG_SWEEP: sweep_id, schema.TAG_KEY: f"k{i}",
-                     schema.TAG_INDEX: str(i), schema.TAG_OUTCOME: "finished",
-                     schema.TAG_ARM: json.dumps({"lr": i % 10})}.items():
+        runs.append(
+            (
+                rid,
+                f"t{i}",
+                "LOCAL",
+                "",
+                "",
+                "test",
+                "FINISHED",
+                now + i,
+                now + i,
+                "",
+                "active",
+                "",
+                int(exp),
+            )
+        )
+        for k, v in {
+            schema.TAG_PARENT: parent,
+            schema.TAG_KIND: schema.KIND_TRIAL,
+            schema.TAG_SWEEP: sweep_id,
+            schema.TAG_KEY: f"k{i}",
+            schema.TAG_INDEX: str(i),
+            schema.TAG_OUTCOME: "finished",
+            schema.TAG_ARM: json.dumps({"lr": i % 10}),
+        }.items():
             tags.append((k, v, rid))
         params.append(("seed", str(i), rid))
         metrics.append(("val/acc", i / N, now, 0, False, rid))
     # Plain sqlite3 executemany on tuples: SQLAlchemy's per-row parameter handling made
     # the fill most of this test's time.
-    with sqlite3.connect(uri[len("sqlite:///"):]) as conn:
-        conn.executemany("INSERT INTO runs (run_uuid, name, source_type, source_name, "
-                         "entry_point_name, user_id, status, start_time, end_time, "
-                         "source_version, lifecycle_stage, artifact_uri, experiment_id) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", runs)
+    with sqlite3.connect(uri[len("sqlite:///") :]) as conn:
+        conn.executemany(
+            "INSERT INTO runs (run_uuid, name, source_type, source_name, "
+            "entry_point_name, user_id, status, start_time, end_time, "
+            "source_version, lifecycle_stage, artifact_uri, experiment_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            runs,
+        )
         conn.executemany("INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)", tags)
         conn.executemany("INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)", params)
-        conn.executemany("INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, "
-                         "run_uuid) VALUES (?, ?, ?, ?, ?, ?)", metrics)
+        conn.executemany(
+            "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, "
+            "run_uuid) VALUES (?, ?, ?, ?, ?, ?)",
+            metrics,
+        )
     return exp
 
 

@@ -47,7 +47,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+            raise RuntimeError(
+                f"{proc.args[0]} exited with {proc.returncode} before {url} answered"
+            )
         try:
             with urllib.request.urlopen(url, timeout=30) as r:
                 if r.status == 200:
@@ -106,16 +108,33 @@ def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
     artifacts.mkdir()
     log = open(tmp_path / "mlflow.log", "wb")
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", postgres_db, "--serve-artifacts",
-         "--artifacts-destination", str(artifacts), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            postgres_db,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 180, proc)
         # The first API request of a fresh server is slow (lazy imports, store setup); the
         # job's driver checks the store with a short timeout, so warm it up here.
-        wait_http(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1",
-                  180, proc)
+        wait_http(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1", 180, proc
+        )
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(proc)
@@ -130,25 +149,43 @@ def ray_head(tmp_path: Path) -> Iterator[dict]:
     token = tmp_path / "ray_token"
     token.write_text(secrets.token_hex(32))
     gcs, dash, metrics, agent = free_port(), free_port(), free_port(), free_port()
-    env = {**os.environ,
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job runs `python`
-           "RAY_USAGE_STATS_ENABLED": "0",
-           # Token auth as in docker/compose.yaml; a token file of its own, so the user's
-           # ~/.ray/auth_token (shared with other sessions) plays no part.
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-           # Report metrics every second, so the driver's last counts reach the agent
-           # before the job's driver exits.
-           "RAY_metrics_report_interval_ms": "1000",
-           "COLUMNS": "250"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job runs `python`
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Token auth as in docker/compose.yaml; a token file of its own, so the user's
+        # ~/.ray/auth_token (shared with other sessions) plays no part.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        # Report metrics every second, so the driver's last counts reach the agent
+        # before the job's driver exits.
+        "RAY_metrics_report_interval_ms": "1000",
+        "COLUMNS": "250",
+    }
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "ray_head.log", "wb")
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--metrics-export-port={metrics}", f"--dashboard-agent-listen-port={agent}",
-         "--num-cpus=2", "--node-ip-address=127.0.0.1",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=ROOT)
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--metrics-export-port={metrics}",
+            f"--dashboard-agent-listen-port={agent}",
+            "--num-cpus=2",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        cwd=ROOT,
+    )
     try:
         wait_http(f"http://127.0.0.1:{dash}/api/gcs_healthz", 180, proc)
         # The node's agent runs the jobs: the compose health check waits for it too.
@@ -164,8 +201,14 @@ def orch(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedPro
     """``orch`` as a user runs it next to a local cluster: the token found as Ray's own
     client finds it (here ``RAY_AUTH_TOKEN_PATH``), without ``RAY_AUTH_MODE`` set."""
     env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
-    return subprocess.run([str(BIN / "orch"), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [str(BIN / "orch"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def scrape(port: int) -> str:
@@ -189,13 +232,24 @@ def test_submit_runs_sweep_as_ray_job(ray_head: dict, mlflow_server: str) -> Non
     env, address = ray_head["env"], ray_head["address"]
 
     # A local sqlite store cannot be reached from the cluster: refused before submitting.
-    bad = orch(env, "submit", "optimizers", "--address", address,
-               "--tracking-uri", "sqlite:///mlflow.db")
+    bad = orch(
+        env, "submit", "optimizers", "--address", address, "--tracking-uri", "sqlite:///mlflow.db"
+    )
     assert bad.returncode == 2, bad.stderr
     assert "--tracking-uri" in bad.stderr and "http://HOST:PORT" in bad.stderr
 
-    sub = orch(env, "submit", "optimizers", "optimizer=sgd,adam", "train.epochs=1", "--quick",
-               "--address", address, "--tracking-uri", mlflow_server)
+    sub = orch(
+        env,
+        "submit",
+        "optimizers",
+        "optimizer=sgd,adam",
+        "train.epochs=1",
+        "--quick",
+        "--address",
+        address,
+        "--tracking-uri",
+        mlflow_server,
+    )
     assert sub.returncode == 0, sub.stderr
     job_id = sub.stdout.strip()
     assert job_id.startswith("orch-optimizers-"), sub.stdout
@@ -206,8 +260,9 @@ def test_submit_runs_sweep_as_ray_job(ray_head: dict, mlflow_server: str) -> Non
         assert jobs.returncode == 0, jobs.stderr
         listing = jobs.stdout
         row = next((line for line in listing.splitlines() if job_id in line), "")
-        status = next((s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING")
-                       if s in row), "")
+        status = next(
+            (s for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING") if s in row), ""
+        )
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
         time.sleep(5)
@@ -250,6 +305,7 @@ def test_submit_runs_sweep_as_ray_job(ray_head: dict, mlflow_server: str) -> Non
 
 # -- the checks orch submit makes before anything reaches a cluster (no Ray needed) --------
 
+
 def test_submit_refuses_stores_the_cluster_cannot_reach(monkeypatch: pytest.MonkeyPatch) -> None:
     from orchestrator.cli.jobs import cluster_tracking_uri, job_api_address
     from orchestrator.errors import SpecError
@@ -261,9 +317,13 @@ def test_submit_refuses_stores_the_cluster_cannot_reach(monkeypatch: pytest.Monk
             cluster_tracking_uri(uri, "http://10.0.0.5:8265")
     with pytest.raises(SpecError, match="loopback"):
         cluster_tracking_uri("http://127.0.0.1:5000", "http://10.0.0.5:8265")
-    assert cluster_tracking_uri("http://127.0.0.1:5000", "http://127.0.0.1:8265") \
+    assert (
+        cluster_tracking_uri("http://127.0.0.1:5000", "http://127.0.0.1:8265")
         == "http://127.0.0.1:5000"
-    assert cluster_tracking_uri("http://mlflow:5000", "http://10.0.0.5:8265") == "http://mlflow:5000"
+    )
+    assert (
+        cluster_tracking_uri("http://mlflow:5000", "http://10.0.0.5:8265") == "http://mlflow:5000"
+    )
     for bad in ("10.0.0.5:6379", "ray://10.0.0.5:10001", None):
         with pytest.raises(SpecError, match="--address"):
             job_api_address(bad)
@@ -277,13 +337,32 @@ def test_submit_entrypoint_and_runtime_env(tmp_path: Path, monkeypatch: pytest.M
     from orchestrator.cli.jobs import entrypoint, runtime_env
     from orchestrator.errors import SpecError
 
-    cmd = entrypoint("optimizers", ["seed=range(3)", "optimizer=sgd,adam"], "http://mlflow:5000",
-                     quick=True, config_dir="studies", tasks=["my.tasks"])
-    assert shlex.split(cmd) == ["python", "-m", "orchestrator.cli", "sweep", "optimizers",
-                                "seed=range(3)",
-                                "optimizer=sgd,adam", "--quick", "--config-dir", "studies",
-                                "--tasks", "my.tasks", "--address", "auto",
-                                "--tracking-uri", "http://mlflow:5000"]
+    cmd = entrypoint(
+        "optimizers",
+        ["seed=range(3)", "optimizer=sgd,adam"],
+        "http://mlflow:5000",
+        quick=True,
+        config_dir="studies",
+        tasks=["my.tasks"],
+    )
+    assert shlex.split(cmd) == [
+        "python",
+        "-m",
+        "orchestrator.cli",
+        "sweep",
+        "optimizers",
+        "seed=range(3)",
+        "optimizer=sgd,adam",
+        "--quick",
+        "--config-dir",
+        "studies",
+        "--tasks",
+        "my.tasks",
+        "--address",
+        "auto",
+        "--tracking-uri",
+        "http://mlflow:5000",
+    ]
     # The image has the project: nothing is uploaded unless a local directory is needed.
     assert runtime_env(None, None) == ({}, None)
     (tmp_path / "studies" / "study").mkdir(parents=True)
@@ -307,7 +386,7 @@ def test_sweep_metrics_queue_wait_and_running() -> None:
     assert m.started(0) == pytest.approx(3.0)
     now[0] = 110.0
     assert m.started(1) == pytest.approx(10.0) and m.running == 2
-    m.ended(0, "retried")            # its worker died: back in the queue at 110
+    m.ended(0, "retried")  # its worker died: back in the queue at 110
     assert m.running == 1
     now[0] = 115.0
     assert m.started(0) == pytest.approx(5.0)
@@ -321,15 +400,25 @@ def test_submit_finds_a_local_clusters_token_as_ray_does(tmp_path: Path) -> None
     this machine, never to a remote one; an explicit mode is respected."""
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
-    code = ("import sys; from orchestrator.cli.jobs import use_local_token; "
-            "print(use_local_token(sys.argv[1]))")
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    code = (
+        "import sys; from orchestrator.cli.jobs import use_local_token; "
+        "print(use_local_token(sys.argv[1]))"
+    )
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
 
     def ask(address: str, **env: str) -> str:
-        r = subprocess.run([sys.executable, "-c", code, address], capture_output=True,
-                           text=True, timeout=300, cwd=tmp_path,
-                           env={**base, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), **env})
+        r = subprocess.run(
+            [sys.executable, "-c", code, address],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+            env={**base, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), **env},
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout.strip()
 

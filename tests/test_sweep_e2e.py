@@ -12,8 +12,13 @@ from orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 3
-SWEEP = ["optimizers", "optimizer=sgd_momentum,adam", "model=mlp_d", "seed=range(2)",
-         f"train.epochs={EPOCHS}"]
+SWEEP = [
+    "optimizers",
+    "optimizer=sgd_momentum,adam",
+    "model=mlp_d",
+    "seed=range(2)",
+    f"train.epochs={EPOCHS}",
+]
 
 
 def _children(client: MlflowClient, parent_id: str, experiment_id: str):
@@ -71,8 +76,18 @@ def test_sweep_run_tree_client_and_dedup(ray_session, tracking_uri: str) -> None
 
 def test_failing_trial_is_recorded_and_sweep_goes_on(ray_session, tracking_uri: str) -> None:
     """A user's study from --config-dir with a user task from --tasks; seed 1 raises."""
-    code = main(["sweep", "mine", "--config-dir", str(ROOT / "tests/data/user_conf"),
-                 "--tasks", "tests.plugins.failing_tasks", "--tracking-uri", tracking_uri])
+    code = main(
+        [
+            "sweep",
+            "mine",
+            "--config-dir",
+            str(ROOT / "tests/data/user_conf"),
+            "--tasks",
+            "tests.plugins.failing_tasks",
+            "--tracking-uri",
+            tracking_uri,
+        ]
+    )
     assert code == 0  # the sweep completed; failures are reported, not fatal
     client = Client(tracking_uri)
     df = client.trials(client.sweeps().sweep_id.iloc[0])
@@ -89,8 +104,10 @@ def test_failing_trial_is_recorded_and_sweep_goes_on(ray_session, tracking_uri: 
 
 def test_dry_run_lists_trials_without_writing(ray_session, tmp_path: Path, capsys) -> None:
     db = tmp_path / "mlflow.db"
-    assert main(["sweep", "optimizers", "--quick", "--dry-run", "--tracking-uri",
-                 f"sqlite:///{db}"]) == 0
+    assert (
+        main(["sweep", "optimizers", "--quick", "--dry-run", "--tracking-uri", f"sqlite:///{db}"])
+        == 0
+    )
     assert "seed=2" in capsys.readouterr().out
     assert not db.exists()
 
@@ -98,5 +115,5 @@ def test_dry_run_lists_trials_without_writing(ray_session, tmp_path: Path, capsy
 @pytest.mark.parametrize("study", ["optimizers"])
 def test_studies_lists_builtin_with_claims(study: str, capsys) -> None:
     assert main(["studies"]) == 0
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(study))
+    line = next(s for s in capsys.readouterr().out.splitlines() if s.startswith(study))
     assert "OPT-1" in line and "OPT-8" in line

@@ -51,7 +51,7 @@ def _make_data(n: int, seed: int = 0) -> dict[str, dict[str, Any]]:
     for name, (_, c, shape, _) in SCENARIOS.items():
         drift = torch.linspace(-2.0, 2.0, n).view(n, *[1] * len(shape))
 
-        def batch() -> torch.Tensor:
+        def batch(shape: tuple[int, ...] = shape, drift: torch.Tensor = drift) -> torch.Tensor:
             return torch.randn((n, *shape), generator=g) * 1.5 + 0.7 + drift
 
         data[name] = {
@@ -73,8 +73,9 @@ def _new_bn(cls: type[nn.Module], name: str, d: dict[str, Any]) -> nn.Module:
     return bn
 
 
-def _run(bn: nn.Module, xs: list[torch.Tensor], gs: list[torch.Tensor],
-         eval_x: torch.Tensor) -> dict[str, Any]:
+def _run(
+    bn: nn.Module, xs: list[torch.Tensor], gs: list[torch.Tensor], eval_x: torch.Tensor
+) -> dict[str, Any]:
     """Train STEPS forwards/backwards (no optimizer), then one eval forward; record it all."""
     out: dict[str, Any] = {"y": [], "dx": [], "dw": [], "db": []}
     bn.train()
@@ -98,13 +99,18 @@ def _run(bn: nn.Module, xs: list[torch.Tensor], gs: list[torch.Tensor],
 
 def _shard(t: torch.Tensor, shards: list[int], rank: int) -> torch.Tensor:
     start = sum(shards[:rank])
-    return t[start:start + shards[rank]]
+    return t[start : start + shards[rank]]
 
 
 def _ddp_model() -> nn.Sequential:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(4 * 3 * 3, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 2),
+    )
 
 
 def _targets(n: int) -> list[torch.Tensor]:
@@ -112,8 +118,9 @@ def _targets(n: int) -> list[torch.Tensor]:
     return [torch.randn(n, 2, generator=g) for _ in range(STEPS)]
 
 
-def _ddp_train(model: nn.Module, xs: list[torch.Tensor], targets: list[torch.Tensor],
-               scale: float) -> dict[str, torch.Tensor]:
+def _ddp_train(
+    model: nn.Module, xs: list[torch.Tensor], targets: list[torch.Tensor], scale: float
+) -> dict[str, torch.Tensor]:
     """SGD on loss = scale * sum of per-sample squared errors; returns the final state."""
     model.train()
     for x, t in zip(xs, targets):
@@ -128,8 +135,13 @@ def _ddp_train(model: nn.Module, xs: list[torch.Tensor], targets: list[torch.Ten
 
 def _worker(rank: int, world: int, shards: list[int], tmp: str, with_ddp: bool) -> None:
     torch.set_num_threads(1)  # 2 shared cores: no intra-op oversubscription
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{tmp}/store",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=60),
+    )
     data = torch.load(f"{tmp}/data.pt")
     result: dict[str, Any] = {}
 
@@ -158,8 +170,9 @@ def _worker(rank: int, world: int, shards: list[int], tmp: str, with_ddp: bool) 
             n_eval = len(calls) - n_fwd - n_bwd
             result[f"{name}/calls"] = (n_fwd, n_bwd, n_eval)
             # The real run, on a fresh module.
-            result[name] = _run(_new_bn(SyncBatchNorm, name, d), xs, gs,
-                                _shard(d["eval_x"], shards, rank))
+            result[name] = _run(
+                _new_bn(SyncBatchNorm, name, d), xs, gs, _shard(d["eval_x"], shards, rank)
+            )
     finally:
         dist.all_reduce = real_all_reduce
 
@@ -188,8 +201,9 @@ def _worker(rank: int, world: int, shards: list[int], tmp: str, with_ddp: bool) 
     dist.destroy_process_group()
 
 
-def _spawn(tmp_path: Path, shards: list[int], with_ddp: bool = False
-           ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _spawn(
+    tmp_path: Path, shards: list[int], with_ddp: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     data = _make_data(sum(shards))
     torch.save(data, tmp_path / "data.pt")
     world = len(shards)
@@ -205,8 +219,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def _check_against_reference(data: dict[str, Any], ranks: list[dict[str, Any]],
-                             shards: list[int]) -> None:
+def _check_against_reference(
+    data: dict[str, Any], ranks: list[dict[str, Any]], shards: list[int]
+) -> None:
     for name, d in data.items():
         cls = getattr(nn, SCENARIOS[name][0])
         ref = _run(_new_bn(cls, name, d), d["xs"], d["gs"], d["eval_x"])
@@ -231,12 +246,15 @@ def _check_against_reference(data: dict[str, Any], ranks: list[dict[str, Any]],
     for r in range(len(shards)):
         if shards[r] == 0:
             continue
-        loc = _run(_new_bn(nn.BatchNorm2d, "bn2d", d), [_shard(d["xs"][0], shards, r)],
-                   [_shard(d["gs"][0], shards, r)], _shard(d["eval_x"], shards, r))
+        loc = _run(
+            _new_bn(nn.BatchNorm2d, "bn2d", d),
+            [_shard(d["xs"][0], shards, r)],
+            [_shard(d["gs"][0], shards, r)],
+            _shard(d["eval_x"], shards, r),
+        )
         local_y.append(loc["y"][0])
         local_mean.append(loc["running_mean"])
-    nonempty = torch.cat([_shard(ref["y"][0], shards, r) for r in range(len(shards))
-                          if shards[r]])
+    nonempty = torch.cat([_shard(ref["y"][0], shards, r) for r in range(len(shards)) if shards[r]])
     assert _max_diff(torch.cat(local_y), nonempty) > 0.1
     ref1 = _run(_new_bn(nn.BatchNorm2d, "bn2d", d), d["xs"][:1], d["gs"][:1], d["eval_x"])
     assert max(_max_diff(m, ref1["running_mean"]) for m in local_mean) > 0.01
@@ -271,8 +289,9 @@ def test_four_ranks_uneven_shards_with_empty_rank(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("shape", [(6, 3), (6, 3, 5), (6, 3, 4, 4)])
-def test_without_process_group_equals_torch_batchnorm(momentum: float | None,
-                                                      shape: tuple[int, ...]) -> None:
+def test_without_process_group_equals_torch_batchnorm(
+    momentum: float | None, shape: tuple[int, ...]
+) -> None:
     assert not dist.is_initialized()
     ref_cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d}[len(shape)]
     torch.manual_seed(0)
@@ -302,8 +321,14 @@ def test_rejects_bad_input() -> None:
 
 
 def _small_model() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 2 * 2, 5), nn.BatchNorm1d(5, momentum=None))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 5),
+        nn.BatchNorm1d(5, momentum=None),
+    )
 
 
 def test_convert_replaces_batchnorms_and_keeps_weights() -> None:

@@ -10,10 +10,26 @@ from rich.console import Console
 from orchestrator.cli.tables import fitted_table, print_table
 
 HEADERS = ["sweep_id", "status", "finished", "failed", "best", "started", "study"]
-ROWS = [["optimizers-20261130-045428-6a99", "FINISHED", "8/8", "0", "0.9306",
-         "2026-11-30 04:54", "optimizers"],
-        ["lr_schedules-20261130-051151-3339", "RUNNING", "3/40", "1", "", "2026-11-30 05:11",
-         "lr_schedules"]]
+ROWS = [
+    [
+        "optimizers-20261130-045428-6a99",
+        "FINISHED",
+        "8/8",
+        "0",
+        "0.9306",
+        "2026-11-30 04:54",
+        "optimizers",
+    ],
+    [
+        "lr_schedules-20261130-051151-3339",
+        "RUNNING",
+        "3/40",
+        "1",
+        "",
+        "2026-11-30 05:11",
+        "lr_schedules",
+    ],
+]
 
 
 def _render(wide: bool, width: int = 80) -> list[str]:

@@ -10,8 +10,16 @@ import pytest
 from orchestrator.errors import SpecError
 from orchestrator.verdicts import evaluate
 
-CLAIM = {"id": "FT", "test": "compare", "metric": "test/acc", "mode": "max", "axis": "strategy",
-         "a": "full", "b": "scratch", "predict": "a_better"}
+CLAIM = {
+    "id": "FT",
+    "test": "compare",
+    "metric": "test/acc",
+    "mode": "max",
+    "axis": "strategy",
+    "a": "full",
+    "b": "scratch",
+    "predict": "a_better",
+}
 AXES = ["strategy", "pretrain.seed", "seed"]
 
 
@@ -25,8 +33,16 @@ def _table() -> pd.DataFrame:
         for s in range(3):
             for arm in ("full", "scratch"):
                 value = 0.5 + (gain[u] if arm == "full" else 0.0) + rng.normal(0, 0.01)
-                rows.append({"run_id": f"{arm}-{u}-{s}", "outcome": "finished", "strategy": arm,
-                             "pretrain.seed": u, "seed": s, "test/acc": value})
+                rows.append(
+                    {
+                        "run_id": f"{arm}-{u}-{s}",
+                        "outcome": "finished",
+                        "strategy": arm,
+                        "pretrain.seed": u,
+                        "seed": s,
+                        "test/acc": value,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -44,5 +60,17 @@ def test_unit_needs_its_column_and_no_rate_claims() -> None:
     (v,) = evaluate([{**CLAIM, "unit": "subset_seed"}], _table(), axes=AXES)
     assert v.verdict == "inconclusive" and "data.split_seed" in v.detail
     with pytest.raises(SpecError, match="unit"):
-        evaluate([{"id": "R", "test": "rate", "axis": "strategy", "a": "full", "b": "scratch",
-                   "predict": "a_better", "unit": "upstream_seed"}], _table())
+        evaluate(
+            [
+                {
+                    "id": "R",
+                    "test": "rate",
+                    "axis": "strategy",
+                    "a": "full",
+                    "b": "scratch",
+                    "predict": "a_better",
+                    "unit": "upstream_seed",
+                }
+            ],
+            _table(),
+        )

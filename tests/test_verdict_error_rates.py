@@ -21,32 +21,48 @@ CASES = {(c.rule, c.truth): c for c in cases()}
 BOUND = NOMINAL + 0.03
 
 
-@pytest.mark.parametrize("rule,truth,n,bounds", [
-    ("compare a_better, m=0.01", "at margin (effect 0.01)", 300,
-     {"confirmed": BOUND, "refuted": BOUND}),
-    ("equal (TOST), m=0.02", "at margin (effect 0.02)", 300, {"confirmed": BOUND}),
-    ("a_not_worse, m=0.01", "at margin (effect -0.01)", 300, {"confirmed": BOUND}),
-    ("best of 6 arms, 1 predicted", "null (all equal)", 300,
-     {"confirmed": BOUND, "refuted": BOUND}),
-    ("rate a_better (Fisher), 10 seeds", "null (both 30%)", 300, {"confirmed": BOUND}),
-    # Family-wise over 10 null claims, each direction; 100 studies of 10 claims each.
-    ("10 a_better claims, m=0, Holm", "null (all 10 effects 0)", 100,
-     {"any_confirmed": NOMINAL + 0.045, "any_refuted": NOMINAL + 0.045}),
-])
-def test_error_rate_under_nominal(rule: str, truth: str, n: int,
-                                  bounds: dict[str, float]) -> None:
+@pytest.mark.parametrize(
+    "rule,truth,n,bounds",
+    [
+        (
+            "compare a_better, m=0.01",
+            "at margin (effect 0.01)",
+            300,
+            {"confirmed": BOUND, "refuted": BOUND},
+        ),
+        ("equal (TOST), m=0.02", "at margin (effect 0.02)", 300, {"confirmed": BOUND}),
+        ("a_not_worse, m=0.01", "at margin (effect -0.01)", 300, {"confirmed": BOUND}),
+        (
+            "best of 6 arms, 1 predicted",
+            "null (all equal)",
+            300,
+            {"confirmed": BOUND, "refuted": BOUND},
+        ),
+        ("rate a_better (Fisher), 10 seeds", "null (both 30%)", 300, {"confirmed": BOUND}),
+        # Family-wise over 10 null claims, each direction; 100 studies of 10 claims each.
+        (
+            "10 a_better claims, m=0, Holm",
+            "null (all 10 effects 0)",
+            100,
+            {"any_confirmed": NOMINAL + 0.045, "any_refuted": NOMINAL + 0.045},
+        ),
+    ],
+)
+def test_error_rate_under_nominal(rule: str, truth: str, n: int, bounds: dict[str, float]) -> None:
     rates = run_case(CASES[(rule, truth)], n, seed=1)
     for verdict, bound in bounds.items():
         assert rates[verdict] <= bound, (verdict, rates)
 
 
-@pytest.mark.parametrize("rule,truth,verdict,n,floor", [
-    ("compare a_better, m=0.01", "clear (effect 0.05)", "confirmed", 100, 0.7),
-    ("best of 6 arms, 1 predicted", "clear (predicted +0.05)", "confirmed", 100, 0.7),
-    ("equal (TOST), m=0.02", "clear (effect 0.08)", "refuted", 100, 0.9),
-])
-def test_clear_effects_are_found(rule: str, truth: str, verdict: str, n: int,
-                                 floor: float) -> None:
+@pytest.mark.parametrize(
+    "rule,truth,verdict,n,floor",
+    [
+        ("compare a_better, m=0.01", "clear (effect 0.05)", "confirmed", 100, 0.7),
+        ("best of 6 arms, 1 predicted", "clear (predicted +0.05)", "confirmed", 100, 0.7),
+        ("equal (TOST), m=0.02", "clear (effect 0.08)", "refuted", 100, 0.9),
+    ],
+)
+def test_clear_effects_are_found(rule: str, truth: str, verdict: str, n: int, floor: float) -> None:
     """The corrections do not make the rules unable to decide."""
     rates = run_case(CASES[(rule, truth)], n, seed=2)
     assert rates[verdict] >= floor, rates
@@ -55,6 +71,7 @@ def test_clear_effects_are_found(rule: str, truth: str, verdict: str, n: int,
 def test_holm_is_what_keeps_the_family_wise_rate_down() -> None:
     """The same 10 null claims, one evaluate call per claim: the family-wise rate is far above
     nominal, so the Holm test above can fail."""
-    rates = run_case(CASES[("10 a_better claims, m=0, no Holm", "null (all 10 effects 0)")],
-                     100, seed=1)
+    rates = run_case(
+        CASES[("10 a_better claims, m=0, no Holm", "null (all 10 effects 0)")], 100, seed=1
+    )
     assert rates["any_confirmed"] > 0.08, rates

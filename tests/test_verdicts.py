@@ -29,9 +29,15 @@ from orchestrator.verdicts import (
 NOISE = [0.004, -0.003, 0.001, -0.002, 0.0]  # fixed per-seed noise, mean 0
 
 
-def table(arms: dict, metric: str = "test/acc", seeds: int = 5, axis: str = "optimizer",
-          noise: list[float] | None = None, extra: dict | None = None,
-          outcomes: dict | None = None) -> pd.DataFrame:
+def table(
+    arms: dict,
+    metric: str = "test/acc",
+    seeds: int = 5,
+    axis: str = "optimizer",
+    noise: list[float] | None = None,
+    extra: dict | None = None,
+    outcomes: dict | None = None,
+) -> pd.DataFrame:
     """One row per (arm, seed): value = arm mean + noise[seed] (+ a per-arm noise scale)."""
     rows = []
     for arm, spec in arms.items():
@@ -39,15 +45,31 @@ def table(arms: dict, metric: str = "test/acc", seeds: int = 5, axis: str = "opt
         for s in range(seeds):
             n = (noise or NOISE)[s % len(noise or NOISE)] * scale
             outcome = (outcomes or {}).get((arm, s), "finished")
-            rows.append({"run_id": f"{arm}-{s}", "outcome": outcome, "seed": s, axis: arm,
-                         metric: mean + n if outcome == "finished" else math.nan,
-                         **(extra or {})})
+            rows.append(
+                {
+                    "run_id": f"{arm}-{s}",
+                    "outcome": outcome,
+                    "seed": s,
+                    axis: arm,
+                    metric: mean + n if outcome == "finished" else math.nan,
+                    **(extra or {}),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def compare(predict: str, a: str = "x", b: str = "y", **kw) -> dict:
-    return {"id": "C", "test": "compare", "metric": "test/acc", "mode": "max",
-            "axis": "optimizer", "a": a, "b": b, "predict": predict, **kw}
+    return {
+        "id": "C",
+        "test": "compare",
+        "metric": "test/acc",
+        "mode": "max",
+        "axis": "optimizer",
+        "a": a,
+        "b": b,
+        "predict": predict,
+        **kw,
+    }
 
 
 def one(claim: dict, df: pd.DataFrame, **kw) -> Verdict:
@@ -56,31 +78,34 @@ def one(claim: dict, df: pd.DataFrame, **kw) -> Verdict:
 
 
 # -- compare: every predict x verdict ---------------------------------------------------------
-CLEAR_A = {"x": 0.90, "y": 0.80}          # a better by 0.10, tiny noise
+CLEAR_A = {"x": 0.90, "y": 0.80}  # a better by 0.10, tiny noise
 CLEAR_B = {"x": 0.80, "y": 0.90}
-SAME = {"x": 0.85, "y": 0.85}             # identical up to the shared noise
-SMALL_A = {"x": 0.853, "y": 0.850}        # a better by 0.003, tight interval
+SAME = {"x": 0.85, "y": 0.85}  # identical up to the shared noise
+SMALL_A = {"x": 0.853, "y": 0.850}  # a better by 0.003, tight interval
 NOISY = {"x": (0.86, 20.0), "y": (0.85, -15.0)}  # 0.01 apart, noise of +-0.08
 
 
-@pytest.mark.parametrize("predict,arms,min_effect,expected", [
-    ("a_better", CLEAR_A, 0.01, "confirmed"),
-    ("a_better", CLEAR_B, 0.0, "refuted"),
-    ("a_better", SMALL_A, 0.01, "refuted"),        # significant, but below min_effect
-    ("a_better", NOISY, 0.0, "inconclusive"),
-    ("b_better", CLEAR_B, 0.01, "confirmed"),
-    ("b_better", CLEAR_A, 0.0, "refuted"),
-    ("b_better", NOISY, 0.0, "inconclusive"),
-    ("equal", SAME, 0.02, "confirmed"),
-    ("equal", CLEAR_A, 0.02, "refuted"),
-    ("equal", NOISY, 0.02, "inconclusive"),
-    ("a_not_worse", SAME, 0.01, "confirmed"),
-    ("a_not_worse", CLEAR_B, 0.01, "refuted"),
-    ("a_not_worse", NOISY, 0.01, "inconclusive"),
-    ("b_not_worse", SAME, 0.01, "confirmed"),
-    ("b_not_worse", CLEAR_A, 0.01, "refuted"),
-    ("b_not_worse", NOISY, 0.01, "inconclusive"),
-])
+@pytest.mark.parametrize(
+    "predict,arms,min_effect,expected",
+    [
+        ("a_better", CLEAR_A, 0.01, "confirmed"),
+        ("a_better", CLEAR_B, 0.0, "refuted"),
+        ("a_better", SMALL_A, 0.01, "refuted"),  # significant, but below min_effect
+        ("a_better", NOISY, 0.0, "inconclusive"),
+        ("b_better", CLEAR_B, 0.01, "confirmed"),
+        ("b_better", CLEAR_A, 0.0, "refuted"),
+        ("b_better", NOISY, 0.0, "inconclusive"),
+        ("equal", SAME, 0.02, "confirmed"),
+        ("equal", CLEAR_A, 0.02, "refuted"),
+        ("equal", NOISY, 0.02, "inconclusive"),
+        ("a_not_worse", SAME, 0.01, "confirmed"),
+        ("a_not_worse", CLEAR_B, 0.01, "refuted"),
+        ("a_not_worse", NOISY, 0.01, "inconclusive"),
+        ("b_not_worse", SAME, 0.01, "confirmed"),
+        ("b_not_worse", CLEAR_A, 0.01, "refuted"),
+        ("b_not_worse", NOISY, 0.01, "inconclusive"),
+    ],
+)
 def test_compare_rules(predict: str, arms: dict, min_effect: float, expected: str) -> None:
     v = one(compare(predict, min_effect=min_effect), table(arms))
     assert v.verdict == expected, v.detail
@@ -111,8 +136,9 @@ def test_paired_interval_equals_scipy_paired_t() -> None:
 
 
 def test_unpaired_when_seeds_differ_and_failures_are_reported() -> None:
-    df = table({"x": (0.9, 3.0), "y": (0.8, 3.0)}, outcomes={("y", 2): "failed",
-                                                              ("y", 4): "diverged"})
+    df = table(
+        {"x": (0.9, 3.0), "y": (0.8, 3.0)}, outcomes={("y", 2): "failed", ("y", 4): "diverged"}
+    )
     v = one(compare("a_better"), df)
     assert v.method == "Welch t" and (v.n_a, v.n_b) == (5, 3)
     x = df[(df.optimizer == "x")]["test/acc"].to_numpy()
@@ -126,8 +152,13 @@ def test_unpaired_when_seeds_differ_and_failures_are_reported() -> None:
 
 def test_pairing_uses_the_other_arm_columns() -> None:
     """Two models per optimizer: pairs are (seed, model); seed alone would not be unique."""
-    df = pd.concat([table({"x": 0.90, "y": 0.80}, extra={"model": "mlp_d"}),
-                    table({"x": 0.70, "y": 0.60}, extra={"model": "cnn_d"})], ignore_index=True)
+    df = pd.concat(
+        [
+            table({"x": 0.90, "y": 0.80}, extra={"model": "mlp_d"}),
+            table({"x": 0.70, "y": 0.60}, extra={"model": "cnn_d"}),
+        ],
+        ignore_index=True,
+    )
     v = one(compare("a_better"), df)
     assert v.method == "paired t" and "seed+model" in v.detail
     assert v.effect == pytest.approx(0.10)
@@ -147,8 +178,10 @@ def test_too_few_seeds_is_inconclusive_with_the_reason() -> None:
 
 
 def test_where_filters_rows() -> None:
-    df = pd.concat([table(CLEAR_A, extra={"model": "mlp_d"}),
-                    table(CLEAR_B, extra={"model": "cnn_d"})], ignore_index=True)
+    df = pd.concat(
+        [table(CLEAR_A, extra={"model": "mlp_d"}), table(CLEAR_B, extra={"model": "cnn_d"})],
+        ignore_index=True,
+    )
     assert one(compare("a_better", where={"model": "mlp_d"}), df).verdict == "confirmed"
     assert one(compare("a_better", where={"model": "cnn_d"}), df).verdict == "refuted"
     assert one(compare("a_better", where={"model": ["cnn_d", "nope"]}), df).verdict == "refuted"
@@ -161,8 +194,10 @@ def test_group_by_holds_in_every_group() -> None:
     cnn = table({"x": 0.95, "y": 0.80}, extra={"model": "cnn_d"})
     v = one(compare("a_better", group_by="model"), pd.concat([mlp, cnn], ignore_index=True))
     assert v.verdict == "confirmed"
-    assert [(g.group, g.verdict) for g in v.groups] == [("mlp_d", "confirmed"),
-                                                         ("cnn_d", "confirmed")]
+    assert [(g.group, g.verdict) for g in v.groups] == [
+        ("mlp_d", "confirmed"),
+        ("cnn_d", "confirmed"),
+    ]
     assert v.groups[0].id == "C[model=mlp_d]"
     assert v.effect == pytest.approx(0.10, abs=0.01)  # the weakest group's numbers
     assert v.n_a == 10
@@ -183,8 +218,7 @@ def test_at_step_reads_the_history() -> None:
         calls.append((run_id, metric))
         arm, seed = run_id.split("-")
         early = 0.7 if arm == "x" else 0.5
-        return pd.DataFrame({"step": [0, 1, 2],
-                             "value": [0.1, early + NOISE[int(seed)], 0.9]})
+        return pd.DataFrame({"step": [0, 1, 2], "value": [0.1, early + NOISE[int(seed)], 0.9]})
 
     claim = compare("a_better", metric="val/acc", at_step=1, min_effect=0.1)
     v = one(claim, df, history=history)
@@ -193,7 +227,9 @@ def test_at_step_reads_the_history() -> None:
     assert ("x-0", "val/acc") in calls and len(calls) == 10
     assert one({**claim, "at_step": None}, df).verdict == "refuted"
     beyond = one({**claim, "at_step": 7}, df, history=history)
-    assert beyond.verdict == "inconclusive" and "without a value of val/acc at step 7" in beyond.detail
+    assert (
+        beyond.verdict == "inconclusive" and "without a value of val/acc at step 7" in beyond.detail
+    )
     assert one(claim, df).verdict == "inconclusive"  # no history source
 
 
@@ -210,8 +246,15 @@ def test_float_int_and_string_axis_values_match() -> None:
 
 # -- best -----------------------------------------------------------------------------------
 def best(predict_in: list, **kw) -> dict:
-    return {"id": "B", "test": "best", "metric": "train/loss", "mode": "min",
-            "axis": "optimizer.lr", "predict_in": predict_in, **kw}
+    return {
+        "id": "B",
+        "test": "best",
+        "metric": "train/loss",
+        "mode": "min",
+        "axis": "optimizer.lr",
+        "predict_in": predict_in,
+        **kw,
+    }
 
 
 U_SHAPE = {1e-4: 1.0, 1e-3: 0.5, 1e-2: 0.1, 1e-1: 0.3, 1.0: 0.9}
@@ -225,18 +268,23 @@ def test_best_confirmed_refuted_inconclusive() -> None:
     assert v.effect == pytest.approx(0.8)  # closest outside is lr=1 (0.9) vs 0.1, lower is better
     refuted = one(best([1e-4, 1.0]), df)
     assert refuted.verdict == "refuted" and "0.01 beats the predicted arm" in refuted.detail
-    close = table({1e-3: (0.100, 20.0), 1e-2: (0.101, -20.0)}, metric="train/loss",
-                  axis="optimizer.lr")
+    close = table(
+        {1e-3: (0.100, 20.0), 1e-2: (0.101, -20.0)}, metric="train/loss", axis="optimizer.lr"
+    )
     assert one(best([1e-2]), close).verdict == "inconclusive"
     assert len(one(best([1e-2]), df).arms) == 5
 
 
 def test_best_leaves_out_arms_with_too_few_seeds_and_applies_where() -> None:
     out = {(1.0, s): "diverged" for s in range(5)}
-    df = table({**U_SHAPE, 1.0: 0.01}, metric="train/loss", axis="optimizer.lr",
-               outcomes=out, extra={"grid": "range"})
-    other = table({10.0: 0.0}, metric="train/loss", axis="optimizer.lr",
-                  extra={"grid": "families"})
+    df = table(
+        {**U_SHAPE, 1.0: 0.01},
+        metric="train/loss",
+        axis="optimizer.lr",
+        outcomes=out,
+        extra={"grid": "range"},
+    )
+    other = table({10.0: 0.0}, metric="train/loss", axis="optimizer.lr", extra={"grid": "families"})
     v = one(best([1e-2], where={"grid": "range"}), pd.concat([df, other], ignore_index=True))
     assert v.verdict == "confirmed"
     assert "left out: 1" in v.detail and "5 diverged" in v.detail
@@ -251,31 +299,47 @@ def rate_table(events: dict, axis: str = "scheduler.warmup_epochs") -> pd.DataFr
     rows = []
     for arm, (k, n) in events.items():
         for s in range(n):
-            rows.append({"run_id": f"{arm}-{s}", "seed": s, axis: arm,
-                         "outcome": "diverged" if s < k else "finished"})
+            rows.append(
+                {
+                    "run_id": f"{arm}-{s}",
+                    "seed": s,
+                    axis: arm,
+                    "outcome": "diverged" if s < k else "finished",
+                }
+            )
     rows.append({"run_id": "killed", "seed": 99, axis: list(events)[0], "outcome": "killed"})
     return pd.DataFrame(rows)
 
 
 def rate(predict: str, **kw) -> dict:
-    return {"id": "R", "test": "rate", "axis": "scheduler.warmup_epochs", "a": 2.0, "b": 0.0,
-            "predict": predict, **kw}
+    return {
+        "id": "R",
+        "test": "rate",
+        "axis": "scheduler.warmup_epochs",
+        "a": 2.0,
+        "b": 0.0,
+        "predict": predict,
+        **kw,
+    }
 
 
-@pytest.mark.parametrize("predict,events,min_effect,expected", [
-    ("a_better", {2.0: (0, 10), 0.0: (8, 10)}, 0.0, "confirmed"),
-    ("a_better", {2.0: (8, 10), 0.0: (0, 10)}, 0.0, "refuted"),
-    ("a_better", {2.0: (1, 3), 0.0: (2, 3)}, 0.0, "inconclusive"),
-    ("a_better", {2.0: (0, 40), 0.0: (0, 40)}, 0.2, "refuted"),   # flat with enough samples
-    ("a_better", {2.0: (0, 3), 0.0: (0, 3)}, 0.2, "inconclusive"),  # flat, too few to say
-    ("b_better", {2.0: (8, 10), 0.0: (0, 10)}, 0.0, "confirmed"),
-    ("b_better", {2.0: (0, 10), 0.0: (8, 10)}, 0.0, "refuted"),
-    ("equal", {2.0: (1, 40), 0.0: (1, 40)}, 0.2, "confirmed"),
-    ("equal", {2.0: (0, 20), 0.0: (20, 20)}, 0.2, "refuted"),
-    ("a_not_worse", {2.0: (1, 40), 0.0: (1, 40)}, 0.2, "confirmed"),
-    ("a_not_worse", {2.0: (20, 20), 0.0: (0, 20)}, 0.2, "refuted"),
-    ("b_not_worse", {2.0: (3, 6), 0.0: (3, 6)}, 0.1, "inconclusive"),
-])
+@pytest.mark.parametrize(
+    "predict,events,min_effect,expected",
+    [
+        ("a_better", {2.0: (0, 10), 0.0: (8, 10)}, 0.0, "confirmed"),
+        ("a_better", {2.0: (8, 10), 0.0: (0, 10)}, 0.0, "refuted"),
+        ("a_better", {2.0: (1, 3), 0.0: (2, 3)}, 0.0, "inconclusive"),
+        ("a_better", {2.0: (0, 40), 0.0: (0, 40)}, 0.2, "refuted"),  # flat with enough samples
+        ("a_better", {2.0: (0, 3), 0.0: (0, 3)}, 0.2, "inconclusive"),  # flat, too few to say
+        ("b_better", {2.0: (8, 10), 0.0: (0, 10)}, 0.0, "confirmed"),
+        ("b_better", {2.0: (0, 10), 0.0: (8, 10)}, 0.0, "refuted"),
+        ("equal", {2.0: (1, 40), 0.0: (1, 40)}, 0.2, "confirmed"),
+        ("equal", {2.0: (0, 20), 0.0: (20, 20)}, 0.2, "refuted"),
+        ("a_not_worse", {2.0: (1, 40), 0.0: (1, 40)}, 0.2, "confirmed"),
+        ("a_not_worse", {2.0: (20, 20), 0.0: (0, 20)}, 0.2, "refuted"),
+        ("b_not_worse", {2.0: (3, 6), 0.0: (3, 6)}, 0.1, "inconclusive"),
+    ],
+)
 def test_rate_pair_rules(predict: str, events: dict, min_effect: float, expected: str) -> None:
     v = one(rate(predict, min_effect=min_effect), rate_table(events))
     assert v.verdict == expected, v.detail
@@ -290,7 +354,8 @@ def test_rate_pair_p_value_is_fishers_and_too_few_is_inconclusive() -> None:
     v = one(rate("a_better"), rate_table({2.0: (0, 10), 0.0: (8, 10)}))
     # The decisive p is Fisher's one-sided one (a has fewer events), not the two-sided one.
     assert v.p_value == pytest.approx(
-        stats.fisher_exact([[0, 10], [8, 2]], alternative="less").pvalue)
+        stats.fisher_exact([[0, 10], [8, 2]], alternative="less").pvalue
+    )
     few = one(rate("a_better"), rate_table({2.0: (0, 2), 0.0: (2, 2)}))
     assert few.verdict == "inconclusive" and "too few trials: a has 2" in few.detail
 
@@ -302,15 +367,18 @@ def trend(predict: str, **kw) -> dict:
 LR_DIVERGE = {1e-3: (0, 4), 1e-2: (0, 4), 1e-1: (1, 4), 1.0: (4, 4), 10.0: (4, 4)}
 
 
-@pytest.mark.parametrize("predict,events,min_effect,expected", [
-    ("increasing", LR_DIVERGE, 0.2, "confirmed"),
-    ("increasing", LR_DIVERGE, 0.5, "inconclusive"),  # change +1 but lower bound 0.31 < 0.5
-    ("decreasing", LR_DIVERGE, 0.0, "refuted"),
-    ("increasing", {1e-3: (1, 3), 1e-2: (1, 3), 1.0: (2, 3)}, 0.0, "inconclusive"),
-    ("increasing", {1e-3: (0, 30), 1e-2: (0, 30), 1.0: (0, 30)}, 0.2, "refuted"),  # flat
-    ("increasing", {1e-3: (0, 3), 1.0: (0, 3)}, 0.2, "inconclusive"),  # flat, too few
-    ("decreasing", {1e-3: (4, 4), 1e-1: (2, 4), 1.0: (0, 4), 10.0: (0, 4)}, 0.0, "confirmed"),
-])
+@pytest.mark.parametrize(
+    "predict,events,min_effect,expected",
+    [
+        ("increasing", LR_DIVERGE, 0.2, "confirmed"),
+        ("increasing", LR_DIVERGE, 0.5, "inconclusive"),  # change +1 but lower bound 0.31 < 0.5
+        ("decreasing", LR_DIVERGE, 0.0, "refuted"),
+        ("increasing", {1e-3: (1, 3), 1e-2: (1, 3), 1.0: (2, 3)}, 0.0, "inconclusive"),
+        ("increasing", {1e-3: (0, 30), 1e-2: (0, 30), 1.0: (0, 30)}, 0.2, "refuted"),  # flat
+        ("increasing", {1e-3: (0, 3), 1.0: (0, 3)}, 0.2, "inconclusive"),  # flat, too few
+        ("decreasing", {1e-3: (4, 4), 1e-1: (2, 4), 1.0: (0, 4), 10.0: (0, 4)}, 0.0, "confirmed"),
+    ],
+)
 def test_rate_trend_rules(predict: str, events: dict, min_effect: float, expected: str) -> None:
     df = rate_table(events, axis="optimizer.lr")
     v = one(trend(predict, min_effect=min_effect), df)
@@ -347,21 +415,33 @@ def test_rate_where_and_group_by() -> None:
 
 
 # -- specs, errors, JSON --------------------------------------------------------------------
-@pytest.mark.parametrize("raw,needle", [
-    (compare("a_better", colour="red"), "colour"),
-    ({k: v for k, v in compare("a_better").items() if k != "b"}, "b is required"),
-    ({k: v for k, v in compare("a_better").items() if k != "metric"}, "metric is required"),
-    (compare("increasing"), "allowed: a_better"),
-    (compare("equal"), "min_effect must be > 0"),
-    (compare("a_better", a="x", b="x"), "same arm"),
-    (compare("a_better", test="sideways"), "test"),
-    (compare("a_better", min_seeds=1), "min_seeds"),
-    (compare("a_better", confidence=1.5), "confidence"),
-    ({"id": "B", "test": "best", "metric": "m", "mode": "max", "axis": "o"}, "predict_in is required"),
-    ({"id": "R", "test": "rate", "axis": "o", "predict": "a_better"}, "either a and b"),
-    ({"id": "R", "test": "rate", "axis": "o", "predict": "increasing", "metric": "m"}, "metric is not used"),
-    ({"id": "R", "test": "rate", "axis": "o", "predict": "increasing", "a": 1}, "a is not used"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        (compare("a_better", colour="red"), "colour"),
+        ({k: v for k, v in compare("a_better").items() if k != "b"}, "b is required"),
+        ({k: v for k, v in compare("a_better").items() if k != "metric"}, "metric is required"),
+        (compare("increasing"), "allowed: a_better"),
+        (compare("equal"), "min_effect must be > 0"),
+        (compare("a_better", a="x", b="x"), "same arm"),
+        (compare("a_better", test="sideways"), "test"),
+        (compare("a_better", min_seeds=1), "min_seeds"),
+        (compare("a_better", confidence=1.5), "confidence"),
+        (
+            {"id": "B", "test": "best", "metric": "m", "mode": "max", "axis": "o"},
+            "predict_in is required",
+        ),
+        ({"id": "R", "test": "rate", "axis": "o", "predict": "a_better"}, "either a and b"),
+        (
+            {"id": "R", "test": "rate", "axis": "o", "predict": "increasing", "metric": "m"},
+            "metric is not used",
+        ),
+        (
+            {"id": "R", "test": "rate", "axis": "o", "predict": "increasing", "a": 1},
+            "a is not used",
+        ),
+    ],
+)
 def test_claimspec_rejects(raw: dict, needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         ClaimSpec.model_validate(raw)
@@ -371,13 +451,19 @@ def test_claimspec_rejects(raw: dict, needle: str) -> None:
 
 def test_builtin_claims_validate() -> None:
     import yaml
+
     root = Path(__file__).resolve().parent.parent / "conf/study"
     for name in ("optimizers", "lr_schedules"):
         claims = yaml.safe_load((root / f"{name}.yaml").read_text())["study"]["claims"]
         parsed = [ClaimSpec.model_validate(c) for c in claims]
         assert len(parsed) == len(claims) >= 5
-    lr6 = ClaimSpec.model_validate(next(c for c in yaml.safe_load(
-        (root / "lr_schedules.yaml").read_text())["study"]["claims"] if c["id"] == "LR-6"))
+    lr6 = ClaimSpec.model_validate(
+        next(
+            c
+            for c in yaml.safe_load((root / "lr_schedules.yaml").read_text())["study"]["claims"]
+            if c["id"] == "LR-6"
+        )
+    )
     assert lr6.a == 2.0 and lr6.b == 0.0 and lr6.where == {"grid": "warmup"}
 
 
@@ -389,10 +475,20 @@ def test_malformed_claim_in_a_study_is_exit_2_at_plan_time(tmp_path: Path, capsy
         "defaults:\n  - override /model: mlp_d\n  - override /optimizer: sgd\n"
         "study:\n  name: badclaim\n  claims:\n"
         "    - {id: X, test: compare, metric: test/acc, mode: max, axis: optimizer,\n"
-        "       a: sgd, b: adam, predict: a_beter}\n")
+        "       a: sgd, b: adam, predict: a_beter}\n"
+    )
     db = tmp_path / "mlflow.db"
-    code = main(["sweep", "badclaim", "--dry-run", "--config-dir", str(tmp_path / "conf"),
-                 "--tracking-uri", f"sqlite:///{db}"])
+    code = main(
+        [
+            "sweep",
+            "badclaim",
+            "--dry-run",
+            "--config-dir",
+            str(tmp_path / "conf"),
+            "--tracking-uri",
+            f"sqlite:///{db}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert "study.claims.0.predict" in err and "a_better" in err
@@ -403,16 +499,22 @@ def test_duplicate_claim_ids_are_rejected() -> None:
     from orchestrator.core.specs import StudyInfo
 
     with pytest.raises(ValidationError, match="repeated: C"):
-        StudyInfo.model_validate({"name": "s", "claims": [compare("a_better"),
-                                                          compare("b_better")]})
+        StudyInfo.model_validate(
+            {"name": "s", "claims": [compare("a_better"), compare("b_better")]}
+        )
 
 
 def test_json_round_trip_keeps_groups_arms_and_missing_numbers() -> None:
     mlp = table(CLEAR_A, extra={"model": "mlp_d"})
     few = table(CLEAR_A, seeds=1, extra={"model": "cnn_d"})
-    verdicts = evaluate([compare("a_better", group_by="model"), rate("a_better"),
-                         compare("a_better", where={"model": "none"})],
-                        pd.concat([mlp, few], ignore_index=True))
+    verdicts = evaluate(
+        [
+            compare("a_better", group_by="model"),
+            rate("a_better"),
+            compare("a_better", where={"model": "none"}),
+        ],
+        pd.concat([mlp, few], ignore_index=True),
+    )
     assert verdicts[0].groups[1].effect is None  # one seed: no interval at all
     text = verdicts_to_json(verdicts)
     assert "NaN" not in text
@@ -442,8 +544,14 @@ def test_best_refutes_only_when_an_outside_arm_wins_after_bonferroni() -> None:
     (best outside vs best inside at alpha) refuted; over 5 outside arms it is inconclusive."""
     noise = [0.010, -0.012, 0.004, -0.006, 0.002, 0.0]
     arms = {"p": (0.80, 1.0), "q": (0.82, -1.0), **{f"o{i}": (0.70, 1.0) for i in range(4)}}
-    claim = {"id": "B", "test": "best", "metric": "test/acc", "mode": "max",
-             "axis": "optimizer", "predict_in": ["p"]}
+    claim = {
+        "id": "B",
+        "test": "best",
+        "metric": "test/acc",
+        "mode": "max",
+        "axis": "optimizer",
+        "predict_in": ["p"],
+    }
     v = one(claim, table(arms, seeds=6, noise=noise))
     assert 0.025 / 5 < v.p_refute / 5 < 0.025, v.detail  # raw p of the q comparison
     assert v.verdict == "inconclusive" and "closest q" in v.detail, v.detail
@@ -489,17 +597,23 @@ def test_learned_gate_makes_the_claim_inconclusive_first() -> None:
     assert v.verdict == "inconclusive" and v.p_value is None
     assert v.detail.startswith("arm y did not learn (mean test/acc 0.09")
     # The study-wide default applies to claims without their own gate, not to rate claims.
-    (d, r) = evaluate([compare("a_better"), rate("a_better")],
-                      pd.concat([df, rate_table({2.0: (0, 10), 0.0: (8, 10)})]),
-                      learned=gate)
+    (d, r) = evaluate(
+        [compare("a_better"), rate("a_better")],
+        pd.concat([df, rate_table({2.0: (0, 10), 0.0: (8, 10)})]),
+        learned=gate,
+    )
     assert d.detail.startswith("arm y did not learn") and r.verdict == "confirmed"
     assert one(compare("a_better", learned={**gate, "above": 0.05}), df).verdict == "confirmed"
     # A gate on another metric (step time claims gated on accuracy).
     timed = df.assign(**{"time/step_ms": [10.0] * 5 + [20.0] * 5})
     t = one(compare("a_better", metric="time/step_ms", mode="min", learned=gate), timed)
     assert t.detail.startswith("arm y did not learn")
-    grouped = pd.concat([table(CLEAR_A, extra={"model": "mlp_d"}),
-                         table({"x": 0.30, "y": 0.09}, extra={"model": "cnn_d"})])
+    grouped = pd.concat(
+        [
+            table(CLEAR_A, extra={"model": "mlp_d"}),
+            table({"x": 0.30, "y": 0.09}, extra={"model": "cnn_d"}),
+        ]
+    )
     g = one(compare("a_better", group_by="model", learned=gate), grouped)
     assert g.verdict == "inconclusive" and g.detail.startswith("arm y did not learn")
     with pytest.raises(SpecError, match="learned"):
@@ -507,8 +621,16 @@ def test_learned_gate_makes_the_claim_inconclusive_first() -> None:
 
 
 def replicate(**kw) -> dict:
-    return {"id": "REP", "test": "replicate", "metric": "test/acc", "published": 0.85,
-            "tolerance": 0.02, "source": "paper, table 2", "where": {"optimizer": "x"}, **kw}
+    return {
+        "id": "REP",
+        "test": "replicate",
+        "metric": "test/acc",
+        "published": 0.85,
+        "tolerance": 0.02,
+        "source": "paper, table 2",
+        "where": {"optimizer": "x"},
+        **kw,
+    }
 
 
 def test_replicate_verdicts() -> None:
@@ -521,15 +643,18 @@ def test_replicate_verdicts() -> None:
     assert by_axis.verdict == "replicated" and by_axis.n_a == 5
 
 
-@pytest.mark.parametrize("raw,needle", [
-    ({k: v for k, v in replicate().items() if k != "published"}, "published is required"),
-    ({k: v for k, v in replicate().items() if k != "source"}, "source is required"),
-    (replicate(tolerance=0), "tolerance"),
-    (replicate(mode="max"), "mode is not used"),
-    (replicate(axis="optimizer"), "axis and a together"),
-    (compare("a_better", published=0.8), "published is not used"),
-    ({k: v for k, v in compare("a_better").items() if k != "axis"}, "axis is required"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        ({k: v for k, v in replicate().items() if k != "published"}, "published is required"),
+        ({k: v for k, v in replicate().items() if k != "source"}, "source is required"),
+        (replicate(tolerance=0), "tolerance"),
+        (replicate(mode="max"), "mode is not used"),
+        (replicate(axis="optimizer"), "axis and a together"),
+        (compare("a_better", published=0.8), "published is not used"),
+        ({k: v for k, v in compare("a_better").items() if k != "axis"}, "axis is required"),
+    ],
+)
 def test_replicate_spec_rejects(raw: dict, needle: str) -> None:
     with pytest.raises(SpecError, match=needle):
         evaluate([raw], table(CLEAR_A))
@@ -538,7 +663,9 @@ def test_replicate_spec_rejects(raw: dict, needle: str) -> None:
 def test_json_without_the_new_fields_still_loads() -> None:
     (v,) = evaluate([compare("a_better")], table(CLEAR_A))
     assert v.p_confirm is not None and v.p_adjusted == v.p_value
-    old = [{k: x for k, x in d.items() if k not in ("p_adjusted", "p_confirm", "p_refute")}
-           for d in __import__("json").loads(verdicts_to_json([v]))]
+    old = [
+        {k: x for k, x in d.items() if k not in ("p_adjusted", "p_confirm", "p_refute")}
+        for d in __import__("json").loads(verdicts_to_json([v]))
+    ]
     (back,) = verdicts_from_json(__import__("json").dumps(old))
     assert back.p_adjusted is None and back.verdict == "confirmed"

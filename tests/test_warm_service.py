@@ -23,8 +23,14 @@ pytestmark = pytest.mark.slow
 
 
 def orch(env: dict[str, str], cwd: Path, *argv: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout + out.stderr
 
@@ -33,8 +39,14 @@ def orch(env: dict[str, str], cwd: Path, *argv: str) -> str:
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     (tmp_path / "xdg").mkdir(mode=0o700)
     (tmp_path / "home").mkdir()
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "xdg"), "HOME": str(tmp_path / "home"),
-           "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "XDG_RUNTIME_DIR": str(tmp_path / "xdg"),
+        "HOME": str(tmp_path / "home"),
+        "PYTHONPATH": str(ROOT),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "COLUMNS": "200",
+    }
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
         env.pop(k, None)
     yield env
@@ -43,8 +55,19 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def sweep(env: dict[str, str], cwd: Path, uri: str, seeds: str) -> set[int]:
     """Run a sweep of new trials; the process ids its trials ran in (``orch.pid``)."""
-    out = orch(env, cwd, "sweep", "bench_trivial", "--config-dir", str(ROOT / "bench" / "conf"),
-               "--tasks", "bench.tasks", f"seed={seeds}", "--tracking-uri", uri)
+    out = orch(
+        env,
+        cwd,
+        "sweep",
+        "bench_trivial",
+        "--config-dir",
+        str(ROOT / "bench" / "conf"),
+        "--tasks",
+        "bench.tasks",
+        f"seed={seeds}",
+        "--tracking-uri",
+        uri,
+    )
     sweep_id = re.search(r"sweep (\S+): \d+ finished", out).group(1)
     client = MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
@@ -54,8 +77,7 @@ def sweep(env: dict[str, str], cwd: Path, uri: str, seeds: str) -> set[int]:
     return pids
 
 
-def test_sweeps_reuse_the_warm_pool_and_down_stops_it(env: dict[str, str],
-                                                       tmp_path: Path) -> None:
+def test_sweeps_reuse_the_warm_pool_and_down_stops_it(env: dict[str, str], tmp_path: Path) -> None:
     orch(env, tmp_path, "up", "--slots", "2", "--num-cpus", "2")
     state = json.loads((tmp_path / "xdg" / "orch" / "up.json").read_text())
     assert (tmp_path / "xdg" / "orch" / "ray_token").stat().st_mode & 0o077 == 0

@@ -81,14 +81,23 @@ class LauncherOptions:
     max_concurrent: int | None
 
     @classmethod
-    def from_config(cls, address: str | None, tracking_uri: str | None,
-                    experiment: str | None, resources: Any, max_concurrent: int | None
-                    ) -> LauncherOptions:
+    def from_config(
+        cls,
+        address: str | None,
+        tracking_uri: str | None,
+        experiment: str | None,
+        resources: Any,
+        max_concurrent: int | None,
+    ) -> LauncherOptions:
         """Validated like an orch sweep's ``resources`` (a bad value fails before Ray starts)."""
-        given = OmegaConf.to_container(resources) if isinstance(resources, DictConfig) \
+        given = (
+            OmegaConf.to_container(resources)
+            if isinstance(resources, DictConfig)
             else dict(resources or {})
-        return cls(address, tracking_uri, experiment, Resources.model_validate(given),
-                   max_concurrent)
+        )
+        return cls(
+            address, tracking_uri, experiment, Resources.model_validate(given), max_concurrent
+        )
 
 
 @dataclass
@@ -115,25 +124,34 @@ class Session:
 
     def trial_tags(self, job: Job) -> dict[str, Any]:
         tags: dict[str, Any] = {
-            schema.TAG_PARENT: self.parent, schema.TAG_KIND: "trial", schema.TAG_SWEEP: self.sweep_id,
-            schema.TAG_STUDY: self.study, schema.TAG_KEY: job.trial.key, schema.TAG_INDEX: job.trial.index,
+            schema.TAG_PARENT: self.parent,
+            schema.TAG_KIND: "trial",
+            schema.TAG_SWEEP: self.sweep_id,
+            schema.TAG_STUDY: self.study,
+            schema.TAG_KEY: job.trial.key,
+            schema.TAG_INDEX: job.trial.index,
             schema.TAG_ARM: json.dumps(job.params, sort_keys=True),
-            TAG_OVERRIDES: json.dumps(job.overrides)}
+            TAG_OVERRIDES: json.dumps(job.overrides),
+        }
         if self.commit:
             tags[schema.TAG_GIT] = self.commit
         return tags
 
     def finish(self, cancelled: bool) -> None:
-        summary = {f"trials/{o}": float(self.outcomes[o])
-                   for o in ("finished", "failed", "diverged", "killed")}
+        summary = {
+            f"trials/{o}": float(self.outcomes[o])
+            for o in ("finished", "failed", "diverged", "killed")
+        }
         self.tracker.log_metrics(self.parent, summary, step=0)
-        self.tracker.end_run(self.parent, "KILLED" if cancelled else "FINISHED",
-                             {"orch.n_trials": self.n_jobs})
+        self.tracker.end_run(
+            self.parent, "KILLED" if cancelled else "FINISHED", {"orch.n_trials": self.n_jobs}
+        )
         self.tracker.close()
 
 
-def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-           ) -> list[JobReturn]:
+def launch(
+    launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> list[JobReturn]:
     """Run a batch of jobs (Hydra's ``Launcher.launch``); their ``JobReturn``s in order."""
     setup_globals()
     config: DictConfig = launcher.config
@@ -149,12 +167,19 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         shutil.rmtree(store_dir, ignore_errors=True)
 
 
-def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
-            sweep_dir: Path, store_dir: str) -> list[JobReturn]:
+def _launch(
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    sweep_dir: Path,
+    store_dir: str,
+) -> list[JobReturn]:
     config: DictConfig = launcher.config
     state = Singleton.get_state()
-    jobs = [_prepare(launcher, sweep_dir, initial_job_idx + i, list(o), state, store_dir)
-            for i, o in enumerate(job_overrides)]
+    jobs = [
+        _prepare(launcher, sweep_dir, initial_job_idx + i, list(o), state, store_dir)
+        for i, o in enumerate(job_overrides)
+    ]
     # The sweeper reads HydraConfig after launching; _prepare set it per job.
     HydraConfig.instance().set_config(config)
 
@@ -162,9 +187,13 @@ def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_i
     session.n_jobs += len(jobs)
     tracker = session.tracker
     tracker.client.update_run(session.parent, status="RUNNING")  # a later batch of a sweeper
-    done = {k: r for k, r in StoreReader(tracker.uri, tracker.client).done_runs(
-                session.experiment_id, {j.trial.key for j in jobs}).items()
-            if TAG_RETURN in r.data.tags}
+    done = {
+        k: r
+        for k, r in StoreReader(tracker.uri, tracker.client)
+        .done_runs(session.experiment_id, {j.trial.key for j in jobs})
+        .items()
+        if TAG_RETURN in r.data.tags
+    }
     recorder = JobRecorder(session, {j.trial.index: j for j in jobs})
     todo = []
     for job in jobs:
@@ -172,8 +201,10 @@ def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_i
             recorder.reuse(job, done[job.trial.key])
         else:
             todo.append(job)
-    log.info(f"orch launcher: {len(jobs)} jobs ({len(jobs) - len(todo)} already finished), "
-             f"sweep {session.sweep_id} in {tracker.uri}, outputs in {sweep_dir}")
+    log.info(
+        f"orch launcher: {len(jobs)} jobs ({len(jobs) - len(todo)} already finished), "
+        f"sweep {session.sweep_id} in {tracker.uri}, outputs in {sweep_dir}"
+    )
     for job in jobs:
         log.info(f"\t#{job.trial.index} : {' '.join(filter_overrides(job.overrides))}")
     cancelled = False
@@ -190,8 +221,10 @@ def _launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_i
             dispatcher.shutdown()
     session.finish(cancelled)
     if cancelled:  # Ctrl-C or `orch cancel`: jobs that never started have no JobReturn
-        raise Cancelled(f"multirun {session.sweep_id} was cancelled; its finished jobs are "
-                        f"kept (the same command runs the rest)")
+        raise Cancelled(
+            f"multirun {session.sweep_id} was cancelled; its finished jobs are "
+            f"kept (the same command runs the rest)"
+        )
     return [recorder.returns[j.trial.index] for j in jobs]
 
 
@@ -211,10 +244,14 @@ def _open_session(opts: LauncherOptions, config: DictConfig) -> Session:
     experiment_id = tracker.experiment_id(opts.experiment or name)
     sweep_id = new_sweep_id(name)
     commit = writer.git_commit()
-    tags: dict[str, Any] = {schema.TAG_KIND: "sweep", schema.TAG_SWEEP: sweep_id, schema.TAG_STUDY: name,
-                            "orch.launcher": "hydra",
-                            "orch.overrides": json.dumps(list(config.hydra.overrides.task)),
-                            "orch.hydra.sweep_dir": str(config.hydra.sweep.dir)}
+    tags: dict[str, Any] = {
+        schema.TAG_KIND: "sweep",
+        schema.TAG_SWEEP: sweep_id,
+        schema.TAG_STUDY: name,
+        "orch.launcher": "hydra",
+        "orch.overrides": json.dumps(list(config.hydra.overrides.task)),
+        "orch.hydra.sweep_dir": str(config.hydra.sweep.dir),
+    }
     if commit:
         tags[schema.TAG_GIT] = commit
     params = {f"resources.{k}": v for k, v in opts.resources.model_dump().items()}
@@ -222,11 +259,18 @@ def _open_session(opts: LauncherOptions, config: DictConfig) -> Session:
     return Session(tracker, experiment_id, sweep_id, parent, name, commit, Counter())
 
 
-def _prepare(launcher: Any, sweep_dir: Path, idx: int, overrides: list[str],
-             singleton_state: dict[Any, Any], store_dir: str) -> Job:
+def _prepare(
+    launcher: Any,
+    sweep_dir: Path,
+    idx: int,
+    overrides: list[str],
+    singleton_state: dict[Any, Any],
+    store_dir: str,
+) -> Job:
     """The job's config (as Hydra's basic launcher makes it), identity and payload."""
     sweep_config = launcher.hydra_context.config_loader.load_sweep_config(
-        launcher.config, overrides)
+        launcher.config, overrides
+    )
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
@@ -242,8 +286,11 @@ def _prepare(launcher: Any, sweep_dir: Path, idx: int, overrides: list[str],
     assert isinstance(container, dict)
     resolved: dict[str, Any] = {str(k): v for k, v in container.items()}
     key = Trial.make_key(f"hydra:{sweep_config.hydra.job.name}", resolved)
-    payload = cloudpickle.dumps(JobPayload(launcher.hydra_context, launcher.task_function,
-                                           sweep_config, singleton_state, store_dir))
+    payload = cloudpickle.dumps(
+        JobPayload(
+            launcher.hydra_context, launcher.task_function, sweep_config, singleton_state, store_dir
+        )
+    )
     params = override_params(overrides)
     trial = Trial(index=idx, task=TASK, config={"payload": payload}, arm=params, seed=0, key=key)
     return Job(trial, overrides, params, sweep_config, resolved)
@@ -267,26 +314,37 @@ class JobRecorder:
 
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
         job = self.jobs[trial.index]
-        tags = {**self.session.trial_tags(job), schema.TAG_ATTEMPT: attempt,
-                schema.TAG_NODE: node.hostname, schema.TAG_NODE_ID: node.node_id, schema.TAG_PID: node.pid}
+        tags = {
+            **self.session.trial_tags(job),
+            schema.TAG_ATTEMPT: attempt,
+            schema.TAG_NODE: node.hostname,
+            schema.TAG_NODE_ID: node.node_id,
+            schema.TAG_PID: node.pid,
+        }
         name = f"{trial.index:04d}-" + ",".join(f"{k}={v}" for k, v in job.params.items())
         self.run_ids[trial.index] = self.tracker.start_run(
-            self.session.experiment_id, name, tags, job.params, job.task_config)
+            self.session.experiment_id, name, tags, job.params, job.task_config
+        )
 
     def trial_metrics(self, trial: Trial, event: Metrics) -> bool:
         self.tracker.log_metrics(self.run_ids[trial.index], event.values, event.step)
         return False
 
     def trial_system_metrics(self, trial: Trial, event: SystemMetrics) -> None:
-        self.tracker.log_metrics(self.run_ids[trial.index], event.values, event.step,
-                                 event.timestamp_ms)
+        self.tracker.log_metrics(
+            self.run_ids[trial.index], event.values, event.step, event.timestamp_ms
+        )
 
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None:
-        self.tracker.end_run(self.run_ids[trial.index], "FAILED",
-                             {schema.TAG_OUTCOME: "retried", schema.TAG_ERROR: _error(failure)[:5000]})
+        self.tracker.end_run(
+            self.run_ids[trial.index],
+            "FAILED",
+            {schema.TAG_OUTCOME: "retried", schema.TAG_ERROR: _error(failure)[:5000]},
+        )
 
-    def trial_ended(self, trial: Trial, outcome: str, summary: Summary | None,
-                    failure: Failure | None) -> None:
+    def trial_ended(
+        self, trial: Trial, outcome: str, summary: Summary | None, failure: Failure | None
+    ) -> None:
         job, run_id = self.jobs[trial.index], self.run_ids[trial.index]
         record: JobRecord | None = None
         if summary is not None and RECORD in summary.artifacts:
@@ -329,10 +387,15 @@ class JobRecorder:
     def reuse(self, job: Job, run: Any) -> None:
         """A child run pointing at the finished run with the same key; its stored value."""
         outcome = run.data.tags.get(schema.TAG_OUTCOME, "finished")
-        tags = {**self.session.trial_tags(job), schema.TAG_REUSED: run.info.run_id,
-                schema.TAG_OUTCOME: outcome, TAG_RETURN: run.data.tags[TAG_RETURN]}
-        run_id = self.tracker.start_run(self.session.experiment_id,
-                                        f"{job.trial.index:04d}-reused", tags, job.params)
+        tags = {
+            **self.session.trial_tags(job),
+            schema.TAG_REUSED: run.info.run_id,
+            schema.TAG_OUTCOME: outcome,
+            TAG_RETURN: run.data.tags[TAG_RETURN],
+        }
+        run_id = self.tracker.start_run(
+            self.session.experiment_id, f"{job.trial.index:04d}-reused", tags, job.params
+        )
         self.tracker.log_metrics(run_id, dict(run.data.metrics), step=0)
         self.tracker.end_run(run_id, run.info.status)
         self.session.outcomes[outcome] += 1
@@ -347,8 +410,11 @@ class JobRecorder:
 
         # A job may log a param its override already set (MLflow refuses a second value):
         # the same value is skipped, a different one goes under job/.
-        params = [Param(k, v) if k not in job.params else Param(f"job/{k}", v)
-                  for k, v in captured.params.items() if job.params.get(k) != v]
+        params = [
+            Param(k, v) if k not in job.params else Param(f"job/{k}", v)
+            for k, v in captured.params.items()
+            if job.params.get(k) != v
+        ]
         if params:
             self.tracker.client.log_batch(run_id, params=params)
         if captured.tags:
@@ -362,8 +428,7 @@ class JobRecorder:
         for folder, files in folders.items():
             self.tracker.log_files(run_id, files, folder or None)
 
-    def _job_return(self, job: Job, record: JobRecord | None,
-                    failure: Failure | None) -> JobReturn:
+    def _job_return(self, job: Job, record: JobRecord | None, failure: Failure | None) -> JobReturn:
         ret = record.job_return if record is not None else _bare_return(job)
         if failure is not None:
             ret.status = JobStatus.FAILED
@@ -379,10 +444,16 @@ def _bare_return(job: Job) -> JobReturn:
     with open_dict(cfg):
         del cfg["hydra"]
     out = Path(str(job.sweep_config.hydra.sweep.dir)) / str(
-        OmegaConf.select(job.sweep_config, "hydra.sweep.subdir"))
-    return JobReturn(overrides=job.overrides, cfg=cfg, hydra_cfg=hydra_cfg,
-                     working_dir=str(out), task_name=str(job.sweep_config.hydra.job.name),
-                     status=JobStatus.FAILED)
+        OmegaConf.select(job.sweep_config, "hydra.sweep.subdir")
+    )
+    return JobReturn(
+        overrides=job.overrides,
+        cfg=cfg,
+        hydra_cfg=hydra_cfg,
+        working_dir=str(out),
+        task_name=str(job.sweep_config.hydra.job.name),
+        status=JobStatus.FAILED,
+    )
 
 
 def _error(failure: Failure) -> str:

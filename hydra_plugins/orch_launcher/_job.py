@@ -82,18 +82,31 @@ class _PrivateStore:
         self.client = MlflowClient(self.uri)
         # An explicit artifact location: MLflow's default is ./mlruns in the job's cwd.
         self.experiment_id = self.client.create_experiment(
-            "jobs", artifact_location=(self.root / "artifacts").as_uri())
+            "jobs", artifact_location=(self.root / "artifacts").as_uri()
+        )
 
     def collect(self, run_id: str) -> Captured:
         run = self.client.get_run(run_id)
-        tags = {k: v for k, v in run.data.tags.items()
-                if not k.startswith("mlflow.") or k == "mlflow.note.content"}
-        metrics = [(m.key, m.value, m.timestamp, m.step)
-                   for key in run.data.metrics
-                   for m in self.client.get_metric_history(run_id, key)]
+        tags = {
+            k: v
+            for k, v in run.data.tags.items()
+            if not k.startswith("mlflow.") or k == "mlflow.note.content"
+        }
+        metrics = [
+            (m.key, m.value, m.timestamp, m.step)
+            for key in run.data.metrics
+            for m in self.client.get_metric_history(run_id, key)
+        ]
         root = Path(unquote(urlparse(run.info.artifact_uri).path))
-        artifacts = {p.relative_to(root).as_posix(): p.read_bytes()
-                     for p in sorted(root.rglob("*")) if p.is_file()} if root.exists() else {}
+        artifacts = (
+            {
+                p.relative_to(root).as_posix(): p.read_bytes()
+                for p in sorted(root.rglob("*"))
+                if p.is_file()
+            }
+            if root.exists()
+            else {}
+        )
         shutil.rmtree(root, ignore_errors=True)
         return Captured(dict(run.data.params), tags, metrics, artifacts)
 
@@ -122,9 +135,13 @@ def _run_in_private_run(payload: JobPayload) -> tuple[Any, Captured]:
     run = mlflow.start_run(experiment_id=store.experiment_id)
     cwd = os.getcwd()
     try:
-        ret = run_job(hydra_context=payload.hydra_context, task_function=payload.task_function,
-                      config=payload.config, job_dir_key="hydra.sweep.dir",
-                      job_subdir_key="hydra.sweep.subdir")
+        ret = run_job(
+            hydra_context=payload.hydra_context,
+            task_function=payload.task_function,
+            config=payload.config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
     finally:
         while mlflow.active_run() is not None:  # the job may have left nested runs open
             mlflow.end_run()

@@ -41,15 +41,21 @@ def task_study(task: str, config_dir: str | None) -> str:
         if not user.is_dir():
             raise SpecError(f"--config-dir: {config_dir!r} is not a directory")
         if (user / "study" / f"{task}.yaml").exists():
-            raise SpecError(f"--task {task}: --config-dir has a study of that name; "
-                            f"allowed: orch sweep {task} (the study), or another task")
+            raise SpecError(
+                f"--task {task}: --config-dir has a study of that name; "
+                f"allowed: orch sweep {task} (the study), or another task"
+            )
     if task not in composer(config_dir).group_options("task"):
         files[f"task/{task}.yaml"] = _yaml({"task": {"name": task}, **_defaults(spec)})
-    files[f"study/{task}.yaml"] = _yaml({
-        "defaults": [{"override /task": task}],
-        "study": {"name": task, "description": STUDY_DESCRIPTION.format(name=task)}})
-    key = hashlib.sha256(repr((sorted(files.items()), config_dir and str(Path(config_dir)
-                                                                          .resolve()))).encode())
+    files[f"study/{task}.yaml"] = _yaml(
+        {
+            "defaults": [{"override /task": task}],
+            "study": {"name": task, "description": STUDY_DESCRIPTION.format(name=task)},
+        }
+    )
+    key = hashlib.sha256(
+        repr((sorted(files.items()), config_dir and str(Path(config_dir).resolve()))).encode()
+    )
     root = cache_root() / f"{task}-{key.hexdigest()[:12]}"
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)

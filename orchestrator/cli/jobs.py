@@ -41,8 +41,17 @@ ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
 TRACKING_SCHEMES = ("http", "https")
 
 #: Never uploaded with a working directory: environments, VCS data, local stores.
-WORKING_DIR_EXCLUDES = [".venv/", ".git/", "mlruns/", "mlartifacts/", "*.db", "__pycache__/",
-                        ".pytest_cache/", "outputs/", "multirun/"]
+WORKING_DIR_EXCLUDES = [
+    ".venv/",
+    ".git/",
+    "mlruns/",
+    "mlartifacts/",
+    "*.db",
+    "__pycache__/",
+    ".pytest_cache/",
+    "outputs/",
+    "multirun/",
+]
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]+$")
 #: How long ``submit`` retries while a freshly started head has no job agent yet.
@@ -74,13 +83,17 @@ def job_api_address(address: str | None) -> str:
     """
     value = address or os.environ.get(ADDRESS_ENV)
     if not value:
-        raise SpecError(f"--address: required; the Ray dashboard URL of the cluster, "
-                        f"http(s)://HEAD:8265 (or set ${ADDRESS_ENV})")
+        raise SpecError(
+            f"--address: required; the Ray dashboard URL of the cluster, "
+            f"http(s)://HEAD:8265 (or set ${ADDRESS_ENV})"
+        )
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise SpecError(f"--address: {value!r} is not a Ray Job API address; allowed: "
-                        f"http://HOST:PORT or https://HOST:PORT (the dashboard, port 8265 "
-                        f"by default), not a GCS address (HOST:6379) or ray://")
+        raise SpecError(
+            f"--address: {value!r} is not a Ray Job API address; allowed: "
+            f"http://HOST:PORT or https://HOST:PORT (the dashboard, port 8265 "
+            f"by default), not a GCS address (HOST:6379) or ray://"
+        )
     return value.rstrip("/")
 
 
@@ -109,19 +122,28 @@ def cluster_tracking_uri(tracking_uri: str | None, address: str) -> str:
             f"--tracking-uri: {uri!r} is a store on this machine, which the cluster cannot "
             f"open (the sweep's driver runs on the Ray head node); allowed: an MLflow "
             f"server URI, http://HOST:PORT or https://HOST:PORT (docker/compose.yaml runs "
-            f"one on port 5000), via --tracking-uri or $MLFLOW_TRACKING_URI")
+            f"one on port 5000), via --tracking-uri or $MLFLOW_TRACKING_URI"
+        )
     head = urlparse(address).hostname or ""
     if _is_loopback(parsed.hostname) and not _is_loopback(head):
         raise SpecError(
             f"--tracking-uri: {uri!r} points at this machine's loopback, but the driver runs "
             f"on {head}, where {parsed.hostname} is the head itself; allowed: an address of "
             f"the MLflow server that the head node can reach (e.g. http://mlflow:5000 in "
-            f"docker/compose.yaml)")
+            f"docker/compose.yaml)"
+        )
     return uri
 
 
-def entrypoint(study: str, overrides: Sequence[str], tracking_uri: str, *, quick: bool = False,
-               config_dir: str | None = None, tasks: Sequence[str] = ()) -> str:
+def entrypoint(
+    study: str,
+    overrides: Sequence[str],
+    tracking_uri: str,
+    *,
+    quick: bool = False,
+    config_dir: str | None = None,
+    tasks: Sequence[str] = (),
+) -> str:
     """The shell command the job runs: ``orch sweep`` (as ``python -m orchestrator.cli``)
     against the cluster it runs on.
 
@@ -139,7 +161,9 @@ def entrypoint(study: str, overrides: Sequence[str], tracking_uri: str, *, quick
     return shlex.join(argv)
 
 
-def runtime_env(config_dir: str | None, working_dir: str | None) -> tuple[dict[str, Any], str | None]:
+def runtime_env(
+    config_dir: str | None, working_dir: str | None
+) -> tuple[dict[str, Any], str | None]:
     """The job's runtime_env, and ``config_dir`` as the job sees it.
 
     Nothing is uploaded unless needed: the cluster image has the project. A local
@@ -158,9 +182,11 @@ def runtime_env(config_dir: str | None, working_dir: str | None) -> tuple[dict[s
     if not cfg.is_dir():
         raise SpecError(f"--config-dir: {config_dir!r} is not a directory")
     if not cfg.is_relative_to(root):
-        raise SpecError(f"--config-dir: {config_dir!r} is outside the working directory "
-                        f"{str(root)!r} that is shipped to the cluster; allowed: a directory "
-                        f"under it (or pass --working-dir containing it)")
+        raise SpecError(
+            f"--config-dir: {config_dir!r} is outside the working directory "
+            f"{str(root)!r} that is shipped to the cluster; allowed: a directory "
+            f"under it (or pass --working-dir containing it)"
+        )
     return env, str(cfg.relative_to(root)) or "."
 
 
@@ -176,8 +202,9 @@ def _client(address: str) -> Any:
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - ConnectionError, AuthenticationError, HTTP errors
-        raise ClusterUnavailable(f"Ray Job API at {address} is unavailable: "
-                                 f"{str(e).splitlines()[0] if str(e) else e!r}") from None
+        raise ClusterUnavailable(
+            f"Ray Job API at {address} is unavailable: {str(e).splitlines()[0] if str(e) else e!r}"
+        ) from None
 
 
 def use_local_token(address: str) -> bool:
@@ -220,10 +247,18 @@ def new_job_id(study: str) -> str:
     return f"orch-{study}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def submit(study: str, overrides: Sequence[str], *, address: str | None,
-           tracking_uri: str | None, quick: bool = False, config_dir: str | None = None,
-           tasks: Sequence[str] = (), working_dir: str | None = None,
-           job_id: str | None = None) -> str:
+def submit(
+    study: str,
+    overrides: Sequence[str],
+    *,
+    address: str | None,
+    tracking_uri: str | None,
+    quick: bool = False,
+    config_dir: str | None = None,
+    tasks: Sequence[str] = (),
+    working_dir: str | None = None,
+    job_id: str | None = None,
+) -> str:
     """Submit ``orch sweep STUDY overrides...`` as a Ray Job; returns the job id.
 
     The study and overrides are planned here first, so bad input exits 2 on this machine
@@ -244,25 +279,32 @@ def submit(study: str, overrides: Sequence[str], *, address: str | None,
     except registry.PluginError as e:
         raise SpecError(str(e)) from None
     plan = plan_sweep(composer(config_dir), study, list(overrides), quick=quick)
-    command = entrypoint(study, overrides, uri, quick=quick, config_dir=remote_config_dir,
-                         tasks=tasks)
+    command = entrypoint(
+        study, overrides, uri, quick=quick, config_dir=remote_config_dir, tasks=tasks
+    )
     client = _client(api)
     submission_id = job_id or new_job_id(plan.spec.study.name)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
             return client.submit_job(
-                entrypoint=command, runtime_env=env or None, submission_id=submission_id,
-                metadata={"orch.study": plan.spec.study.name,
-                          "orch.n_trials": str(len(plan.trials))})
+                entrypoint=command,
+                runtime_env=env or None,
+                submission_id=submission_id,
+                metadata={
+                    "orch.study": plan.spec.study.name,
+                    "orch.n_trials": str(len(plan.trials)),
+                },
+            )
         except RuntimeError as e:
             # Right after a head starts, its dashboard answers before the node's agent
             # that runs jobs has registered; Ray asks to try again later.
             if "No available agent" in str(e) and time.monotonic() < deadline:
                 time.sleep(2)
                 continue
-            raise ClusterUnavailable(f"Ray Job API at {api} refused the job: "
-                                     f"{str(e).splitlines()[0]}") from None
+            raise ClusterUnavailable(
+                f"Ray Job API at {api} refused the job: {str(e).splitlines()[0]}"
+            ) from None
 
 
 def list_jobs(address: str | None) -> list[JobRow]:
@@ -273,12 +315,18 @@ def list_jobs(address: str | None) -> list[JobRow]:
         jobs = client.list_jobs()
     except RuntimeError as e:
         raise ClusterUnavailable(f"Ray Job API at {api}: {str(e).splitlines()[0]}") from None
-    rows = [JobRow(j.submission_id or j.job_id or "", str(j.status.value if hasattr(j.status, "value")
-                                                          else j.status),
-                   (j.metadata or {}).get("orch.study", ""),
-                   j.start_time / 1000 if j.start_time else None,
-                   j.end_time / 1000 if j.end_time else None, j.entrypoint or "", j.message or "")
-            for j in jobs]
+    rows = [
+        JobRow(
+            j.submission_id or j.job_id or "",
+            str(j.status.value if hasattr(j.status, "value") else j.status),
+            (j.metadata or {}).get("orch.study", ""),
+            j.start_time / 1000 if j.start_time else None,
+            j.end_time / 1000 if j.end_time else None,
+            j.entrypoint or "",
+            j.message or "",
+        )
+        for j in jobs
+    ]
     return sorted(rows, key=lambda r: r.start_time or 0.0)
 
 
@@ -290,8 +338,9 @@ def job_status(address: str | None, job_id: str) -> str:
     return str(getattr(status, "value", status))
 
 
-def job_logs(address: str | None, job_id: str, follow: bool = False,
-             write: Callable[[str], Any] = print) -> None:
+def job_logs(
+    address: str | None, job_id: str, follow: bool = False, write: Callable[[str], Any] = print
+) -> None:
     """Write the job's driver log; with ``follow``, stream it until the job ends."""
     api = job_api_address(address)
     client = _client(api)
@@ -322,17 +371,24 @@ def stop(address: str | None, job_id: str) -> bool:
 
 # -- the CLI's job commands (orchestrator/cli/main.py registers them) ----------------------------
 
+
 def add_parsers(sub: Any, configs: Callable[[Any], None], store: Callable[[Any], None]) -> None:
     """``orch submit``, ``orch jobs`` and ``orch logs`` on the CLI's subparsers."""
     address_help = f"the cluster's Ray dashboard, http://HEAD:8265 (default: ${ADDRESS_ENV})"
-    sp = sub.add_parser("submit", help="run a study on a Ray cluster as a Ray Job: "
-                        "orch submit NAME [overrides] --address http://HEAD:8265")
+    sp = sub.add_parser(
+        "submit",
+        help="run a study on a Ray cluster as a Ray Job: "
+        "orch submit NAME [overrides] --address http://HEAD:8265",
+    )
     sp.add_argument("study")
     sp.add_argument("overrides", nargs="*", help="Hydra overrides, as for orch sweep")
     sp.add_argument("--quick", action="store_true", help="the study's quick variant")
     sp.add_argument("--address", help=address_help)
-    sp.add_argument("--working-dir", help="upload this directory with the job (default: "
-                    "nothing, or the current directory when --config-dir is given)")
+    sp.add_argument(
+        "--working-dir",
+        help="upload this directory with the job (default: "
+        "nothing, or the current directory when --config-dir is given)",
+    )
     sp.add_argument("--job-id", help="the submission id (default: orch-STUDY-TIME-xxxx)")
     configs(sp)
     store(sp)
@@ -355,22 +411,29 @@ def _unavailable(err: Any, e: ClusterUnavailable) -> int:
 def cmd_submit(args: Any, out: Any, err: Any) -> int:
 
     try:
-        job_id = submit(args.study, args.overrides, address=args.address,
-                        tracking_uri=args.tracking_uri, quick=args.quick,
-                        config_dir=args.config_dir, tasks=args.tasks,
-                        working_dir=args.working_dir, job_id=args.job_id)
+        job_id = submit(
+            args.study,
+            args.overrides,
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            quick=args.quick,
+            config_dir=args.config_dir,
+            tasks=args.tasks,
+            working_dir=args.working_dir,
+            job_id=args.job_id,
+        )
     except ClusterUnavailable as e:
         return _unavailable(err, e)
     out.print(job_id, highlight=False)  # alone on stdout, for scripts
     api = job_api_address(args.address)
-    err.print(f"submitted; follow it with: orch logs {job_id} --address {api} --follow",
-              highlight=False)
+    err.print(
+        f"submitted; follow it with: orch logs {job_id} --address {api} --follow", highlight=False
+    )
     return EXIT_OK
 
 
 def cmd_jobs(args: Any, out: Any, err: Any) -> int:
     from rich.table import Table
-
 
     try:
         rows = list_jobs(args.address)
@@ -384,15 +447,15 @@ def cmd_jobs(args: Any, out: Any, err: Any) -> int:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
 
     for r in rows:
-        table.add_row(r.job_id, r.status, r.study, when(r.start_time), when(r.end_time),
-                      r.entrypoint)
+        table.add_row(
+            r.job_id, r.status, r.study, when(r.start_time), when(r.end_time), r.entrypoint
+        )
     out.print(table)
     return EXIT_OK
 
 
 def cmd_logs(args: Any, out: Any, err: Any) -> int:
     import sys
-
 
     def write(text: str) -> None:  # raw: a log is not markup, and follow needs flushing
         sys.stdout.write(text)
@@ -420,4 +483,7 @@ def cmd_stop(args: Any, out: Any, err: Any) -> int:
 
 
 COMMANDS: dict[str, Callable[[Any, Any, Any], int]] = {
-    "submit": cmd_submit, "jobs": cmd_jobs, "logs": cmd_logs}
+    "submit": cmd_submit,
+    "jobs": cmd_jobs,
+    "logs": cmd_logs,
+}

@@ -34,30 +34,46 @@ if TYPE_CHECKING:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orch", description="Run studies (Hydra) as sweeps on Ray, tracked in MLflow.")
+    p = argparse.ArgumentParser(
+        prog="orch", description="Run studies (Hydra) as sweeps on Ray, tracked in MLflow."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def store(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, "
-                        "then sqlite:///mlflow.db)")
+        sp.add_argument(
+            "--tracking-uri",
+            help="MLflow store (default: $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)",
+        )
 
     def configs(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config-dir", help="your own studies/options, searched before conf/")
-        sp.add_argument("--tasks", action="append", default=[], metavar="MODULE",
-                        help="import MODULE (a dotted name, found from the current "
-                        "directory as python -m does, or a .py file) to register your own "
-                        "tasks (repeatable)")
+        sp.add_argument(
+            "--tasks",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import MODULE (a dotted name, found from the current "
+            "directory as python -m does, or a .py file) to register your own "
+            "tasks (repeatable)",
+        )
 
     sp = sub.add_parser("studies", help="list the studies, one line each")
     configs(sp)
 
-    sp = sub.add_parser("sweep", help="run a study: orch sweep NAME [key=value | key=a,b ...]; "
-                        "or a task with no study: orch sweep --task NAME key=a,b")
+    sp = sub.add_parser(
+        "sweep",
+        help="run a study: orch sweep NAME [key=value | key=a,b ...]; "
+        "or a task with no study: orch sweep --task NAME key=a,b",
+    )
     sp.add_argument("study", nargs="?", help="the study (omit with --task)")
-    sp.add_argument("--task", help="sweep this registered task with no study file (the "
-                    "study is named after it; set sweep.metric=... for its metric)")
-    sp.add_argument("overrides", nargs="*", help="Hydra overrides; sweeps (a,b / range() / "
-                    "glob()) become axes")
+    sp.add_argument(
+        "--task",
+        help="sweep this registered task with no study file (the "
+        "study is named after it; set sweep.metric=... for its metric)",
+    )
+    sp.add_argument(
+        "overrides", nargs="*", help="Hydra overrides; sweeps (a,b / range() / glob()) become axes"
+    )
     sp.add_argument("--quick", action="store_true", help="the study's quick variant")
     sp.add_argument("--address", help="an existing Ray cluster (default: start one locally)")
     sp.add_argument("--dry-run", action="store_true", help="validate and list trials; run nothing")
@@ -71,8 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     store(sp)
 
     def wide(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--wide", action="store_true", help="every column, however wide "
-                        "(by default the least important are dropped to fit the terminal)")
+        sp.add_argument(
+            "--wide",
+            action="store_true",
+            help="every column, however wide "
+            "(by default the least important are dropped to fit the terminal)",
+        )
 
     sp = sub.add_parser("ls", help="sweeps in the store")
     wide(sp)
@@ -83,17 +103,22 @@ def _parser() -> argparse.ArgumentParser:
     wide(sp)
     store(sp)
 
-    sp = sub.add_parser("report", help="rebuild a sweep's verdicts and HTML report on its "
-                        "parent run")
+    sp = sub.add_parser(
+        "report", help="rebuild a sweep's verdicts and HTML report on its parent run"
+    )
     sp.add_argument("sweep_id")
     sp.add_argument("--out", help="also keep the report files in this folder")
     store(sp)
 
-    sp = sub.add_parser("cancel", help="ask a running sweep to stop (its trials end KILLED); "
-                        "with --address, stop the Ray job JOB_ID (orch submit)")
+    sp = sub.add_parser(
+        "cancel",
+        help="ask a running sweep to stop (its trials end KILLED); "
+        "with --address, stop the Ray job JOB_ID (orch submit)",
+    )
     sp.add_argument("sweep_id", metavar="SWEEP_ID|JOB_ID")
-    sp.add_argument("--address", help="the cluster's Ray dashboard, http://HEAD:8265: the id "
-                    "is a Ray job id")
+    sp.add_argument(
+        "--address", help="the cluster's Ray dashboard, http://HEAD:8265: the id is a Ray job id"
+    )
     store(sp)
 
     jobs.add_parsers(sub, configs, store)  # submit, jobs, logs
@@ -142,7 +167,7 @@ def _signal_exit_code() -> int:
     return SIGNALS.exit_code(EXIT_CANCELLED)
 
 
-def _composer(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps --help fast
+def _composer(args: argparse.Namespace):
     from orchestrator.config.compose import composer
     from tasks import registry
 
@@ -169,10 +194,12 @@ def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
     for name in c.studies():
         cfg = c.compose(name, [])
         search_claims = (cfg.get("search") or {}).get("claims") or []
-        ids = ", ".join(dict.fromkeys(cl["id"].split("/")[0]
-                                      for cl in [*cfg.study.claims, *search_claims]))
-        out.print(f"{name:<14} {cfg.study.description}  [dim]claims: {ids or '-'}[/]",
-                  highlight=False)
+        ids = ", ".join(
+            dict.fromkeys(cl["id"].split("/")[0] for cl in [*cfg.study.claims, *search_claims])
+        )
+        out.print(
+            f"{name:<14} {cfg.study.description}  [dim]claims: {ids or '-'}[/]", highlight=False
+        )
     return EXIT_OK
 
 
@@ -189,19 +216,26 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
         from orchestrator.search import budget
 
         s = plan.search.spec
-        err.print(f"study {plan.spec.study.name}: {s.sampler} search, {budget(plan.search)} "
-                  f"trials, pruner {s.pruner.name}, objective "
-                  f"{', '.join(plan.search.metrics)}", highlight=False)
+        err.print(
+            f"study {plan.spec.study.name}: {s.sampler} search, {budget(plan.search)} "
+            f"trials, pruner {s.pruner.name}, objective "
+            f"{', '.join(plan.search.metrics)}",
+            highlight=False,
+        )
         if args.dry_run:
             for p in plan.search.space.params:
-                when = " if " + " and ".join(f"{k} in {list(v)}" for k, v in p.condition) \
-                    if p.condition else ""
+                when = (
+                    " if " + " and ".join(f"{k} in {list(v)}" for k, v in p.condition)
+                    if p.condition
+                    else ""
+                )
                 out.print(f"{p.key}: {p.source}{when}", highlight=False)
             return EXIT_OK
     axes = "  ".join(f"{k}={len(v)}" for k, v in plan.axes.items())
     if plan.search is None:
-        err.print(f"study {plan.spec.study.name}: {len(plan.trials)} trials ({axes})",
-                  highlight=False)
+        err.print(
+            f"study {plan.spec.study.name}: {len(plan.trials)} trials ({axes})", highlight=False
+        )
     if args.dry_run:
         for t in plan.trials:
             out.print(f"{t.index:4d} {t.key} {t.arm} seed={t.seed}", highlight=False)
@@ -218,9 +252,11 @@ def _check_address(address: str | None, cluster: ClusterSpec) -> None:
     both is bad input (Ray would refuse it only after connecting)."""
 
     if address and (cluster.num_cpus is not None or cluster.num_gpus is not None):
-        raise SpecError("--address and cluster.num_cpus/cluster.num_gpus are mutually "
-                        "exclusive: the size applies only to a local cluster; allowed: one "
-                        "or the other")
+        raise SpecError(
+            "--address and cluster.num_cpus/cluster.num_gpus are mutually "
+            "exclusive: the size applies only to a local cluster; allowed: one "
+            "or the other"
+        )
 
 
 def _check_store(args: argparse.Namespace) -> None:
@@ -251,21 +287,27 @@ def cmd_resume(args: argparse.Namespace, out: Console, err: Console) -> int:
     SIGNALS.whole_process = True
 
     try:
-        result = resume_sweep(args.sweep_id, args.tracking_uri, args.address, err,
-                              list(args.overrides))
+        result = resume_sweep(
+            args.sweep_id, args.tracking_uri, args.address, err, list(args.overrides)
+        )
     except PluginError as e:  # the sweep's --tasks module is gone or broken: bad input
         raise SpecError(str(e)) from None
     return _report_result(result, result.metric, out, err)
 
 
-def _report_result(result, metric: str, out: Console, err: Console) -> int:  # noqa: ANN001
-    _trial_table(out, [(r.trial.arm, r.trial.seed, r.outcome, r.metrics, r.error)
-                       for r in result.results], metric)
-    err.print(f"sweep {result.sweep_id}: {result.count('finished')} finished, "
-              f"{result.count('failed')} failed, {result.count('diverged')} diverged, "
-              + (f"{result.count('pruned')} pruned, " if result.count('pruned') else "") +
-              f"{result.count('killed')} killed (parent run {result.parent_run_id})",
-              highlight=False)
+def _report_result(result, metric: str, out: Console, err: Console) -> int:
+    _trial_table(
+        out,
+        [(r.trial.arm, r.trial.seed, r.outcome, r.metrics, r.error) for r in result.results],
+        metric,
+    )
+    err.print(
+        f"sweep {result.sweep_id}: {result.count('finished')} finished, "
+        f"{result.count('failed')} failed, {result.count('diverged')} diverged, "
+        + (f"{result.count('pruned')} pruned, " if result.count("pruned") else "")
+        + f"{result.count('killed')} killed (parent run {result.parent_run_id})",
+        highlight=False,
+    )
     for line in result.unwritten:
         err.print(f"[yellow]not written to the tracking store:[/] {line}", highlight=False)
     if not result.unwritten:
@@ -274,13 +316,16 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:  # n
         err.print("sweep cancelled", highlight=False)
         return _signal_exit_code()
     if result.unwritten:  # the sweep ran, but its record in the store is incomplete
-        err.print(f"[red]error:[/] {len(result.unwritten)} write(s) to {result.tracking_uri} "
-                  f"failed after retries; the lines above say what is missing", highlight=False)
+        err.print(
+            f"[red]error:[/] {len(result.unwritten)} write(s) to {result.tracking_uri} "
+            f"failed after retries; the lines above say what is missing",
+            highlight=False,
+        )
         return EXIT_ERROR
     return EXIT_OK
 
 
-def _where_to_look(result, err: Console) -> None:  # noqa: ANN001 - SweepResult, lazy import
+def _where_to_look(result, err: Console) -> None:
     """The parent run and its report in MLflow's UI (and how to start it for a local store)."""
     from orchestrator.client import Client
     from orchestrator.store import schema
@@ -288,22 +333,32 @@ def _where_to_look(result, err: Console) -> None:  # noqa: ANN001 - SweepResult,
 
     artifact_uri = None  # the report's file, for a store on this machine
     if not schema.is_server(result.tracking_uri):
-        artifact_uri = Client(result.tracking_uri).mlflow.get_run(
-            result.parent_run_id).info.artifact_uri
-    for line in where_to_look(result.tracking_uri, result.experiment_id, result.parent_run_id,
-                              artifact_uri):
+        artifact_uri = (
+            Client(result.tracking_uri).mlflow.get_run(result.parent_run_id).info.artifact_uri
+        )
+    for line in where_to_look(
+        result.tracking_uri, result.experiment_id, result.parent_run_id, artifact_uri
+    ):
         err.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
-def _trial_table(out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str,
-                 wide: bool = False) -> None:
+def _trial_table(
+    out: Console, rows: list[tuple[dict, int, str, dict, str]], metric: str, wide: bool = False
+) -> None:
     axis_names = list(dict.fromkeys(k for arm, *_ in rows for k in arm))
     cells = []
     for arm, seed, outcome, metrics, error in rows:
         value = metrics.get(metric)
         shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else ""
-        cells.append([*(str(arm.get(a, "")) for a in axis_names), str(seed), outcome, shown,
-                      error if wide else error[:40]])
+        cells.append(
+            [
+                *(str(arm.get(a, "")) for a in axis_names),
+                str(seed),
+                outcome,
+                shown,
+                error if wide else error[:40],
+            ]
+        )
     n = len(axis_names)
     # The arm and its result first; then the axes in order; the error text last.
     headers = [*axis_names, "seed", "outcome", metric, "error"]
@@ -320,10 +375,23 @@ def cmd_ls(args: argparse.Namespace, out: Console, err: Console) -> int:
     headers = ["sweep_id", "status", "finished", "failed", "best", "metric", "started", "study"]
     rows = []
     for row in df.itertuples():
-        best = "" if row.best is None or (isinstance(row.best, float) and math.isnan(row.best)) \
+        best = (
+            ""
+            if row.best is None or (isinstance(row.best, float) and math.isnan(row.best))
             else f"{row.best:.4f}"
-        rows.append([row.sweep_id, row.status, f"{row.finished}/{row.n_trials}", str(row.failed),
-                     best, str(row.metric or ""), str(row.start_time)[:16], row.study])
+        )
+        rows.append(
+            [
+                row.sweep_id,
+                row.status,
+                f"{row.finished}/{row.n_trials}",
+                str(row.failed),
+                best,
+                str(row.metric or ""),
+                str(row.start_time)[:16],
+                row.study,
+            ]
+        )
     if len({r[5] for r in rows}) == 1:  # one metric: named in the header, not per row
         headers = [*headers[:4], f"best {rows[0][5]}", *headers[6:]]
         rows = [[*r[:5], *r[6:]] for r in rows]
@@ -345,11 +413,22 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
     parent = client.sweep_run(args.sweep_id)
     df = client.trials(args.sweep_id)
     metric = parent.data.tags.get("orch.metric", "val/acc")
-    out.print(f"sweep {parent.data.tags['orch.sweep_id']} ({parent.info.status})\n"
-              f"parent run {parent.info.run_id}", highlight=False)
+    out.print(
+        f"sweep {parent.data.tags['orch.sweep_id']} ({parent.info.status})\n"
+        f"parent run {parent.info.run_id}",
+        highlight=False,
+    )
     axes = [a for a in json.loads(parent.data.tags.get("orch.axes", "[]")) if a != "seed"]
-    rows = [({a: r.get(a) for a in axes}, r.get("seed"), r["outcome"], {metric: r.get(metric)},
-             r.get("error") or "") for r in df.to_dict("records")]
+    rows = [
+        (
+            {a: r.get(a) for a in axes},
+            r.get("seed"),
+            r["outcome"],
+            {metric: r.get(metric)},
+            r.get("error") or "",
+        )
+        for r in df.to_dict("records")
+    ]
     _trial_table(out, rows, metric, args.wide)
     _resumed_note(out, df)
     try:
@@ -366,9 +445,11 @@ def _resumed_note(out: Console, df: pd.DataFrame) -> None:
     if df.empty or "resumed_from_step" not in df:
         return
     for r in df[df.resumed_from_step.notna()].to_dict("records"):
-        out.print(f"trial {r['trial_index']} (seed {r.get('seed')}) resumed from its checkpoint "
-                  f"at step {int(r['resumed_from_step'])} (attempt {r['attempt']})",
-                  highlight=False)
+        out.print(
+            f"trial {r['trial_index']} (seed {r.get('seed')}) resumed from its checkpoint "
+            f"at step {int(r['resumed_from_step'])} (attempt {r['attempt']})",
+            highlight=False,
+        )
 
 
 def _verdict_table(out: Console, verdicts: list, wide: bool = False) -> None:  # list[Verdict]
@@ -385,8 +466,9 @@ def _verdict_table(out: Console, verdicts: list, wide: bool = False) -> None:  #
         cells[2] = f"[{colour.get(row[2], 'white')}]{escape(row[2])}[/]"
         rows.append(cells)
     headers = ["claim", "test", "verdict", "effect", "CI", "n a/b", "method"]
-    table = fitted_table(out, headers, rows, [0, 2, 3, 4, 5, 6, 1], wide, title="verdicts",
-                         markup_column=2)
+    table = fitted_table(
+        out, headers, rows, [0, 2, 3, 4, 5, 6, 1], wide, title="verdicts", markup_column=2
+    )
     print_table(out, table, wide)
 
 
@@ -417,8 +499,15 @@ def cmd_cancel(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"studies": cmd_studies, "sweep": cmd_sweep, "resume": cmd_resume, "ls": cmd_ls,
-             "show": cmd_show, "cancel": cmd_cancel, "report": cmd_report}
+_COMMANDS = {
+    "studies": cmd_studies,
+    "sweep": cmd_sweep,
+    "resume": cmd_resume,
+    "ls": cmd_ls,
+    "show": cmd_show,
+    "cancel": cmd_cancel,
+    "report": cmd_report,
+}
 _COMMANDS.update(jobs.COMMANDS)  # submit, jobs, logs
 _COMMANDS.update(record.COMMANDS)  # claims, record
 _COMMANDS.update(service.COMMANDS)  # up, down

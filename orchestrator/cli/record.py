@@ -67,13 +67,16 @@ def cmd_claims(args: argparse.Namespace, out: Console, err: Console) -> int:
         out.print(f"{cid:<9} " + "; ".join(_where(p) for p in places), highlight=False)
     catalogue = Path(args.catalog)
     if not catalogue.exists():
-        err.print(f"[yellow]note:[/] no catalogue at {catalogue}: not cross-checked",
-                  highlight=False)
+        err.print(
+            f"[yellow]note:[/] no catalogue at {catalogue}: not cross-checked", highlight=False
+        )
         return EXIT_OK
     missing = [c for c in catalogue_ids(catalogue) if not mapping.get(c)]
     if missing:
-        err.print(f"[red]error:[/] unaccounted claims of {catalogue}: {', '.join(missing)}",
-                  highlight=False)
+        err.print(
+            f"[red]error:[/] unaccounted claims of {catalogue}: {', '.join(missing)}",
+            highlight=False,
+        )
         return EXIT_ERROR
     return EXIT_OK
 
@@ -99,19 +102,28 @@ def _cell(x: float | None, fmt: str = "{:.3g}") -> str:
 def results_table(result: dict[str, Any]) -> str:
     """One study's section of the README, from its recorded result."""
     v = result["verdicts"]
-    head = (f"### {result['study']}{' (quick variant)' if result['quick'] else ''}\n\n"
-            f"Sweep `{result['sweep_id']}`, {result['n_trials']} trials, seeds "
-            f"{result['seeds']}, {result['wall_s']:.0f} s on {result['machine']}; "
-            f"{', '.join(f'{k} {w}' for k, w in result['versions'].items())}.\n\n")
-    rows = ["| claim | verdict | effect | CI | n a/b | method | p | p adj. |",
-            "|---|---|---|---|---|---|---|---|"]
+    head = (
+        f"### {result['study']}{' (quick variant)' if result['quick'] else ''}\n\n"
+        f"Sweep `{result['sweep_id']}`, {result['n_trials']} trials, seeds "
+        f"{result['seeds']}, {result['wall_s']:.0f} s on {result['machine']}; "
+        f"{', '.join(f'{k} {w}' for k, w in result['versions'].items())}.\n\n"
+    )
+    rows = [
+        "| claim | verdict | effect | CI | n a/b | method | p | p adj. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for x in v:
-        ci = f"[{_cell(x.get('ci_low'))}, {_cell(x.get('ci_high'))}]" \
-            if x.get("ci_low") is not None else ""
-        rows.append(f"| {x['id']} {x.get('statement', '')} | **{x['verdict']}** | "
-                    f"{_cell(x.get('effect'), '{:+.3g}')} | {ci} | {x.get('n_a', '')}/"
-                    f"{x.get('n_b', '')} | {x.get('method', '')} | "
-                    f"{_cell(x.get('p_value'))} | {_cell(x.get('p_adjusted'))} |")
+        ci = (
+            f"[{_cell(x.get('ci_low'))}, {_cell(x.get('ci_high'))}]"
+            if x.get("ci_low") is not None
+            else ""
+        )
+        rows.append(
+            f"| {x['id']} {x.get('statement', '')} | **{x['verdict']}** | "
+            f"{_cell(x.get('effect'), '{:+.3g}')} | {ci} | {x.get('n_a', '')}/"
+            f"{x.get('n_b', '')} | {x.get('method', '')} | "
+            f"{_cell(x.get('p_value'))} | {_cell(x.get('p_adjusted'))} |"
+        )
     return head + "\n".join(rows) + "\n"
 
 
@@ -121,7 +133,7 @@ def write_readme(readme: Path, results: Sequence[dict[str, Any]]) -> None:
     body = "\n".join(results_table(r) for r in results)
     block = f"{BEGIN}\n\n{body}\n{END}"
     if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     readme.write_text(text)
@@ -147,11 +159,19 @@ def cmd_record(args: argparse.Namespace, out: Console, err: Console) -> int:
         wall = time.monotonic() - start
         verdicts = json.loads(verdicts_to_json(Client(res.tracking_uri).verdicts(res.sweep_id)))
         seeds = sorted({r.trial.seed for r in res.results})
-        result = {"study": name, "quick": args.quick, "sweep_id": res.sweep_id,
-                  "tracking_uri": res.tracking_uri, "n_trials": len(res.results),
-                  "seeds": f"{seeds[0]}..{seeds[-1]}" if seeds else "-",
-                  "wall_s": wall, "versions": _versions(), "machine": _machine(),
-                  "recorded": time.strftime("%Y-%m-%d"), "verdicts": verdicts}
+        result = {
+            "study": name,
+            "quick": args.quick,
+            "sweep_id": res.sweep_id,
+            "tracking_uri": res.tracking_uri,
+            "n_trials": len(res.results),
+            "seeds": f"{seeds[0]}..{seeds[-1]}" if seeds else "-",
+            "wall_s": wall,
+            "versions": _versions(),
+            "machine": _machine(),
+            "recorded": time.strftime("%Y-%m-%d"),
+            "verdicts": verdicts,
+        }
         (results_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
         out.print(f"{name}: {len(verdicts)} verdicts, {wall:.0f} s", highlight=False)
@@ -162,11 +182,17 @@ def cmd_record(args: argparse.Namespace, out: Console, err: Console) -> int:
 def add_parsers(sub: Any, configs: Callable[[Any], None], store: Callable[[Any], None]) -> None:
     """``orch claims`` and ``orch record`` on the CLI's subparsers."""
     sp = sub.add_parser("claims", help="every claim of the catalogue and where it is checked")
-    sp.add_argument("--catalog", default=str(Path("..") / "shared" / "claims.md"),
-                    help="the claims catalogue to cross-check (default ../shared/claims.md)")
+    sp.add_argument(
+        "--catalog",
+        default=str(Path("..") / "shared" / "claims.md"),
+        help="the claims catalogue to cross-check (default ../shared/claims.md)",
+    )
 
-    sp = sub.add_parser("record", help="run the built-in studies into one store and write "
-                        "their verdict tables (make studies)")
+    sp = sub.add_parser(
+        "record",
+        help="run the built-in studies into one store and write "
+        "their verdict tables (make studies)",
+    )
     sp.add_argument("--quick", action="store_true", help="the quick variants")
     sp.add_argument("--studies", help="comma-separated names (default: every study)")
     sp.add_argument("--readme", default="dashboards/README.md")

@@ -12,10 +12,17 @@ from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK
 
 
 def add_parsers(sub: Any) -> None:
-    sp = sub.add_parser("up", help="keep a local Ray head and warm workers for repeated sweeps "
-                        "(orch sweep uses them when no --address is given)")
-    sp.add_argument("--slots", type=int, default=os.cpu_count() or 1,
-                    help="warm workers, one CPU each (default: one per CPU)")
+    sp = sub.add_parser(
+        "up",
+        help="keep a local Ray head and warm workers for repeated sweeps "
+        "(orch sweep uses them when no --address is given)",
+    )
+    sp.add_argument(
+        "--slots",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="warm workers, one CPU each (default: one per CPU)",
+    )
     sp.add_argument("--num-cpus", type=int, help="the local cluster's CPUs (default: all)")
     sp.add_argument("--status", action="store_true", help="say what runs; start nothing")
     sub.add_parser("down", help="stop orch up's workers and Ray head")
@@ -36,9 +43,12 @@ def cmd_up(args: argparse.Namespace, out: Console, err: Console) -> int:
             out.print("orch up: not running", highlight=False)
             return EXIT_ERROR
         busy = ", ".join(f"{w} (driver pid {p})" for w, p in st["busy"].items()) or "-"
-        out.print(f"orch up: {st['address']} (daemon pid {st['daemon_pid']}), {st['slots']} "
-                  f"slots: {len(st['idle'])} idle, busy: {busy}; worker pids: "
-                  f"{', '.join(str(p) for p in st['pids'].values())}", highlight=False)
+        out.print(
+            f"orch up: {st['address']} (daemon pid {st['daemon_pid']}), {st['slots']} "
+            f"slots: {len(st['idle'])} idle, busy: {busy}; worker pids: "
+            f"{', '.join(str(p) for p in st['pids'].values())}",
+            highlight=False,
+        )
         return EXIT_OK
     if args.slots < 1:
         err.print("[red]error:[/] --slots: at least 1", highlight=False)
@@ -48,16 +58,18 @@ def cmd_up(args: argparse.Namespace, out: Console, err: Console) -> int:
     except RuntimeError as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
         return EXIT_ERROR
-    out.print(f"orch up: {state.address}, {state.slots} warm slots (daemon pid "
-              f"{state.daemon_pid}); orch down stops it", highlight=False)
+    out.print(
+        f"orch up: {state.address}, {state.slots} warm slots (daemon pid "
+        f"{state.daemon_pid}); orch down stops it",
+        highlight=False,
+    )
     return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.runtime import service  # Ray: only for this command
 
-    out.print("orch down: stopped" if service.stop() else "orch down: not running",
-              highlight=False)
+    out.print("orch down: stopped" if service.stop() else "orch down: not running", highlight=False)
     return EXIT_OK
 
 

@@ -20,17 +20,25 @@ GAP = 3
 MIN_CUT = 8
 
 
-def fitted_table(console: Console, headers: Sequence[str], rows: Sequence[Sequence[str]],
-                 priority: Sequence[int], wide: bool = False, title: str | None = None,
-                 markup_column: int | None = None) -> Table:
+def fitted_table(
+    console: Console,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    priority: Sequence[int],
+    wide: bool = False,
+    title: str | None = None,
+    markup_column: int | None = None,
+) -> Table:
     """A table of the columns of ``headers`` that fit ``console.width``.
 
     ``priority`` lists column indices, most important first; columns not in it go last.
     The first of them is kept whole whatever the width. ``markup_column``'s cells hold
     rich markup (a colour) that does not count towards their width.
     """
-    widths = [max([len(h)] + [len(_plain(r[i], i == markup_column)) for r in rows])
-              for i, h in enumerate(headers)]
+    widths = [
+        max([len(h)] + [len(_plain(r[i], i == markup_column)) for r in rows])
+        for i, h in enumerate(headers)
+    ]
     order = [*priority, *(i for i in range(len(headers)) if i not in priority)]
     width: dict[int, int] = {}  # column -> its width on screen
     used = 0
@@ -44,12 +52,14 @@ def fitted_table(console: Console, headers: Sequence[str], rows: Sequence[Sequen
         else:
             continue  # a narrower, less important column may still fit
         used += width[i] + gap
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title,
-                  title_justify="left")
+    table = Table(
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=title, title_justify="left"
+    )
     keep = sorted(width)
     for i in keep:
-        table.add_column(headers[i], no_wrap=True, overflow="ellipsis", min_width=width[i],
-                         max_width=width[i])
+        table.add_column(
+            headers[i], no_wrap=True, overflow="ellipsis", min_width=width[i], max_width=width[i]
+        )
     for r in rows:
         table.add_row(*(r[i] for i in keep))
     return table

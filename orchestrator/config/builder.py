@@ -37,10 +37,21 @@ class TrialBuilder:
         task: The registered task whose spec validates each trial.
     """
 
-    def __init__(self, composer: Composer, study: str, fixed: list[str], base: DictConfig,
-                 task: registry.Task) -> None:
-        self.composer, self.study, self.fixed, self.base, self.task = \
-            composer, study, fixed, base, task
+    def __init__(
+        self,
+        composer: Composer,
+        study: str,
+        fixed: list[str],
+        base: DictConfig,
+        task: registry.Task,
+    ) -> None:
+        self.composer, self.study, self.fixed, self.base, self.task = (
+            composer,
+            study,
+            fixed,
+            base,
+            task,
+        )
         self.trial_keys = [str(k) for k in base if k not in SWEEP_KEYS]
         # The sweep's world size; a ``resources.workers`` axis sets it per trial.
         self.workers = int(OmegaConf.select(base, "resources.workers", default=1) or 1)
@@ -57,14 +68,18 @@ class TrialBuilder:
         """The trial part of the study composed with these group choices (cached; a copy)."""
         ident = tuple(sorted(groups.items()))
         if ident not in self._composed:
-            cfg = self.composer.compose(self.study, [*self.fixed, *(f"{k}={v}" for k, v in ident)]) \
-                if ident else self.base
+            cfg = (
+                self.composer.compose(self.study, [*self.fixed, *(f"{k}={v}" for k, v in ident)])
+                if ident
+                else self.base
+            )
             resolved = config_dict(cfg)
             self._composed[ident] = {k: resolved[k] for k in self.trial_keys}
         return copy.deepcopy(self._composed[ident])
 
-    def build(self, point: dict[str, Any], index: int, arm: dict[str, Any] | None = None,
-              where: str = "") -> Trial:
+    def build(
+        self, point: dict[str, Any], index: int, arm: dict[str, Any] | None = None, where: str = ""
+    ) -> Trial:
         """The validated trial at ``point``.
 
         Args:
@@ -87,9 +102,16 @@ class TrialBuilder:
             raise SpecError(describe_validation_error(e, raw, prefix=where)) from None
         config = validated.model_dump(mode="json")
         arm = {k: v for k, v in point.items() if k != "seed"} if arm is None else arm
-        return Trial(index, self.task.name, config, arm, int(config.get("seed", 0)),
-                     Trial.make_key(self.task.name, config, workers),
-                     _upstream(self.task, validated), workers)
+        return Trial(
+            index,
+            self.task.name,
+            config,
+            arm,
+            int(config.get("seed", 0)),
+            Trial.make_key(self.task.name, config, workers),
+            _upstream(self.task, validated),
+            workers,
+        )
 
 
 def _workers(point: dict[str, Any], default: int, where: str) -> int:
@@ -115,8 +137,14 @@ def _upstream(task: registry.Task, spec: Any) -> Trial | None:
         config = up_task.spec.model_validate(raw).model_dump(mode="json")
     except ValidationError as e:
         raise SpecError(describe_validation_error(e, raw, prefix=f"upstream {name}: ")) from None
-    return Trial(-1, name, config, {"upstream": name}, int(config.get("seed", 0)),
-                 Trial.make_key(name, config))
+    return Trial(
+        -1,
+        name,
+        config,
+        {"upstream": name},
+        int(config.get("seed", 0)),
+        Trial.make_key(name, config),
+    )
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

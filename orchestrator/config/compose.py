@@ -57,8 +57,9 @@ class Composer:
             if not user.is_dir():
                 raise SpecError(f"--config-dir: {str(config_dir)!r} is not a directory")
             safe_yaml.check_config_dir(user)  # before Hydra expands any alias in it
-            search_path.prepend("orch-user", f"file://{user}",
-                                anchor=SearchPathQuery(provider="main"))
+            search_path.prepend(
+                "orch-user", f"file://{user}", anchor=SearchPathQuery(provider="main")
+            )
         self.config_dir = config_dir
         self._loader = ConfigLoaderImpl(config_search_path=search_path)
 
@@ -75,8 +76,9 @@ class Composer:
     def compose(self, study: str, overrides: list[str]) -> DictConfig:
         """The composed config of ``study`` with Hydra ``overrides`` applied."""
         if study not in self.studies():
-            raise SpecError(f"study: {study!r} is not a known study; "
-                            f"known: {', '.join(self.studies())}")
+            raise SpecError(
+                f"study: {study!r} is not a known study; known: {', '.join(self.studies())}"
+            )
         return self._compose(study, tuple(overrides))
 
     def _compose(self, study: str, overrides: tuple[str, ...]) -> DictConfig:
@@ -84,7 +86,8 @@ class Composer:
             safe_yaml.check_resolvers(o, f"overrides: {o}")
         try:
             cfg = self._loader.load_configuration(
-                PRIMARY_CONFIG, overrides=[f"study={study}", *overrides], run_mode=RunMode.RUN)
+                PRIMARY_CONFIG, overrides=[f"study={study}", *overrides], run_mode=RunMode.RUN
+            )
         except (HydraException, OmegaConfBaseException) as e:
             raise SpecError(f"config: {_one_line(e)}") from None
         except yaml.YAMLError as e:  # a malformed YAML file of the user's: bad input too

@@ -53,22 +53,29 @@ MAX_EXPANSION = 100_000
 _GRAMMAR_HELP = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 
-def _range(start: Union[int, float], stop: Optional[Union[int, float]] = None,  # noqa: UP007, UP045, PYI041
-           step: Union[int, float] = 1) -> RangeSweep:  # noqa: UP007, PYI041
+def _range(
+    start: int | float,
+    stop: Optional[Union[int, float]] = None,  # noqa: UP007, UP045
+    step: int | float = 1,
+) -> RangeSweep:
     # Hydra's FloatRange with step 0 yields None forever; a non-finite bound never ends.
     for name, x in (("start", start), ("stop", stop), ("step", step)):
         if isinstance(x, float) and not math.isfinite(x):
             raise ValueError(f"range(): {name} {x} is not a finite number")
     if step == 0:
-        raise ValueError("range(): the step must not be 0; allowed: a positive step (up) or "
-                         "a negative one (down)")
+        raise ValueError(
+            "range(): the step must not be 0; allowed: a positive step (up) or "
+            "a negative one (down)"
+        )
     return grammar_functions.range(start, stop, step)
 
 
-def _sort(*args: Union[ElementType, ChoiceSweep, RangeSweep],  # noqa: UP007
-          sweep: Optional[Union[ChoiceSweep, RangeSweep]] = None,  # noqa: UP007, UP045
-          list: Optional[List[Any]] = None,  # noqa: UP006, UP045 - Hydra's keyword
-          reverse: bool = False) -> Any:
+def _sort(
+    *args: Union[ElementType, ChoiceSweep, RangeSweep],  # noqa: UP007
+    sweep: Optional[Union[ChoiceSweep, RangeSweep]] = None,  # noqa: UP007, UP045
+    list: Optional[List[Any]] = None,  # noqa: UP006, UP045 - Hydra's keyword
+    reverse: bool = False,
+) -> Any:
     target = sweep if sweep is not None else (args[0] if len(args) == 1 else None)
     if isinstance(target, RangeSweep):
         return sorted_range(target, reverse)
@@ -145,20 +152,26 @@ def parse(strings: list[str], field: str = "overrides") -> list[Override]:
     for s in strings:
         shown = s if len(s) <= 80 else s[:77] + "..."
         if len(s) > MAX_OVERRIDE_CHARS:
-            raise SpecError(f"{field}: {shown!r} is {len(s)} characters long; allowed: up to "
-                            f"{MAX_OVERRIDE_CHARS}")
+            raise SpecError(
+                f"{field}: {shown!r} is {len(s)} characters long; allowed: up to "
+                f"{MAX_OVERRIDE_CHARS}"
+            )
         if _nesting(s) > MAX_NESTING:
-            raise SpecError(f"{field}: {shown!r} nests brackets {_nesting(s)} deep; allowed: up "
-                            f"to {MAX_NESTING}")
+            raise SpecError(
+                f"{field}: {shown!r} nests brackets {_nesting(s)} deep; allowed: up "
+                f"to {MAX_NESTING}"
+            )
         try:
             (o,) = _PARSER.parse_overrides([s])
         except HydraException as e:
             raise SpecError(f"{field}: {_reason(e)} (see {_GRAMMAR_HELP})") from None
         except ValueError as e:  # int(text) past sys.get_int_max_str_digits()
             if "digits" in str(e):
-                raise SpecError(f"{field}: {shown!r} has an integer literal longer than "
-                                f"{_digit_limit()} digits; allowed: integers of up to "
-                                f"{_digit_limit()} digits") from None
+                raise SpecError(
+                    f"{field}: {shown!r} has an integer literal longer than "
+                    f"{_digit_limit()} digits; allowed: integers of up to "
+                    f"{_digit_limit()} digits"
+                ) from None
             raise SpecError(f"{field}: {shown!r}: {e}") from None
         except RecursionError:
             raise SpecError(f"{field}: {shown!r} is nested too deeply to parse") from None
@@ -174,9 +187,11 @@ def _check_numbers(o: Override, shown: str, field: str) -> None:
     written_inf = re.search(r"inf", o.input_line or "", re.IGNORECASE) is not None
     for x in _numbers(o.value()):
         if isinstance(x, float) and math.isinf(x) and not written_inf:
-            raise SpecError(f"{field}: {shown!r} has a number beyond the float range "
-                            f"(±{sys.float_info.max:.4g}); allowed: finite numbers, or inf "
-                            f"written as inf")
+            raise SpecError(
+                f"{field}: {shown!r} has a number beyond the float range "
+                f"(±{sys.float_info.max:.4g}); allowed: finite numbers, or inf "
+                f"written as inf"
+            )
 
 
 def _numbers(v: Any) -> list[Any]:
@@ -238,8 +253,9 @@ def sweep_size(o: Override, group_options: Callable[[], list[str]]) -> int:
     return len(v) if isinstance(v, list) else 1
 
 
-def expand(o: Override, is_group: bool, group_options: Callable[[], list[str]],
-           where: str) -> list[Any]:
+def expand(
+    o: Override, is_group: bool, group_options: Callable[[], list[str]], where: str
+) -> list[Any]:
     """The values of the sweep ``o`` (choice, range, glob), at most :data:`MAX_EXPANSION`.
 
     Raises:
@@ -248,13 +264,16 @@ def expand(o: Override, is_group: bool, group_options: Callable[[], list[str]],
     v = o.value()
     if isinstance(v, Glob):
         if not is_group:
-            raise SpecError(f"{where}: glob() selects options of a config group and "
-                            f"{o.key_or_group!r} is not one; allowed: a,b,c or range(...)")
+            raise SpecError(
+                f"{where}: glob() selects options of a config group and "
+                f"{o.key_or_group!r} is not one; allowed: a,b,c or range(...)"
+            )
         return v.filter(group_options())
     n = sweep_size(o, group_options)
     if n > MAX_EXPANSION:
-        raise SpecError(f"{where}: {_text(o)!r} has {count_text(n)} values; allowed: at most "
-                        f"{MAX_EXPANSION:,}")
+        raise SpecError(
+            f"{where}: {_text(o)!r} has {count_text(n)} values; allowed: at most {MAX_EXPANSION:,}"
+        )
     try:
         return [plain(x) for x in o.sweep_iterator()]
     except (HydraException, ValueError, TypeError) as e:

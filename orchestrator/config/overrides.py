@@ -12,8 +12,7 @@ from orchestrator.config.compose import Composer
 
 
 def plain_overrides(parsed: list[Override]) -> list[str]:
-    return [o.input_line for o in parsed
-            if not o.is_sweep_override() and o.input_line is not None]
+    return [o.input_line for o in parsed if not o.is_sweep_override() and o.input_line is not None]
 
 
 def parse_overrides(strings: list[str]) -> list[Override]:

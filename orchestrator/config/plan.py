@@ -39,7 +39,7 @@ class SweepPlan:
     trials: list[Trial]
     axes: dict[str, list[Any]]
     config: dict[str, Any]
-    overrides: list[str]          # as given (the quick variant's are not included)
+    overrides: list[str]  # as given (the quick variant's are not included)
     quick: bool = False
     config_dir: str | None = None
     #: A search study's parsed space and trial builder (``orchestrator.config.space``); then
@@ -47,8 +47,9 @@ class SweepPlan:
     search: Any = None
 
 
-def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool = False
-               ) -> SweepPlan:
+def plan_sweep(
+    composer: Composer, study: str, overrides: list[str], quick: bool = False
+) -> SweepPlan:
     """Compose ``study`` with ``overrides``, validate everything and list the trials."""
     base = composer.compose(study, plain_overrides(parse_overrides(overrides)))
     quick_overrides = list(base.study.get("quick") or []) if quick else []
@@ -65,17 +66,28 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
     pinned = {o.key_or_group for o in parsed if not o.is_sweep_override()}
     if spec.search is not None:
         # A search: command-line sweeps (interval() included) become search dimensions.
-        search = plan_search(TrialBuilder(composer, study, fixed, base, task), spec.search,
-                             cli_axes, {o.key_or_group: o.value() for o in parsed
-                                        if not o.is_sweep_override()})
-        return SweepPlan(spec, [], {p.key: [p.source] for p in search.space.params},
-                         config_dict(base), list(overrides), quick,
-                         None if composer.config_dir is None else str(composer.config_dir),
-                         search=search)
+        search = plan_search(
+            TrialBuilder(composer, study, fixed, base, task),
+            spec.search,
+            cli_axes,
+            {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()},
+        )
+        return SweepPlan(
+            spec,
+            [],
+            {p.key: [p.source] for p in search.space.params},
+            config_dict(base),
+            list(overrides),
+            quick,
+            None if composer.config_dir is None else str(composer.config_dir),
+            search=search,
+        )
     for o in cli_axes:
         if not o.is_discrete_sweep():
-            raise SpecError(f"{o.key_or_group}: a grid axis must be a choice, range or glob; "
-                            f"interval() belongs in a search space")
+            raise SpecError(
+                f"{o.key_or_group}: a grid axis must be a choice, range or glob; "
+                f"interval() belongs in a search space"
+            )
     grids = spec.sweep.grids or {"": {}}
     cap = spec.sweep.max_trials
     all_axes: dict[str, dict[str, list[Any]]] = {}
@@ -83,10 +95,14 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
         where = f"sweep.grids.{name}." if name else "sweep.axes."
         declared = {**spec.sweep.axes, **grid}
         # A command-line axis replaces the grids' axis on its key; one no grid has is shared.
-        mine = [o for o in cli_axes if o.key_or_group in declared
-                or not any(o.key_or_group in g for g in grids.values())]
-        all_axes[name] = _axes(composer, base, declared, spec.sweep.first_seeds, mine, pinned,
-                               where, cap)
+        mine = [
+            o
+            for o in cli_axes
+            if o.key_or_group in declared or not any(o.key_or_group in g for g in grids.values())
+        ]
+        all_axes[name] = _axes(
+            composer, base, declared, spec.sweep.first_seeds, mine, pinned, where, cap
+        )
     total = sum(math.prod(len(v) for v in a.values()) for a in all_axes.values())
     if total > cap:
         _too_many(total, cap, "sweep.grids: the grids together")
@@ -105,9 +121,15 @@ def plan_sweep(composer: Composer, study: str, overrides: list[str], quick: bool
         for k, values in [*(("grid", [name]),) * bool(name), *grid_axes.items()]:
             axes.setdefault(k, [])
             axes[k] += [v for v in values if v not in axes[k]]
-    return SweepPlan(spec, trials, axes, config_dict(base),
-                     list(overrides), quick,
-                     None if composer.config_dir is None else str(composer.config_dir))
+    return SweepPlan(
+        spec,
+        trials,
+        axes,
+        config_dict(base),
+        list(overrides),
+        quick,
+        None if composer.config_dir is None else str(composer.config_dir),
+    )
 
 
 def _forbid_code_references(tree: Any, path: str = "") -> None:
@@ -116,9 +138,11 @@ def _forbid_code_references(tree: Any, path: str = "") -> None:
         for k, v in tree.items():
             where = f"{path}.{k}" if path else str(k)
             if k in ("_target_", "_partial_", "_call_"):
-                raise SpecError(f"{where}: a config may not name Python code; only registered "
-                                f"tasks ({', '.join(registry.names())}) and the config groups' "
-                                f"options can be named")
+                raise SpecError(
+                    f"{where}: a config may not name Python code; only registered "
+                    f"tasks ({', '.join(registry.names())}) and the config groups' "
+                    f"options can be named"
+                )
             _forbid_code_references(v, where)
     elif isinstance(tree, list):
         for i, v in enumerate(tree):
@@ -135,14 +159,23 @@ def _validate_sweep(cfg: DictConfig) -> SweepSpec:
 
 
 def _too_many(count: int, cap: int, what: str) -> NoReturn:
-    raise SpecError(f"{what}: {grammar.count_text(count)} trials planned, more than "
-                    f"sweep.max_trials = {cap:,}; allowed: at most {cap:,} (fewer axis values "
-                    f"or seeds, or raise sweep.max_trials)")
+    raise SpecError(
+        f"{what}: {grammar.count_text(count)} trials planned, more than "
+        f"sweep.max_trials = {cap:,}; allowed: at most {cap:,} (fewer axis values "
+        f"or seeds, or raise sweep.max_trials)"
+    )
 
 
-def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: int,
-          cli_axes: list[Override], pinned: set[str], where: str, cap: int
-          ) -> dict[str, list[Any]]:
+def _axes(
+    composer: Composer,
+    cfg: DictConfig,
+    declared: dict[str, Any],
+    seeds: int,
+    cli_axes: list[Override],
+    pinned: set[str],
+    where: str,
+    cap: int,
+) -> dict[str, list[Any]]:
     # Each axis as a list or a parsed sweep; the trial count (the product of the axis
     # sizes) is checked against the cap before any sweep is expanded.
     pending: dict[str, list[Any] | Override | range] = {}
@@ -159,15 +192,21 @@ def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: 
     if "seed" not in pending and "seed" not in pinned:
         pending["seed"] = range(seeds)  # sized, not expanded
     # (len() of a range past sys.maxsize raises: sweep.seeds is an unbounded int)
-    sizes = [grammar.sweep_size(v, functools.partial(composer.group_options, k))
-             if isinstance(v, Override) else v.stop if isinstance(v, range) else len(v)
-             for k, v in pending.items()]
+    sizes = [
+        grammar.sweep_size(v, functools.partial(composer.group_options, k))
+        if isinstance(v, Override)
+        else v.stop
+        if isinstance(v, range)
+        else len(v)
+        for k, v in pending.items()
+    ]
     count = math.prod(sizes)
     if count > cap:
         shown = " x ".join(f"{k}={grammar.count_text(n)}" for k, n in zip(pending, sizes))
         _too_many(count, cap, f"{where.rstrip('.')} ({shown})")
-    axes = {k: expand(composer, v) if isinstance(v, Override) else list(v)
-            for k, v in pending.items()}
+    axes = {
+        k: expand(composer, v) if isinstance(v, Override) else list(v) for k, v in pending.items()
+    }
     for key, values in axes.items():
         if not values:
             raise SpecError(f"{where}{key}: the axis has no values")
@@ -175,19 +214,29 @@ def _axes(composer: Composer, cfg: DictConfig, declared: dict[str, Any], seeds: 
             options = composer.group_options(key)
             bad = [v for v in values if v not in options]
             if bad:
-                raise SpecError(f"{where}{key}: {bad[0]!r} is not an option of group "
-                                f"{key!r}; allowed: {', '.join(options)}")
+                raise SpecError(
+                    f"{where}{key}: {bad[0]!r} is not an option of group "
+                    f"{key!r}; allowed: {', '.join(options)}"
+                )
         elif OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise SpecError(f"{where}{key}: no such key in the composed config")
     return axes
 
 
-def _trials(composer: Composer, study: str, fixed: list[str], base: DictConfig,
-            axes: dict[str, list[Any]], task: registry.Task) -> list[Trial]:
+def _trials(
+    composer: Composer,
+    study: str,
+    fixed: list[str],
+    base: DictConfig,
+    axes: dict[str, list[Any]],
+    task: registry.Task,
+) -> list[Trial]:
     builder = TrialBuilder(composer, study, fixed, base, task)
     keys = list(axes)
-    return [builder.build(dict(zip(keys, values)), i)
-            for i, values in enumerate(itertools.product(*(axes[k] for k in keys)))]
+    return [
+        builder.build(dict(zip(keys, values)), i)
+        for i, values in enumerate(itertools.product(*(axes[k] for k in keys)))
+    ]
 
 
 _ABSENT = object()

@@ -63,10 +63,12 @@ def check_resolvers(text: str, where: str) -> None:
         name, arg = m.group(1), m.group(2).strip("'\"")
         if name in PURE_RESOLVERS or name in allowed or f"{name}:{arg}" in allowed:
             continue
-        raise SpecError(f"{where}: resolver {name!r} may read outside the config (the "
-                        f"environment, files, the clock) and is not allowed in user configs; "
-                        f"allowed: ${{key.path}} and {', '.join(sorted(PURE_RESOLVERS))}; an "
-                        f"operator can allow it with {ALLOW_ENV}={name} or {name}:{arg or 'ARG'}")
+        raise SpecError(
+            f"{where}: resolver {name!r} may read outside the config (the "
+            f"environment, files, the clock) and is not allowed in user configs; "
+            f"allowed: ${{key.path}} and {', '.join(sorted(PURE_RESOLVERS))}; an "
+            f"operator can allow it with {ALLOW_ENV}={name} or {name}:{arg or 'ARG'}"
+        )
 
 
 def check_tree(tree: Any, path: str = "") -> None:
@@ -96,8 +98,10 @@ def check_config_dir(root: Path) -> None:
     for folder, _, files in os.walk(root):  # symlinked folders not followed: no cycles
         paths += [Path(folder) / f for f in files if f.endswith((".yaml", ".yml"))]
         if len(paths) > MAX_FILES:
-            raise SpecError(f"--config-dir: {root} holds more than {MAX_FILES:,} YAML files; "
-                            f"allowed: a folder of studies and options, up to {MAX_FILES:,}")
+            raise SpecError(
+                f"--config-dir: {root} holds more than {MAX_FILES:,} YAML files; "
+                f"allowed: a folder of studies and options, up to {MAX_FILES:,}"
+            )
     for path in sorted(paths):
         if path.is_file():
             check_yaml_file(path, path.relative_to(root).as_posix())
@@ -114,8 +118,9 @@ def check_yaml_file(path: Path, name: str) -> None:
     except yaml.YAMLError:
         return
     except RecursionError:
-        raise SpecError(f"{name}: nested too deeply to read; allowed: up to {MAX_DEPTH} "
-                        f"levels") from None
+        raise SpecError(
+            f"{name}: nested too deeply to read; allowed: up to {MAX_DEPTH} levels"
+        ) from None
     if node is not None:
         _walk(node, name)
 
@@ -132,18 +137,24 @@ def _walk(root: yaml.Node, name: str) -> None:
             open_nodes.discard(id(node))
             sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
             if sizes[id(node)] > MAX_NODES:
-                raise SpecError(f"{name}: expands to more than {MAX_NODES:,} nodes (YAML "
-                                f"aliases repeat their target at every use); allowed: up to "
-                                f"{MAX_NODES:,}, with fewer or smaller aliases")
+                raise SpecError(
+                    f"{name}: expands to more than {MAX_NODES:,} nodes (YAML "
+                    f"aliases repeat their target at every use); allowed: up to "
+                    f"{MAX_NODES:,}, with fewer or smaller aliases"
+                )
             continue
         if id(node) in sizes:
             continue
         if id(node) in open_nodes:
-            raise SpecError(f"{name}: {where or '<root>'} refers to itself through an alias; "
-                            f"allowed: aliases to nodes outside themselves")
+            raise SpecError(
+                f"{name}: {where or '<root>'} refers to itself through an alias; "
+                f"allowed: aliases to nodes outside themselves"
+            )
         if depth > MAX_DEPTH:
-            raise SpecError(f"{name}: {where or '<root>'} is nested more than {MAX_DEPTH} "
-                            f"levels deep; allowed: up to {MAX_DEPTH}")
+            raise SpecError(
+                f"{name}: {where or '<root>'} is nested more than {MAX_DEPTH} "
+                f"levels deep; allowed: up to {MAX_DEPTH}"
+            )
         if isinstance(node, yaml.ScalarNode):
             check_resolvers(str(node.value), f"{name}: {where or '<root>'}")
             _check_number(node, f"{name}: {where or '<root>'}")
@@ -170,8 +181,10 @@ def _check_number(node: yaml.ScalarNode, where: str) -> None:
         except ValueError:  # a YAML 1.1 form Python does not read (1:30.5): PyYAML's business
             overflow = False
         if overflow:
-            raise SpecError(f"{where}: {node.value} is beyond the float range; allowed: "
-                            f"finite numbers, or .inf written as .inf")
+            raise SpecError(
+                f"{where}: {node.value} is beyond the float range; allowed: "
+                f"finite numbers, or .inf written as .inf"
+            )
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

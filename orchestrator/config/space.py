@@ -87,8 +87,9 @@ class Param:
 
     def active(self, chosen: Mapping[str, Any]) -> bool:
         """Whether the parameter is suggested, given the labels chosen so far."""
-        return all(k in chosen and any(_same(chosen[k], v) for v in values)
-                   for k, values in self.condition)
+        return all(
+            k in chosen and any(_same(chosen[k], v) for v in values) for k, values in self.condition
+        )
 
     def value(self, label: Any) -> Any:
         """The config value of a suggested label."""
@@ -123,10 +124,11 @@ class SearchSpace:
         for p in self.params:
             if p.key == key:
                 return p
-        raise KeyError(f"{key!r} is not a parameter of the space; parameters: "
-                       f"{', '.join(self.keys())}")
+        raise KeyError(
+            f"{key!r} is not a parameter of the space; parameters: {', '.join(self.keys())}"
+        )
 
-    def suggest(self, trial: "optuna.Trial") -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Suggest every active parameter on ``trial``; returns key -> label (as stored)."""
         chosen: dict[str, Any] = {}
         for p in self.params:
@@ -149,12 +151,14 @@ class SearchSpace:
                 n = int(round((d.high - d.low) / d.step)) + 1  # type: ignore[attr-defined]
                 out[p.key] = [d.low + i * d.step for i in range(n)]  # type: ignore[attr-defined]
             else:
-                raise SpecError(f"{WHERE}{p.key}: sampler 'grid' needs a choice or range(), "
-                                f"not {p.source!r}; allowed with grid: a,b,c / range(...)")
+                raise SpecError(
+                    f"{WHERE}{p.key}: sampler 'grid' needs a choice or range(), "
+                    f"not {p.source!r}; allowed with grid: a,b,c / range(...)"
+                )
         return out
 
 
-def _suggest(trial: "optuna.Trial", p: Param) -> Any:
+def _suggest(trial: optuna.Trial, p: Param) -> Any:
     d = p.distribution
     if isinstance(d, CategoricalDistribution):
         return trial.suggest_categorical(p.key, d.choices)
@@ -182,7 +186,7 @@ class SearchPlan:
     space: SearchSpace
     builder: TrialBuilder
     metrics: tuple[str, ...]
-    directions: tuple[str, ...]          # "maximize" / "minimize", Optuna's words
+    directions: tuple[str, ...]  # "maximize" / "minimize", Optuna's words
     report_metric: str
     pinned: dict[str, Any] = field(default_factory=dict)
 
@@ -192,18 +196,24 @@ class SearchPlan:
         Raises:
             SpecError: The task's spec rejects the config (named field).
         """
-        return self.builder.build(self.space.point(labels), number, arm=dict(labels),
-                                  where=WHERE)
+        return self.builder.build(self.space.point(labels), number, arm=dict(labels), where=WHERE)
 
 
 # -- parsing --------------------------------------------------------------------------------
-_ALLOWED = ("allowed: interval(lo, hi), tag(log, interval(lo, hi)), int(interval(lo, hi)), "
-            "range(start, stop[, step]), a,b,c / choice(a, b) / a list, glob(...) for a "
-            "config group")
+_ALLOWED = (
+    "allowed: interval(lo, hi), tag(log, interval(lo, hi)), int(interval(lo, hi)), "
+    "range(start, stop[, step]), a,b,c / choice(a, b) / a list, glob(...) for a "
+    "config group"
+)
 
 
-def parse_param(key: str, value: Any, is_group: bool, group_options: list[str] | None = None,
-                override: Override | None = None) -> Param:
+def parse_param(
+    key: str,
+    value: Any,
+    is_group: bool,
+    group_options: list[str] | None = None,
+    override: Override | None = None,
+) -> Param:
     """One space entry (``key: "tag(log, interval(1e-4, 1e-1))"``) as a :class:`Param`.
 
     Every form Hydra's Optuna sweeper accepts gives its distribution or a sentence saying
@@ -226,69 +236,92 @@ def parse_param(key: str, value: Any, is_group: bool, group_options: list[str] |
                 raise SpecError(f"{where}: an empty choice; allowed: at least one value")
             return _choice(key, list(value), str(value), is_group, group_options)
         if not isinstance(value, str):
-            raise SpecError(f"{where}: {value!r} is a single value, not a distribution; "
-                            f"{_ALLOWED} (to fix a key, set it outside search.space)")
+            raise SpecError(
+                f"{where}: {value!r} is a single value, not a distribution; "
+                f"{_ALLOWED} (to fix a key, set it outside search.space)"
+            )
         (override,) = grammar.parse([f"{key}={value}"], field=where)
     source = str(value) if value is not None else _text(override)
     if override.is_delete() or not override.is_sweep_override():
-        raise SpecError(f"{where}: {source!r} is a single value, not a distribution; "
-                        f"{_ALLOWED} (to fix a key, set it outside search.space; the Optuna "
-                        f"sweeper would pass it on as a fixed override)")
+        raise SpecError(
+            f"{where}: {source!r} is a single value, not a distribution; "
+            f"{_ALLOWED} (to fix a key, set it outside search.space; the Optuna "
+            f"sweeper would pass it on as a fixed override)"
+        )
     v = override.value()
     tags = set(getattr(v, "tags", set()) or set())
     if tags - {"log"}:
-        raise SpecError(f"{where}: unknown tag(s) {sorted(tags - {'log'})} in {source!r}; "
-                        f"allowed: log (the Optuna sweeper ignores other tags, so a typo of "
-                        f"log would go unnoticed)")
+        raise SpecError(
+            f"{where}: unknown tag(s) {sorted(tags - {'log'})} in {source!r}; "
+            f"allowed: log (the Optuna sweeper ignores other tags, so a typo of "
+            f"log would go unnoticed)"
+        )
     options = group_options or []
     if isinstance(v, (ChoiceSweep, Glob)) or (isinstance(v, RangeSweep) and v.shuffle):
         if "log" in tags:
             raise SpecError(f"{where}: tag log applies to interval() only, not to {source!r}")
         values = grammar.expand(override, is_group, lambda: options, where)
         if isinstance(v, Glob) and not values:
-            raise SpecError(f"{where}: {source!r} matches no option of group {key!r}; "
-                            f"allowed: a glob matching some of {', '.join(options)}")
+            raise SpecError(
+                f"{where}: {source!r} matches no option of group {key!r}; "
+                f"allowed: a glob matching some of {', '.join(options)}"
+            )
         return _choice(key, values, source, is_group, group_options)
     if is_group:
-        raise SpecError(f"{where}: {key!r} is a config group; its space must be a choice of "
-                        f"its options ({', '.join(options)}), not {source!r}")
+        raise SpecError(
+            f"{where}: {key!r} is a config group; its space must be a choice of "
+            f"its options ({', '.join(options)}), not {source!r}"
+        )
     if isinstance(v, RangeSweep):
         if "log" in tags:
-            raise SpecError(f"{where}: tag log with range() is not supported (the Optuna "
-                            f"sweeper drops the tag and samples the range uniformly); "
-                            f"allowed: tag(log, int(interval(lo, hi)))")
+            raise SpecError(
+                f"{where}: tag log with range() is not supported (the Optuna "
+                f"sweeper drops the tag and samples the range uniformly); "
+                f"allowed: tag(log, int(interval(lo, hi)))"
+            )
         n, first, last = grammar.range_bounds(v)
         if n == 0:
-            raise SpecError(f"{where}: {source!r} is empty (the end is excluded and must lie "
-                            f"beyond the start in the step's direction)")
+            raise SpecError(
+                f"{where}: {source!r} is empty (the end is excluded and must lie "
+                f"beyond the start in the step's direction)"
+            )
         if n == 1:
-            raise SpecError(f"{where}: {source!r} has a single value {first!r} (the end is "
-                            f"excluded); allowed: a range of two or more values, or set the "
-                            f"key outside the space")
+            raise SpecError(
+                f"{where}: {source!r} has a single value {first!r} (the end is "
+                f"excluded); allowed: a range of two or more values, or set the "
+                f"key outside the space"
+            )
         lo, hi, step = min(first, last), max(first, last), abs(v.step)
         if all(isinstance(x, int) for x in (v.start, v.stop, v.step)):
             return Param(key, IntDistribution(int(lo), int(hi), step=int(step)), source)
         if n > _MAX_FLOAT_STEPS:  # Optuna's decimal arithmetic fails; floats blur anyway
-            raise SpecError(f"{where}: {source!r} has {grammar.count_text(n)} steps; allowed: a "
-                            f"float range of at most 2**53 steps, or interval(lo, hi)")
+            raise SpecError(
+                f"{where}: {source!r} has {grammar.count_text(n)} steps; allowed: a "
+                f"float range of at most 2**53 steps, or interval(lo, hi)"
+            )
         return Param(key, FloatDistribution(float(lo), float(hi), step=float(step)), source)
     assert isinstance(v, IntervalSweep)  # the grammar has no other sweep
     lo, hi = v.start, v.end
     assert lo is not None and hi is not None  # interval() always has both bounds
     if not lo < hi:
-        raise SpecError(f"{where}: {source!r} has low {lo!r} >= high {hi!r}; allowed: "
-                        f"interval(low, high) with low < high")
+        raise SpecError(
+            f"{where}: {source!r} has low {lo!r} >= high {hi!r}; allowed: "
+            f"interval(low, high) with low < high"
+        )
     log = "log" in tags
     if log and lo <= 0:
-        raise SpecError(f"{where}: {source!r} is log-scaled but its low {lo!r} is not > 0; "
-                        f"allowed: low > 0 with tag(log, ...)")
+        raise SpecError(
+            f"{where}: {source!r} is log-scaled but its low {lo!r} is not > 0; "
+            f"allowed: low > 0 with tag(log, ...)"
+        )
     if isinstance(lo, int) and isinstance(hi, int):
         return Param(key, IntDistribution(lo, hi, log=log), source)
     return Param(key, FloatDistribution(float(lo), float(hi), log=log), source)
 
 
-def _choice(key: str, values: list[Any], source: str, is_group: bool,
-            group_options: list[str] | None) -> Param:
+def _choice(
+    key: str, values: list[Any], source: str, is_group: bool, group_options: list[str] | None
+) -> Param:
     """A categorical parameter. Its labels are what Optuna stores: scalars as they are, a
     list or dict as its JSON text (the sweeper's label is Hydra's text of it; the config
     value is the same), which ``decode`` maps back to the value."""
@@ -296,16 +329,20 @@ def _choice(key: str, values: list[Any], source: str, is_group: bool,
     if is_group:
         bad = [x for x in values if x not in (group_options or [])]
         if bad:
-            raise SpecError(f"{where}: {bad[0]!r} is not an option of group {key!r}; "
-                            f"allowed: {', '.join(group_options or [])}")
+            raise SpecError(
+                f"{where}: {bad[0]!r} is not an option of group {key!r}; "
+                f"allowed: {', '.join(group_options or [])}"
+            )
     labels = [json.dumps(x) if isinstance(x, (list, dict)) else x for x in values]
     decode = []
     for x, label in zip(values, labels):
         if isinstance(x, (list, dict)):
             decode.append((label, x))
         elif not (x is None or isinstance(x, (str, int, float, bool))):
-            raise SpecError(f"{where}: choice {x!r} of type {type(x).__name__} is not allowed; "
-                            f"allowed: numbers, strings, booleans, null, lists, dicts")
+            raise SpecError(
+                f"{where}: choice {x!r} of type {type(x).__name__} is not allowed; "
+                f"allowed: numbers, strings, booleans, null, lists, dicts"
+            )
     # Type and value: True and 'True' are two choices (str() would make them one).
     seen = [(type(label).__name__, label) for label in labels]
     if len(set(seen)) != len(seen):
@@ -318,8 +355,9 @@ def _text(o: Override) -> str:
     return o.input_line.partition("=")[2] or o.input_line if o.input_line else str(o.value())
 
 
-def plan_search(builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override],
-                pinned: dict[str, Any]) -> SearchPlan:
+def plan_search(
+    builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override], pinned: dict[str, Any]
+) -> SearchPlan:
     """Parse and check a study's search space (plus command-line sweeps), before any run.
 
     A command-line sweep (``optimizer=sgd_momentum,adam``, ``optimizer.lr='interval(...)'``)
@@ -342,7 +380,8 @@ def plan_search(builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override
     """
     composer = builder.composer
     entries: dict[str, tuple[Any, Override | None]] = {
-        k: (v, None) for k, v in spec.space.items() if k not in pinned}
+        k: (v, None) for k, v in spec.space.items() if k not in pinned
+    }
     for o in cli_axes:
         # `search.space.optimizer.lr=interval(..)` names the space's key in full.
         entries[o.key_or_group.removeprefix(WHERE)] = (None, o)
@@ -352,27 +391,37 @@ def plan_search(builder: TrialBuilder, spec: SearchSpec, cli_axes: list[Override
         options = composer.group_options(key) if group else None
         params[key] = parse_param(key, value, group, options, override)
     if not params:
-        raise SpecError("search.space: no parameter left to search (every key is pinned); "
-                        "allowed: at least one distribution")
+        raise SpecError(
+            "search.space: no parameter left to search (every key is pinned); "
+            "allowed: at least one distribution"
+        )
     params = _apply_conditions(params, spec.conditions, pinned)
     space = SearchSpace(_ordered(params))
     metrics = tuple(spec.metrics) or (builder.base.sweep.metric,)
     modes = tuple(spec.directions) or (builder.base.sweep.mode,) * len(metrics)
     if spec.sampler == "grid":
         space.grid()  # raises for a continuous dimension
-    if spec.sampler == "cmaes":
-        if importlib.util.find_spec("cmaes") is None:
-            raise SpecError("search.sampler: 'cmaes' needs the cmaes package (pip install "
-                            "cmaes); allowed without it: tpe, random, grid, nsga2")
-    plan = SearchPlan(spec, space, builder, metrics,
-                      tuple("maximize" if m == "max" else "minimize" for m in modes),
-                      spec.report_metric or metrics[0], pinned)
+    if spec.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise SpecError(
+            "search.sampler: 'cmaes' needs the cmaes package (pip install "
+            "cmaes); allowed without it: tpe, random, grid, nsga2"
+        )
+    plan = SearchPlan(
+        spec,
+        space,
+        builder,
+        metrics,
+        tuple("maximize" if m == "max" else "minimize" for m in modes),
+        spec.report_metric or metrics[0],
+        pinned,
+    )
     _check_keys_and_corners(plan)
     return plan
 
 
-def _apply_conditions(params: dict[str, Param], conditions: Mapping[str, Mapping[str, Any]],
-                      pinned: Mapping[str, Any]) -> dict[str, Param]:
+def _apply_conditions(
+    params: dict[str, Param], conditions: Mapping[str, Mapping[str, Any]], pinned: Mapping[str, Any]
+) -> dict[str, Param]:
     out = dict(params)
     dropped: set[str] = set()
     for key, cond in conditions.items():
@@ -380,11 +429,14 @@ def _apply_conditions(params: dict[str, Param], conditions: Mapping[str, Mapping
         if key in pinned:
             continue  # the key is fixed: there is nothing to suggest, conditionally or not
         if key not in params:
-            raise SpecError(f"{where}: {key!r} is not a parameter of search.space; allowed: "
-                            f"{', '.join(params)}")
+            raise SpecError(
+                f"{where}: {key!r} is not a parameter of search.space; allowed: {', '.join(params)}"
+            )
         if not isinstance(cond, Mapping) or not cond:
-            raise SpecError(f"{where}: a condition is a mapping {{parameter: value or list of "
-                            f"values}}; got {cond!r}")
+            raise SpecError(
+                f"{where}: a condition is a mapping {{parameter: value or list of "
+                f"values}}; got {cond!r}"
+            )
         clauses = []
         for other, allowed in cond.items():
             values = tuple(allowed) if isinstance(allowed, (list, tuple)) else (allowed,)
@@ -397,19 +449,31 @@ def _apply_conditions(params: dict[str, Param], conditions: Mapping[str, Mapping
                     dropped.add(key)  # pinned to a value under which it is never suggested
                 continue
             if other not in params:
-                raise SpecError(f"{where}.{other}: {other!r} is not a parameter of "
-                                f"search.space; allowed: {', '.join(k for k in params if k != key)}")
+                raise SpecError(
+                    f"{where}.{other}: {other!r} is not a parameter of "
+                    f"search.space; allowed: {', '.join(k for k in params if k != key)}"
+                )
             d = params[other].distribution
             if not isinstance(d, CategoricalDistribution):
-                raise SpecError(f"{where}.{other}: a condition can only read a choice "
-                                f"parameter; {other!r} is {params[other].source!r}")
+                raise SpecError(
+                    f"{where}.{other}: a condition can only read a choice "
+                    f"parameter; {other!r} is {params[other].source!r}"
+                )
             bad = [v for v in values if not any(_same(c, v) for c in d.choices)]
             if bad:
-                raise SpecError(f"{where}.{other}: {bad[0]!r} is not a choice of {other!r}; "
-                                f"allowed: {', '.join(map(str, d.choices))}")
+                raise SpecError(
+                    f"{where}.{other}: {bad[0]!r} is not a choice of {other!r}; "
+                    f"allowed: {', '.join(map(str, d.choices))}"
+                )
             clauses.append((other, values))
-        out[key] = Param(out[key].key, out[key].distribution, out[key].source, out[key].group,
-                         tuple(clauses), out[key].decode)
+        out[key] = Param(
+            out[key].key,
+            out[key].distribution,
+            out[key].source,
+            out[key].group,
+            tuple(clauses),
+            out[key].decode,
+        )
     # A parameter conditioned on a dropped one is never suggested either.
     changed = True
     while changed:
@@ -428,8 +492,10 @@ def _ordered(params: dict[str, Param]) -> tuple[Param, ...]:
     while pending:
         ready = [k for k in pending if all(c in done for c, _ in params[k].condition)]
         if not ready:
-            raise SpecError(f"search.conditions: a cycle among {', '.join(pending)}; allowed: "
-                            f"conditions that form a tree")
+            raise SpecError(
+                f"search.conditions: a cycle among {', '.join(pending)}; allowed: "
+                f"conditions that form a tree"
+            )
         done.append(ready[0])
         pending.remove(ready[0])
     return tuple(params[k] for k in done)
@@ -456,22 +522,26 @@ def _check_keys_and_corners(plan: SearchPlan) -> None:
                 if p.active(chosen):
                     active.append(p)
                 continue
-            if all(k not in combo or any(_same(combo[k], v) for v in vals)
-                   for k, vals in p.condition):
+            if all(
+                k not in combo or any(_same(combo[k], v) for v in vals) for k, vals in p.condition
+            ):
                 active.append(p)
                 if isinstance(p.distribution, CategoricalDistribution):
                     chosen.setdefault(p.key, p.distribution.choices[0])
-        cfg = OmegaConf.create(builder.composed({k: v for k, v in combo.items()
-                                                 if any(p.key == k for p in active)}))
+        cfg = OmegaConf.create(
+            builder.composed({k: v for k, v in combo.items() if any(p.key == k for p in active)})
+        )
         under = f" (with {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else ""
         values = [p for p in active if not p.group]
         for p in values:
             if OmegaConf.select(cfg, p.key, default=_ABSENT) is _ABSENT:
                 groups_txt = ", ".join(g.key for g in groups) or "a group"
-                raise SpecError(f"{WHERE}{p.key}: no such key in the composed config{under}; "
-                                f"allowed: an existing key, or a condition "
-                                f"(search.conditions.{p.key}: {{{groups_txt}: [...]}}) that "
-                                f"suggests it only where it exists")
+                raise SpecError(
+                    f"{WHERE}{p.key}: no such key in the composed config{under}; "
+                    f"allowed: an existing key, or a condition "
+                    f"(search.conditions.{p.key}: {{{groups_txt}: [...]}}) that "
+                    f"suggests it only where it exists"
+                )
         # The corners: every value parameter at its low end, then at its high end, then
         # each choice of each categorical one.
         group_point = {p.key: combo[p.key] for p in active if p.group}
@@ -486,5 +556,6 @@ def _check_keys_and_corners(plan: SearchPlan) -> None:
                 builder.build(point, -1, where="")
             except SpecError as e:
                 shown = ", ".join(f"{k}={v}" for k, v in point.items())
-                raise SpecError(f"search.space: the task rejects the space's corner {shown}: "
-                                f"{e}") from None
+                raise SpecError(
+                    f"search.space: the task rejects the space's corner {shown}: {e}"
+                ) from None

@@ -97,6 +97,7 @@ class SweepSettings(StrictModel):
     def first_seeds(self) -> int:
         """Seeds per arm planned before any look (all of them unless adaptive)."""
         return self.seeds if isinstance(self.seeds, int) else self.seeds.min
+
     #: A trial another sweep claimed (its RUNNING run) is waited for, not trained again,
     #: unless that run's heartbeat is older than this: its driver is gone, the trial runs here.
     lease_timeout_s: PositiveFloat = 300.0
@@ -136,8 +137,10 @@ class ClusterSpec(StrictModel):
     @model_validator(mode="after")
     def _address_or_size(self) -> ClusterSpec:
         if self.address and (self.num_cpus is not None or self.num_gpus is not None):
-            raise ValueError("address and num_cpus/num_gpus are mutually exclusive: the size "
-                             "applies only to a local cluster; allowed: one or the other")
+            raise ValueError(
+                "address and num_cpus/num_gpus are mutually exclusive: the size "
+                "applies only to a local cluster; allowed: one or the other"
+            )
         return self
 
 
@@ -243,15 +246,21 @@ class SearchSpec(StrictModel):
     @model_validator(mode="after")
     def _objectives(self) -> SearchSpec:
         if self.directions and len(self.directions) != len(self.metrics):
-            raise ValueError(f"directions: {len(self.directions)} given for "
-                             f"{len(self.metrics)} metrics; give one (max or min) per metric")
+            raise ValueError(
+                f"directions: {len(self.directions)} given for "
+                f"{len(self.metrics)} metrics; give one (max or min) per metric"
+            )
         if len(self.metrics) > 1:
             if self.pruner.name != "none":
-                raise ValueError(f"pruner: {self.pruner.name!r} cannot prune a multi-objective "
-                                 f"search ({len(self.metrics)} metrics); allowed: none")
+                raise ValueError(
+                    f"pruner: {self.pruner.name!r} cannot prune a multi-objective "
+                    f"search ({len(self.metrics)} metrics); allowed: none"
+                )
             if self.sampler == "cmaes":
-                raise ValueError("sampler: 'cmaes' is single-objective; allowed with several "
-                                 "metrics: nsga2, tpe, random, grid")
+                raise ValueError(
+                    "sampler: 'cmaes' is single-objective; allowed with several "
+                    "metrics: nsga2, tpe, random, grid"
+                )
         return self
 
 
@@ -273,12 +282,12 @@ class Trial:
 
     index: int
     task: str
-    config: dict[str, Any]          # the task spec, dumped to JSON-able values
-    arm: dict[str, Any]             # axis key -> value, seed excluded
+    config: dict[str, Any]  # the task spec, dumped to JSON-able values
+    arm: dict[str, Any]  # axis key -> value, seed excluded
     seed: int
     key: str = field(default="")
     upstream: Trial | None = None  # the run this trial needs first (pre-training)
-    workers: int = 1                # data-parallel world size (resources.workers)
+    workers: int = 1  # data-parallel world size (resources.workers)
     #: Further arms of the same config: sub-grids may overlap, and a shared trial runs once
     #: but counts in each grid's claims (``Client.trials`` gives it a row per arm).
     also: tuple[dict[str, Any], ...] = ()

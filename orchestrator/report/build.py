@@ -59,10 +59,13 @@ class _Histories:
         self.reader = reader
         self.source: dict[str, str] = {}
         if not trials.empty:
-            reused = trials["reused_from"] if "reused_from" in trials \
-                else pd.Series(None, trials.index)
-            self.source = {str(r): str(s) if isinstance(s, str) and s else str(r)
-                           for r, s in zip(trials["run_id"], reused)}
+            reused = (
+                trials["reused_from"] if "reused_from" in trials else pd.Series(None, trials.index)
+            )
+            self.source = {
+                str(r): str(s) if isinstance(s, str) and s else str(r)
+                for r, s in zip(trials["run_id"], reused)
+            }
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
         self._loaded: set[str] = set()
 
@@ -82,14 +85,21 @@ def _frame(points: list[tuple[int, float, int]]) -> pd.DataFrame:
     return pd.DataFrame([(s, v) for s, v, _ in points], columns=["step", "value"])
 
 
-def _evaluate(config: dict[str, Any], trials: pd.DataFrame, history: _Histories,
-              axes: list[str]) -> tuple[list[Verdict], list[ClaimState]]:
+def _evaluate(
+    config: dict[str, Any], trials: pd.DataFrame, history: _Histories, axes: list[str]
+) -> tuple[list[Verdict], list[ClaimState]]:
     """The claims' verdicts; with adaptive seeds (``sweep.seeds: {min, max}``) the replay of
     the planned looks that decided them (``orchestrator.verdicts.sequential``)."""
     seeds = (config.get("sweep") or {}).get("seeds")
     if isinstance(seeds, dict) and len(trials):
-        return sequential_verdicts(_claims(config), trials, looks(seeds["min"], seeds["max"]),
-                                   history, axes, _learned(config))
+        return sequential_verdicts(
+            _claims(config),
+            trials,
+            looks(seeds["min"], seeds["max"]),
+            history,
+            axes,
+            _learned(config),
+        )
     return evaluate(_claims(config), trials, history, axes, _learned(config)), []
 
 
@@ -121,8 +131,9 @@ def curve_metrics(metric: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def report_sweep(tracking_uri: str | None, sweep_id: str, out_dir: str | Path | None = None
-                 ) -> tuple[list[Verdict], list[str]]:
+def report_sweep(
+    tracking_uri: str | None, sweep_id: str, out_dir: str | Path | None = None
+) -> tuple[list[Verdict], list[str]]:
     """Evaluate a sweep's claims, build its report and log both on its parent run.
 
     Args:
@@ -147,30 +158,40 @@ def report_sweep(tracking_uri: str | None, sweep_id: str, out_dir: str | Path | 
     verdicts, looked = _evaluate(config, trials, history, axes)
     study = config.get("study") or {}
     metric = tags.get(schema.TAG_METRIC, "val/acc")
-    info = SweepInfo(sweep_id=tags[schema.TAG_SWEEP], study=tags.get(schema.TAG_STUDY, ""),
-                     description=str(study.get("description", "")), metric=metric,
-                     mode=tags.get(schema.TAG_MODE, "max"), experiment_id=parent.info.experiment_id,
-                     parent_run_id=pid, tracking_uri=reader.uri)
+    info = SweepInfo(
+        sweep_id=tags[schema.TAG_SWEEP],
+        study=tags.get(schema.TAG_STUDY, ""),
+        description=str(study.get("description", "")),
+        metric=metric,
+        mode=tags.get(schema.TAG_MODE, "max"),
+        experiment_id=parent.info.experiment_id,
+        parent_run_id=pid,
+        tracking_uri=reader.uri,
+    )
     finished = trials[trials["outcome"] == "finished"]["run_id"] if len(trials) else []
     histories = {m: {r: history(r, m) for r in finished} for m in curve_metrics(metric)}
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) if out_dir is not None else Path(tmp)
         # A search's importances, plots and HP verdicts (orchestrator.search), if any.
-        search = load_search_summary(reader, tags[schema.TAG_SWEEP],
-                                     Path(tmp) / "search-artifacts")
+        search = load_search_summary(reader, tags[schema.TAG_SWEEP], Path(tmp) / "search-artifacts")
         verdicts = [*verdicts, *summary_verdicts(search)]
         files = build_report(folder, info, trials, verdicts, histories, axes, search=search)
         reader.client.log_text(pid, verdicts_to_json(verdicts), schema.VERDICTS_ARTIFACT)
         if looked:  # adaptive seeds: each claim's seeds used and why it stopped
-            reader.client.log_text(pid, json.dumps([asdict(c) for c in looked], indent=2),
-                                   ADAPTIVE_ARTIFACT)
+            reader.client.log_text(
+                pid, json.dumps([asdict(c) for c in looked], indent=2), ADAPTIVE_ARTIFACT
+            )
         for f in files:
             reader.client.log_artifact(pid, str(f), schema.REPORT_FOLDER)
     if verdicts:
-        reader.client.log_batch(pid, tags=[RunTag(schema.verdict_tag(v.id), v.verdict)
-                                           for v in verdicts])
-    return verdicts, [schema.VERDICTS_ARTIFACT, *(f"{schema.REPORT_FOLDER}/{f.name}" for f in files)]
+        reader.client.log_batch(
+            pid, tags=[RunTag(schema.verdict_tag(v.id), v.verdict) for v in verdicts]
+        )
+    return verdicts, [
+        schema.VERDICTS_ARTIFACT,
+        *(f"{schema.REPORT_FOLDER}/{f.name}" for f in files),
+    ]
 
 
 def report_at_end(tracking_uri: str, sweep_id: str, console: Any) -> list[Verdict]:
@@ -179,22 +200,36 @@ def report_at_end(tracking_uri: str, sweep_id: str, console: Any) -> list[Verdic
     try:
         verdicts, _ = report_sweep(tracking_uri, sweep_id)
     except Exception as e:  # noqa: BLE001 - a report must never fail the sweep
-        console.print(f"[yellow]warning:[/] no report for {sweep_id}: "
-                      f"{escape(f'{type(e).__name__}: {e}')} "
-                      f"(rebuild it with: orch report {sweep_id})", highlight=False)
+        console.print(
+            f"[yellow]warning:[/] no report for {sweep_id}: "
+            f"{escape(f'{type(e).__name__}: {e}')} "
+            f"(rebuild it with: orch report {sweep_id})",
+            highlight=False,
+        )
         return []
     if verdicts:  # ids may hold brackets, which rich would read as markup
-        console.print(escape("verdicts: " + ", ".join(f"{v.id} {v.verdict}" for v in verdicts)),
-                      highlight=False)
+        console.print(
+            escape("verdicts: " + ", ".join(f"{v.id} {v.verdict}" for v in verdicts)),
+            highlight=False,
+        )
     return verdicts
 
 
 def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
     """Rows for a terminal table: id, test, verdict, effect, CI, n a/b, method."""
+
     def num(x: float | None, fmt: str = "{:.4g}") -> str:
         return "" if x is None else fmt.format(x)
 
-    return [(v.id, v.test, v.verdict, num(v.effect, "{:+.4g}"),
-             f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
-             f"{v.n_a}/{v.n_b}", v.method + (f"; {v.stopped}" if v.stopped else ""))
-            for v in verdicts]
+    return [
+        (
+            v.id,
+            v.test,
+            v.verdict,
+            num(v.effect, "{:+.4g}"),
+            f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
+            f"{v.n_a}/{v.n_b}",
+            v.method + (f"; {v.stopped}" if v.stopped else ""),
+        )
+        for v in verdicts
+    ]

@@ -33,8 +33,14 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+        )
         reaper.start(_head_pids())
 
 
@@ -43,5 +49,9 @@ def _head_pids() -> list[int]:
     of what it started (private: if it moves, no reaper, and the README's caveat holds)."""
     node = getattr(ray._private.worker, "_global_node", None)
     infos = getattr(node, "all_processes", None) or {}
-    return [info.process.pid for group in infos.values() for info in group
-            if getattr(info, "process", None) is not None]
+    return [
+        info.process.pid
+        for group in infos.values()
+        for info in group
+        if getattr(info, "process", None) is not None
+    ]

@@ -78,16 +78,21 @@ class Listener(Protocol):
     def trial_started(self, trial: Trial, attempt: int, node: NodeInfo) -> None: ...
     def trial_metrics(self, trial: Trial, event: Metrics) -> bool:
         """Log the event; return True to stop the trial (pruning)."""
+
     def trial_system_metrics(self, trial: Trial, event: SystemMetrics) -> None:
         """Log a sample of the worker's system metrics (not fed to pruners)."""
-    def trial_ended(self, trial: Trial, outcome: str, summary: Summary | None,
-                    failure: Failure | None) -> None: ...
+
+    def trial_ended(
+        self, trial: Trial, outcome: str, summary: Summary | None, failure: Failure | None
+    ) -> None: ...
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None: ...
     def resume_state(self, trial: Trial) -> Checkpoint | None:
         """The checkpoint the trial's attempt about to start resumes from (None: from
         scratch); asked right before each launch."""
+
     def trial_checkpoint(self, trial: Trial, event: Checkpoint) -> None:
         """Store a checkpoint (rank 0's, with its state) of the trial's running attempt."""
+
     def tick(self) -> bool:
         """Called every loop turn; flush buffers. Return True to cancel the sweep."""
 
@@ -158,7 +163,8 @@ class Dispatcher:
     _attempts: dict[int, int] = field(default_factory=dict)
     #: Trials that ended, not yet handed to the listener (see :meth:`run`).
     _ended: deque[tuple[Trial, str, Summary | None, Failure | None, TrialSource]] = field(
-        default_factory=deque)
+        default_factory=deque
+    )
     #: Upstream artifacts in the object store, by upstream trial key (put once, shared).
     inputs: dict[str, Any] = field(default_factory=dict)
     #: Slots on workers leased from ``orch up``'s pool (slot -> worker name): given back,
@@ -175,11 +181,15 @@ class Dispatcher:
         cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
         per = "per trial" if k == 1 else f"per worker x {k} workers"
         if k * self.resources.gpus > gpus:
-            raise SpecError(f"resources.gpus: {self.resources.gpus:g} {per} asked, but the "
-                            f"cluster has {gpus:g} GPUs; allowed: 0..{gpus / k:g}")
+            raise SpecError(
+                f"resources.gpus: {self.resources.gpus:g} {per} asked, but the "
+                f"cluster has {gpus:g} GPUs; allowed: 0..{gpus / k:g}"
+            )
         if k * self.resources.cpus > cpus + 1e-9:
-            raise SpecError(f"resources.cpus: {self.resources.cpus:g} {per} asked, but the "
-                            f"cluster has {cpus:g} CPUs; allowed: (0, {cpus / k:g}]")
+            raise SpecError(
+                f"resources.cpus: {self.resources.cpus:g} {per} asked, but the "
+                f"cluster has {cpus:g} CPUs; allowed: (0, {cpus / k:g}]"
+            )
         n = math.floor(cpus / (k * self.resources.cpus) + 1e-9)
         if self.resources.gpus > 0:
             n = min(n, math.floor(gpus / (k * self.resources.gpus) + 1e-9))
@@ -190,8 +200,9 @@ class Dispatcher:
         if self.resources.memory_mb:
             opts["memory"] = self.resources.memory_mb * 2**20
         threads = max(1, int(self.resources.cpus))
-        return TrialWorkerActor.options(**opts).remote(threads, self.task_modules,
-                                                  self.resources.memory_mb)
+        return TrialWorkerActor.options(**opts).remote(
+            threads, self.task_modules, self.resources.memory_mb
+        )
 
     def _new_slot(self) -> Any:
         """One actor, or a gang of ``workers`` actors in a placement group (``group.py``)."""
@@ -203,8 +214,11 @@ class Dispatcher:
         the world size of the slots' trials (default ``resources.workers``)."""
         self.workers = workers or self.resources.workers
         r = self.resources
-        warm = service.lease(n_slots, r.cpus, r.gpus, r.memory_mb, self.task_modules) \
-            if self.workers == 1 else {}
+        warm = (
+            service.lease(n_slots, r.cpus, r.gpus, r.memory_mb, self.task_modules)
+            if self.workers == 1
+            else {}
+        )
         self._warm = dict(enumerate(warm))
         if warm:  # the warm workers hold the service's CPUs: no cold ones beside them
             self._actors = [ActorSlot(a) for a in warm.values()]
@@ -232,8 +246,9 @@ class Dispatcher:
                     # A source (Optuna) may have nothing to hand out until others finish.
                     time.sleep(self.poll_s)
                     continue
-                ready, _ = ray.wait(list(running), num_returns=len(running), timeout=self.poll_s,
-                                    fetch_local=True)
+                ready, _ = ray.wait(
+                    list(running), num_returns=len(running), timeout=self.poll_s, fetch_local=True
+                )
                 for gen in ready:
                     if self._drain(gen, running, listener, source):
                         free.append(running.pop(gen).slot)
@@ -256,8 +271,9 @@ class Dispatcher:
             listener.trial_ended(trial, outcome, summary, failure)
             source.finish(trial, outcome, summary)
 
-    def _launch(self, slot: int, trial: Trial, running: dict[Any, _Running],
-                listener: Listener) -> None:
+    def _launch(
+        self, slot: int, trial: Trial, running: dict[Any, _Running], listener: Listener
+    ) -> None:
         attempt = self._attempts[trial.index] = self._attempts.get(trial.index, 0) + 1
         upstream = self.inputs[trial.upstream.key] if trial.upstream else None
         ckpt = listener.resume_state(trial)
@@ -267,8 +283,9 @@ class Dispatcher:
         running[gen] = _Running(trial, slot, attempt, resumed=ckpt is not None)
         listener.trial_started(trial, attempt, self._nodes[slot])
 
-    def _drain(self, gen: Any, running: dict[Any, _Running], listener: Listener,
-               source: TrialSource) -> bool:
+    def _drain(
+        self, gen: Any, running: dict[Any, _Running], listener: Listener, source: TrialSource
+    ) -> bool:
         """Consume the generator's ready events; True when the trial is over."""
         state = running[gen]
         while gen.next_ready() or gen.is_finished():
@@ -292,8 +309,12 @@ class Dispatcher:
             except RayTaskError as e:
                 # The task got past the worker's own error handling (a BaseException such
                 # as SystemExit): a failure of this trial, not of the sweep.
-                state.failure = Failure(type(e.cause).__name__ if e.cause else "RayTaskError",
-                                        _first_line(e), str(e), restart_worker=True)
+                state.failure = Failure(
+                    type(e.cause).__name__ if e.cause else "RayTaskError",
+                    _first_line(e),
+                    str(e),
+                    restart_worker=True,
+                )
                 self._end(state, listener, source)
                 return True
             if isinstance(event, SystemMetrics):
@@ -328,8 +349,11 @@ class Dispatcher:
                 # A "finished" trial whose final metrics are NaN/inf diverged: it must not
                 # count as done with a result, nor be the sweep's best.
                 outcome = "diverged"
-                state.summary = replace(state.summary, outcome=outcome, reason=(
-                    f"{bad[0]} is {state.summary.values[bad[0]]} at the end of the trial"))
+                state.summary = replace(
+                    state.summary,
+                    outcome=outcome,
+                    reason=(f"{bad[0]} is {state.summary.values[bad[0]]} at the end of the trial"),
+                )
         else:
             outcome = "failed"
             state.failure = Failure("NoSummary", "the task ended without a summary", "")
@@ -340,22 +364,26 @@ class Dispatcher:
         if source.learns_from_results:
             self.report_ended(listener)
 
-    def _restart_unusable(self, state: _Running, listener: Listener,
-                          source: TrialSource) -> bool:
+    def _restart_unusable(self, state: _Running, listener: Listener, source: TrialSource) -> bool:
         """A resumed attempt whose task refused its checkpoint (``CheckpointError``): run the
         trial again from scratch (the listener drops the checkpoint, so this happens once
         per checkpoint, not in a loop). True when it was queued again."""
         failure = state.failure
-        if not (state.resumed and failure is not None
-                and failure.error_type == CheckpointError.__name__ and source.retry(state.trial)):
+        if not (
+            state.resumed
+            and failure is not None
+            and failure.error_type == CheckpointError.__name__
+            and source.retry(state.trial)
+        ):
             return False
         listener.trial_retrying(state.trial, state.attempt, failure)
         if self._actors[state.slot].broken:
             self._replace_actor(state.slot, kill=True)
         return True
 
-    def _worker_died(self, state: _Running, err: Exception, listener: Listener,
-                     source: TrialSource) -> None:
+    def _worker_died(
+        self, state: _Running, err: Exception, listener: Listener, source: TrialSource
+    ) -> None:
         oom = is_out_of_memory(err)
         message = _first_line(err)
         if oom:  # Ray says so: report it as such, not as a silent death
@@ -381,8 +409,9 @@ class Dispatcher:
         self._actors[slot] = self._new_slot()
         self._nodes[slot] = ray.get(self._actors[slot].info())
 
-    def _check_ranks(self, running: dict[Any, _Running], listener: Listener,
-                     source: TrialSource) -> list[Any]:
+    def _check_ranks(
+        self, running: dict[Any, _Running], listener: Listener, source: TrialSource
+    ) -> list[Any]:
         """Gangs whose rank > 0 died or failed while rank 0 still runs (it may be blocked
         in a collective): end those trials; their generators, to free the slots."""
         over = []
@@ -400,8 +429,9 @@ class Dispatcher:
             over.append(gen)
         return over
 
-    def _kill_all(self, running: dict[Any, _Running], listener: Listener,
-                  source: TrialSource) -> None:
+    def _kill_all(
+        self, running: dict[Any, _Running], listener: Listener, source: TrialSource
+    ) -> None:
         """A cancel: trials whose result already reached the driver are recorded with it
         (they ended); the others end killed."""
         for gen, state in running.items():
@@ -409,8 +439,9 @@ class Dispatcher:
             if state.summary is not None and state.failure is None:
                 self._end(state, listener, source)
                 continue
-            listener.trial_ended(state.trial, "killed", None,
-                                 Failure("Cancelled", "the sweep was cancelled", ""))
+            listener.trial_ended(
+                state.trial, "killed", None, Failure("Cancelled", "the sweep was cancelled", "")
+            )
             source.finish(state.trial, "killed", None)
         self.report_ended(listener)
         self._busy |= {s.slot for s in running.values()}

@@ -47,8 +47,10 @@ class MemoryWatchdog:
         rss_mb = self._tree.rss() / MB
         self.peak_mb = max(self.peak_mb, rss_mb)
         if rss_mb > self.limit_mb:
-            return (f"out of memory: rss {rss_mb:.0f} MB > limit {self.limit_mb} MB "
-                    f"(resources.memory_mb)")
+            return (
+                f"out of memory: rss {rss_mb:.0f} MB > limit {self.limit_mb} MB "
+                f"(resources.memory_mb)"
+            )
         return None
 
 

@@ -32,9 +32,11 @@ QUEUE_WAIT = "orch_trial_queue_wait_seconds"
 EXPORTED: dict[str, tuple[str, ...]] = {
     TRIALS_RUNNING: ("ray_orch_trials_running",),
     TRIALS: ("ray_orch_trials_total",),
-    QUEUE_WAIT: ("ray_orch_trial_queue_wait_seconds_bucket",
-                 "ray_orch_trial_queue_wait_seconds_sum",
-                 "ray_orch_trial_queue_wait_seconds_count"),
+    QUEUE_WAIT: (
+        "ray_orch_trial_queue_wait_seconds_bucket",
+        "ray_orch_trial_queue_wait_seconds_sum",
+        "ray_orch_trial_queue_wait_seconds_count",
+    ),
 }
 
 #: Outcomes counted in ``orch_trials_total{outcome}``: a trial's final outcomes
@@ -60,15 +62,18 @@ def _metric(name: str) -> Any:
         from ray.util import metrics as rm
 
         if name == TRIALS_RUNNING:
-            _instruments[name] = rm.Gauge(
-                name, "Trials of a sweep running now", tag_keys=_TAGS)
+            _instruments[name] = rm.Gauge(name, "Trials of a sweep running now", tag_keys=_TAGS)
         elif name == TRIALS:
             _instruments[name] = rm.Counter(
-                name, "Trials ended, by outcome", tag_keys=(*_TAGS, "outcome"))
+                name, "Trials ended, by outcome", tag_keys=(*_TAGS, "outcome")
+            )
         else:
             _instruments[name] = rm.Histogram(
-                name, "Seconds a trial waited for a free slot before it started",
-                boundaries=QUEUE_WAIT_BUCKETS, tag_keys=_TAGS)
+                name,
+                "Seconds a trial waited for a free slot before it started",
+                boundaries=QUEUE_WAIT_BUCKETS,
+                tag_keys=_TAGS,
+            )
     return _instruments[name]
 
 
@@ -89,8 +94,9 @@ class SweepMetrics:
     gauge series instead of overwriting one; dashboards sum over it.
     """
 
-    def __init__(self, study: str, sweep_id: str, kind: str = "trial",
-                 clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, study: str, sweep_id: str, kind: str = "trial", clock: Any = time.monotonic
+    ) -> None:
         self.tags = {"study": study, "sweep": sweep_id, "kind": kind}
         self._clock = clock
         self._created = clock()

@@ -29,10 +29,20 @@ GRACE_S = 3.0
 
 def start(head_pids: list[int]) -> None:
     """Start the watcher for this driver and its local Ray session's head processes."""
-    subprocess.Popen([sys.executable, "-m", "orchestrator.runtime.reaper", str(os.getpid()),
-                      *map(str, head_pids)], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.runtime.reaper",
+            str(os.getpid()),
+            *map(str, head_pids),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def _alive(p: psutil.Process) -> bool:

@@ -51,8 +51,9 @@ class TrialRunner:
         sample: Whether to stream system metrics (only the rank that reports needs them).
     """
 
-    def __init__(self, memory_mb: int | None = None, rank: int = 0, dist: Any = None,
-                 sample: bool = True) -> None:
+    def __init__(
+        self, memory_mb: int | None = None, rank: int = 0, dist: Any = None, sample: bool = True
+    ) -> None:
         self.memory_mb, self.rank, self.dist, self.sample = memory_mb, rank, dist, sample
         self._stop: set[int] = set()
 
@@ -60,9 +61,14 @@ class TrialRunner:
         """Ask the trial to stop after its next event (pruned or cancelled)."""
         self._stop.add(trial_index)
 
-    def run(self, trial_index: int, task_name: str, config: dict[str, Any],
-            upstream: dict[str, bytes] | None = None,
-            resume: bytes | None = None) -> Iterator[object]:
+    def run(
+        self,
+        trial_index: int,
+        task_name: str,
+        config: dict[str, Any],
+        upstream: dict[str, bytes] | None = None,
+        resume: bytes | None = None,
+    ) -> Iterator[object]:
         """The trial's events, then possibly :class:`Stopped` or a :class:`Failure`.
 
         ``resume`` (a Checkpoint's state of an earlier attempt) goes to a task that accepts
@@ -73,10 +79,12 @@ class TrialRunner:
         """
         self._stop.discard(trial_index)
         events: queue.SimpleQueue[object] = queue.SimpleQueue()
-        thread = threading.Thread(target=self._produce, name=f"trial-{trial_index}",
-                                  args=(trial_index, task_name, config, upstream, resume,
-                                        events),
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._produce,
+            name=f"trial-{trial_index}",
+            args=(trial_index, task_name, config, upstream, resume, events),
+            daemon=True,
+        )
         sampler = SystemSampler() if self.sample else None
         watchdog = MemoryWatchdog(self.memory_mb)
         thread.start()
@@ -97,14 +105,23 @@ class TrialRunner:
                 # A thread cannot be killed: ask it to stop at its next event, and have the
                 # dispatcher replace this process, which frees the memory for sure.
                 self._stop.add(trial_index)
-                yield Failure("MemoryLimitExceeded",
-                              over if self.dist is None else f"rank {self.rank}: {over}", "",
-                              restart_worker=True)
+                yield Failure(
+                    "MemoryLimitExceeded",
+                    over if self.dist is None else f"rank {self.rank}: {over}",
+                    "",
+                    restart_worker=True,
+                )
                 return
 
-    def _produce(self, trial_index: int, task_name: str, config: dict[str, Any],
-                 upstream: dict[str, bytes] | None, resume: bytes | None,
-                 events: queue.SimpleQueue[object]) -> None:
+    def _produce(
+        self,
+        trial_index: int,
+        task_name: str,
+        config: dict[str, Any],
+        upstream: dict[str, bytes] | None,
+        resume: bytes | None,
+        events: queue.SimpleQueue[object],
+    ) -> None:
         """Run the task in this thread, putting its events (then ``_DONE``) on ``events``."""
         try:
             task = registry.get(task_name)

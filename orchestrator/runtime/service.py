@@ -51,6 +51,7 @@ START_TIMEOUT_S = 300.0
 
 # --------------------------------------------------------------------------- the keeper
 
+
 class PoolKeeper:
     """Which warm workers are idle, and who holds the others (a driver's pid)."""
 
@@ -80,25 +81,30 @@ class PoolKeeper:
 
     def status(self) -> dict[str, Any]:
         """Slots, leases (worker -> driver pid), idle workers and each worker's process id."""
-        infos = ray.get([ray.get_actor(n, namespace=NAMESPACE).info.remote()
-                         for n in self.names])
-        return {"slots": len(self.names), "busy": dict(self.leases),
-                "idle": [w for w in self.names if w not in self.leases],
-                "pids": {n: i.pid for n, i in zip(self.names, infos)}}
+        infos = ray.get([ray.get_actor(n, namespace=NAMESPACE).info.remote() for n in self.names])
+        return {
+            "slots": len(self.names),
+            "busy": dict(self.leases),
+            "idle": [w for w in self.names if w not in self.leases],
+            "pids": {n: i.pid for n, i in zip(self.names, infos)},
+        }
 
 
 PoolKeeperActor: Any = ray.remote(num_cpus=0)(PoolKeeper)
 
 
 def _new_worker(name: str, num_threads: int) -> Any:
-    return TrialWorkerActor.options(name=name, namespace=NAMESPACE, lifetime="detached",
-                                    num_cpus=1).remote(num_threads)
+    return TrialWorkerActor.options(
+        name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=1
+    ).remote(num_threads)
 
 
 # --------------------------------------------------------------------------- driver side
 
-def lease(n: int, cpus: float, gpus: float, memory_mb: int | None,
-          task_modules: tuple[str, ...]) -> dict[str, Any]:
+
+def lease(
+    n: int, cpus: float, gpus: float, memory_mb: int | None, task_modules: tuple[str, ...]
+) -> dict[str, Any]:
     """Up to ``n`` idle warm workers (name -> actor) for a sweep on the service's cluster, or
     none (no service here, or the sweep's slots are not the warm ones: not one CPU each)."""
     if cpus != 1 or gpus or memory_mb or find_service() is None:
@@ -131,13 +137,17 @@ def status() -> dict[str, Any] | None:
     ray.init(address=state.address, log_to_driver=False, configure_logging=False)
     try:
         keeper = ray.get_actor(KEEPER, namespace=NAMESPACE)
-        return {"address": state.address, "daemon_pid": state.daemon_pid,
-                **ray.get(keeper.status.remote())}
+        return {
+            "address": state.address,
+            "daemon_pid": state.daemon_pid,
+            **ray.get(keeper.status.remote()),
+        }
     finally:
         ray.shutdown()
 
 
 # --------------------------------------------------------------------------- up / down
+
 
 def start(slots: int, num_cpus: int | None = None) -> ServiceState:
     """Start the service (the daemon) and wait until its workers are up; the state, or the
@@ -159,8 +169,9 @@ def start(slots: int, num_cpus: int | None = None) -> ServiceState:
     # Its own session: the daemon outlives `orch up` and a Ctrl-C in that terminal.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
+    )
     log.close()
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -168,12 +179,15 @@ def start(slots: int, num_cpus: int | None = None) -> ServiceState:
         if state is not None:
             return state
         if proc.poll() is not None:
-            raise RuntimeError(f"orch up: the service exited ({proc.returncode}); "
-                               f"see {path.with_suffix('.log')}")
+            raise RuntimeError(
+                f"orch up: the service exited ({proc.returncode}); see {path.with_suffix('.log')}"
+            )
         time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError(f"orch up: the service did not start in {START_TIMEOUT_S:.0f}s; "
-                       f"see {path.with_suffix('.log')}")
+    raise RuntimeError(
+        f"orch up: the service did not start in {START_TIMEOUT_S:.0f}s; "
+        f"see {path.with_suffix('.log')}"
+    )
 
 
 def stop(timeout_s: float = 60.0) -> bool:
@@ -200,9 +214,15 @@ def serve(slots: int, num_cpus: int | None) -> None:
     import psutil
 
     temp_dir = tempfile.mkdtemp(prefix="orch-up-")  # short: Ray's socket paths must fit
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=False, namespace=NAMESPACE,
-             _temp_dir=temp_dir)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+        namespace=NAMESPACE,
+        _temp_dir=temp_dir,
+    )
     # After ray.init, whose own SIGTERM handler would end the process without cleaning up.
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -212,8 +232,14 @@ def serve(slots: int, num_cpus: int | None) -> None:
     ray.get([w.info.remote() for w in workers])  # torch imported in each
     ray.get(keeper.status.remote())
     children = [c.pid for c in psutil.Process().children(recursive=True)]
-    state = ServiceState(ray.get_runtime_context().gcs_address, os.getpid(), slots, temp_dir,
-                         os.environ["RAY_AUTH_TOKEN_PATH"], children)
+    state = ServiceState(
+        ray.get_runtime_context().gcs_address,
+        os.getpid(),
+        slots,
+        temp_dir,
+        os.environ["RAY_AUTH_TOKEN_PATH"],
+        children,
+    )
     path = state_path()
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state)))

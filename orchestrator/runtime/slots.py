@@ -69,10 +69,12 @@ class ActorSlot:
     def info(self) -> Any:
         return self.actor.info.remote()
 
-    def launch(self, trial_index: int, task: str, config: dict, upstream: Any,
-               resume: Any = None) -> Any:
+    def launch(
+        self, trial_index: int, task: str, config: dict, upstream: Any, resume: Any = None
+    ) -> Any:
         return self.actor.run.options(num_returns="streaming").remote(
-            trial_index, task, config, upstream, resume)
+            trial_index, task, config, upstream, resume
+        )
 
     def stop(self, trial_index: int) -> None:
         self.actor.stop.remote(trial_index)
@@ -94,8 +96,9 @@ class GroupSlot:
     chained on object refs, so gangs boot while the driver sets up tracking.
     """
 
-    def __init__(self, resources: Resources, workers: int,
-                 task_modules: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, resources: Resources, workers: int, task_modules: tuple[str, ...] = ()
+    ) -> None:
         self.workers = workers
         self.broken = False
         bundle: dict[str, float] = {"CPU": resources.cpus}
@@ -107,13 +110,15 @@ class GroupSlot:
         threads = max(1, int(resources.cpus))
         self.actors = [
             GroupWorkerActor.options(
-                num_cpus=resources.cpus, num_gpus=resources.gpus,
+                num_cpus=resources.cpus,
+                num_gpus=resources.gpus,
                 memory=bundle.get("memory"),
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self.pg, placement_group_bundle_index=rank),
-            ).remote(rank, workers, threads, resources.gpus, task_modules,
-                      resources.memory_mb)
-            for rank in range(workers)]
+                    self.pg, placement_group_bundle_index=rank
+                ),
+            ).remote(rank, workers, threads, resources.gpus, task_modules, resources.memory_mb)
+            for rank in range(workers)
+        ]
         address = self.actors[0].open_store.remote()
         joined = [a.join.remote(address) for a in self.actors]
         self._ready = self.actors[0].node.remote(*joined)
@@ -124,15 +129,20 @@ class GroupSlot:
         """Rank 0's node, ready once the whole gang has joined the process group."""
         return self._ready
 
-    def launch(self, trial_index: int, task: str, config: dict, upstream: Any,
-               resume: Any = None) -> Any:
+    def launch(
+        self, trial_index: int, task: str, config: dict, upstream: Any, resume: Any = None
+    ) -> Any:
         """Start the trial on every rank; ``resume`` (rank 0's checkpoint state, an object
         ref) goes to every rank, which all continue from the same replicated state."""
-        self._rank_refs = [a.run_rank.remote(trial_index, task, config, upstream, resume)
-                           for a in self.actors[1:]]
+        self._rank_refs = [
+            a.run_rank.remote(trial_index, task, config, upstream, resume) for a in self.actors[1:]
+        ]
         self._rank_error_at = None
-        return self.actors[0].run.options(num_returns="streaming").remote(
-            trial_index, task, config, upstream, resume)
+        return (
+            self.actors[0]
+            .run.options(num_returns="streaming")
+            .remote(trial_index, task, config, upstream, resume)
+        )
 
     def stop(self, trial_index: int) -> None:
         for a in self.actors:
@@ -181,10 +191,10 @@ class GroupSlot:
         remove_placement_group(self.pg)
 
 
-def new_slot(actor_factory: Any, resources: Resources, workers: int,
-             task_modules: tuple[str, ...] = ()) -> ActorSlot | GroupSlot:
+def new_slot(
+    actor_factory: Any, resources: Resources, workers: int, task_modules: tuple[str, ...] = ()
+) -> ActorSlot | GroupSlot:
     """A slot for trials of ``workers`` ranks: one actor from ``actor_factory()`` or a gang."""
     if workers == 1:
         return ActorSlot(actor_factory())
     return GroupSlot(resources, workers, task_modules)
-

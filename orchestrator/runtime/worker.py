@@ -38,8 +38,9 @@ def _setup(num_threads: int, task_modules: tuple[str, ...]) -> NodeInfo:
 class TrialWorker:
     """A single-worker slot: runs trials one after another in one process."""
 
-    def __init__(self, num_threads: int, task_modules: tuple[str, ...] = (),
-                 memory_mb: int | None = None) -> None:
+    def __init__(
+        self, num_threads: int, task_modules: tuple[str, ...] = (), memory_mb: int | None = None
+    ) -> None:
         from orchestrator.runtime.runner import TrialRunner  # imports torch: worker side only
 
         self._info = _setup(num_threads, task_modules)
@@ -57,9 +58,14 @@ class TrialWorker:
     def stop(self, trial_index: int) -> None:
         self._runner.stop(trial_index)
 
-    def run(self, trial_index: int, task_name: str, config: dict[str, Any],
-            upstream: dict[str, bytes] | None = None,
-            resume: bytes | None = None) -> Iterator[object]:
+    def run(
+        self,
+        trial_index: int,
+        task_name: str,
+        config: dict[str, Any],
+        upstream: dict[str, bytes] | None = None,
+        resume: bytes | None = None,
+    ) -> Iterator[object]:
         """The trial's events, streamed. ``upstream`` (resolved by Ray from an object ref)
         holds the artifacts of the run the task needs first, for tasks with an upstream;
         ``resume`` the state of a checkpoint of an earlier attempt to continue from."""
@@ -69,8 +75,15 @@ class TrialWorker:
 class GroupWorker:
     """One rank of a data-parallel gang; runs its slot's trials one after another."""
 
-    def __init__(self, rank: int, world_size: int, num_threads: int, gpus: float,
-                 task_modules: tuple[str, ...] = (), memory_mb: int | None = None) -> None:
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        num_threads: int,
+        gpus: float,
+        task_modules: tuple[str, ...] = (),
+        memory_mb: int | None = None,
+    ) -> None:
         self._info = _setup(num_threads, task_modules)
         self.rank, self.world_size, self.gpus = rank, world_size, gpus
         self.memory_mb = memory_mb
@@ -95,8 +108,9 @@ class GroupWorker:
         from tasks import distributed
 
         backend = distributed.backend_for(self.gpus)
-        ctx = distributed.join(address[0], address[1], self.rank, self.world_size, backend,
-                               store=self._store)
+        ctx = distributed.join(
+            address[0], address[1], self.rank, self.world_size, backend, store=self._store
+        )
         # Only rank 0 reports, so only it samples system metrics.
         self._runner = TrialRunner(self.memory_mb, self.rank, ctx, sample=self.rank == 0)
         self._joined.set()
@@ -111,15 +125,25 @@ class GroupWorker:
         if self._runner is not None:
             self._runner.stop(trial_index)
 
-    def run(self, trial_index: int, task_name: str, config: dict[str, Any],
-            upstream: dict[str, bytes] | None = None,
-            resume: bytes | None = None) -> Iterator[object]:
+    def run(
+        self,
+        trial_index: int,
+        task_name: str,
+        config: dict[str, Any],
+        upstream: dict[str, bytes] | None = None,
+        resume: bytes | None = None,
+    ) -> Iterator[object]:
         """Rank 0: the trial's events, streamed."""
         yield from self._events(trial_index, task_name, config, upstream, resume)
 
-    def run_rank(self, trial_index: int, task_name: str, config: dict[str, Any],
-                 upstream: dict[str, bytes] | None = None,
-                 resume: bytes | None = None) -> Failure | None:
+    def run_rank(
+        self,
+        trial_index: int,
+        task_name: str,
+        config: dict[str, Any],
+        upstream: dict[str, bytes] | None = None,
+        resume: bytes | None = None,
+    ) -> Failure | None:
         """Ranks > 0: run the trial in step with rank 0, discarding its events; its error."""
         failure = None
         for event in self._events(trial_index, task_name, config, upstream, resume):
@@ -127,12 +151,20 @@ class GroupWorker:
                 failure = event
         return failure
 
-    def _events(self, trial_index: int, task_name: str, config: dict[str, Any],
-                upstream: dict[str, bytes] | None,
-                resume: bytes | None) -> Iterator[object]:
+    def _events(
+        self,
+        trial_index: int,
+        task_name: str,
+        config: dict[str, Any],
+        upstream: dict[str, bytes] | None,
+        resume: bytes | None,
+    ) -> Iterator[object]:
         if not self._joined.wait(JOIN_TIMEOUT_S):
-            yield Failure("RuntimeError", f"rank {self.rank} did not join its process group "
-                                          f"in {JOIN_TIMEOUT_S:.0f}s", "")
+            yield Failure(
+                "RuntimeError",
+                f"rank {self.rank} did not join its process group in {JOIN_TIMEOUT_S:.0f}s",
+                "",
+            )
             return
         yield from self._runner.run(trial_index, task_name, config, upstream, resume)
 

@@ -1,8 +1,8 @@
 """Hyperparameter search with Optuna, dispatched like a grid on the same Ray slots.
 
 A study with ``search:`` (:class:`~orchestrator.core.specs.SearchSpec`) is planned by
-:func:`orchestrator.config.space.plan_search` and run by :func:`orchestrator.sweep.run.run_sweep` with
-an :class:`OptunaSource` instead of a grid queue:
+:func:`orchestrator.config.space.plan_search` and run by
+:func:`orchestrator.sweep.run_sweep` with an :class:`OptunaSource` instead of a grid queue:
 
 * **Ask on demand.** The moment a slot frees, the source asks the study for one trial
   (``study.ask``), suggests the space's parameters (define-by-run, conditions included),
@@ -59,6 +59,22 @@ from orchestrator.search.study import (
     resolve_storage,
 )
 
-__all__ = ["ATTR_OUTCOME", "ATTR_RERUN", "ATTR_RUN", "OptunaSource", "SearchRun", "SearchSummary", "analyse",
-           "best_trial", "budget", "importances", "load_search_summary", "make_pruner",
-           "make_sampler", "open_study", "resolve_storage", "search_verdicts", "summary_verdicts"]
+__all__ = [
+    "ATTR_OUTCOME",
+    "ATTR_RERUN",
+    "ATTR_RUN",
+    "OptunaSource",
+    "SearchRun",
+    "SearchSummary",
+    "analyse",
+    "best_trial",
+    "budget",
+    "importances",
+    "load_search_summary",
+    "make_pruner",
+    "make_sampler",
+    "open_study",
+    "resolve_storage",
+    "search_verdicts",
+    "summary_verdicts",
+]

@@ -58,8 +58,11 @@ def _branches(search: SearchPlan, complete: list[FrozenTrial]) -> dict[str, list
     for key in (p.key for p in space.params if p.key in readers):
         for choice in space.get(key).distribution.choices:  # type: ignore[attr-defined]
             inside = [t for t in complete if t.params.get(key) == choice]
-            params = [p.key for p in space.params if p.key != key and inside
-                      and all(p.key in t.params for t in inside)]
+            params = [
+                p.key
+                for p in space.params
+                if p.key != key and inside and all(p.key in t.params for t in inside)
+            ]
             if params:
                 out[f"{key}={choice}"] = params
     return out
@@ -73,8 +76,9 @@ def branch_trials(study: optuna.Study, branch: str) -> list[FrozenTrial]:
     return [t for t in complete if str(t.params.get(key)) == choice]
 
 
-def importances(study: optuna.Study, search: SearchPlan, min_trials: int = 4,
-                seed: int = 0) -> tuple[dict[str, dict[str, float]], list[str]]:
+def importances(
+    study: optuna.Study, search: SearchPlan, min_trials: int = 4, seed: int = 0
+) -> tuple[dict[str, dict[str, float]], list[str]]:
     """fANOVA importances of the first objective, per branch of the space.
 
     A conditional parameter exists only in some trials; fANOVA needs every ranked parameter
@@ -94,13 +98,15 @@ def importances(study: optuna.Study, search: SearchPlan, min_trials: int = 4,
     for branch, params in _branches(search, complete).items():
         trials = branch_trials(study, branch)
         if len(trials) < min_trials or not params:
-            notes.append(f"importances {branch}: {len(trials)} complete trial(s), "
-                         f"{min_trials} needed")
+            notes.append(
+                f"importances {branch}: {len(trials)} complete trial(s), {min_trials} needed"
+            )
             continue
         view = _sub_study(study, trials)
         try:
-            imp = get_param_importances(view, evaluator=FanovaImportanceEvaluator(seed=seed),
-                                        params=params, target=target)
+            imp = get_param_importances(
+                view, evaluator=FanovaImportanceEvaluator(seed=seed), params=params, target=target
+            )
         except (RuntimeError, ValueError) as e:
             notes.append(f"importances {branch}: {e}")
             continue
@@ -116,11 +122,13 @@ def _sub_study(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
     return sub
 
 
-def best_trial(study: optuna.Study, where: Mapping[str, Any] | None = None
-               ) -> FrozenTrial | None:
+def best_trial(study: optuna.Study, where: Mapping[str, Any] | None = None) -> FrozenTrial | None:
     """The best complete trial (of the first objective), optionally within a branch."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if all(str(t.params.get(k)) == str(v) for k, v in (where or {}).items())]
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(str(t.params.get(k)) == str(v) for k, v in (where or {}).items())
+    ]
     if not complete:
         return None
     sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1.0
@@ -147,11 +155,18 @@ def analyse(study: optuna.Study, search: SearchPlan, out: Path) -> SearchSummary
         s.counts[key] = s.counts.get(key, 0) + 1
     best = best_trial(study)
     if best is not None:
-        s.best = {"number": best.number, "values": list(best.values), "params": best.params,
-                  "metrics": list(search.metrics), ATTR_RUN: best.user_attrs.get(ATTR_RUN)}
+        s.best = {
+            "number": best.number,
+            "values": list(best.values),
+            "params": best.params,
+            "metrics": list(search.metrics),
+            ATTR_RUN: best.user_attrs.get(ATTR_RUN),
+        }
         if len(search.metrics) > 1:
-            s.best["pareto"] = [{"number": t.number, "values": list(t.values),
-                                 "params": t.params} for t in study.best_trials]
+            s.best["pareto"] = [
+                {"number": t.number, "values": list(t.values), "params": t.params}
+                for t in study.best_trials
+            ]
     if search.spec.importance:
         s.importances, notes = importances(study, search)
         s.notes += notes
@@ -162,8 +177,9 @@ def analyse(study: optuna.Study, search: SearchPlan, out: Path) -> SearchSummary
     return s
 
 
-def _plots(study: optuna.Study, search: SearchPlan, imps: dict[str, dict[str, float]],
-           out: Path) -> tuple[dict[str, str], list[str]]:
+def _plots(
+    study: optuna.Study, search: SearchPlan, imps: dict[str, dict[str, float]], out: Path
+) -> tuple[dict[str, str], list[str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,12 +201,22 @@ def _plots(study: optuna.Study, search: SearchPlan, imps: dict[str, dict[str, fl
     for branch, imp in imps.items():
         name = "importances" if branch == "all" else f"importances-{branch}"
         sub = _sub_study(study, branch_trials(study, branch))
-        plots.append((name, functools.partial(
-            vm.plot_param_importances, sub, evaluator=FanovaImportanceEvaluator(seed=0),
-            params=list(imp), **kw)))
+        plots.append(
+            (
+                name,
+                functools.partial(
+                    vm.plot_param_importances,
+                    sub,
+                    evaluator=FanovaImportanceEvaluator(seed=0),
+                    params=list(imp),
+                    **kw,
+                ),
+            )
+        )
     if multi:
-        plots.append(("pareto", lambda: vm.plot_pareto_front(
-            study, target_names=list(search.metrics))))
+        plots.append(
+            ("pareto", lambda: vm.plot_pareto_front(study, target_names=list(search.metrics)))
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
         for name, make in plots:
@@ -210,8 +236,9 @@ def _plots(study: optuna.Study, search: SearchPlan, imps: dict[str, dict[str, fl
     return figures, notes
 
 
-def load_search_summary(reader: StoreReader, sweep_id: str, dest: str | Path
-                        ) -> SearchSummary | None:
+def load_search_summary(
+    reader: StoreReader, sweep_id: str, dest: str | Path
+) -> SearchSummary | None:
     """A finished search's summary with its PNGs downloaded under ``dest`` (for reports).
 
     Returns:

@@ -17,18 +17,39 @@ from orchestrator.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED, Verdict, ver
 
 
 # -- HP claims ------------------------------------------------------------------------------
-def _verdict(claim: SearchClaimSpec, verdict: str, detail: str, effect: float | None = None,
-             n: int = 0, metric: str | None = None) -> Verdict:
-    return Verdict(id=claim.id, statement=claim.statement, source=claim.source, test=claim.test,
-                   verdict=verdict, effect=effect, ci_low=None, ci_high=None, min_effect=0.0,
-                   n_a=n, n_b=0, method="fANOVA ranking" if claim.test == "importance"
-                   else "best trial vs ranges", detail=detail, metric=metric,
-                   axis=", ".join(claim.first or claim.ranges))
+def _verdict(
+    claim: SearchClaimSpec,
+    verdict: str,
+    detail: str,
+    effect: float | None = None,
+    n: int = 0,
+    metric: str | None = None,
+) -> Verdict:
+    return Verdict(
+        id=claim.id,
+        statement=claim.statement,
+        source=claim.source,
+        test=claim.test,
+        verdict=verdict,
+        effect=effect,
+        ci_low=None,
+        ci_high=None,
+        min_effect=0.0,
+        n_a=n,
+        n_b=0,
+        method="fANOVA ranking" if claim.test == "importance" else "best trial vs ranges",
+        detail=detail,
+        metric=metric,
+        axis=", ".join(claim.first or claim.ranges),
+    )
 
 
-def search_verdicts(claims: Sequence[SearchClaimSpec], study: optuna.Study,
-                    search: SearchPlan, imps: Mapping[str, Mapping[str, float]]
-                    ) -> list[Verdict]:
+def search_verdicts(
+    claims: Sequence[SearchClaimSpec],
+    study: optuna.Study,
+    search: SearchPlan,
+    imps: Mapping[str, Mapping[str, float]],
+) -> list[Verdict]:
     """Verdicts of a search's claims (tests ``importance`` and ``inside``).
 
     ``importance`` (HP-1) ranks the parameters of the claim's branch (``where``, e.g.
@@ -52,38 +73,69 @@ def search_verdicts(claims: Sequence[SearchClaimSpec], study: optuna.Study,
     for claim in claims:
         where = dict(claim.where)
         branch = "all" if not where else "=".join(map(str, next(iter(where.items()))))
-        n = len(branch_trials(study, branch)) if len(where) <= 1 else len(
-            [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if all(str(t.params.get(k)) == str(v) for k, v in where.items())])
+        n = (
+            len(branch_trials(study, branch))
+            if len(where) <= 1
+            else len(
+                [
+                    t
+                    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if all(str(t.params.get(k)) == str(v) for k, v in where.items())
+                ]
+            )
+        )
         if n < claim.min_trials:
-            out.append(_verdict(claim, INCONCLUSIVE, f"{n} complete trial(s) in "
-                                f"{branch}, {claim.min_trials} needed.", n=n))
+            out.append(
+                _verdict(
+                    claim,
+                    INCONCLUSIVE,
+                    f"{n} complete trial(s) in {branch}, {claim.min_trials} needed.",
+                    n=n,
+                )
+            )
             continue
         if claim.test == "importance":
             imp = imps.get(branch)
             if not imp:
                 out.append(_verdict(claim, INCONCLUSIVE, f"no fANOVA ranking for {branch}.", n=n))
                 continue
-            out.append(importance_verdict(
-                claim, _branch_all(study, where), list(imp), branch,
-                study.directions[0] == optuna.study.StudyDirection.MAXIMIZE,
-                len(study.directions) > 1))
+            out.append(
+                importance_verdict(
+                    claim,
+                    _branch_all(study, where),
+                    list(imp),
+                    branch,
+                    study.directions[0] == optuna.study.StudyDirection.MAXIMIZE,
+                    len(study.directions) > 1,
+                )
+            )
         else:
             best = best_trial(study, where)
             out.append(_inside_verdict(claim, best, search, n, CONFIRMED, REFUTED, INCONCLUSIVE))
     return out
 
 
-def _inside_verdict(claim: SearchClaimSpec, best: FrozenTrial | None, search: SearchPlan,
-                    n: int, confirmed: str, refuted: str, inconclusive: str
-                    ) -> Verdict:
+def _inside_verdict(
+    claim: SearchClaimSpec,
+    best: FrozenTrial | None,
+    search: SearchPlan,
+    n: int,
+    confirmed: str,
+    refuted: str,
+    inconclusive: str,
+) -> Verdict:
     if best is None:
         return _verdict(claim, inconclusive, "no complete trial.", n=n)
     parts, problems = [], []
     for key, (lo, hi) in claim.ranges.items():
         if key not in best.params:
-            return _verdict(claim, inconclusive, f"the best trial ({best.number}) has no "
-                            f"{key} (a conditional parameter of another branch?).", n=n)
+            return _verdict(
+                claim,
+                inconclusive,
+                f"the best trial ({best.number}) has no "
+                f"{key} (a conditional parameter of another branch?).",
+                n=n,
+            )
         v = float(best.params[key])
         p: Param | None = next((q for q in search.space.params if q.key == key), None)
         log = p is not None and p.log and lo > 0
@@ -93,25 +145,33 @@ def _inside_verdict(claim: SearchClaimSpec, best: FrozenTrial | None, search: Se
         if not lo <= v <= hi:
             problems.append(f"{key}={v:.4g} is outside [{lo:g}, {hi:g}]")
             continue
-        space_lo, space_hi = (p.bounds if p is not None else (None, None))
+        space_lo, space_hi = p.bounds if p is not None else (None, None)
         for edge, space_edge, dist in ((lo, space_lo, f(v) - f(lo)), (hi, space_hi, f(hi) - f(v))):
-            at_space_edge = space_edge is not None and math.isclose(float(space_edge), edge,
-                                                                    rel_tol=1e-9, abs_tol=1e-15)
+            at_space_edge = space_edge is not None and math.isclose(
+                float(space_edge), edge, rel_tol=1e-9, abs_tol=1e-15
+            )
             if at_space_edge and edge != 0 and dist < claim.margin * width:
-                problems.append(f"{key}={v:.4g} is pinned against the space's edge {edge:g} "
-                                f"(within {claim.margin:.0%} of the range)")
-    detail = (f"best trial {best.number} ({search.metrics[0]}={best.values[0]:.4g}): "
-              + "; ".join(parts) + "; "
-              + (f"refuted ({'; '.join(problems)})." if problems else "confirmed."))
-    return _verdict(claim, refuted if problems else confirmed, detail, None, n,
-                    search.metrics[0])
+                problems.append(
+                    f"{key}={v:.4g} is pinned against the space's edge {edge:g} "
+                    f"(within {claim.margin:.0%} of the range)"
+                )
+    detail = (
+        f"best trial {best.number} ({search.metrics[0]}={best.values[0]:.4g}): "
+        + "; ".join(parts)
+        + "; "
+        + (f"refuted ({'; '.join(problems)})." if problems else "confirmed.")
+    )
+    return _verdict(claim, refuted if problems else confirmed, detail, None, n, search.metrics[0])
 
 
 def _branch_all(study: optuna.Study, where: Mapping[str, object]) -> list[FrozenTrial]:
     """Every trial of the branch, pruned and failed ones included (the evidence is chosen by
     :func:`orchestrator.search.importance.evidence`)."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if all(str(t.params.get(k)) == str(v) for k, v in where.items())]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if all(str(t.params.get(k)) == str(v) for k, v in where.items())
+    ]
 
 
 def summary_verdicts(summary: SearchSummary | None) -> list[Verdict]:

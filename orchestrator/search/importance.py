@@ -46,28 +46,42 @@ from orchestrator.core.specs import SearchClaimSpec
 from orchestrator.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED, Verdict
 
 
-def evidence(trials: Sequence[FrozenTrial], multi_objective: bool
-             ) -> tuple[list[FrozenTrial], str]:
+def evidence(trials: Sequence[FrozenTrial], multi_objective: bool) -> tuple[list[FrozenTrial], str]:
     """The trials to fit, each with its value at the common step, and a sentence saying
     which values were used (module docstring)."""
     usable = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     complete = [t for t in usable if t.state == TrialState.COMPLETE]
     if multi_objective or not usable or not all(t.intermediate_values for t in usable):
         why = "several objectives" if multi_objective else "a trial reported no steps"
-        return ([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                           value=t.values[0]) for t in complete],
-                f"{len(complete)} complete trials, final values ({why}; pruned trials left out)")
+        return (
+            [
+                optuna.trial.create_trial(
+                    params=t.params, distributions=t.distributions, value=t.values[0]
+                )
+                for t in complete
+            ],
+            f"{len(complete)} complete trials, final values ({why}; pruned trials left out)",
+        )
     step = min(max(t.intermediate_values) for t in usable)
     at_step = [t for t in usable if step in t.intermediate_values]
     n_pruned = sum(t.state == TrialState.PRUNED for t in at_step)
-    return ([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                       value=t.intermediate_values[step]) for t in at_step],
-            f"{len(at_step)} trials ({n_pruned} of them pruned) at their common step {step}")
+    return (
+        [
+            optuna.trial.create_trial(
+                params=t.params, distributions=t.distributions, value=t.intermediate_values[step]
+            )
+            for t in at_step
+        ],
+        f"{len(at_step)} trials ({n_pruned} of them pruned) at their common step {step}",
+    )
 
 
-def _fit(trials: Sequence[FrozenTrial], params: list[str],
-         evaluator: optuna.importance.BaseImportanceEvaluator, maximize: bool = True
-         ) -> dict[str, float]:
+def _fit(
+    trials: Sequence[FrozenTrial],
+    params: list[str],
+    evaluator: optuna.importance.BaseImportanceEvaluator,
+    maximize: bool = True,
+) -> dict[str, float]:
     # The direction matters to PED-ANOVA (its top quantile), not to fANOVA.
     study = optuna.create_study(direction="maximize" if maximize else "minimize")
     study.add_trials(trials)
@@ -75,8 +89,13 @@ def _fit(trials: Sequence[FrozenTrial], params: list[str],
     return {p: float(imp.get(p, 0.0)) for p in params}
 
 
-def bootstrap(trials: Sequence[FrozenTrial], params: list[str], n_boot: int = 40,
-              seed: int = 0, n_trees: int = 32) -> np.ndarray:
+def bootstrap(
+    trials: Sequence[FrozenTrial],
+    params: list[str],
+    n_boot: int = 40,
+    seed: int = 0,
+    n_trees: int = 32,
+) -> np.ndarray:
     """fANOVA importances of ``params`` on ``n_boot`` resamples: shape ``(n_boot, len(params))``."""
     rng = np.random.default_rng(seed)
     out = np.empty((n_boot, len(params)))
@@ -93,10 +112,17 @@ def _interval(d: np.ndarray, z: float) -> tuple[float, float, float]:
     return m, m - z * s, m + z * s
 
 
-def importance_verdict(claim: SearchClaimSpec, trials: Sequence[FrozenTrial], params: list[str],
-                       branch: str, maximize: bool = True, multi_objective: bool = False,
-                       confidence: float = 0.95,
-                       n_boot: int = 40, seed: int = 0) -> Verdict:
+def importance_verdict(
+    claim: SearchClaimSpec,
+    trials: Sequence[FrozenTrial],
+    params: list[str],
+    branch: str,
+    maximize: bool = True,
+    multi_objective: bool = False,
+    confidence: float = 0.95,
+    n_boot: int = 40,
+    seed: int = 0,
+) -> Verdict:
     """Decide an ``importance`` claim from the branch's trials (module docstring)."""
     from scipy.stats import norm
 
@@ -106,17 +132,36 @@ def importance_verdict(claim: SearchClaimSpec, trials: Sequence[FrozenTrial], pa
     last = [p for p in params if p in claim.last and p not in claim.first]
     middle = [p for p in others if p not in last]
 
-    def verdict(v: str, detail: str, effect: float | None = None,
-                ci: tuple[float | None, float | None] = (None, None)) -> Verdict:
-        return Verdict(id=claim.id, statement=claim.statement, source=claim.source,
-                       test=claim.test, verdict=v, effect=effect, ci_low=ci[0], ci_high=ci[1],
-                       min_effect=0.0, n_a=len(fit), n_b=0,
-                       method=f"bootstrap fANOVA ({n_boot} fits)", detail=detail,
-                       axis=", ".join(claim.first), confidence=confidence)
+    def verdict(
+        v: str,
+        detail: str,
+        effect: float | None = None,
+        ci: tuple[float | None, float | None] = (None, None),
+    ) -> Verdict:
+        return Verdict(
+            id=claim.id,
+            statement=claim.statement,
+            source=claim.source,
+            test=claim.test,
+            verdict=v,
+            effect=effect,
+            ci_low=ci[0],
+            ci_high=ci[1],
+            min_effect=0.0,
+            n_a=len(fit),
+            n_b=0,
+            method=f"bootstrap fANOVA ({n_boot} fits)",
+            detail=detail,
+            axis=", ".join(claim.first),
+            confidence=confidence,
+        )
 
     if not first or not others or len(fit) < 4:
-        return verdict(INCONCLUSIVE, f"{branch}: {used}; nothing to order (first "
-                       f"{first or '-'}, others {others or '-'}, at least 4 trials needed).")
+        return verdict(
+            INCONCLUSIVE,
+            f"{branch}: {used}; nothing to order (first "
+            f"{first or '-'}, others {others or '-'}, at least 4 trials needed).",
+        )
     boot = bootstrap(fit, params, n_boot, seed)
     col = {p: boot[:, i] for i, p in enumerate(params)}
     m = len(first) * len(others) + bool(last and middle)
@@ -124,30 +169,51 @@ def importance_verdict(claim: SearchClaimSpec, trials: Sequence[FrozenTrial], pa
     pair = {(f, o): _interval(col[f] - col[o], z) for f in first for o in others}
     first_wins = [f for f in first if all(pair[f, o][1] > 0 for o in others)]
     rival_wins = [o for o in others if all(pair[f, o][2] < 0 for f in first)]
-    groups = (_interval(np.mean([col[p] for p in middle], axis=0)
-                        - np.mean([col[p] for p in last], axis=0), z)
-              if last and middle else None)
+    groups = (
+        _interval(
+            np.mean([col[p] for p in middle], axis=0) - np.mean([col[p] for p in last], axis=0), z
+        )
+        if last and middle
+        else None
+    )
     # The comparison shown: the closest rival of the strongest first parameter.
     lead = max(first, key=lambda f: min(pair[f, o][0] for o in others))
     close = min(others, key=lambda o: pair[lead, o][0])
     eff, lo, hi = pair[lead, close]
-    means = "; ".join(f"{p} {col[p].mean():.2f} +- {col[p].std(ddof=1):.2f}"
-                      for p in sorted(params, key=lambda p: -col[p].mean()))
+    means = "; ".join(
+        f"{p} {col[p].mean():.2f} +- {col[p].std(ddof=1):.2f}"
+        for p in sorted(params, key=lambda p: -col[p].mean())
+    )
     ped = _ped_anova(fit, params, maximize)
-    text = (f"{branch}: {used}; importances (bootstrap mean +- sd): {means}; {lead} - {close} "
-            f"= {eff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-            + (f"; middle - last mean = {groups[0]:+.3f} [{groups[1]:+.3f}, {groups[2]:+.3f}]"
-               if groups else "")
-            + f" ({m} comparisons at {1 - (1 - confidence) / m:.4g}){ped}")
+    text = (
+        f"{branch}: {used}; importances (bootstrap mean +- sd): {means}; {lead} - {close} "
+        f"= {eff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        + (
+            f"; middle - last mean = {groups[0]:+.3f} [{groups[1]:+.3f}, {groups[2]:+.3f}]"
+            if groups
+            else ""
+        )
+        + f" ({m} comparisons at {1 - (1 - confidence) / m:.4g}){ped}"
+    )
     if rival_wins or (groups is not None and groups[2] < 0):
-        why = (f"{rival_wins[0]} is above every first parameter" if rival_wins
-               else "the last group is above the middle")
+        why = (
+            f"{rival_wins[0]} is above every first parameter"
+            if rival_wins
+            else "the last group is above the middle"
+        )
         return verdict(REFUTED, f"{text}; refuted ({why}).", eff, (lo, hi))
     if first_wins and (groups is None or groups[1] > 0):
-        return verdict(CONFIRMED, f"{text}; confirmed ({first_wins[0]} above every other"
-                       + (", the middle above the last" if groups else "") + ").", eff, (lo, hi))
-    return verdict(INCONCLUSIVE, f"{text}; inconclusive (the intervals do not separate).",
-                   eff, (lo, hi))
+        return verdict(
+            CONFIRMED,
+            f"{text}; confirmed ({first_wins[0]} above every other"
+            + (", the middle above the last" if groups else "")
+            + ").",
+            eff,
+            (lo, hi),
+        )
+    return verdict(
+        INCONCLUSIVE, f"{text}; inconclusive (the intervals do not separate).", eff, (lo, hi)
+    )
 
 
 def _ped_anova(trials: Sequence[FrozenTrial], params: list[str], maximize: bool) -> str:
@@ -157,8 +223,7 @@ def _ped_anova(trials: Sequence[FrozenTrial], params: list[str], maximize: bool)
     except (RuntimeError, ValueError) as e:
         return f"; PED-ANOVA: not computed ({e})"
     ranked = sorted(imp, key=lambda p: -imp[p])
-    return "; PED-ANOVA: " + ", ".join(f"{p} {imp[p]:.2f}" for p in ranked
-                                       if math.isfinite(imp[p]))
+    return "; PED-ANOVA: " + ", ".join(f"{p} {imp[p]:.2f}" for p in ranked if math.isfinite(imp[p]))
 
 
 __all__ = ["bootstrap", "evidence", "importance_verdict"]

@@ -33,8 +33,9 @@ class SearchRun:
         resume: Whether the sweep is being resumed.
     """
 
-    def __init__(self, plan: SweepPlan, tracker: writer.Tracker, storage: str, sweep_id: str,
-                 resume: bool) -> None:
+    def __init__(
+        self, plan: SweepPlan, tracker: writer.Tracker, storage: str, sweep_id: str, resume: bool
+    ) -> None:
         assert plan.search is not None, "a SearchRun needs a search plan"
         self.plan, self.search = plan, plan.search
         self.tracker, self.storage, self.sweep_id = tracker, storage, sweep_id
@@ -44,13 +45,15 @@ class SearchRun:
 
     def parent_tags(self) -> dict[str, Any]:
         """The sweep's parent-run tags that describe the search."""
-        return {schema.TAG_OPTUNA_STUDY: self.sweep_id,
-                schema.TAG_OPTUNA_STORAGE: shown_url(self.storage),
-                schema.TAG_SEARCH + "sampler": self.search.spec.sampler,
-                schema.TAG_SEARCH + "pruner": self.search.spec.pruner.name,
-                schema.TAG_SEARCH + "metrics": json.dumps(list(self.search.metrics)),
-                schema.TAG_SEARCH + "directions": json.dumps(list(self.search.directions)),
-                schema.TAG_N_TRIALS: self.n_trials}
+        return {
+            schema.TAG_OPTUNA_STUDY: self.sweep_id,
+            schema.TAG_OPTUNA_STORAGE: shown_url(self.storage),
+            schema.TAG_SEARCH + "sampler": self.search.spec.sampler,
+            schema.TAG_SEARCH + "pruner": self.search.spec.pruner.name,
+            schema.TAG_SEARCH + "metrics": json.dumps(list(self.search.metrics)),
+            schema.TAG_SEARCH + "directions": json.dumps(list(self.search.directions)),
+            schema.TAG_N_TRIALS: self.n_trials,
+        }
 
     def previous_results(self, reader: StoreReader, experiment_id: str) -> list[TrialResult]:
         """The settled trials of this search sweep, from its child runs (resuming)."""
@@ -58,41 +61,53 @@ class SearchRun:
         out: dict[int, TrialResult] = {}
         for run in reader.sweep_runs(experiment_id, self.sweep_id):
             tags = run.data.tags
-            if tags.get(schema.TAG_OUTCOME) not in SETTLED \
-                    or schema.TAG_OPTUNA_TRIAL not in tags:
+            if tags.get(schema.TAG_OUTCOME) not in SETTLED or schema.TAG_OPTUNA_TRIAL not in tags:
                 continue
             number = int(tags[schema.TAG_OPTUNA_TRIAL])
             arm = json.loads(tags.get(schema.TAG_ARM, "{}"))
-            trial = Trial(number, task, {}, arm, int(run.data.params.get("seed", "0")),
-                          tags.get(schema.TAG_KEY, ""))
-            out[number] = TrialResult(trial, run.info.run_id, tags[schema.TAG_OUTCOME],
-                                      dict(run.data.metrics), tags.get(schema.TAG_ERROR, ""))
+            trial = Trial(
+                number,
+                task,
+                {},
+                arm,
+                int(run.data.params.get("seed", "0")),
+                tags.get(schema.TAG_KEY, ""),
+            )
+            out[number] = TrialResult(
+                trial,
+                run.info.run_id,
+                tags[schema.TAG_OUTCOME],
+                dict(run.data.metrics),
+                tags.get(schema.TAG_ERROR, ""),
+            )
         return [out[k] for k in sorted(out)]
 
     def analyse(self, parent: str, console: Console | None = None) -> SearchSummary:
         """Importances, best trial, plots and verdicts, logged on the parent run."""
         with tempfile.TemporaryDirectory() as tmp:
             summary = analyse(self.study, self.search, Path(tmp))
-            verdicts = search_verdicts(self.search.spec.claims, self.study, self.search,
-                                       summary.importances)
+            verdicts = search_verdicts(
+                self.search.spec.claims, self.study, self.search, summary.importances
+            )
             summary.verdicts = [asdict(v) for v in verdicts]
             (Path(tmp) / "summary.json").write_text(json.dumps(summary.to_json(), indent=2))
             self.tracker.client.log_artifacts(parent, tmp, schema.SEARCH_FOLDER)
             if verdicts:
-                self.tracker.log_text(parent, verdicts_to_json(verdicts),
-                                      schema.VERDICTS_ARTIFACT)
+                self.tracker.log_text(parent, verdicts_to_json(verdicts), schema.VERDICTS_ARTIFACT)
         metrics: dict[str, float] = {}
         for branch, imp in summary.importances.items():
             prefix = "importance/" if branch == "all" else f"importance/{branch.replace('=', '/')}/"
             metrics.update({f"{prefix}{k}": v for k, v in imp.items()})
         self.tracker.log_metrics(parent, metrics, step=0)
-        tags: dict[str, Any] = {schema.verdict_tag(v["id"]): v["verdict"]
-                                for v in summary.verdicts}
+        tags: dict[str, Any] = {schema.verdict_tag(v["id"]): v["verdict"] for v in summary.verdicts}
         if summary.best:
             tags[schema.TAG_SEARCH + "best"] = json.dumps(summary.best)[:5000]
         self.tracker.set_tags(parent, tags)
         self.tracker.flush()
         if self.source.invalid and console is not None:
-            console.print(f"{len(self.source.invalid)} suggestion(s) rejected by the task; "
-                          f"first: {self.source.invalid[0]}", highlight=False)
+            console.print(
+                f"{len(self.source.invalid)} suggestion(s) rejected by the task; "
+                f"first: {self.source.invalid[0]}",
+                highlight=False,
+            )
         return summary

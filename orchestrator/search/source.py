@@ -35,10 +35,11 @@ class OptunaSource:
     #: finished, not yet told trial as a bad running one.
     learns_from_results = True
 
-    def __init__(self, search: SearchPlan, study: optuna.Study, n_trials: int,
-                 settled: int = 0) -> None:
+    def __init__(
+        self, search: SearchPlan, study: optuna.Study, n_trials: int, settled: int = 0
+    ) -> None:
         self.search, self.study, self.n_trials, self.settled = search, study, n_trials, settled
-        self.invalid: list[str] = []   # suggestions the task rejected (counted as failed)
+        self.invalid: list[str] = []  # suggestions the task rejected (counted as failed)
         self._live: dict[int, optuna.Trial] = {}
         self._retry: deque[Trial] = deque()
         self._last: dict[int, dict[str, float]] = {}
@@ -67,8 +68,10 @@ class OptunaSource:
                 self.invalid.append(f"trial {ot.number}: {e}")
                 in_a_row += 1
                 if in_a_row >= _MAX_INVALID_IN_A_ROW:
-                    raise SpecError(f"search.space: the task rejected {in_a_row} suggestions "
-                                    f"in a row; the last: {e}") from None
+                    raise SpecError(
+                        f"search.space: the task rejected {in_a_row} suggestions "
+                        f"in a row; the last: {e}"
+                    ) from None
                 continue
             self._live[ot.number] = ot
             return trial
@@ -79,8 +82,10 @@ class OptunaSource:
 
     def trial_tags(self, trial: Trial) -> dict[str, Any]:
         """The Optuna trial's number and study, on its MLflow run."""
-        return {schema.TAG_OPTUNA_TRIAL: trial.index,
-                schema.TAG_OPTUNA_STUDY: self.study.study_name}
+        return {
+            schema.TAG_OPTUNA_TRIAL: trial.index,
+            schema.TAG_OPTUNA_STUDY: self.study.study_name,
+        }
 
     def started(self, trial: Trial, run_id: str) -> None:
         """The trial's MLflow run exists: link it from the Optuna trial."""
@@ -106,8 +111,9 @@ class OptunaSource:
         """The objectives' final values: the summary's, else their last per-step value."""
         out = dict(self._last.get(trial.index, {}))
         if summary is not None:
-            out.update({m: float(summary.values[m]) for m in self.search.metrics
-                        if m in summary.values})
+            out.update(
+                {m: float(summary.values[m]) for m in self.search.metrics if m in summary.values}
+            )
         return out
 
     def finish(self, trial: Trial, outcome: str, summary: Summary | None) -> None:
@@ -123,7 +129,9 @@ class OptunaSource:
             if all(math.isfinite(v) for v in objective):
                 self.study.tell(ot, objective)
             else:
-                missing = [m for m, v in zip(self.search.metrics, objective) if not math.isfinite(v)]
+                missing = [
+                    m for m, v in zip(self.search.metrics, objective) if not math.isfinite(v)
+                ]
                 ot.set_user_attr(ATTR_ERROR, f"no finite value of {', '.join(missing)}")
                 self.study.tell(ot, state=TrialState.FAIL)
         elif outcome == "pruned":

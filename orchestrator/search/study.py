@@ -43,16 +43,18 @@ def resolve_storage(spec: SearchSpec, tracking_uri: str) -> str:
     if spec.storage:
         return spec.storage
     if tracking_uri.startswith("sqlite:///"):
-        path = Path(tracking_uri[len("sqlite:///"):])
+        path = Path(tracking_uri[len("sqlite:///") :])
         return f"sqlite:///{path.with_name('optuna.db')}"
     parsed = urlparse(tracking_uri)
     if parsed.scheme in ("", "file"):
         # A local file store (a folder such as ./mlruns): the study file sits beside it.
         folder = Path(parsed.path if parsed.scheme else tracking_uri)
         return f"sqlite:///{folder.parent / 'optuna.db'}"
-    raise SpecError(f"search.storage: the tracking store {tracking_uri!r} is a server, so the "
-                    f"Optuna study needs its own storage; allowed: an RDB URL such as "
-                    f"search.storage=postgresql://USER@HOST/optuna (or sqlite:///PATH)")
+    raise SpecError(
+        f"search.storage: the tracking store {tracking_uri!r} is a server, so the "
+        f"Optuna study needs its own storage; allowed: an RDB URL such as "
+        f"search.storage=postgresql://USER@HOST/optuna (or sqlite:///PATH)"
+    )
 
 
 def shown_url(url: str) -> str:
@@ -65,8 +67,9 @@ def shown_url(url: str) -> str:
         return url.split(":", 1)[0] + ":..."
 
 
-def make_sampler(spec: SearchSpec, space: SearchSpace, seed_offset: int = 0
-                 ) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    spec: SearchSpec, space: SearchSpace, seed_offset: int = 0
+) -> optuna.samplers.BaseSampler:
     """The Optuna sampler the spec names.
 
     Args:
@@ -81,14 +84,17 @@ def make_sampler(spec: SearchSpec, space: SearchSpace, seed_offset: int = 0
         if spec.sampler == "tpe":
             # constant_liar: trials still running count as (pessimistic) results, so that
             # asynchronous asks spread out instead of piling onto the same region.
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,
-                                              constant_liar=True)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=spec.n_startup_trials, constant_liar=True
+            )
         if spec.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if spec.sampler == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed,
-                                                n_startup_trials=max(1, spec.n_startup_trials),
-                                                warn_independent_sampling=False)
+            return optuna.samplers.CmaEsSampler(
+                seed=seed,
+                n_startup_trials=max(1, spec.n_startup_trials),
+                warn_independent_sampling=False,
+            )
         if spec.sampler == "grid":
             return optuna.samplers.GridSampler(space.grid(), seed=seed)
         return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=seed)
@@ -98,16 +104,21 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
     """The Optuna pruner the spec names, with its native options."""
     p = spec.pruner
     if p.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.n_warmup_steps,
-                                           interval_steps=p.interval_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials,
+            n_warmup_steps=p.n_warmup_steps,
+            interval_steps=p.interval_steps,
+        )
     if p.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
-                                                      reduction_factor=p.reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        )
     if p.name == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=1 if p.min_resource == "auto" else p.min_resource,
-            max_resource=p.max_resource, reduction_factor=p.reduction_factor)
+            max_resource=p.max_resource,
+            reduction_factor=p.reduction_factor,
+        )
     return optuna.pruners.NopPruner()
 
 
@@ -123,12 +134,16 @@ def outcome_of(t: FrozenTrial) -> str:
     """A trial's outcome as this service names it (a trial without the attr by its state)."""
     if ATTR_OUTCOME in t.user_attrs:
         return str(t.user_attrs[ATTR_OUTCOME])
-    return {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned",
-            TrialState.FAIL: "failed"}.get(t.state, t.state.name.lower())
+    return {
+        TrialState.COMPLETE: "finished",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+    }.get(t.state, t.state.name.lower())
 
 
-def open_study(search: SearchPlan, storage: str, study_name: str, resume: bool
-               ) -> tuple[optuna.Study, int]:
+def open_study(
+    search: SearchPlan, storage: str, study_name: str, resume: bool
+) -> tuple[optuna.Study, int]:
     """Create (or, resuming, load) the sweep's Optuna study.
 
     Resuming, trials left RUNNING by a dead driver are marked ``FAIL`` (outcome
@@ -140,12 +155,16 @@ def open_study(search: SearchPlan, storage: str, study_name: str, resume: bool
     """
     rdb = optuna.storages.RDBStorage(storage)
     if not resume:
-        study = optuna.create_study(storage=rdb, study_name=study_name,
-                                    sampler=make_sampler(search.spec, search.space),
-                                    pruner=make_pruner(search.spec),
-                                    directions=[StudyDirection.MAXIMIZE if d == "maximize"
-                                                else StudyDirection.MINIMIZE
-                                                for d in search.directions])
+        study = optuna.create_study(
+            storage=rdb,
+            study_name=study_name,
+            sampler=make_sampler(search.spec, search.space),
+            pruner=make_pruner(search.spec),
+            directions=[
+                StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE
+                for d in search.directions
+            ],
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(search.metrics))
@@ -153,12 +172,16 @@ def open_study(search: SearchPlan, storage: str, study_name: str, resume: bool
     try:
         study = optuna.load_study(study_name=study_name, storage=rdb)
     except KeyError:
-        raise SpecError(f"sweep {study_name!r}: no Optuna study of that name in "
-                        f"{shown_url(storage)}") from None
+        raise SpecError(
+            f"sweep {study_name!r}: no Optuna study of that name in {shown_url(storage)}"
+        ) from None
     trials = study.get_trials(deepcopy=False)
-    study = optuna.load_study(study_name=study_name, storage=rdb,
-                              sampler=make_sampler(search.spec, search.space, len(trials)),
-                              pruner=make_pruner(search.spec))
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=rdb,
+        sampler=make_sampler(search.spec, search.space, len(trials)),
+        pruner=make_pruner(search.spec),
+    )
     rerun = {t.user_attrs.get(ATTR_RERUN) for t in trials}
     for t in trials:
         outcome = outcome_of(t)
@@ -169,6 +192,7 @@ def open_study(search: SearchPlan, storage: str, study_name: str, resume: bool
             study.tell(t.number, state=TrialState.FAIL)
         if outcome in ("interrupted", "killed") and t.number not in rerun and t.params:
             study.enqueue_trial(dict(t.params), user_attrs={ATTR_RERUN: t.number})
-    settled = sum(outcome_of(t) in SETTLED for t in study.get_trials(deepcopy=False)
-                  if t.state.is_finished())
+    settled = sum(
+        outcome_of(t) in SETTLED for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+    )
     return study, settled

@@ -41,7 +41,7 @@ def sqlite_path(uri: str) -> Path | None:
     """The file of an ``sqlite:///`` URI (None for any other store)."""
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     return None if path in ("", ":memory:") else Path(path)
 
 
@@ -94,8 +94,9 @@ def _check_creatable(path: Path) -> None:
     while not parent.exists():
         parent = parent.parent
     if not _writable(parent):
-        raise TrackingUnavailable(f"tracking store {str(path)!r} cannot be created: "
-                                  f"{str(parent)!r} is read-only")
+        raise TrackingUnavailable(
+            f"tracking store {str(path)!r} cannot be created: {str(parent)!r} is read-only"
+        )
 
 
 def _writable(path: Path) -> bool:
@@ -112,12 +113,15 @@ def _check_existing(path: Path) -> None:
     except OSError as e:
         raise TrackingUnavailable(f"tracking store {name} cannot be read: {e.strerror}") from None
     if head != _MAGIC:
-        raise TrackingUnavailable(f"tracking store {name} is not an MLflow store (not an "
-                                  f"SQLite database)")
+        raise TrackingUnavailable(
+            f"tracking store {name} is not an MLflow store (not an SQLite database)"
+        )
     if not _writable(path) or not _writable(path.parent):
         # sqlite also writes a journal beside the file: the folder must be writable too.
-        raise TrackingUnavailable(f"tracking store {name} is read-only (MLflow writes to the "
-                                  f"file and a journal beside it)")
+        raise TrackingUnavailable(
+            f"tracking store {name} is read-only (MLflow writes to the "
+            f"file and a journal beside it)"
+        )
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
     except sqlite3.Error as e:
@@ -127,15 +131,18 @@ def _check_existing(path: Path) -> None:
         if not tables:
             return  # an empty database: MLflow creates its tables
         if "alembic_version" not in tables or "experiments" not in tables:
-            raise TrackingUnavailable(f"tracking store {name} is an SQLite database but not an "
-                                      f"MLflow store (no MLflow tables)")
+            raise TrackingUnavailable(
+                f"tracking store {name} is an SQLite database but not an "
+                f"MLflow store (no MLflow tables)"
+            )
         revs = [r[0] for r in con.execute("SELECT version_num FROM alembic_version")]
         _check_intact(con, name)
         # A writer's lock (another program in a transaction) would make every MLflow write
         # wait and fail: ask for it ourselves, without writing anything (a read-only
         # connection would be granted it without looking).
-        probe = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=LOCK_WAIT_S,
-                                isolation_level=None)
+        probe = sqlite3.connect(
+            f"file:{path}?mode=rw", uri=True, timeout=LOCK_WAIT_S, isolation_level=None
+        )
         try:
             probe.execute("BEGIN IMMEDIATE")
             probe.execute("ROLLBACK")
@@ -143,8 +150,9 @@ def _check_existing(path: Path) -> None:
             probe.close()
     except sqlite3.OperationalError as e:
         if "locked" in str(e) or "busy" in str(e):
-            raise TrackingUnavailable(f"tracking store {name} is locked by another program "
-                                      f"(waited {LOCK_WAIT_S:g} s)") from None
+            raise TrackingUnavailable(
+                f"tracking store {name} is locked by another program (waited {LOCK_WAIT_S:g} s)"
+            ) from None
         raise TrackingUnavailable(f"tracking store {name} is corrupt: {e}") from None
     except sqlite3.DatabaseError as e:
         raise TrackingUnavailable(f"tracking store {name} is corrupt: {e}") from None
@@ -173,15 +181,21 @@ def _check_intact(con: sqlite3.Connection, name: str) -> None:
 def _check_revision(name: str, revs: list[str]) -> None:
     known, head = _revisions()
     if len(revs) != 1:
-        raise TrackingUnavailable(f"tracking store {name} has {len(revs)} schema revisions "
-                                  f"(a migration stopped half-way?); restore a backup")
+        raise TrackingUnavailable(
+            f"tracking store {name} has {len(revs)} schema revisions "
+            f"(a migration stopped half-way?); restore a backup"
+        )
     if revs[0] not in known:
-        raise TrackingUnavailable(f"tracking store {name} has schema revision {revs[0]}, newer "
-                                  f"than this MLflow ({_mlflow_version()}) knows; upgrade mlflow")
+        raise TrackingUnavailable(
+            f"tracking store {name} has schema revision {revs[0]}, newer "
+            f"than this MLflow ({_mlflow_version()}) knows; upgrade mlflow"
+        )
     if revs[0] != head:
-        raise TrackingUnavailable(f"tracking store {name} has the older schema revision "
-                                  f"{revs[0]} (or a migration stopped half-way); back it up, "
-                                  f"then run: mlflow db upgrade sqlite:///{name[1:-1]}")
+        raise TrackingUnavailable(
+            f"tracking store {name} has the older schema revision "
+            f"{revs[0]} (or a migration stopped half-way); back it up, "
+            f"then run: mlflow db upgrade sqlite:///{name[1:-1]}"
+        )
 
 
 @cache

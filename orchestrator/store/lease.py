@@ -57,9 +57,10 @@ class Leases:
         """The live claims on ``key`` other than ``exclude``, oldest first; stale ones are
         ended ``interrupted`` on the way."""
         runs = self.tracker.client.search_runs(
-            [self.experiment_id], f"tags.`{schema.TAG_KEY}` = '{key}' and "
-                                  f"attributes.status = 'RUNNING'",
-            order_by=["attributes.start_time ASC"])
+            [self.experiment_id],
+            f"tags.`{schema.TAG_KEY}` = '{key}' and attributes.status = 'RUNNING'",
+            order_by=["attributes.start_time ASC"],
+        )
         out = []
         for run in runs:
             if run.info.run_id == exclude:
@@ -72,10 +73,15 @@ class Leases:
         return out
 
     def take_over(self, run: Run, age: float) -> None:
-        self.tracker.end_run(run.info.run_id, "KILLED", {
-            schema.TAG_OUTCOME: "interrupted",
-            schema.TAG_ERROR: f"lease expired: no heartbeat for {age:.0f} s "
-                              f"(sweep.lease_timeout_s={self.timeout_s:g}); trained again"})
+        self.tracker.end_run(
+            run.info.run_id,
+            "KILLED",
+            {
+                schema.TAG_OUTCOME: "interrupted",
+                schema.TAG_ERROR: f"lease expired: no heartbeat for {age:.0f} s "
+                f"(sweep.lease_timeout_s={self.timeout_s:g}); trained again",
+            },
+        )
 
     def claim(self, key: str, create: Callable[[], str]) -> Claim:
         """Claim ``key`` with the run ``create()`` makes, unless someone holds it."""
@@ -91,9 +97,14 @@ class Leases:
 
     def withdraw(self, run_id: str) -> None:
         """Give up a claim made at the same time as another's: no trace but a deleted run."""
-        self.tracker.end_run(run_id, "KILLED", {
-            schema.TAG_OUTCOME: "interrupted",
-            schema.TAG_ERROR: "withdrawn: another sweep claimed the trial at the same time"})
+        self.tracker.end_run(
+            run_id,
+            "KILLED",
+            {
+                schema.TAG_OUTCOME: "interrupted",
+                schema.TAG_ERROR: "withdrawn: another sweep claimed the trial at the same time",
+            },
+        )
         self.tracker.client.delete_run(run_id)
 
     def beat(self, run_ids: list[str]) -> None:
@@ -102,8 +113,9 @@ class Leases:
         tags = [RunTag(schema.TAG_HEARTBEAT, f"{time.time():.0f}")]
         for run_id in run_ids:
             try:
-                with fast_http() if schema.is_server(self.tracker.uri) \
-                        else contextlib.nullcontext():
+                with (
+                    fast_http() if schema.is_server(self.tracker.uri) else contextlib.nullcontext()
+                ):
                     self.tracker.client.log_batch(run_id, tags=tags)
             except Exception:  # noqa: BLE001 - see above
                 return

@@ -33,50 +33,50 @@ import re
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 # -- every run ------------------------------------------------------------------------------
-TAG_KIND = "orch.kind"            # "sweep", "trial" or "upstream"
+TAG_KIND = "orch.kind"  # "sweep", "trial" or "upstream"
 TAG_SWEEP = "orch.sweep_id"
 TAG_STUDY = "orch.study"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_GIT = "mlflow.source.git.commit"
-TAG_TOKEN = "orch.create_token"   # makes a retried create_run idempotent
+TAG_TOKEN = "orch.create_token"  # makes a retried create_run idempotent
 KIND_SWEEP, KIND_TRIAL, KIND_UPSTREAM = "sweep", "trial", "upstream"
 
 # -- a sweep's parent run -------------------------------------------------------------------
 TAG_OVERRIDES = "orch.overrides"  # JSON list of the command's overrides
-TAG_QUICK = "orch.quick"          # "1" for a study's quick variant
+TAG_QUICK = "orch.quick"  # "1" for a study's quick variant
 TAG_CONFIG_DIR = "orch.config_dir"
-TAG_TASKS = "orch.tasks"          # JSON list of --tasks modules
+TAG_TASKS = "orch.tasks"  # JSON list of --tasks modules
 TAG_N_TRIALS = "orch.n_trials"
 TAG_METRIC = "orch.metric"
 TAG_MODE = "orch.mode"
-TAG_AXES = "orch.axes"            # JSON list of the grid's axis keys
+TAG_AXES = "orch.axes"  # JSON list of the grid's axis keys
 TAG_CANCEL = "orch.cancel_requested"
-TAG_VERDICT = "orch.verdict."     # + claim id: the claim's verdict
+TAG_VERDICT = "orch.verdict."  # + claim id: the claim's verdict
 TAG_OPTUNA_STUDY = "orch.optuna_study"
 TAG_OPTUNA_STORAGE = "orch.optuna_storage"
-TAG_SEARCH = "orch.search."       # + sampler | pruner | metrics | directions | best
+TAG_SEARCH = "orch.search."  # + sampler | pruner | metrics | directions | best
 #: The parent's tags that ``orch resume`` re-plans a sweep from.
 SWEEP_TAGS = (TAG_OVERRIDES, TAG_QUICK, TAG_CONFIG_DIR, TAG_TASKS, TAG_STUDY)
 
 # -- a trial attempt's child run ------------------------------------------------------------
 TAG_KEY = "orch.trial_key"
 TAG_INDEX = "orch.trial_index"
-TAG_OUTCOME = "orch.outcome"      # finished | failed | diverged | pruned | killed | retried ...
+TAG_OUTCOME = "orch.outcome"  # finished | failed | diverged | pruned | killed | retried ...
 TAG_ERROR = "orch.error"
-TAG_ARM = "orch.arm"              # JSON: axis key -> value
-TAG_ALSO = "orch.also_arms"       # JSON list: the arms of other sub-grids with this config
+TAG_ARM = "orch.arm"  # JSON: axis key -> value
+TAG_ALSO = "orch.also_arms"  # JSON list: the arms of other sub-grids with this config
 TAG_NODE = "orch.node"
 TAG_NODE_ID = "orch.node_id"
 TAG_ATTEMPT = "orch.attempt"
-TAG_PID = "orch.pid"              # the worker process that ran the attempt (on orch.node)
-TAG_REUSED = "orch.reused_from"   # run id of the finished run with the same key
+TAG_PID = "orch.pid"  # the worker process that ran the attempt (on orch.node)
+TAG_REUSED = "orch.reused_from"  # run id of the finished run with the same key
 TAG_UPSTREAM = "orch.upstream_key"  # the trial key of the run this one needed first
 TAG_OPTUNA_TRIAL = "orch.optuna_trial"
 #: The pointer to the run's latest stored checkpoint (its step K): written only after the
 #: artifact ``checkpoint_path(K)`` is complete, so a newer artifact without it is ignored.
 TAG_CHECKPOINT_STEP = "orch.checkpoint_step"
 TAG_RESUMED_STEP = "orch.resumed_from_step"  # this attempt continued after step K ...
-TAG_RESUMED_RUN = "orch.resumed_from_run"    # ... of this run's checkpoint
+TAG_RESUMED_RUN = "orch.resumed_from_run"  # ... of this run's checkpoint
 #: This attempt started over: the previous one could not resume (the CheckpointError).
 TAG_RESTARTED = "orch.restarted_from_scratch"
 TAG_HEARTBEAT = "orch.heartbeat"  # epoch seconds: the claiming driver is alive (store/lease.py)
@@ -85,21 +85,27 @@ TAG_HEARTBEAT = "orch.heartbeat"  # epoch seconds: the claiming driver is alive 
 CONFIG_ARTIFACT = "config.yaml"
 VERDICTS_ARTIFACT = "verdicts.json"
 REPORT_FOLDER = "report"
-SEARCH_FOLDER = "search"          # a search's plots, importances and summary.json
-OUTPUTS_FOLDER = "outputs"        # a task's Summary.artifacts
+SEARCH_FOLDER = "search"  # a search's plots, importances and summary.json
+OUTPUTS_FOLDER = "outputs"  # a task's Summary.artifacts
 TRACEBACK_ARTIFACT = "error/traceback.txt"
 CHECKPOINTS_FOLDER = "checkpoints"  # a trial's resume states, the latest few kept
 
 # -- outcomes -------------------------------------------------------------------------------
 #: MLflow run status for each trial outcome. A diverged run is FAILED (its training did)
 #: but counts as done: re-running the same seed would diverge again.
-STATUS = {"finished": "FINISHED", "failed": "FAILED", "diverged": "FAILED",
-          "pruned": "KILLED", "killed": "KILLED", "interrupted": "KILLED"}
+STATUS = {
+    "finished": "FINISHED",
+    "failed": "FAILED",
+    "diverged": "FAILED",
+    "pruned": "KILLED",
+    "killed": "KILLED",
+    "interrupted": "KILLED",
+}
 #: Outcomes whose run another sweep may reuse instead of training again.
 DONE_OUTCOMES = ("finished", "diverged")
 #: Outcomes a resumed sweep does not run again (killed and interrupted trials it does).
 SETTLED_OUTCOMES = ("finished", "diverged", "failed")
-RETRIED = "retried"               # the outcome of an attempt that was run again
+RETRIED = "retried"  # the outcome of an attempt that was run again
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:

@@ -55,7 +55,6 @@ from orchestrator.store.schema import (
 _BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
 
 
-
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts to dotted keys (``optimizer.lr``); lists stay values."""
     out: dict[str, Any] = {}
@@ -78,12 +77,12 @@ def param_value(value: Any) -> str:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
 
 
 @contextlib.contextmanager
@@ -91,8 +90,10 @@ def fast_http(retries: int = 0, timeout_s: int = 5) -> Iterator[None]:
     """MLflow's HTTP client retries a failed request 7 times with exponential backoff (minutes
     in all) by default. Within this block a request fails within ``timeout_s`` instead, so the
     caller decides how long to wait. MLflow reads these variables at every request."""
-    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
-             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    names = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+    }
     saved = {k: os.environ.get(k) for k in names}
     os.environ.update(names)
     try:
@@ -111,7 +112,7 @@ def artifact_root(uri: str, experiment: str) -> str | None:
     the command ran in). None elsewhere: a server or file store decides for itself."""
     if not uri.startswith("sqlite:///"):
         return None
-    db = Path(uri[len("sqlite:///"):]).resolve()
+    db = Path(uri[len("sqlite:///") :]).resolve()
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
     return (db.parent / "mlartifacts" / safe).as_uri()
 
@@ -146,8 +147,13 @@ _UNSET = object()
 class Tracker:
     """Writes a sweep's run tree; buffers metrics and flushes them in batches."""
 
-    def __init__(self, tracking_uri: str, flush_s: float = 1.0, outage_s: float | None = None,
-                 max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        flush_s: float = 1.0,
+        outage_s: float | None = None,
+        max_backoff_s: float = 30.0,
+    ) -> None:
         self.uri = tracking_uri
         # MlflowClient opens (and creates, migrating in place) an sqlite file at once.
         open_store(tracking_uri)
@@ -156,8 +162,9 @@ class Tracker:
         #: How long a write is retried while the store is unreachable before it is given up
         #: (``$ORCH_TRACKING_OUTAGE_S``, default 300 s); at the end of a sweep, how long
         #: buffered metrics are retried.
-        self.outage_s = float(os.environ.get("ORCH_TRACKING_OUTAGE_S", 300)) \
-            if outage_s is None else outage_s
+        self.outage_s = (
+            float(os.environ.get("ORCH_TRACKING_OUTAGE_S", 300)) if outage_s is None else outage_s
+        )
         self.max_backoff_s = max_backoff_s
         self._buffer: dict[str, list[Metric]] = defaultdict(list)
         #: Params and tags written with the run's next metric batch: one store transaction
@@ -171,8 +178,8 @@ class Tracker:
         self._ends: dict[str, tuple[str, int]] = {}
         self._engine: Any = _UNSET  # looked up at the first write: that opens the store
         self._last_flush = time.monotonic()
-        self._backoff_s = 0.0      # 0 while the store answers; then 1, 2, 4, ... seconds
-        self._retry_at = 0.0       # no metric flush is tried before this (monotonic)
+        self._backoff_s = 0.0  # 0 while the store answers; then 1, 2, 4, ... seconds
+        self._retry_at = 0.0  # no metric flush is tried before this (monotonic)
         self._last_error = ""
         self.unwritten: list[str] = []
 
@@ -191,8 +198,9 @@ class Tracker:
             hint = ""
             if "401" in first or "403" in first or "credentials" in first.lower():
                 hint = " (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
-            raise TrackingUnavailable(f"tracking store {self.uri!r} is unreachable: "
-                                      f"{first}{hint}") from None
+            raise TrackingUnavailable(
+                f"tracking store {self.uri!r} is unreachable: {first}{hint}"
+            ) from None
 
     def _retrying(self, what: str, fn: Callable[[], _T]) -> _T:
         """``fn()``, retried with exponential backoff for up to ``outage_s`` while the store
@@ -203,12 +211,13 @@ class Tracker:
             try:
                 with fast_http() if is_server(self.uri) else contextlib.nullcontext():
                     return fn()
-            except Exception as e:  # noqa: BLE001 - decide below whether it is an outage
+            except Exception as e:
                 if not _is_outage(e) or time.monotonic() + delay > deadline:
                     if _is_outage(e):
                         raise TrackingUnavailable(
                             f"tracking store {self.uri!r} unreachable for {self.outage_s:.0f} s "
-                            f"while it was asked to {what}: {_first_line(e)}") from None
+                            f"while it was asked to {what}: {_first_line(e)}"
+                        ) from None
                     raise
                 self._last_error = _first_line(e)
                 time.sleep(delay)
@@ -228,15 +237,23 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_root(self.uri, name))
+            return self.client.create_experiment(
+                name, artifact_location=artifact_root(self.uri, name)
+            )
         except MlflowException:  # created meanwhile by another sweep
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 raise
             return exp.experiment_id
 
-    def start_run(self, experiment_id: str, name: str, tags: Mapping[str, Any],
-                  params: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
+    def start_run(
+        self,
+        experiment_id: str,
+        name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any],
+        config: Mapping[str, Any] | None = None,
+    ) -> str:
         """Create a run with its tags, params and (optionally) ``config.yaml``."""
         # A request that timed out may still have created the run on the server: each
         # retry first looks for the run by a token of this call, so it is never made twice.
@@ -247,23 +264,31 @@ class Tracker:
 
         def create() -> Any:
             tries.append(1)
-            found = self.client.search_runs(
-                [experiment_id], f"tags.`{TAG_TOKEN}` = '{token}'") if len(tries) > 1 else []
-            return found[0] if found else self.client.create_run(
-                experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+            found = (
+                self.client.search_runs([experiment_id], f"tags.`{TAG_TOKEN}` = '{token}'")
+                if len(tries) > 1
+                else []
+            )
+            return (
+                found[0]
+                if found
+                else self.client.create_run(
+                    experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}
+                )
+            )
 
         run = self._retrying(f"create run {name!r}", create)
         run_id = run.info.run_id
-        self._repos[run_id] = get_artifact_repository(run.info.artifact_uri,
-                                                      tracking_uri=self.uri)
+        self._repos[run_id] = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
         # Written with the first metric flush (within flush_s) or when the run ends.
         self._pending[run_id] = ([Param(k[:250], param_value(v)) for k, v in params.items()], [])
         if config is not None:
             self.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
         return run_id
 
-    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int,
-                    timestamp_ms: int | None = None) -> None:
+    def log_metrics(
+        self, run_id: str, values: Mapping[str, float], step: int, timestamp_ms: int | None = None
+    ) -> None:
         """Buffer metric values (written at the next flush); ``timestamp_ms`` defaults to now."""
         ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         self._buffer[run_id].extend(Metric(k, float(v), ts, step) for k, v in values.items())
@@ -273,8 +298,9 @@ class Tracker:
         self._best_effort(f"tag {run_id}", lambda: self._log_batch(run_id, tags=batch))
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
-        self.log_files(run_id, {os.path.basename(path): text.encode()},
-                       os.path.dirname(path) or None)
+        self.log_files(
+            run_id, {os.path.basename(path): text.encode()}, os.path.dirname(path) or None
+        )
 
     def log_files(self, run_id: str, files: Mapping[str, bytes], folder: str | None) -> None:
         """Store in-memory files (a task's ``Summary.artifacts``) as artifacts."""
@@ -284,15 +310,21 @@ class Tracker:
         if isinstance(repo, LocalArtifactRepository):
             # A local store: written in place; MLflow would copy them from a temporary folder.
             dest = Path(repo.artifact_dir, folder or "")
-            self._best_effort(f"store {folder or 'files'}/ of {run_id}",
-                              lambda: _write_files(dest, files))
+            self._best_effort(
+                f"store {folder or 'files'}/ of {run_id}", lambda: _write_files(dest, files)
+            )
             return
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
-            self._best_effort(f"store {folder or 'files'}/ of {run_id}",
-                              lambda: repo.log_artifacts(tmp, folder) if repo is not None
-                              else self.client.log_artifacts(run_id, tmp, folder))
+            self._best_effort(
+                f"store {folder or 'files'}/ of {run_id}",
+                lambda: (
+                    repo.log_artifacts(tmp, folder)
+                    if repo is not None
+                    else self.client.log_artifacts(run_id, tmp, folder)
+                ),
+            )
 
     def read_files(self, run_id: str, folder: str) -> dict[str, bytes]:
         """The artifacts under ``folder`` of a run, as bytes."""
@@ -307,7 +339,8 @@ class Tracker:
         store is down) and set its status."""
         if tags:
             self._pending.setdefault(run_id, ([], []))[1].extend(
-                RunTag(k, str(v)) for k, v in tags.items())
+                RunTag(k, str(v)) for k, v in tags.items()
+            )
         self._repos.pop(run_id, None)
         if self._sql() is not None:
             # One transaction with the run's metrics and tags; if the store is down it stays
@@ -316,8 +349,9 @@ class Tracker:
             self.flush(run_id)
             return
         self.flush(run_id)
-        self._best_effort(f"end {run_id} as {status}",
-                          lambda: self.client.set_terminated(run_id, status))
+        self._best_effort(
+            f"end {run_id} as {status}", lambda: self.client.set_terminated(run_id, status)
+        )
 
     def maybe_flush(self) -> None:
         """Flush if ``flush_s`` has passed and no backoff after a failed flush is pending."""
@@ -329,8 +363,11 @@ class Tracker:
         """Write buffered metrics (of one run, or all). On failure they stay buffered and
         the next :meth:`maybe_flush` waits 1, 2, 4, ... ``max_backoff_s`` seconds. True when
         nothing is left buffered."""
-        ids = [run_id] if run_id is not None else \
-            list({**self._buffer, **self._pending, **self._ends})
+        ids = (
+            [run_id]
+            if run_id is not None
+            else list({**self._buffer, **self._pending, **self._ends})
+        )
         engine = self._sql()
         if engine is not None:
             self._flush_sql(engine, ids)
@@ -366,8 +403,11 @@ class Tracker:
         """:meth:`flush` on a database store: every run's batch in one transaction."""
         batches = {}
         for rid in ids:
-            batch = (self._buffer.pop(rid, []), *self._pending.pop(rid, ([], [])),
-                     self._ends.pop(rid, None))
+            batch = (
+                self._buffer.pop(rid, []),
+                *self._pending.pop(rid, ([], [])),
+                self._ends.pop(rid, None),
+            )
             if any(batch):
                 batches[rid] = batch
         if not batches:
@@ -395,11 +435,13 @@ class Tracker:
             time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
         for rid, metrics in self._buffer.items():
             if metrics:
-                self.unwritten.append(f"{len(metrics)} metric values of run {rid} "
-                                      f"({self._last_error})")
+                self.unwritten.append(
+                    f"{len(metrics)} metric values of run {rid} ({self._last_error})"
+                )
         for rid, (params, tags) in self._pending.items():
-            self.unwritten.append(f"{len(params)} params and {len(tags)} tags of run {rid} "
-                                  f"({self._last_error})")
+            self.unwritten.append(
+                f"{len(params)} params and {len(tags)} tags of run {rid} ({self._last_error})"
+            )
         for rid, (status, _) in self._ends.items():
             self.unwritten.append(f"end of run {rid} as {status} ({self._last_error})")
         self._buffer.clear()
@@ -407,23 +449,33 @@ class Tracker:
         self._ends.clear()
         return self.unwritten
 
-    def _log_batch(self, run_id: str, metrics: Iterable[Metric] = (),
-                   params: Iterable[Param] = (), tags: Iterable[RunTag] = ()) -> None:
+    def _log_batch(
+        self,
+        run_id: str,
+        metrics: Iterable[Metric] = (),
+        params: Iterable[Param] = (),
+        tags: Iterable[RunTag] = (),
+    ) -> None:
         metrics, params, tags = list(metrics), list(params), list(tags)
         while metrics or params or tags:
-            self.client.log_batch(run_id, metrics=metrics[:_BATCH["metrics"]],
-                                  params=params[:_BATCH["params"]], tags=tags[:_BATCH["tags"]])
-            metrics = metrics[_BATCH["metrics"]:]
-            params = params[_BATCH["params"]:]
-            tags = tags[_BATCH["tags"]:]
+            self.client.log_batch(
+                run_id,
+                metrics=metrics[: _BATCH["metrics"]],
+                params=params[: _BATCH["params"]],
+                tags=tags[: _BATCH["tags"]],
+            )
+            metrics = metrics[_BATCH["metrics"] :]
+            params = params[_BATCH["params"] :]
+            tags = tags[_BATCH["tags"] :]
 
     def find_sweep(self, sweep_id: str) -> Any:
         """The parent run of sweep ``sweep_id`` (exact id)."""
         from mlflow.entities import ViewType
 
         ids = [e.experiment_id for e in self.client.search_experiments(view_type=ViewType.ALL)]
-        runs = self.client.search_runs(ids, f"tags.`{TAG_KIND}` = 'sweep' and "
-                                            f"tags.`{TAG_SWEEP}` = '{sweep_id}'")
+        runs = self.client.search_runs(
+            ids, f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep_id}'"
+        )
         if not runs:
             raise KeyError(f"no sweep {sweep_id!r} in {self.uri}")
         return runs[0]
@@ -449,15 +501,18 @@ def _engine(client: MlflowClient) -> Any:
     if int(mlflow.__version__.split(".")[0]) != _SCHEMA_MAJOR:
         return None
     engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
-    if isinstance(engine, sqlalchemy.engine.Engine) and \
-            engine.dialect.name in ("sqlite", "postgresql"):
+    if isinstance(engine, sqlalchemy.engine.Engine) and engine.dialect.name in (
+        "sqlite",
+        "postgresql",
+    ):
         return engine
     return None
 
 
-def _write_sql(engine: Any, batches: Mapping[str, tuple[list[Metric], list[Param],
-                                                        list[RunTag], tuple[str, int] | None]]
-               ) -> None:
+def _write_sql(
+    engine: Any,
+    batches: Mapping[str, tuple[list[Metric], list[Param], list[RunTag], tuple[str, int] | None]],
+) -> None:
     """Runs' metrics, params, tags and ends in one transaction, as MLflow's ``log_batch`` and
     ``set_terminated`` would leave them: metric history rows (a point already there is
     skipped), ``latest_metrics`` kept at the greatest (step, timestamp, value), params added,
@@ -487,10 +542,19 @@ def _write_sql(engine: Any, batches: Mapping[str, tuple[list[Metric], list[Param
         for m in ms:
             # As MLflow stores them: NaN is 0 with is_nan, +-inf the largest finite float.
             nan = math.isnan(m.value)
-            value = 0.0 if nan else max(min(m.value, 1.7976931348623157e308),
-                                        -1.7976931348623157e308)
-            metrics.append({"run_uuid": rid, "key": m.key, "value": value,
-                            "timestamp": m.timestamp, "step": m.step, "is_nan": nan})
+            value = (
+                0.0 if nan else max(min(m.value, 1.7976931348623157e308), -1.7976931348623157e308)
+            )
+            metrics.append(
+                {
+                    "run_uuid": rid,
+                    "key": m.key,
+                    "value": value,
+                    "timestamp": m.timestamp,
+                    "step": m.step,
+                    "is_nan": nan,
+                }
+            )
             point = (m.step, m.timestamp, value, nan)
             if (rid, m.key) not in latest or point[:3] > latest[rid, m.key][:3]:
                 latest[rid, m.key] = point
@@ -505,34 +569,71 @@ def _write_sql(engine: Any, batches: Mapping[str, tuple[list[Metric], list[Param
             runs = sorted({rid for rid, _ in latest})
             stored = {}
             for i in range(0, len(runs), 900):
-                rows = conn.execute(sa.select(lm.c.run_uuid, lm.c.key, lm.c.step, lm.c.timestamp,
-                                              lm.c.value).where(lm.c.run_uuid.in_(runs[i:i + 900])))
+                rows = conn.execute(
+                    sa.select(lm.c.run_uuid, lm.c.key, lm.c.step, lm.c.timestamp, lm.c.value).where(
+                        lm.c.run_uuid.in_(runs[i : i + 900])
+                    )
+                )
                 stored.update({(r, k): (st, ts, v) for r, k, st, ts, v in rows})
             fresh = [k for k in latest if k not in stored]
             newer = [k for k in latest if k in stored and latest[k][:3] > stored[k]]
             if fresh:
-                conn.execute(sa.insert(lm), [
-                    {"run_uuid": r, "key": k, "step": latest[r, k][0], "timestamp": latest[r, k][1],
-                     "value": latest[r, k][2], "is_nan": latest[r, k][3]} for r, k in fresh])
+                conn.execute(
+                    sa.insert(lm),
+                    [
+                        {
+                            "run_uuid": r,
+                            "key": k,
+                            "step": latest[r, k][0],
+                            "timestamp": latest[r, k][1],
+                            "value": latest[r, k][2],
+                            "is_nan": latest[r, k][3],
+                        }
+                        for r, k in fresh
+                    ],
+                )
             if newer:
-                conn.execute(sa.update(lm).where(lm.c.run_uuid == sa.bindparam("b_run"),
-                                                 lm.c.key == sa.bindparam("b_key")).values(
-                    step=sa.bindparam("b_step"), timestamp=sa.bindparam("b_ts"),
-                    value=sa.bindparam("b_value"), is_nan=sa.bindparam("b_nan")), [
-                    {"b_run": r, "b_key": k, "b_step": latest[r, k][0], "b_ts": latest[r, k][1],
-                     "b_value": latest[r, k][2], "b_nan": latest[r, k][3]} for r, k in newer])
+                conn.execute(
+                    sa.update(lm)
+                    .where(
+                        lm.c.run_uuid == sa.bindparam("b_run"), lm.c.key == sa.bindparam("b_key")
+                    )
+                    .values(
+                        step=sa.bindparam("b_step"),
+                        timestamp=sa.bindparam("b_ts"),
+                        value=sa.bindparam("b_value"),
+                        is_nan=sa.bindparam("b_nan"),
+                    ),
+                    [
+                        {
+                            "b_run": r,
+                            "b_key": k,
+                            "b_step": latest[r, k][0],
+                            "b_ts": latest[r, k][1],
+                            "b_value": latest[r, k][2],
+                            "b_nan": latest[r, k][3],
+                        }
+                        for r, k in newer
+                    ],
+                )
         if params:
             conn.execute(insert(SqlParam.__table__).on_conflict_do_nothing(), params)
         if tags:
             stmt = insert(SqlTag.__table__)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["key", "run_uuid"],
-                                                    set_={"value": stmt.excluded.value}),
-                         [{"run_uuid": r, "key": k, "value": v} for (r, k), v in tags.items()])
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["key", "run_uuid"], set_={"value": stmt.excluded.value}
+                ),
+                [{"run_uuid": r, "key": k, "value": v} for (r, k), v in tags.items()],
+            )
         if ends:
             runs_t = SqlRun.__table__
-            conn.execute(sa.update(runs_t).where(runs_t.c.run_uuid == sa.bindparam("b_run"))
-                         .values(status=sa.bindparam("b_status"), end_time=sa.bindparam("b_end")),
-                         ends)
+            conn.execute(
+                sa.update(runs_t)
+                .where(runs_t.c.run_uuid == sa.bindparam("b_run"))
+                .values(status=sa.bindparam("b_status"), end_time=sa.bindparam("b_end")),
+                ends,
+            )
 
 
 def _write_files(folder: Path, files: Mapping[str, bytes]) -> None:
@@ -550,13 +651,24 @@ def _is_outage(err: BaseException) -> bool:
     """A failure to reach the store (connection refused, timeout, 5xx), not a bad request."""
     import requests
 
-    if isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        ConnectionError, TimeoutError)):
+    if isinstance(
+        err,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            ConnectionError,
+            TimeoutError,
+        ),
+    ):
         return True
     if isinstance(err, MlflowException):
         text = str(err)
-        return ("Max retries exceeded" in text or "Connection" in text or "timed out" in text
-                or err.get_http_status_code() >= 500)
+        return (
+            "Max retries exceeded" in text
+            or "Connection" in text
+            or "timed out" in text
+            or err.get_http_status_code() >= 500
+        )
     import sqlalchemy.exc
 
     return isinstance(err, sqlalchemy.exc.OperationalError)

@@ -98,10 +98,12 @@ class TrialCheckpoints:
         try:
             with self._http():
                 repo = self._repo(run_id)
-                steps = sorted(s for f in repo.list_artifacts(schema.CHECKPOINTS_FOLDER)
-                               if (s := schema.checkpoint_step(Path(f.path).name)) is not None
-                               and s <= step)
-                for old in steps[:-self.keep]:
+                steps = sorted(
+                    s
+                    for f in repo.list_artifacts(schema.CHECKPOINTS_FOLDER)
+                    if (s := schema.checkpoint_step(Path(f.path).name)) is not None and s <= step
+                )
+                for old in steps[: -self.keep]:
                     repo.delete_artifacts(schema.checkpoint_path(old))
         except Exception as e:  # noqa: BLE001 - old checkpoints only cost space
             log.warning("old checkpoints of run %s not deleted: %s", run_id, e)
@@ -118,8 +120,9 @@ class TrialCheckpoints:
         self.tracker.flush()
 
     # -- reading --------------------------------------------------------------------------
-    def find_interrupted(self, reader: StoreReader, experiment_id: str, sweep_id: str,
-                         keys: set[str]) -> None:
+    def find_interrupted(
+        self, reader: StoreReader, experiment_id: str, sweep_id: str, keys: set[str]
+    ) -> None:
         """For ``orch resume``: the latest checkpoint of each trial in ``keys`` among the
         sweep's earlier attempts, newest attempt first, not looking past an attempt that
         started over because its checkpoint was unusable."""
@@ -147,11 +150,16 @@ class TrialCheckpoints:
         try:
             with self._http(), tempfile.TemporaryDirectory() as tmp:
                 path = self.tracker.client.download_artifacts(
-                    run_id, schema.checkpoint_path(step), tmp)
+                    run_id, schema.checkpoint_path(step), tmp
+                )
                 state = Path(path).read_bytes()
         except Exception as e:  # noqa: BLE001 - unreadable: the trial starts over
-            log.warning("checkpoint at step %d of run %s not readable, the trial starts "
-                        "over: %s", step, run_id, e)
+            log.warning(
+                "checkpoint at step %d of run %s not readable, the trial starts over: %s",
+                step,
+                run_id,
+                e,
+            )
             return None
         self._latest[key] = Resume(run_id, Checkpoint(step, state))
         return self._latest[key]
@@ -183,5 +191,8 @@ class TrialCheckpoints:
 
     def _http(self) -> contextlib.AbstractContextManager[None]:
         # A server that is away fails these writes in seconds; the next checkpoint retries.
-        return writer.fast_http(retries=2, timeout_s=30) if schema.is_server(self.tracker.uri) \
+        return (
+            writer.fast_http(retries=2, timeout_s=30)
+            if schema.is_server(self.tracker.uri)
             else contextlib.nullcontext()
+        )

@@ -30,8 +30,9 @@ POLL_S = 1.0
 class LeasedSource:
     """``inner``'s trials, each claimed before it is handed out; see the module."""
 
-    def __init__(self, inner: TrialSource, rec: Recorder,
-                 reuse: Callable[[Trial, Run], None]) -> None:
+    def __init__(
+        self, inner: TrialSource, rec: Recorder, reuse: Callable[[Trial, Run], None]
+    ) -> None:
         assert rec.leases is not None
         self.inner, self.rec, self.leases, self.reuse = inner, rec, rec.leases, reuse
         self.learns_from_results = inner.learns_from_results
@@ -48,7 +49,7 @@ class LeasedSource:
         self.again = [(at, t) for at, t in self.again if at > now]
         for i, again in enumerate(due):
             if self._claim(again):
-                self.again.extend((now, t) for t in due[i + 1:])
+                self.again.extend((now, t) for t in due[i + 1 :])
                 return again
         while (trial := self.inner.next_trial()) is not None:
             if self._claim(trial):
@@ -77,8 +78,11 @@ class LeasedSource:
                     continue
                 self.leases.take_over(run, age)
             del self.waiting[key]
-            if active and run.info.status != "RUNNING" \
-                    and run.data.tags.get(schema.TAG_OUTCOME) in schema.DONE_OUTCOMES:
+            if (
+                active
+                and run.info.status != "RUNNING"
+                and run.data.tags.get(schema.TAG_OUTCOME) in schema.DONE_OUTCOMES
+            ):
                 self.reuse(trial, run)
             else:
                 self.again.append((time.monotonic() + random.uniform(0.1, 1.5), trial))

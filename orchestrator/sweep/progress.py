@@ -32,9 +32,15 @@ PUBLISH_S = 5.0
 class SweepProgress:
     """A rich progress bar on a terminal; one line per ended trial elsewhere (logs, CI)."""
 
-    def __init__(self, console: Console, total: int, metric: str, mode: str,
-                 publish: Callable[[dict[str, float]], None] | None = None,
-                 publish_s: float = PUBLISH_S) -> None:
+    def __init__(
+        self,
+        console: Console,
+        total: int,
+        metric: str,
+        mode: str,
+        publish: Callable[[dict[str, float]], None] | None = None,
+        publish_s: float = PUBLISH_S,
+    ) -> None:
         self.console, self.total, self.metric, self.mode = console, total, metric, mode
         self.done = self.running = self.failed = 0
         self.outcomes: Counter[str] = Counter()
@@ -45,10 +51,16 @@ class SweepProgress:
         self._bar: Progress | None = None
         self._task = None
         if console.is_terminal:
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=console)
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=console,
+            )
             self._task = self._bar.add_task("sweep", total=total, status="")
 
     def __enter__(self) -> SweepProgress:
@@ -87,17 +99,25 @@ class SweepProgress:
             self._best(value)
         if self._bar is None:
             shown = "" if value is None else f" {self.metric}={value:.4g}"
-            self.console.print(f"[{self.done}/{self.total}] {label}: {outcome}{shown} "
-                               f"(running {self.running}, failed {self.failed})",
-                               highlight=False, markup=False)
+            self.console.print(
+                f"[{self.done}/{self.total}] {label}: {outcome}{shown} "
+                f"(running {self.running}, failed {self.failed})",
+                highlight=False,
+                markup=False,
+            )
         self._refresh()
 
     def counts(self) -> dict[str, float]:
         """The parent run's live metrics: ``trials/<outcome>``, ``trials/running``, ..."""
-        return {"trials/total": float(self.total), "trials/done": float(self.done),
-                "trials/running": float(self.running),
-                **{f"trials/{o}": float(self.outcomes[o])
-                   for o in ("finished", "failed", "diverged", "pruned", "killed")}}
+        return {
+            "trials/total": float(self.total),
+            "trials/done": float(self.done),
+            "trials/running": float(self.running),
+            **{
+                f"trials/{o}": float(self.outcomes[o])
+                for o in ("finished", "failed", "diverged", "pruned", "killed")
+            },
+        }
 
     def tick(self) -> None:
         """Publish the counts if they changed and ``publish_s`` has passed (the driver's
@@ -111,14 +131,22 @@ class SweepProgress:
         self._published_at = time.monotonic()
 
     def _best(self, value: float | None) -> None:
-        if value is not None and math.isfinite(value) and (
-                math.isnan(self.best) or (value > self.best if self.mode == "max" else value < self.best)):
+        if (
+            value is not None
+            and math.isfinite(value)
+            and (
+                math.isnan(self.best)
+                or (value > self.best if self.mode == "max" else value < self.best)
+            )
+        ):
             self.best = value
 
     def _refresh(self) -> None:
         if self._bar is None or self._task is None:
             return
         best = "-" if math.isnan(self.best) else f"{self.best:.4g}"
-        self._bar.update(self._task, completed=self.done,
-                         status=f"running {self.running}  failed {self.failed}  "
-                                f"best {self.metric} {best}")
+        self._bar.update(
+            self._task,
+            completed=self.done,
+            status=f"running {self.running}  failed {self.failed}  best {self.metric} {best}",
+        )

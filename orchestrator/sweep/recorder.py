@@ -11,12 +11,12 @@ from orchestrator.core.results import Failure, NodeInfo, TrialResult
 from orchestrator.core.specs import Trial
 from orchestrator.runtime.dispatch import TrialSource
 from orchestrator.runtime.metrics import SweepMetrics
+from orchestrator.runtime.signals import SIGNALS
 from orchestrator.runtime.sysmetrics import SystemMetrics
 from orchestrator.store import schema, writer
 from orchestrator.store.lease import Claim, Leases, heartbeat_s
 from orchestrator.sweep.checkpoints import Resume, TrialCheckpoints
 from orchestrator.sweep.progress import SweepProgress
-from orchestrator.runtime.signals import SIGNALS
 from tasks import registry
 from tasks.events import Checkpoint, CheckpointError, Metrics, Summary
 
@@ -35,9 +35,17 @@ class Recorder:
         kind: ``trial``, or ``upstream`` for runs other trials need first.
     """
 
-    def __init__(self, tracker: writer.Tracker, plan: SweepPlan, experiment_id: str,
-                 parent: str, sweep_id: str, progress: SweepProgress,
-                 kind: str = schema.KIND_TRIAL, source: TrialSource | None = None) -> None:
+    def __init__(
+        self,
+        tracker: writer.Tracker,
+        plan: SweepPlan,
+        experiment_id: str,
+        parent: str,
+        sweep_id: str,
+        progress: SweepProgress,
+        kind: str = schema.KIND_TRIAL,
+        source: TrialSource | None = None,
+    ) -> None:
         self.tracker, self.plan, self.experiment_id = tracker, plan, experiment_id
         self.parent, self.sweep_id, self.progress = parent, sweep_id, progress
         self.kind, self.source = kind, source
@@ -59,10 +67,15 @@ class Recorder:
         self.metrics = SweepMetrics(plan.spec.study.name, sweep_id, kind)
 
     def trial_tags(self, trial: Trial) -> dict[str, Any]:
-        tags = {schema.TAG_PARENT: self.parent, schema.TAG_KIND: self.kind,
-                schema.TAG_SWEEP: self.sweep_id, schema.TAG_STUDY: self.plan.spec.study.name,
-                schema.TAG_KEY: trial.key, schema.TAG_INDEX: trial.index,
-                schema.TAG_ARM: json.dumps(trial.arm, sort_keys=True)}
+        tags = {
+            schema.TAG_PARENT: self.parent,
+            schema.TAG_KIND: self.kind,
+            schema.TAG_SWEEP: self.sweep_id,
+            schema.TAG_STUDY: self.plan.spec.study.name,
+            schema.TAG_KEY: trial.key,
+            schema.TAG_INDEX: trial.index,
+            schema.TAG_ARM: json.dumps(trial.arm, sort_keys=True),
+        }
         if trial.also:
             tags[schema.TAG_ALSO] = json.dumps(list(trial.also), sort_keys=True)
         if trial.upstream is not None:
@@ -109,15 +122,24 @@ class Recorder:
         return claim
 
     def _create(self, trial: Trial, tags: dict[str, Any]) -> str:
-        name = (f"{trial.index:04d}-" if trial.index >= 0 else "") + \
-            "-".join(str(v) for v in trial.arm.values())
+        name = (f"{trial.index:04d}-" if trial.index >= 0 else "") + "-".join(
+            str(v) for v in trial.arm.values()
+        )
         return self.tracker.start_run(
-            self.experiment_id, f"{name}-s{trial.seed}", {**self.trial_tags(trial), **tags},
-            self.trial_params(trial), {"task": trial.task, **trial.config})
+            self.experiment_id,
+            f"{name}-s{trial.seed}",
+            {**self.trial_tags(trial), **tags},
+            self.trial_params(trial),
+            {"task": trial.task, **trial.config},
+        )
 
     def _start(self, trial: Trial, attempt: int, node: NodeInfo) -> None:
-        tags: dict[str, Any] = {schema.TAG_ATTEMPT: attempt, schema.TAG_NODE: node.hostname,
-                                schema.TAG_NODE_ID: node.node_id, schema.TAG_PID: node.pid}
+        tags: dict[str, Any] = {
+            schema.TAG_ATTEMPT: attempt,
+            schema.TAG_NODE: node.hostname,
+            schema.TAG_NODE_ID: node.node_id,
+            schema.TAG_PID: node.pid,
+        }
         resumed = self._resuming.pop(trial.index, None)
         if resumed is not None:
             tags[schema.TAG_RESUMED_STEP] = resumed.checkpoint.step
@@ -148,8 +170,9 @@ class Recorder:
 
     def trial_system_metrics(self, trial: Trial, event: SystemMetrics) -> None:
         """The worker's CPU/memory/GPU sample, on the trial's run (see ``sysmetrics``)."""
-        self.tracker.log_metrics(self.run_ids[trial.index], event.values, event.step,
-                                 event.timestamp_ms)
+        self.tracker.log_metrics(
+            self.run_ids[trial.index], event.values, event.step, event.timestamp_ms
+        )
 
     def trial_retrying(self, trial: Trial, attempt: int, failure: Failure) -> None:
         if failure.error_type == CHECKPOINT_ERROR:
@@ -157,8 +180,9 @@ class Recorder:
         with SIGNALS.shielded():
             self._close(trial, "failed", None, failure, final=False)
 
-    def trial_ended(self, trial: Trial, outcome: str, summary: Summary | None,
-                    failure: Failure | None) -> None:
+    def trial_ended(
+        self, trial: Trial, outcome: str, summary: Summary | None, failure: Failure | None
+    ) -> None:
         # Metrics, outcome and status are one record: a forced exit waits for all three.
         with SIGNALS.shielded():
             self._close(trial, outcome, summary, failure, final=True)
@@ -169,8 +193,14 @@ class Recorder:
             for trial in list(self.open.values()):
                 self._close(trial, "killed", None, Failure("Cancelled", reason, ""), final=True)
 
-    def _close(self, trial: Trial, outcome: str, summary: Summary | None,
-               failure: Failure | None, final: bool) -> None:
+    def _close(
+        self,
+        trial: Trial,
+        outcome: str,
+        summary: Summary | None,
+        failure: Failure | None,
+        final: bool,
+    ) -> None:
         run_id = self.run_ids[trial.index]
         self.open.pop(trial.index, None)
         metrics = dict(summary.values) if summary else {}
@@ -209,8 +239,11 @@ class Recorder:
         self.tracker.maybe_flush()
         if SIGNALS.requested:  # SIGINT, SIGTERM, SIGHUP: cancel at this turn, writes whole
             return True
-        if self.leases is not None and self.open and \
-                time.monotonic() - self._last_beat > heartbeat_s(self.leases.timeout_s):
+        if (
+            self.leases is not None
+            and self.open
+            and time.monotonic() - self._last_beat > heartbeat_s(self.leases.timeout_s)
+        ):
             self._last_beat = time.monotonic()
             self.leases.beat([self.run_ids[i] for i in self.open])
         if time.monotonic() - self._last_cancel_check > CANCEL_CHECK_S:

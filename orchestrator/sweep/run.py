@@ -28,6 +28,7 @@ from orchestrator.errors import SpecError, TrackingUnavailable
 from orchestrator.report import report_at_end
 from orchestrator.runtime.cluster import init_ray
 from orchestrator.runtime.dispatch import Cancelled, Dispatcher, GridSource
+from orchestrator.runtime.signals import SIGNALS, ForcedExit
 from orchestrator.search import SearchRun, budget, resolve_storage
 from orchestrator.store import schema, writer
 from orchestrator.store.create import check_store
@@ -37,7 +38,6 @@ from orchestrator.sweep import adaptive, mlflow_ui
 from orchestrator.sweep.leased import LeasedSource
 from orchestrator.sweep.progress import SweepProgress
 from orchestrator.sweep.recorder import Recorder
-from orchestrator.runtime.signals import SIGNALS, ForcedExit
 from tasks import registry
 
 
@@ -45,9 +45,15 @@ def new_sweep_id(study: str) -> str:
     return f"{study}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | None = None,
-              task_modules: tuple[str, ...] = (), console: Console | None = None,
-              dispatcher: Dispatcher | None = None, resume: str | None = None) -> SweepResult:
+def run_sweep(
+    plan: SweepPlan,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    task_modules: tuple[str, ...] = (),
+    console: Console | None = None,
+    dispatcher: Dispatcher | None = None,
+    resume: str | None = None,
+) -> SweepResult:
     """Run every trial of ``plan`` not already done in the store; record everything.
 
     With ``resume`` (a sweep id) the trials go under that sweep's parent run: its runs left
@@ -60,8 +66,9 @@ def run_sweep(plan: SweepPlan, tracking_uri: str | None = None, address: str | N
     SIGNALS.install()
     live = _Live()
     try:
-        return _run_sweep(plan, tracking_uri, address, task_modules, console, dispatcher,
-                          resume, live)
+        return _run_sweep(
+            plan, tracking_uri, address, task_modules, console, dispatcher, resume, live
+        )
     except ForcedExit:
         if live.parent is None:  # nothing written yet: nothing to mark
             raise
@@ -101,16 +108,32 @@ def _forced_stop(live: _Live) -> SweepResult:
         if live.dispatcher is not None:
             live.dispatcher.shutdown()
         spec = live.plan.spec
-        _finish_parent(live.tracker, live.parent, results, spec.sweep.metric, spec.sweep.mode,
-                       cancelled=True)
+        _finish_parent(
+            live.tracker, live.parent, results, spec.sweep.metric, spec.sweep.mode, cancelled=True
+        )
         live.tracker.close(wait_s=FORCED_WAIT_S)
-    return SweepResult(live.sweep_id, live.parent, live.experiment_id, results, True,
-                       live.tracker.unwritten, spec.sweep.metric, live.tracker.uri)
+    return SweepResult(
+        live.sweep_id,
+        live.parent,
+        live.experiment_id,
+        results,
+        True,
+        live.tracker.unwritten,
+        spec.sweep.metric,
+        live.tracker.uri,
+    )
 
 
-def _run_sweep(plan: SweepPlan, tracking_uri: str | None, address: str | None,
-               task_modules: tuple[str, ...], console: Console | None,
-               dispatcher: Dispatcher | None, resume: str | None, live: _Live) -> SweepResult:
+def _run_sweep(
+    plan: SweepPlan,
+    tracking_uri: str | None,
+    address: str | None,
+    task_modules: tuple[str, ...],
+    console: Console | None,
+    dispatcher: Dispatcher | None,
+    resume: str | None,
+    live: _Live,
+) -> SweepResult:
     live.plan = plan
     console = console or Console(stderr=True)
     spec = plan.spec
@@ -130,7 +153,8 @@ def _run_sweep(plan: SweepPlan, tracking_uri: str | None, address: str | None,
     init_ray(address or spec.cluster.address, spec.cluster.num_cpus, spec.cluster.num_gpus)
     SIGNALS.install()  # ray.init sets its own SIGTERM handler (sys.exit anywhere)
     dispatcher = live.dispatcher = dispatcher or Dispatcher(
-        spec.resources, spec.sweep.max_concurrent, spec.sweep.retries, task_modules)
+        spec.resources, spec.sweep.max_concurrent, spec.sweep.retries, task_modules
+    )
     phases = _phases(plan.trials, spec.resources.workers)
     for k, trials in phases:  # SpecError before anything is written
         dispatcher.slots_for(len(trials) or n_search, k)
@@ -165,13 +189,19 @@ def _run_sweep(plan: SweepPlan, tracking_uri: str | None, address: str | None,
     finished_here = {r.trial.key for r in previous}
 
     search = None
-    with SweepProgress(console, len(plan.trials) or n_search, spec.sweep.metric, spec.sweep.mode,
-                       mlflow_ui.start(tracker, experiment_id, parent, plan, sweep_id)) as progress:
+    with SweepProgress(
+        console,
+        len(plan.trials) or n_search,
+        spec.sweep.metric,
+        spec.sweep.mode,
+        mlflow_ui.start(tracker, experiment_id, parent, plan, sweep_id),
+    ) as progress:
         if plan.search is not None and storage is not None:
             search = SearchRun(plan, tracker, storage, sweep_id, resume is not None)
             tracker.set_tags(parent, search.parent_tags())
-            rec = Recorder(tracker, plan, experiment_id, parent, sweep_id, progress,
-                           source=search.source)
+            rec = Recorder(
+                tracker, plan, experiment_id, parent, sweep_id, progress, source=search.source
+            )
             if resume is not None:
                 previous = search.previous_results(reader, experiment_id)
         else:
@@ -180,8 +210,9 @@ def _run_sweep(plan: SweepPlan, tracking_uri: str | None, address: str | None,
         rec.results.extend(previous)
         pending = [t for t in plan.trials if t.key not in finished_here]
         if resume is not None:  # interrupted trials continue from their latest checkpoint
-            rec.checkpoints.find_interrupted(reader, experiment_id, sweep_id,
-                                             {t.key for t in pending})
+            rec.checkpoints.find_interrupted(
+                reader, experiment_id, sweep_id, {t.key for t in pending}
+            )
         for r in previous:
             progress.reused(r.metrics.get(spec.sweep.metric))
         done = reader.done_runs(experiment_id, {t.key for t in pending})
@@ -222,26 +253,46 @@ def _run_sweep(plan: SweepPlan, tracking_uri: str | None, address: str | None,
     if search is not None and not cancelled:  # importances, plots, HP verdicts on the parent
         search.analyse(parent, console)
     if tracker.unwritten:  # the store lost writes: a report from it would be wrong (or hang)
-        console.print(f"no report: the tracking store is incomplete (rebuild it with: "
-                      f"orch report {sweep_id})", highlight=False)
+        console.print(
+            f"no report: the tracking store is incomplete (rebuild it with: "
+            f"orch report {sweep_id})",
+            highlight=False,
+        )
     elif not cancelled:  # a cancelled sweep was asked to stop now; `orch report` builds it later
         # MLflow's default HTTP retries would hold a report against a server that just went
         # away for minutes; a failed report is only a warning (`orch report` rebuilds it).
-        with writer.fast_http(retries=2, timeout_s=60) if schema.is_server(tracker.uri) \
-                else contextlib.nullcontext():
+        with (
+            writer.fast_http(retries=2, timeout_s=60)
+            if schema.is_server(tracker.uri)
+            else contextlib.nullcontext()
+        ):
             report_at_end(tracker.uri, sweep_id, console)  # verdicts + report on the parent
     mlflow_ui.finish(tracker, parent, sweep_id, plan, rec.results, cancelled)  # its description
     _finish_parent(tracker, parent, rec.results, spec.sweep.metric, spec.sweep.mode, cancelled)
     # What a lost store kept buffered: retried, else listed in unwritten.
     tracker.close(FORCED_WAIT_S if SIGNALS.forced else None)
     rec.results.sort(key=lambda r: r.trial.index)
-    return SweepResult(sweep_id, parent, experiment_id, rec.results, cancelled, tracker.unwritten,
-                       spec.sweep.metric, tracker.uri)
+    return SweepResult(
+        sweep_id,
+        parent,
+        experiment_id,
+        rec.results,
+        cancelled,
+        tracker.unwritten,
+        spec.sweep.metric,
+        tracker.uri,
+    )
 
 
-def _dispatch(tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan, rec: Recorder,
-              dispatcher: Dispatcher, todo: list[Trial],
-              reused: Callable[[Trial, Run], None]) -> None:
+def _dispatch(
+    tracker: writer.Tracker,
+    reader: StoreReader,
+    plan: SweepPlan,
+    rec: Recorder,
+    dispatcher: Dispatcher,
+    todo: list[Trial],
+    reused: Callable[[Trial, Run], None],
+) -> None:
     """Run grid trials to the end: their upstreams first, then one phase per world size;
     each trial claimed first (``LeasedSource``), ``reused`` told of those another sweep ran."""
     if not todo:
@@ -270,9 +321,13 @@ def _phases(trials: list[Trial], default: int) -> list[tuple[int, list[Trial]]]:
 RESUME_OVERRIDES = ("search.n_trials",)
 
 
-def resume_sweep(sweep_id: str, tracking_uri: str | None = None, address: str | None = None,
-                 console: Console | None = None, overrides: list[str] | None = None
-                 ) -> SweepResult:
+def resume_sweep(
+    sweep_id: str,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    console: Console | None = None,
+    overrides: list[str] | None = None,
+) -> SweepResult:
     """Re-plan a sweep from its parent run's tags and run what it has not settled.
 
     ``overrides`` may raise a search's budget (``search.n_trials=80``): the search goes on
@@ -282,8 +337,10 @@ def resume_sweep(sweep_id: str, tracking_uri: str | None = None, address: str | 
     extra = list(overrides or [])
     for o in parse_overrides(extra):
         if o.key_or_group not in RESUME_OVERRIDES or o.is_sweep_override():
-            raise SpecError(f"resume: {o.input_line!r} cannot be changed on resume; allowed: "
-                            f"{', '.join(k + '=N' for k in RESUME_OVERRIDES)}")
+            raise SpecError(
+                f"resume: {o.input_line!r} cannot be changed on resume; allowed: "
+                f"{', '.join(k + '=N' for k in RESUME_OVERRIDES)}"
+            )
     tracker = writer.Tracker(schema.resolve_tracking_uri(tracking_uri))
     tracker.check()
     parent = StoreReader(tracker.uri).sweep_run(sweep_id, prefix=False)
@@ -291,36 +348,56 @@ def resume_sweep(sweep_id: str, tracking_uri: str | None = None, address: str | 
     modules = tuple(json.loads(tags.get(schema.TAG_TASKS, "[]")))
     registry.load_plugins(modules)
     given = [*json.loads(tags[schema.TAG_OVERRIDES]), *extra]
-    plan = plan_sweep(composer(tags.get(schema.TAG_CONFIG_DIR) or None), tags[schema.TAG_STUDY],
-                      given, quick=tags.get(schema.TAG_QUICK) == "1")
+    plan = plan_sweep(
+        composer(tags.get(schema.TAG_CONFIG_DIR) or None),
+        tags[schema.TAG_STUDY],
+        given,
+        quick=tags.get(schema.TAG_QUICK) == "1",
+    )
     if extra:
         if plan.search is None:
-            raise SpecError(f"resume: {extra[0]!r}: sweep {sweep_id} is a grid, not a search; "
-                            f"allowed: no overrides")
+            raise SpecError(
+                f"resume: {extra[0]!r}: sweep {sweep_id} is a grid, not a search; "
+                f"allowed: no overrides"
+            )
         tracker.set_tags(parent.info.run_id, {schema.TAG_OVERRIDES: json.dumps(given)})
     return run_sweep(plan, tracker.uri, address, modules, console, resume=sweep_id)
 
 
-def _start_parent(tracker: writer.Tracker, plan: SweepPlan, experiment_id: str, sweep_id: str,
-                  task_modules: tuple[str, ...]) -> str:
+def _start_parent(
+    tracker: writer.Tracker,
+    plan: SweepPlan,
+    experiment_id: str,
+    sweep_id: str,
+    task_modules: tuple[str, ...],
+) -> str:
     """The sweep's parent run, tagged with everything ``orch resume`` needs to re-plan it."""
     spec = plan.spec
-    tags = {schema.TAG_KIND: "sweep", schema.TAG_SWEEP: sweep_id, schema.TAG_STUDY: spec.study.name,
-            schema.TAG_OVERRIDES: json.dumps(plan.overrides), schema.TAG_QUICK: int(plan.quick),
-            schema.TAG_CONFIG_DIR: plan.config_dir or "",
-            schema.TAG_TASKS: json.dumps(task_modules), schema.TAG_N_TRIALS: len(plan.trials),
-            schema.TAG_METRIC: spec.sweep.metric, schema.TAG_MODE: spec.sweep.mode,
-            schema.TAG_AXES: json.dumps(list(plan.axes))}
+    tags = {
+        schema.TAG_KIND: "sweep",
+        schema.TAG_SWEEP: sweep_id,
+        schema.TAG_STUDY: spec.study.name,
+        schema.TAG_OVERRIDES: json.dumps(plan.overrides),
+        schema.TAG_QUICK: int(plan.quick),
+        schema.TAG_CONFIG_DIR: plan.config_dir or "",
+        schema.TAG_TASKS: json.dumps(task_modules),
+        schema.TAG_N_TRIALS: len(plan.trials),
+        schema.TAG_METRIC: spec.sweep.metric,
+        schema.TAG_MODE: spec.sweep.mode,
+        schema.TAG_AXES: json.dumps(list(plan.axes)),
+    }
     commit = writer.git_commit()
     if commit:
         tags[schema.TAG_GIT] = commit
-    params = writer.flatten({"sweep": {"axes": plan.axes}, "resources": spec.resources.model_dump()})
+    params = writer.flatten(
+        {"sweep": {"axes": plan.axes}, "resources": spec.resources.model_dump()}
+    )
     return tracker.start_run(experiment_id, sweep_id, tags, params, plan.config)
 
 
-def _previous_results(tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan,
-                      experiment_id: str,
-                      sweep_id: str) -> list[TrialResult]:
+def _previous_results(
+    tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan, experiment_id: str, sweep_id: str
+) -> list[TrialResult]:
     """The trials a sweep already settled; its runs still RUNNING are marked interrupted."""
     by_key = {t.key: t for t in plan.trials}
     settled: dict[str, TrialResult] = {}
@@ -331,20 +408,39 @@ def _previous_results(tracker: writer.Tracker, reader: StoreReader, plan: SweepP
             # trial is settled, only its status is missing.
             tracker.end_run(run.info.run_id, schema.STATUS[tags[schema.TAG_OUTCOME]])
         elif run.info.status == "RUNNING":
-            tracker.end_run(run.info.run_id, "KILLED",
-                            {schema.TAG_OUTCOME: "interrupted",
-                             schema.TAG_ERROR: "the driver stopped while it ran"})
+            tracker.end_run(
+                run.info.run_id,
+                "KILLED",
+                {
+                    schema.TAG_OUTCOME: "interrupted",
+                    schema.TAG_ERROR: "the driver stopped while it ran",
+                },
+            )
             continue
-        if tags.get(schema.TAG_OUTCOME) in schema.SETTLED_OUTCOMES and tags.get(schema.TAG_KEY) in by_key:
+        if (
+            tags.get(schema.TAG_OUTCOME) in schema.SETTLED_OUTCOMES
+            and tags.get(schema.TAG_KEY) in by_key
+        ):
             key = tags[schema.TAG_KEY]
-            settled[key] = TrialResult(by_key[key], run.info.run_id, tags[schema.TAG_OUTCOME],
-                                       dict(run.data.metrics), tags.get(schema.TAG_ERROR, ""),
-                                       reused=schema.TAG_REUSED in tags)
+            settled[key] = TrialResult(
+                by_key[key],
+                run.info.run_id,
+                tags[schema.TAG_OUTCOME],
+                dict(run.data.metrics),
+                tags.get(schema.TAG_ERROR, ""),
+                reused=schema.TAG_REUSED in tags,
+            )
     return list(settled.values())
 
 
-def _run_upstreams(tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan, rec: Recorder,
-                   dispatcher: Dispatcher, todo: list[Trial]) -> list[Trial]:
+def _run_upstreams(
+    tracker: writer.Tracker,
+    reader: StoreReader,
+    plan: SweepPlan,
+    rec: Recorder,
+    dispatcher: Dispatcher,
+    todo: list[Trial],
+) -> list[Trial]:
     """Run (or find in the store) each distinct upstream of ``todo`` once and put its
     artifacts in Ray's object store. Returns the trials that can run; those whose upstream
     failed are recorded FAILED with the reason."""
@@ -356,8 +452,15 @@ def _run_upstreams(tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan
         dispatcher.inputs[key] = ray.put(reader.read_files(run.info.run_id, schema.OUTPUTS_FOLDER))
     missing = [replace(t, index=-1 - i) for i, t in enumerate(needed.values()) if t.key not in done]
     if missing:
-        up = Recorder(tracker, plan, rec.experiment_id, rec.parent, rec.sweep_id, rec.progress,
-                      kind=schema.KIND_UPSTREAM)
+        up = Recorder(
+            tracker,
+            plan,
+            rec.experiment_id,
+            rec.parent,
+            rec.sweep_id,
+            rec.progress,
+            kind=schema.KIND_UPSTREAM,
+        )
         rec.progress.add_total(len(missing))
         dispatcher.run(GridSource(missing), up)
         for t in missing:
@@ -369,8 +472,12 @@ def _run_upstreams(tracker: writer.Tracker, reader: StoreReader, plan: SweepPlan
             runnable.append(t)
             continue
         rec.trial_started(t, 1, NodeInfo("", "", 0))
-        rec.trial_ended(t, "failed", None, Failure(
-            "UpstreamFailed", f"its upstream {t.upstream.task} run did not finish", ""))
+        rec.trial_ended(
+            t,
+            "failed",
+            None,
+            Failure("UpstreamFailed", f"its upstream {t.upstream.task} run did not finish", ""),
+        )
     return runnable
 
 
@@ -378,20 +485,36 @@ def _reuse(tracker: writer.Tracker, rec: Recorder, trial: Trial, run: Run) -> Tr
     """A child run pointing at the finished run with the same key: no training is repeated."""
     metrics = dict(run.data.metrics)
     outcome = run.data.tags.get(schema.TAG_OUTCOME, "finished")
-    tags = {**rec.trial_tags(trial), schema.TAG_REUSED: run.info.run_id, schema.TAG_OUTCOME: outcome}
-    run_id = tracker.start_run(rec.experiment_id, f"{trial.index:04d}-reused", tags,
-                               rec.trial_params(trial))
+    tags = {
+        **rec.trial_tags(trial),
+        schema.TAG_REUSED: run.info.run_id,
+        schema.TAG_OUTCOME: outcome,
+    }
+    run_id = tracker.start_run(
+        rec.experiment_id, f"{trial.index:04d}-reused", tags, rec.trial_params(trial)
+    )
     tracker.log_metrics(run_id, metrics, step=0)
     tracker.end_run(run_id, run.info.status)
     return TrialResult(trial, run_id, outcome, metrics, reused=True)
 
 
-def _finish_parent(tracker: writer.Tracker, parent: str, results: list[TrialResult], metric: str,
-                   mode: str, cancelled: bool) -> None:
-    values = [r.metrics[metric] for r in results
-              if r.outcome == "finished" and math.isfinite(r.metrics.get(metric, math.nan))]
-    summary = {f"trials/{o}": float(sum(r.outcome == o for r in results))
-               for o in ("finished", "failed", "diverged", "pruned", "killed")}
+def _finish_parent(
+    tracker: writer.Tracker,
+    parent: str,
+    results: list[TrialResult],
+    metric: str,
+    mode: str,
+    cancelled: bool,
+) -> None:
+    values = [
+        r.metrics[metric]
+        for r in results
+        if r.outcome == "finished" and math.isfinite(r.metrics.get(metric, math.nan))
+    ]
+    summary = {
+        f"trials/{o}": float(sum(r.outcome == o for r in results))
+        for o in ("finished", "failed", "diverged", "pruned", "killed")
+    }
     if values:
         summary[f"best/{metric}"] = max(values) if mode == "max" else min(values)
     tracker.log_metrics(parent, summary, step=0)

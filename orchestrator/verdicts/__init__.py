@@ -23,6 +23,21 @@ from orchestrator.verdicts.engine import (
     verdicts_to_json,
 )
 
-__all__ = ["CONFIRMED", "INCONCLUSIVE", "NOT_REPLICATED", "PAIR_PREDICTS", "REFUTED", "REPLICATED",
-           "TREND_PREDICTS", "ArmStats", "ClaimSpec", "LearnedSpec", "Verdict", "evaluate",
-           "parse_claims", "values_match", "verdicts_from_json", "verdicts_to_json"]
+__all__ = [
+    "CONFIRMED",
+    "INCONCLUSIVE",
+    "NOT_REPLICATED",
+    "PAIR_PREDICTS",
+    "REFUTED",
+    "REPLICATED",
+    "TREND_PREDICTS",
+    "ArmStats",
+    "ClaimSpec",
+    "LearnedSpec",
+    "Verdict",
+    "evaluate",
+    "parse_claims",
+    "values_match",
+    "verdicts_from_json",
+    "verdicts_to_json",
+]

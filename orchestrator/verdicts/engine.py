@@ -151,6 +151,7 @@ def _stats() -> Any:
 
     return stats
 
+
 #: A value of an axis as a config states it.
 Scalar = bool | int | float | str
 #: ``history(run_id, metric)`` -> DataFrame with columns ``step`` and ``value``.
@@ -167,8 +168,20 @@ EVENTS = ("diverged", "failed")
 #: A claim's unit of replication -> the trial-table column that holds it.
 UNIT_COLUMNS = {"seed": "seed", "upstream_seed": "pretrain.seed", "subset_seed": "data.split_seed"}
 #: Columns of Client.trials that describe a run, not its configuration (never pairing keys).
-META_COLUMNS = frozenset({"run_id", "trial_index", "trial_key", "outcome", "status", "error",
-                          "node", "reused_from", "attempt", "start_time"})
+META_COLUMNS = frozenset(
+    {
+        "run_id",
+        "trial_index",
+        "trial_key",
+        "outcome",
+        "status",
+        "error",
+        "node",
+        "reused_from",
+        "attempt",
+        "start_time",
+    }
+)
 
 
 class LearnedSpec(StrictModel):
@@ -223,8 +236,18 @@ class ClaimSpec(StrictModel):
     axis: str | None = Field(None, min_length=1)
     a: Scalar | None = None
     b: Scalar | None = None
-    predict: Literal["a_better", "b_better", "equal", "a_not_worse", "b_not_worse",
-                     "increasing", "decreasing"] | None = None
+    predict: (
+        Literal[
+            "a_better",
+            "b_better",
+            "equal",
+            "a_not_worse",
+            "b_not_worse",
+            "increasing",
+            "decreasing",
+        ]
+        | None
+    ) = None
     predict_in: list[Scalar] | None = None
     group_by: str | None = Field(None, min_length=1)
     groups: Literal["all", "any"] = "all"
@@ -247,8 +270,9 @@ class ClaimSpec(StrictModel):
 
         def forbid(name: str, why: str) -> None:
             if getattr(self, name) is not None:
-                raise ValueError(f"claim {self.id!r}: {name} is not used by test "
-                                 f"{self.test!r} ({why})")
+                raise ValueError(
+                    f"claim {self.id!r}: {name} is not used by test {self.test!r} ({why})"
+                )
 
         if self.test != "replicate":
             need("axis")
@@ -258,8 +282,10 @@ class ClaimSpec(StrictModel):
             for name in ("metric", "mode", "a", "b", "predict"):
                 need(name)
             if self.predict not in PAIR_PREDICTS:
-                raise ValueError(f"claim {self.id!r}: predict {self.predict!r} does not fit "
-                                 f"test 'compare'; allowed: {', '.join(PAIR_PREDICTS)}")
+                raise ValueError(
+                    f"claim {self.id!r}: predict {self.predict!r} does not fit "
+                    f"test 'compare'; allowed: {', '.join(PAIR_PREDICTS)}"
+                )
             forbid("predict_in", "it belongs to test 'best'")
         elif self.test == "best":
             for name in ("metric", "mode", "predict_in"):
@@ -270,17 +296,20 @@ class ClaimSpec(StrictModel):
         elif self.test == "replicate":
             for name in ("metric", "published", "tolerance", "source"):
                 if getattr(self, name) in (None, ""):
-                    raise ValueError(f"claim {self.id!r}: {name} is required for test "
-                                     f"'replicate'")
+                    raise ValueError(f"claim {self.id!r}: {name} is required for test 'replicate'")
             for name in ("mode", "b", "predict", "predict_in"):
                 forbid(name, "replicate compares one arm with a published value")
             if (self.axis is None) != (self.a is None):
-                raise ValueError(f"claim {self.id!r}: test 'replicate' takes axis and a "
-                                 f"together (the arm) or neither (the arm is where)")
+                raise ValueError(
+                    f"claim {self.id!r}: test 'replicate' takes axis and a "
+                    f"together (the arm) or neither (the arm is where)"
+                )
         else:  # rate
             if self.unit != "seed":
-                raise ValueError(f"claim {self.id!r}: unit {self.unit!r} is not used by test "
-                                 f"'rate' (it counts trials' outcomes); allowed: seed")
+                raise ValueError(
+                    f"claim {self.id!r}: unit {self.unit!r} is not used by test "
+                    f"'rate' (it counts trials' outcomes); allowed: seed"
+                )
             forbid("learned", "rate claims count outcomes; a diverged arm is their evidence")
             forbid("metric", "rate claims count diverged/failed outcomes")
             forbid("mode", "rate claims count diverged/failed outcomes")
@@ -291,14 +320,18 @@ class ClaimSpec(StrictModel):
                 forbid("a", f"predict {self.predict!r} is a trend along the axis")
                 forbid("b", f"predict {self.predict!r} is a trend along the axis")
             elif self.a is None or self.b is None:
-                raise ValueError(f"claim {self.id!r}: test 'rate' needs either a and b "
-                                 f"(predict: {', '.join(PAIR_PREDICTS)}) or predict "
-                                 f"increasing/decreasing")
+                raise ValueError(
+                    f"claim {self.id!r}: test 'rate' needs either a and b "
+                    f"(predict: {', '.join(PAIR_PREDICTS)}) or predict "
+                    f"increasing/decreasing"
+                )
         if self.a is not None and self.b is not None and values_match(self.a, self.b):
             raise ValueError(f"claim {self.id!r}: a and b are the same arm ({self.a!r})")
         if self.predict == "equal" and self.min_effect <= 0:
-            raise ValueError(f"claim {self.id!r}: min_effect must be > 0 for predict 'equal' "
-                             f"(it is the equivalence margin)")
+            raise ValueError(
+                f"claim {self.id!r}: min_effect must be > 0 for predict 'equal' "
+                f"(it is the equivalence margin)"
+            )
         if self.group_by is None and self.groups != "all":
             raise ValueError(f"claim {self.id!r}: groups is used only with group_by")
         if self.group_by is not None and self.group_by == self.axis:
@@ -335,7 +368,7 @@ class Verdict:
     statement: str
     source: str
     test: str
-    verdict: str                 # confirmed | refuted | inconclusive
+    verdict: str  # confirmed | refuted | inconclusive
     effect: float | None
     ci_low: float | None
     ci_high: float | None
@@ -349,14 +382,14 @@ class Verdict:
     metric: str | None = None
     axis: str = ""
     predict: str | None = None
-    p_value: float | None = None     # raw one-sided p of the decisive test
-    confidence: float = 0.95         # the level of the interval shown
-    group: str | None = None     # the group_by value of a sub-verdict
+    p_value: float | None = None  # raw one-sided p of the decisive test
+    confidence: float = 0.95  # the level of the interval shown
+    group: str | None = None  # the group_by value of a sub-verdict
     p_adjusted: float | None = None  # p_value, Holm-adjusted over the claims of one evaluate
-    p_confirm: float | None = None   # one-sided p of the confirming test
-    p_refute: float | None = None    # one-sided p of the refuting test
-    seeds_used: int | None = None    # adaptive seeds: seeds per arm at the stopping look
-    stopped: str | None = None       # adaptive seeds: why the sequence stopped (sequential.py)
+    p_confirm: float | None = None  # one-sided p of the confirming test
+    p_refute: float | None = None  # one-sided p of the refuting test
+    seeds_used: int | None = None  # adaptive seeds: seeds per arm at the stopping look
+    stopped: str | None = None  # adaptive seeds: why the sequence stopped (sequential.py)
 
 
 # -- value matching -------------------------------------------------------------------------
@@ -503,6 +536,7 @@ class _RateDiff:
         def beyond(z: float) -> bool:
             lo, hi = self._bounds(z)
             return lo > thr if lower else hi < thr
+
         z_in, z_out = 0.0, 40.0
         if beyond(z_out):
             return 0.0
@@ -531,8 +565,9 @@ def _mean_ci(values: np.ndarray, confidence: float) -> tuple[float | None, float
     mean = float(np.mean(values))
     if sd == 0.0:
         return mean, mean
-    lo, hi = _stats().t.interval(confidence, len(values) - 1, loc=mean,
-                                 scale=sd / math.sqrt(len(values)))
+    lo, hi = _stats().t.interval(
+        confidence, len(values) - 1, loc=mean, scale=sd / math.sqrt(len(values))
+    )
     return float(lo), float(hi)
 
 
@@ -546,8 +581,9 @@ def _no_spread(x: np.ndarray) -> bool:
     return len(x) < 2 or float(np.std(x, ddof=1)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
 
 
-def _difference(a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[str]
-                ) -> _Shift | None:
+def _difference(
+    a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[str]
+) -> _Shift | None:
     """``sign * (mean a - mean b)``, paired or Welch; ``None`` with fewer than 2 values."""
     if len(a) < 2 or len(b) < 2:
         return None
@@ -563,7 +599,7 @@ def _difference(a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[s
     if _no_spread(x) and _no_spread(y):
         return _Shift(effect, 0.0, math.inf, "Welch t")
     vx, vy = float(np.var(x, ddof=1)) / len(x), float(np.var(y, ddof=1)) / len(y)
-    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
     return _Shift(effect, math.sqrt(vx + vy), df, "Welch t")
 
 
@@ -584,20 +620,30 @@ def _p_values(predict: str, est: Estimate, m: float) -> tuple[float, float]:
 
 
 _REASONS = {
-    "a_better": ("the effect is above min_effect", "the effect is below min_effect",
-                 "min_effect lies inside the interval"),
-    "a_not_worse": ("the effect is above -min_effect", "the effect is below -min_effect",
-                    "-min_effect lies inside the interval"),
-    "equal": ("the interval lies inside +-min_effect", "the interval lies outside +-min_effect",
-              "the interval crosses +-min_effect"),
-    "replicate": ("the interval lies inside published +- tolerance",
-                  "the interval lies outside published +- tolerance",
-                  "the interval crosses published +- tolerance"),
+    "a_better": (
+        "the effect is above min_effect",
+        "the effect is below min_effect",
+        "min_effect lies inside the interval",
+    ),
+    "a_not_worse": (
+        "the effect is above -min_effect",
+        "the effect is below -min_effect",
+        "-min_effect lies inside the interval",
+    ),
+    "equal": (
+        "the interval lies inside +-min_effect",
+        "the interval lies outside +-min_effect",
+        "the interval crosses +-min_effect",
+    ),
+    "replicate": (
+        "the interval lies inside published +- tolerance",
+        "the interval lies outside published +- tolerance",
+        "the interval crosses published +- tolerance",
+    ),
 }
 
 
-def _decide(predict: str, p_c: float | None, p_r: float | None, lv: _Levels
-            ) -> tuple[str, str]:
+def _decide(predict: str, p_c: float | None, p_r: float | None, lv: _Levels) -> tuple[str, str]:
     """Confirmed when the confirming test is significant at ``lv.confirm``, refuted when the
     refuting one is at ``lv.refute``; returns (verdict, the reason in words)."""
     if p_c is None or p_r is None:
@@ -626,15 +672,23 @@ def _outcome_counts(rows: pd.DataFrame) -> dict[str, int]:
     return {k: int(v) for k, v in counts.items()}
 
 
-def _arm_stats(label: str, rows: pd.DataFrame, values: np.ndarray, confidence: float
-               ) -> ArmStats:
+def _arm_stats(label: str, rows: pd.DataFrame, values: np.ndarray, confidence: float) -> ArmStats:
     c = _outcome_counts(rows)
     mean = float(values.mean()) if len(values) else None
     std = float(values.std(ddof=1)) if len(values) >= 2 else None
     lo, hi = _mean_ci(values, confidence)
-    return ArmStats(label, len(values), mean, std, lo, hi, c.get("finished", 0),
-                    c.get("failed", 0), c.get("diverged", 0),
-                    sum(v for k, v in c.items() if k not in ("finished", "failed", "diverged")))
+    return ArmStats(
+        label,
+        len(values),
+        mean,
+        std,
+        lo,
+        hi,
+        c.get("finished", 0),
+        c.get("failed", 0),
+        c.get("diverged", 0),
+        sum(v for k, v in c.items() if k not in ("finished", "failed", "diverged")),
+    )
 
 
 def _rate_stats(label: str, rows: pd.DataFrame, confidence: float) -> ArmStats:
@@ -642,17 +696,30 @@ def _rate_stats(label: str, rows: pd.DataFrame, confidence: float) -> ArmStats:
     n = sum(c.get(k, 0) for k in EVIDENCE)
     events = sum(c.get(k, 0) for k in EVENTS)
     lo, hi = _wilson(events, n, confidence) if n else (None, None)
-    return ArmStats(label, n, events / n if n else None, None, lo, hi, c.get("finished", 0),
-                    c.get("failed", 0), c.get("diverged", 0),
-                    sum(v for k, v in c.items() if k not in EVIDENCE))
+    return ArmStats(
+        label,
+        n,
+        events / n if n else None,
+        None,
+        lo,
+        hi,
+        c.get("finished", 0),
+        c.get("failed", 0),
+        c.get("diverged", 0),
+        sum(v for k, v in c.items() if k not in EVIDENCE),
+    )
 
 
 class _Context:
     """What a test needs besides the claim: the history source, the pairing columns and the
     study-wide ``learned`` default."""
 
-    def __init__(self, history: History | None, axes: Sequence[str] | None,
-                 learned: LearnedSpec | None = None) -> None:
+    def __init__(
+        self,
+        history: History | None,
+        axes: Sequence[str] | None,
+        learned: LearnedSpec | None = None,
+    ) -> None:
         self.history, self.axes, self.learned = history, axes, learned
         self._cache: dict[tuple[str, str], pd.DataFrame] = {}
 
@@ -665,8 +732,9 @@ class _Context:
         return float(hit["value"].iloc[-1]) if len(hit) else math.nan
 
 
-def _with_values(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context
-                 ) -> tuple[pd.DataFrame, int, str]:
+def _with_values(
+    claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context
+) -> tuple[pd.DataFrame, int, str]:
     """Finished rows with a finite ``value`` column; the count without one; a problem."""
     fin = rows[rows["outcome"] == "finished"] if "outcome" in rows else rows
     if claim.at_step is not None:
@@ -690,18 +758,27 @@ def _pool(claim: ClaimSpec, ok: pd.DataFrame, ctx: _Context) -> tuple[pd.DataFra
     ``seed`` set to the unit value so that pairing and ``min_seeds`` count units."""
     col = UNIT_COLUMNS[claim.unit]
     if col not in ok.columns:
-        return ok.iloc[0:0], (f"unit {claim.unit} needs the column {col} in the trial table "
-                              f"(sweep it as an axis)")
-    keys = [c for c in dict.fromkeys([claim.axis, claim.group_by, *(ctx.axes or ()), col])
-            if c is not None and c != "seed" and c in ok.columns]
+        return ok.iloc[0:0], (
+            f"unit {claim.unit} needs the column {col} in the trial table (sweep it as an axis)"
+        )
+    keys = [
+        c
+        for c in dict.fromkeys([claim.axis, claim.group_by, *(ctx.axes or ()), col])
+        if c is not None and c != "seed" and c in ok.columns
+    ]
     groups = [str(k) for k in _pair_keys(ok, keys)]
     agg = {c: "first" for c in ok.columns if c != "value"} | {"value": "mean"}
     pooled = ok.groupby(groups, sort=False).agg(agg).reset_index(drop=True)
     return pooled.assign(seed=pooled[col]), ""
 
 
-def _pair_columns(claim: ClaimSpec, rows: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame,
-                  axes: Sequence[str] | None) -> list[str]:
+def _pair_columns(
+    claim: ClaimSpec,
+    rows: pd.DataFrame,
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    axes: Sequence[str] | None,
+) -> list[str]:
     """Seed plus the other arm columns: the conditions both arms must share to be paired."""
     if "seed" not in rows.columns:
         return []
@@ -730,7 +807,7 @@ def _excluded_note(counts: Mapping[str, int], missing: int, what: str) -> str:
 
 
 def _not_learned(spec: LearnedSpec, arms: Mapping[str, pd.DataFrame]) -> str:
-    """"arm X did not learn (...)" for every arm whose mean ``spec.metric`` over its finished
+    """ "arm X did not learn (...)" for every arm whose mean ``spec.metric`` over its finished
     trials is not above ``spec.above``; arms without such trials are left to the test."""
     bad = []
     for label, rows in arms.items():
@@ -740,29 +817,52 @@ def _not_learned(spec: LearnedSpec, arms: Mapping[str, pd.DataFrame]) -> str:
         v = pd.to_numeric(fin[spec.metric], errors="coerce").to_numpy(float)
         v = v[np.isfinite(v)]
         if len(v) and float(v.mean()) <= spec.above:
-            bad.append(f"arm {label} did not learn (mean {spec.metric} {float(v.mean()):.4g} "
-                       f"<= {spec.above:g} over {len(v)} finished trials)")
+            bad.append(
+                f"arm {label} did not learn (mean {spec.metric} {float(v.mean()):.4g} "
+                f"<= {spec.above:g} over {len(v)} finished trials)"
+            )
     return "; ".join(bad)
 
 
 # -- the tests ------------------------------------------------------------------------------
 def _base(claim: ClaimSpec, **kw: Any) -> Verdict:
     fields: dict[str, Any] = dict(
-        id=claim.id, statement=claim.statement, source=claim.source, test=claim.test,
-        verdict=INCONCLUSIVE, effect=None, ci_low=None, ci_high=None,
-        min_effect=claim.min_effect, n_a=0, n_b=0, method="", detail="", metric=claim.metric,
-        axis=claim.axis or "", predict=claim.predict, confidence=claim.confidence)
+        id=claim.id,
+        statement=claim.statement,
+        source=claim.source,
+        test=claim.test,
+        verdict=INCONCLUSIVE,
+        effect=None,
+        ci_low=None,
+        ci_high=None,
+        min_effect=claim.min_effect,
+        n_a=0,
+        n_b=0,
+        method="",
+        detail="",
+        metric=claim.metric,
+        axis=claim.axis or "",
+        predict=claim.predict,
+        confidence=claim.confidence,
+    )
     fields.update(kw)
     return Verdict(**fields)
 
 
-def _decided(claim: ClaimSpec, lv: _Levels, p_c: float | None, p_r: float | None,
-             predict: str) -> dict[str, Any]:
+def _decided(
+    claim: ClaimSpec, lv: _Levels, p_c: float | None, p_r: float | None, predict: str
+) -> dict[str, Any]:
     """The Verdict fields of a decision: verdict, p's and the interval's level."""
     verdict, reason = _decide(predict, p_c, p_r, lv)
     p = None if p_c is None or p_r is None else min(p_c, p_r)
-    return {"verdict": verdict, "p_value": p, "p_confirm": p_c, "p_refute": p_r,
-            "confidence": lv.confidence, "reason": reason}
+    return {
+        "verdict": verdict,
+        "p_value": p,
+        "p_confirm": p_c,
+        "p_refute": p_r,
+        "confidence": lv.confidence,
+        "reason": reason,
+    }
 
 
 def _metric_name(claim: ClaimSpec) -> str:
@@ -779,35 +879,62 @@ def _compare(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -
     in_a, in_b = _mask(rows[axis], claim.a), _mask(rows[axis], claim.b)
     a, b = ok[_mask(ok[axis], claim.a)], ok[_mask(ok[axis], claim.b)]
     la, lb = _label(claim.a), _label(claim.b)
-    arms = (_arm_stats(la, rows[in_a], a["value"].to_numpy(float), claim.confidence),
-            _arm_stats(lb, rows[in_b], b["value"].to_numpy(float), claim.confidence))
+    arms = (
+        _arm_stats(la, rows[in_a], a["value"].to_numpy(float), claim.confidence),
+        _arm_stats(lb, rows[in_b], b["value"].to_numpy(float), claim.confidence),
+    )
     pair = _pair_columns(claim, rows, a, b, ctx.axes)
     d = _difference(a, b, 1.0 if claim.mode == "max" else -1.0, pair)
     lo, hi = d.ci(lv.confidence) if d else (None, None)
     effect = d.effect if d else None
     method = d.method if d else "t (too few values)"
-    note = _excluded_note(_outcome_counts(rows[in_a | in_b]), missing,
-                          f"a value of {claim.metric}" + (f" at step {claim.at_step}"
-                                                           if claim.at_step is not None else ""))
+    note = _excluded_note(
+        _outcome_counts(rows[in_a | in_b]),
+        missing,
+        f"a value of {claim.metric}"
+        + (f" at step {claim.at_step}" if claim.at_step is not None else ""),
+    )
     head = f"{axis}={la} vs {lb} on {_metric_name(claim)}: "
     level = f"{lv.confidence:.3g}"
     if len(a) < claim.min_seeds or len(b) < claim.min_seeds or d is None:
-        numbers = (f"effect {_signed(effect)}, {level} CI [{_fmt(lo)}, {_fmt(hi)}]; "
-                   if d else "")
-        detail = (f"{head}{numbers}too few finished seeds: a has {len(a)}, b has {len(b)}, "
-                  f"min_seeds is {claim.min_seeds}{note}.")
-        return _base(claim, effect=effect, ci_low=lo, ci_high=hi, n_a=len(a), n_b=len(b),
-                     method=method, detail=detail, arms=arms)
+        numbers = f"effect {_signed(effect)}, {level} CI [{_fmt(lo)}, {_fmt(hi)}]; " if d else ""
+        detail = (
+            f"{head}{numbers}too few finished seeds: a has {len(a)}, b has {len(b)}, "
+            f"min_seeds is {claim.min_seeds}{note}."
+        )
+        return _base(
+            claim,
+            effect=effect,
+            ci_low=lo,
+            ci_high=hi,
+            n_a=len(a),
+            n_b=len(b),
+            method=method,
+            detail=detail,
+            arms=arms,
+        )
     p_c, p_r = _p_values(claim.predict or "", d, claim.min_effect)
     dec = _decided(claim, lv, p_c, p_r, claim.predict or "")
     paired = f", {d.n_pairs} pairs on {'+'.join(pair)}" if d.method == "paired t" else ""
-    detail = (f"{head}mean {_fmt(arms[0].mean)} vs {_fmt(arms[1].mean)}, effect "
-              f"{_signed(effect)} (a minus b, positive = a better), {level} CI "
-              f"[{_fmt(lo)}, {_fmt(hi)}], min_effect {claim.min_effect:g}, "
-              f"{d.method}{paired}, n={len(a)}/{len(b)}{note}; predicted {claim.predict}: "
-              f"{dec['verdict']} ({dec.pop('reason')}).")
-    return _base(claim, effect=effect, ci_low=lo, ci_high=hi, n_a=len(a), n_b=len(b),
-                 method=d.method, detail=detail, arms=arms, **dec)
+    detail = (
+        f"{head}mean {_fmt(arms[0].mean)} vs {_fmt(arms[1].mean)}, effect "
+        f"{_signed(effect)} (a minus b, positive = a better), {level} CI "
+        f"[{_fmt(lo)}, {_fmt(hi)}], min_effect {claim.min_effect:g}, "
+        f"{d.method}{paired}, n={len(a)}/{len(b)}{note}; predicted {claim.predict}: "
+        f"{dec['verdict']} ({dec.pop('reason')})."
+    )
+    return _base(
+        claim,
+        effect=effect,
+        ci_low=lo,
+        ci_high=hi,
+        n_a=len(a),
+        n_b=len(b),
+        method=d.method,
+        detail=detail,
+        arms=arms,
+        **dec,
+    )
 
 
 def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
@@ -822,19 +949,28 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> V
         arm_rows[k] = rows[_is(keys, k)]
     ok_keys = ok[axis].map(_norm)
     values = {k: ok[_is(ok_keys, k)] for k in arm_rows}
-    arms = tuple(_arm_stats(_label(r[axis].iloc[0]), r,
-                            values[k]["value"].to_numpy(float), claim.confidence)
-                 for k, r in arm_rows.items())
-    inside_keys = {k for k, r in arm_rows.items()
-                   if any(values_match(r[axis].iloc[0], p) for p in claim.predict_in or [])}
+    arms = tuple(
+        _arm_stats(_label(r[axis].iloc[0]), r, values[k]["value"].to_numpy(float), claim.confidence)
+        for k, r in arm_rows.items()
+    )
+    inside_keys = {
+        k
+        for k, r in arm_rows.items()
+        if any(values_match(r[axis].iloc[0], p) for p in claim.predict_in or [])
+    }
     eligible = {k for k in arm_rows if len(values[k]) >= claim.min_seeds}
     left_out = [_label(arm_rows[k][axis].iloc[0]) for k in arm_rows if k not in eligible]
-    never = [_label(p) for p in claim.predict_in or []
-             if not any(values_match(r[axis].iloc[0], p) for r in arm_rows.values())]
+    never = [
+        _label(p)
+        for p in claim.predict_in or []
+        if not any(values_match(r[axis].iloc[0], p) for r in arm_rows.values())
+    ]
     notes = ""
     if left_out:
-        notes += (f"; arms with fewer than {claim.min_seeds} finished seeds left out: "
-                  f"{', '.join(left_out)}")
+        notes += (
+            f"; arms with fewer than {claim.min_seeds} finished seeds left out: "
+            f"{', '.join(left_out)}"
+        )
     if never:
         notes += f"; predicted arms not in the trials: {', '.join(never)}"
     notes += _excluded_note(_outcome_counts(rows), missing, f"a value of {claim.metric}")
@@ -843,8 +979,9 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> V
     head = f"best {axis} on {_metric_name(claim)}: "
     if not inside or not outside:
         side = "inside predict_in" if not inside else "outside predict_in"
-        return _base(claim, arms=arms, method="best arm",
-                     detail=f"{head}no eligible arm {side}{notes}.")
+        return _base(
+            claim, arms=arms, method="best arm", detail=f"{head}no eligible arm {side}{notes}."
+        )
 
     def mean(k: Any) -> float:
         return sign * float(values[k]["value"].mean())
@@ -855,12 +992,22 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> V
     # The predicted arm vs every eligible outside arm (module docstring: confirming needs
     # all of them, at alpha / #inside; refuting needs one, at alpha / #outside).
     best_in = max(inside, key=mean)
-    diffs = {k: _difference(values[best_in], values[k], sign,
-                            _pair_columns(claim, rows, values[best_in], values[k], ctx.axes))
-             for k in outside}
+    diffs = {
+        k: _difference(
+            values[best_in],
+            values[k],
+            sign,
+            _pair_columns(claim, rows, values[best_in], values[k], ctx.axes),
+        )
+        for k in outside
+    }
     if any(d is None for d in diffs.values()):
-        return _base(claim, arms=arms, method="best arm",
-                     detail=f"{head}an arm has fewer than 2 values{notes}.")
+        return _base(
+            claim,
+            arms=arms,
+            method="best arm",
+            detail=f"{head}an arm has fewer than 2 values{notes}.",
+        )
     m = claim.min_effect
     p_each = {k: (d.p_gt(m), d.p_lt(m)) for k, d in diffs.items() if d is not None}
     p_c = min(1.0, len(inside) * max(p for p, _ in p_each.values()))
@@ -874,16 +1021,30 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> V
     level = 1 - 2 * (lv.confirm / len(inside))  # the level one comparison is held to
     lo, hi = d.ci(level)
     reason = dec.pop("reason")
-    why = f"{label(shown)} beats the predicted arm; {reason}" if dec["verdict"] == REFUTED else reason
-    detail = (f"{head}predicted {label(best_in)} (mean {_fmt(sign * mean(best_in))}) vs each of "
-              f"{len(outside)} other arm(s); closest {label(shown)} (mean "
-              f"{_fmt(sign * mean(shown))}): effect {_signed(d.effect)}, {level:.3g} CI "
-              f"[{_fmt(lo)}, {_fmt(hi)}], min_effect {m:g}, {d.method}, "
-              f"n={len(values[best_in])}/{len(values[shown])}; p for={p_c:.3g} (x{len(inside)} "
-              f"inside), against={p_r:.3g} (x{len(outside)} outside){notes}; "
-              f"{dec['verdict']} ({why}).")
-    return _base(claim, effect=d.effect, ci_low=lo, ci_high=hi, n_a=len(values[best_in]),
-                 n_b=len(values[shown]), method=d.method, detail=detail, arms=arms, **dec)
+    why = (
+        f"{label(shown)} beats the predicted arm; {reason}" if dec["verdict"] == REFUTED else reason
+    )
+    detail = (
+        f"{head}predicted {label(best_in)} (mean {_fmt(sign * mean(best_in))}) vs each of "
+        f"{len(outside)} other arm(s); closest {label(shown)} (mean "
+        f"{_fmt(sign * mean(shown))}): effect {_signed(d.effect)}, {level:.3g} CI "
+        f"[{_fmt(lo)}, {_fmt(hi)}], min_effect {m:g}, {d.method}, "
+        f"n={len(values[best_in])}/{len(values[shown])}; p for={p_c:.3g} (x{len(inside)} "
+        f"inside), against={p_r:.3g} (x{len(outside)} outside){notes}; "
+        f"{dec['verdict']} ({why})."
+    )
+    return _base(
+        claim,
+        effect=d.effect,
+        ci_low=lo,
+        ci_high=hi,
+        n_a=len(values[best_in]),
+        n_b=len(values[shown]),
+        method=d.method,
+        detail=detail,
+        arms=arms,
+        **dec,
+    )
 
 
 def _events(rows: pd.DataFrame) -> tuple[int, int]:
@@ -899,20 +1060,35 @@ def _rate_pair(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels)
     (ka, na), (kb, nb) = _events(ra), _events(rb)
     head = f"diverged/failed rate, {axis}={la} vs {lb}: "
     if na == 0 or nb == 0:
-        return _base(claim, n_a=na, n_b=nb, method="Fisher exact", arms=arms,
-                     detail=f"{head}no finished/diverged/failed trial in arm "
-                            f"{'a' if na == 0 else 'b'}.")
+        return _base(
+            claim,
+            n_a=na,
+            n_b=nb,
+            method="Fisher exact",
+            arms=arms,
+            detail=f"{head}no finished/diverged/failed trial in arm {'a' if na == 0 else 'b'}.",
+        )
     table = [[ka, na - ka], [kb, nb - kb]]
     est = _RateDiff(ka, na, kb, nb)  # rate b minus rate a: positive = a has fewer events
     lo, hi = est.ci(lv.confidence)
     rates = f"{ka}/{na} = {ka / na:.0%} vs {kb}/{nb} = {kb / nb:.0%}"
-    numbers = (f"{rates}; effect {_signed(est.effect)} (rate b minus rate a, positive = a has "
-               f"fewer events), {lv.confidence:.3g} CI [{_fmt(lo)}, {_fmt(hi)}]")
+    numbers = (
+        f"{rates}; effect {_signed(est.effect)} (rate b minus rate a, positive = a has "
+        f"fewer events), {lv.confidence:.3g} CI [{_fmt(lo)}, {_fmt(hi)}]"
+    )
     if na < claim.min_seeds or nb < claim.min_seeds:
-        return _base(claim, effect=est.effect, ci_low=lo, ci_high=hi, n_a=na, n_b=nb,
-                     method="Fisher exact", arms=arms,
-                     detail=f"{head}{numbers}; too few trials: a has {na}, b has {nb}, "
-                            f"min_seeds is {claim.min_seeds}.")
+        return _base(
+            claim,
+            effect=est.effect,
+            ci_low=lo,
+            ci_high=hi,
+            n_a=na,
+            n_b=nb,
+            method="Fisher exact",
+            arms=arms,
+            detail=f"{head}{numbers}; too few trials: a has {na}, b has {nb}, "
+            f"min_seeds is {claim.min_seeds}.",
+        )
     predict = claim.predict or ""
     p_c, p_r = _p_values(predict, est, claim.min_effect)
     if predict in ("a_better", "b_better"):
@@ -923,10 +1099,19 @@ def _rate_pair(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels)
         f_c, f_r = (fewer, more) if predict == "a_better" else (more, fewer)
         p_c, p_r = (f_c, f_r) if claim.min_effect == 0 else (max(f_c, p_c), p_r)
     dec = _decided(claim, lv, p_c, p_r, predict)
-    return _base(claim, effect=est.effect, ci_low=lo, ci_high=hi, n_a=na, n_b=nb,
-                 method="Fisher exact", arms=arms,
-                 detail=f"{head}{numbers}, min_effect {claim.min_effect:g}; predicted "
-                        f"{predict}: {dec['verdict']} ({dec.pop('reason')}).", **dec)
+    return _base(
+        claim,
+        effect=est.effect,
+        ci_low=lo,
+        ci_high=hi,
+        n_a=na,
+        n_b=nb,
+        method="Fisher exact",
+        arms=arms,
+        detail=f"{head}{numbers}, min_effect {claim.min_effect:g}; predicted "
+        f"{predict}: {dec['verdict']} ({dec.pop('reason')}).",
+        **dec,
+    )
 
 
 def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
@@ -935,21 +1120,35 @@ def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels
     keys = ev[axis].map(_norm)
     head = f"diverged/failed rate along {axis}: "
     if any(k is not None and k[0] != "num" for k in keys):
-        return _base(claim, method="Spearman trend",
-                     detail=f"{head}the axis is not numeric, so no trend can be tested.")
+        return _base(
+            claim,
+            method="Spearman trend",
+            detail=f"{head}the axis is not numeric, so no trend can be tested.",
+        )
     ev = ev[keys.notna()]
     x_all = ev[axis].map(lambda v: _norm(v)[1]).astype(float)  # type: ignore[index]
     arms_by_x = {x: ev[x_all == x] for x in sorted(set(x_all))}
-    arms = tuple(_rate_stats(f"{x:g}", rows[rows[axis].map(
-        lambda v, x=x: values_match(v, x))], claim.confidence) for x in arms_by_x)
+    arms = tuple(
+        _rate_stats(
+            f"{x:g}", rows[rows[axis].map(lambda v, x=x: values_match(v, x))], claim.confidence
+        )
+        for x in arms_by_x
+    )
     eligible = [x for x, r in arms_by_x.items() if len(r) >= claim.min_seeds]
     left_out = [f"{x:g}" for x in arms_by_x if x not in eligible]
-    note = (f"; arms with fewer than {claim.min_seeds} trials left out: {', '.join(left_out)}"
-            if left_out else "")
+    note = (
+        f"; arms with fewer than {claim.min_seeds} trials left out: {', '.join(left_out)}"
+        if left_out
+        else ""
+    )
     if len(eligible) < 2:
-        return _base(claim, method="Spearman trend", arms=arms,
-                     detail=f"{head}{len(eligible)} axis value(s) with at least "
-                            f"{claim.min_seeds} trials; a trend needs 2 or more{note}.")
+        return _base(
+            claim,
+            method="Spearman trend",
+            arms=arms,
+            detail=f"{head}{len(eligible)} axis value(s) with at least "
+            f"{claim.min_seeds} trials; a trend needs 2 or more{note}.",
+        )
     use = ev[x_all.isin(eligible)]
     x = use[axis].map(lambda v: _norm(v)[1]).astype(float).to_numpy()  # type: ignore[index]
     y = use["outcome"].isin(EVENTS).to_numpy(float)
@@ -974,16 +1173,29 @@ def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels
         p_c = max(p_for, est.p_gt(m))
         p_r = min(1.0, 2 * min(p_against, est.p_lt(m)))
     dec = _decided(claim, lv, p_c, p_r, "a_better")
-    rates = ", ".join(f"{xv:g}: {_events(arms_by_x[xv])[0]}/{len(arms_by_x[xv])}"
-                      for xv in eligible)
-    detail = (f"{head}events per value {rates}; Spearman rho "
-              f"{'undefined (no variation in events)' if math.isnan(rho) else f'{rho:+.3f}'}, "
-              f"one-sided p={p_for:.3g} ({claim.predict}); end-to-end change "
-              f"{_signed(est.effect)} (oriented: positive = {claim.predict}), "
-              f"{lv.confidence:.3g} CI [{_fmt(lo)}, {_fmt(hi)}], min_effect {m:g}{note}; "
-              f"{dec['verdict']} ({dec.pop('reason')}).")
-    return _base(claim, effect=est.effect, ci_low=lo, ci_high=hi, n_a=n_hi, n_b=n_lo,
-                 method="Spearman trend", detail=detail, arms=arms, **dec)
+    rates = ", ".join(
+        f"{xv:g}: {_events(arms_by_x[xv])[0]}/{len(arms_by_x[xv])}" for xv in eligible
+    )
+    detail = (
+        f"{head}events per value {rates}; Spearman rho "
+        f"{'undefined (no variation in events)' if math.isnan(rho) else f'{rho:+.3f}'}, "
+        f"one-sided p={p_for:.3g} ({claim.predict}); end-to-end change "
+        f"{_signed(est.effect)} (oriented: positive = {claim.predict}), "
+        f"{lv.confidence:.3g} CI [{_fmt(lo)}, {_fmt(hi)}], min_effect {m:g}{note}; "
+        f"{dec['verdict']} ({dec.pop('reason')})."
+    )
+    return _base(
+        claim,
+        effect=est.effect,
+        ci_low=lo,
+        ci_high=hi,
+        n_a=n_hi,
+        n_b=n_lo,
+        method="Spearman trend",
+        detail=detail,
+        arms=arms,
+        **dec,
+    )
 
 
 def _replicate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
@@ -994,23 +1206,40 @@ def _replicate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels)
     v = ok["value"].to_numpy(float)
     arm = _arm_stats(label, rows, v, lv.confidence)
     pub, tol = float(claim.published or 0.0), float(claim.tolerance or 0.0)
-    head = (f"{label} on {claim.metric}{'' if claim.at_step is None else f' at step {claim.at_step}'}"
-            f" vs published {pub:g} +- {tol:g} ({claim.source}): ")
+    head = (
+        f"{label} on {claim.metric}{'' if claim.at_step is None else f' at step {claim.at_step}'}"
+        f" vs published {pub:g} +- {tol:g} ({claim.source}): "
+    )
     note = _excluded_note(_outcome_counts(rows), missing, f"a value of {claim.metric}")
     if len(v) < claim.min_seeds:
-        return _base(claim, n_a=len(v), method="one-sample t", arms=(arm,),
-                     detail=f"{head}too few finished seeds: {len(v)}, min_seeds is "
-                            f"{claim.min_seeds}{note}.")
+        return _base(
+            claim,
+            n_a=len(v),
+            method="one-sample t",
+            arms=(arm,),
+            detail=f"{head}too few finished seeds: {len(v)}, min_seeds is {claim.min_seeds}{note}.",
+        )
     se = 0.0 if _no_spread(v) else float(np.std(v, ddof=1)) / math.sqrt(len(v))
     est = _Shift(float(v.mean()) - pub, se, len(v) - 1, "one-sample t")
     lo, hi = est.ci(lv.confidence)
     p_c, p_r = _p_values("replicate", est, tol)
     dec = _decided(claim, lv, p_c, p_r, "replicate")
-    detail = (f"{head}mean {_fmt(float(v.mean()))}, {lv.confidence:.3g} CI "
-              f"[{_fmt(pub + lo)}, {_fmt(pub + hi)}], n={len(v)}{note}; "
-              f"{_RENAME[dec['verdict']]} ({dec.pop('reason')}).")
-    return _base(claim, effect=est.effect, ci_low=lo, ci_high=hi, n_a=len(v),
-                 method="one-sample t", detail=detail, arms=(arm,), **dec)
+    detail = (
+        f"{head}mean {_fmt(float(v.mean()))}, {lv.confidence:.3g} CI "
+        f"[{_fmt(pub + lo)}, {_fmt(pub + hi)}], n={len(v)}{note}; "
+        f"{_RENAME[dec['verdict']]} ({dec.pop('reason')})."
+    )
+    return _base(
+        claim,
+        effect=est.effect,
+        ci_low=lo,
+        ci_high=hi,
+        n_a=len(v),
+        method="one-sample t",
+        detail=detail,
+        arms=(arm,),
+        **dec,
+    )
 
 
 #: The verdict words of replication claims (the engine decides in confirmed/refuted).
@@ -1035,8 +1264,12 @@ def _gate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> str:
     if claim.test == "compare":
         wanted = [_norm(claim.a), _norm(claim.b)]
         keys = keys[keys.map(lambda k: k in wanted).astype(bool)]
-    arms = {_label(rows.loc[keys.index[_is(keys, k).to_numpy()][0], axis]): rows.loc[
-        keys.index[_is(keys, k).to_numpy()]] for k in dict.fromkeys(keys)}
+    arms = {
+        _label(rows.loc[keys.index[_is(keys, k).to_numpy()][0], axis]): rows.loc[
+            keys.index[_is(keys, k).to_numpy()]
+        ]
+        for k in dict.fromkeys(keys)
+    }
     return _not_learned(spec, arms)
 
 
@@ -1074,7 +1307,10 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
             why = f"refuted in {claim.group_by}={decider.group}"
         elif len(confirmed) == n:
             decider = max(subs, key=lambda s: s.p_confirm or 0.0)
-            verdict, why = CONFIRMED, f"confirmed in every group; weakest {claim.group_by}={decider.group}"
+            verdict, why = (
+                CONFIRMED,
+                f"confirmed in every group; weakest {claim.group_by}={decider.group}",
+            )
         else:
             decider, verdict = inconclusive[0], INCONCLUSIVE
             why = f"inconclusive in {claim.group_by}={decider.group}"
@@ -1085,7 +1321,10 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
             verdict, why = CONFIRMED, f"confirmed in {claim.group_by}={decider.group}"
         elif len(refuted) == n:
             decider = max(subs, key=lambda s: s.p_refute or 0.0)
-            verdict, why = REFUTED, f"refuted in every group; weakest {claim.group_by}={decider.group}"
+            verdict, why = (
+                REFUTED,
+                f"refuted in every group; weakest {claim.group_by}={decider.group}",
+            )
         else:
             decider, verdict = inconclusive[0], INCONCLUSIVE
             why = f"confirmed in no group, inconclusive in {claim.group_by}={decider.group}"
@@ -1093,25 +1332,41 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
     if verdict == INCONCLUSIVE and " did not learn (" in decider.detail:
         # The sanity failure leads, so that a report reader sees it before any number.
         lead = f"{decider.detail.rstrip('.')} in {claim.group_by}={decider.group}; "
-    return _base(claim, verdict=verdict, effect=decider.effect, ci_low=decider.ci_low,
-                 ci_high=decider.ci_high, n_a=sum(s.n_a for s in subs),
-                 n_b=sum(s.n_b for s in subs), method=decider.method, arms=decider.arms,
-                 groups=tuple(subs), p_value=min(p_c, p_r) if tested else None,
-                 p_confirm=p_c if tested else None, p_refute=p_r if tested else None,
-                 confidence=decider.confidence,
-                 detail=f"{lead}per {claim.group_by} ({claim.groups} must hold): {summary}; "
-                        f"overall {verdict} ({why}; numbers from that group).")
+    return _base(
+        claim,
+        verdict=verdict,
+        effect=decider.effect,
+        ci_low=decider.ci_low,
+        ci_high=decider.ci_high,
+        n_a=sum(s.n_a for s in subs),
+        n_b=sum(s.n_b for s in subs),
+        method=decider.method,
+        arms=decider.arms,
+        groups=tuple(subs),
+        p_value=min(p_c, p_r) if tested else None,
+        p_confirm=p_c if tested else None,
+        p_refute=p_r if tested else None,
+        confidence=decider.confidence,
+        detail=f"{lead}per {claim.group_by} ({claim.groups} must hold): {summary}; "
+        f"overall {verdict} ({why}; numbers from that group).",
+    )
 
 
 def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if trials is None or trials.empty:
         return pd.DataFrame(), "the sweep has no trials"
-    needed = [*([claim.axis] if claim.axis else []), *claim.where,
-              *([claim.group_by] if claim.group_by else []), "outcome"]
+    needed = [
+        *([claim.axis] if claim.axis else []),
+        *claim.where,
+        *([claim.group_by] if claim.group_by else []),
+        "outcome",
+    ]
     missing = [c for c in dict.fromkeys(needed) if c not in trials.columns]
     if missing:
-        return pd.DataFrame(), (f"column(s) {', '.join(map(repr, missing))} not in the trials "
-                                f"table (has: {', '.join(map(str, trials.columns))})")
+        return pd.DataFrame(), (
+            f"column(s) {', '.join(map(repr, missing))} not in the trials "
+            f"table (has: {', '.join(map(str, trials.columns))})"
+        )
     rows = trials
     for col, value in claim.where.items():
         rows = rows[_mask(rows[col], value)]
@@ -1124,18 +1379,19 @@ def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return rows, ""
 
 
-def _evaluate_one(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: float
-                  ) -> Verdict:
+def _evaluate_one(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: float) -> Verdict:
     """One claim, decided at the one-sided level ``alpha`` (before group corrections)."""
     v = _evaluate_raw(claim, trials, ctx, alpha)
     if claim.test != "replicate":
         return v
-    return replace(v, verdict=_RENAME[v.verdict],
-                   groups=tuple(replace(g, verdict=_RENAME[g.verdict]) for g in v.groups))
+    return replace(
+        v,
+        verdict=_RENAME[v.verdict],
+        groups=tuple(replace(g, verdict=_RENAME[g.verdict]) for g in v.groups),
+    )
 
 
-def _evaluate_raw(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: float
-                  ) -> Verdict:
+def _evaluate_raw(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: float) -> Verdict:
     rows, problem = _select(claim, trials)
     if problem:
         return _base(claim, detail=f"{problem}.")
@@ -1172,8 +1428,9 @@ def _holm(ps: Sequence[float | None]) -> tuple[list[float | None], list[int], in
     return adjusted, ranks, k
 
 
-def parse_claims(raw: Sequence[ClaimSpec | Mapping[str, Any]], where: str = "study.claims"
-                 ) -> list[ClaimSpec]:
+def parse_claims(
+    raw: Sequence[ClaimSpec | Mapping[str, Any]], where: str = "study.claims"
+) -> list[ClaimSpec]:
     """Validate claims given as mappings (a config's ``study.claims``).
 
     Raises:
@@ -1191,9 +1448,13 @@ def parse_claims(raw: Sequence[ClaimSpec | Mapping[str, Any]], where: str = "stu
     return out
 
 
-def evaluate(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials: pd.DataFrame,
-             history: History | None = None, axes: Sequence[str] | None = None,
-             learned: LearnedSpec | Mapping[str, Any] | None = None) -> list[Verdict]:
+def evaluate(
+    claims: Sequence[ClaimSpec | Mapping[str, Any]],
+    trials: pd.DataFrame,
+    history: History | None = None,
+    axes: Sequence[str] | None = None,
+    learned: LearnedSpec | Mapping[str, Any] | None = None,
+) -> list[Verdict]:
     """Check each claim against a sweep's trials, Holm-corrected across the claims.
 
     Args:
@@ -1216,8 +1477,9 @@ def evaluate(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials: pd.DataFra
         try:
             learned = LearnedSpec.model_validate(dict(learned))
         except ValidationError as e:
-            raise SpecError(describe_validation_error(e, dict(learned),
-                                                      prefix="study.learned.")) from None
+            raise SpecError(
+                describe_validation_error(e, dict(learned), prefix="study.learned.")
+            ) from None
     specs = parse_claims(claims)
     ctx = _Context(history, axes, learned)
     first = [_evaluate_one(c, trials, ctx, _alpha(c)) for c in specs]
@@ -1234,8 +1496,10 @@ def evaluate(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials: pd.DataFra
         note = f" Holm over {k} claims: p={v.p_value:.3g}, adjusted p={p_adj:.3g}"
         if w.verdict != INCONCLUSIVE and p_adj >= _alpha(c):
             w = replace(w, verdict=INCONCLUSIVE)
-            note += ("; a claim with a smaller p was not decided, so this one is not either: "
-                     "inconclusive.")
+            note += (
+                "; a claim with a smaller p was not decided, so this one is not either: "
+                "inconclusive."
+            )
         else:
             note += f"; decided at one-sided level {level:.3g}."
         out.append(replace(w, p_adjusted=p_adj, detail=w.detail + (note if k > 1 else "")))

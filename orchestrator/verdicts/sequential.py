@@ -84,17 +84,21 @@ class ClaimState:
     """Where a claim's sequence stands after the looks done so far."""
 
     claim_id: str
-    look: int            # 1-based look that decided it, or the last look done
-    seeds: int           # seeds per arm at that look
+    look: int  # 1-based look that decided it, or the last look done
+    seeds: int  # seeds per arm at that look
     decided: bool
     verdict: str
 
 
-def sequential_verdicts(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials: pd.DataFrame,
-                        schedule: Sequence[int], history: History | None = None,
-                        axes: Sequence[str] | None = None,
-                        learned: LearnedSpec | Mapping[str, Any] | None = None,
-                        done: int | None = None) -> tuple[list[Verdict], list[ClaimState]]:
+def sequential_verdicts(
+    claims: Sequence[ClaimSpec | Mapping[str, Any]],
+    trials: pd.DataFrame,
+    schedule: Sequence[int],
+    history: History | None = None,
+    axes: Sequence[str] | None = None,
+    learned: LearnedSpec | Mapping[str, Any] | None = None,
+    done: int | None = None,
+) -> tuple[list[Verdict], list[ClaimState]]:
     """Replay the planned looks over ``trials`` (module docstring).
 
     Args:
@@ -111,8 +115,9 @@ def sequential_verdicts(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials:
     if done is None:
         top = int(pd.to_numeric(trials["seed"]).max()) + 1 if len(trials) else 0
         done = max(1, sum(n <= top for n in schedule))
-    staged = [c.model_copy(update={"confidence": look_confidence(c.confidence, k_total)})
-              for c in specs]
+    staged = [
+        c.model_copy(update={"confidence": look_confidence(c.confidence, k_total)}) for c in specs
+    ]
     final: list[Verdict | None] = [None] * len(specs)
     states: list[ClaimState | None] = [None] * len(specs)
     for k in range(done):
@@ -134,8 +139,10 @@ def sequential_verdicts(claims: Sequence[ClaimSpec | Mapping[str, Any]], trials:
             why = f"max reached at look {k_total}"
         else:
             why = f"open after look {s.look} of {k_total}"
-        note = (f" Sequential: {why} ({s.seeds} seeds per arm planned at that look; each of "
-                f"the {k_total} looks at one-sided level alpha/{k_total}).")
+        note = (
+            f" Sequential: {why} ({s.seeds} seeds per arm planned at that look; each of "
+            f"the {k_total} looks at one-sided level alpha/{k_total})."
+        )
         out.append(replace(last, seeds_used=s.seeds, stopped=why, detail=last.detail + note))
     return out, [s for s in states if s is not None]
 
@@ -153,8 +160,11 @@ def claim_arm_matches(claim: ClaimSpec, arm: Mapping[str, Any]) -> bool:
     if claim.axis is None or claim.axis not in arm:
         return True
     named = [x for x in (claim.a, claim.b) if x is not None]
-    if claim.test in ("compare", "rate", "replicate") and named and claim.predict not in (
-            "increasing", "decreasing"):
+    if (
+        claim.test in ("compare", "rate", "replicate")
+        and named
+        and claim.predict not in ("increasing", "decreasing")
+    ):
         return any(values_match(arm[claim.axis], x) for x in named)
     return True  # best and trends use every arm of the axis
 

@@ -18,8 +18,11 @@ PACE_S = 0.25
 
 
 @register("classify_paced", classify.ClassifySpec)
-def paced(spec: classify.ClassifySpec, dist: distributed.DistContext | None = None,
-          resume: bytes | None = None) -> Iterator[Event]:
+def paced(
+    spec: classify.ClassifySpec,
+    dist: distributed.DistContext | None = None,
+    resume: bytes | None = None,
+) -> Iterator[Event]:
     """``classify``, with a pause after each epoch; data-parallel and resumes like it."""
     for event in classify.run(spec, dist=dist, resume=resume):
         yield event

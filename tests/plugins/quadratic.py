@@ -32,7 +32,7 @@ class QuadraticSpec(StrictModel):
 
 def score(spec: QuadraticSpec) -> float:
     """The objective the task reports: maximal (0) at x = y = optimum."""
-    return -(spec.x - spec.optimum) ** 2 - spec.y_weight * (spec.y - spec.optimum) ** 2
+    return -((spec.x - spec.optimum) ** 2) - spec.y_weight * (spec.y - spec.optimum) ** 2
 
 
 @register("quadratic", QuadraticSpec)
