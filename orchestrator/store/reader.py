@@ -8,7 +8,7 @@ On a database store (sqlite, PostgreSQL, MySQL) the runs of a sweep and the metr
 are read from MLflow's tables directly, a few plain ``SELECT``s: MLflow's ``search_runs``
 builds each run through the ORM with its tags, params and metrics loaded per page, which
 took ~20 s for 10,000 runs and minutes for 60,000 (bench/README.md, "Scale"). The table
-layout is MLflow's own and stable within a major version (checked: ``_SCHEMA_MAJOR``); a
+layout is MLflow's own and stable within a major version (checked: ``schema.MLFLOW_SCHEMA_MAJOR``); a
 server or a file store goes through ``search_runs`` as before.
 """
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 #: memory and time modest while a 10,000-trial sweep reads in two.
 PAGE = 5000
 #: The MLflow major version whose table layout the direct reads below were written for.
-_SCHEMA_MAJOR = 3
 #: Run ids per ``IN (...)`` list: under every database's bound-parameter limit.
 _CHUNK = 900
 
@@ -84,7 +83,7 @@ class StoreReader:
         self.client = client or MlflowClient(self.uri)
         self._engine: sqlalchemy.engine.Engine | None = None
         self.direct = (
-            is_database(self.uri) and int(mlflow.__version__.split(".")[0]) == _SCHEMA_MAJOR
+            is_database(self.uri) and int(mlflow.__version__.split(".")[0]) == schema.MLFLOW_SCHEMA_MAJOR
         )
 
     def _db(self) -> sqlalchemy.engine.Engine:

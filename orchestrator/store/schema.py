@@ -31,6 +31,9 @@ import os
 import re
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: The MLflow major version whose table layout the writer and reader use directly on
+#: sqlite and PostgreSQL stores (any other version goes through MLflow's API).
+MLFLOW_SCHEMA_MAJOR = 3
 
 # -- every run ------------------------------------------------------------------------------
 TAG_KIND = "orch.kind"  # "sweep", "trial" or "upstream"

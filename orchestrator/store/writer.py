@@ -45,6 +45,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from orchestrator.errors import TrackingUnavailable
 from orchestrator.store.create import open_store
 from orchestrator.store.schema import (
+    MLFLOW_SCHEMA_MAJOR,
     TAG_CANCEL,
     TAG_KIND,
     TAG_SWEEP,
@@ -491,14 +492,13 @@ class Tracker:
 
 def _engine(client: MlflowClient) -> Any:
     """The SQLAlchemy engine of the client's store when batches may be written to its tables
-    directly: sqlite or PostgreSQL, MLflow's table layout (``reader._SCHEMA_MAJOR``); else
+    directly: sqlite or PostgreSQL, MLflow's table layout (``schema.MLFLOW_SCHEMA_MAJOR``); else
     None (a server, a file store, another database)."""
     import mlflow
     import sqlalchemy
 
-    from orchestrator.store.reader import _SCHEMA_MAJOR
 
-    if int(mlflow.__version__.split(".")[0]) != _SCHEMA_MAJOR:
+    if int(mlflow.__version__.split(".")[0]) != MLFLOW_SCHEMA_MAJOR:
         return None
     engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
     if isinstance(engine, sqlalchemy.engine.Engine) and engine.dialect.name in (
