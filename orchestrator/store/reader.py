@@ -8,8 +8,8 @@ On a database store (sqlite, PostgreSQL, MySQL) the runs of a sweep and the metr
 are read from MLflow's tables directly, a few plain ``SELECT``s: MLflow's ``search_runs``
 builds each run through the ORM with its tags, params and metrics loaded per page, which
 took ~20 s for 10,000 runs and minutes for 60,000 (bench/README.md, "Scale"). The table
-layout is MLflow's own and stable within a major version (checked: ``schema.MLFLOW_SCHEMA_MAJOR``); a
-server or a file store goes through ``search_runs`` as before.
+layout is MLflow's own and stable within a major version (checked:
+``schema.MLFLOW_SCHEMA_MAJOR``); a server or a file store goes through ``search_runs`` as before.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class StoreReader:
         self.client = client or MlflowClient(self.uri)
         self._engine: sqlalchemy.engine.Engine | None = None
         self.direct = (
-            is_database(self.uri) and int(mlflow.__version__.split(".")[0]) == schema.MLFLOW_SCHEMA_MAJOR
+            is_database(self.uri)
+            and int(mlflow.__version__.split(".")[0]) == schema.MLFLOW_SCHEMA_MAJOR
         )
 
     def _db(self) -> sqlalchemy.engine.Engine:

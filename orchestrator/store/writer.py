@@ -497,7 +497,6 @@ def _engine(client: MlflowClient) -> Any:
     import mlflow
     import sqlalchemy
 
-
     if int(mlflow.__version__.split(".")[0]) != MLFLOW_SCHEMA_MAJOR:
         return None
     engine = getattr(getattr(client._tracking_client, "store", None), "engine", None)
