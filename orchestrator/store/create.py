@@ -35,6 +35,11 @@ _MAGIC = b"SQLite format 3\x00"
 #: The longest a check waits for another writer's lock, and spends on a quick_check.
 LOCK_WAIT_S = 1.0
 CHECK_BUDGET_S = 1.0
+#: A store found half-migrated while its files are still changing is being migrated by
+#: another program (``mlflow ui``, a plain ``MlflowClient`` on a new path): waited for, this
+#: long at most. One whose files are quiet is reported at once.
+MIGRATION_WAIT_S = 60.0
+MIGRATION_QUIET_S = 1.5
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -57,7 +62,29 @@ def check_store(uri: str) -> None:
     if not path.exists() or path.stat().st_size == 0:
         _check_creatable(path)
         return
-    _check_existing(path)
+    deadline = time.monotonic() + MIGRATION_WAIT_S
+    while True:
+        try:
+            _check_existing(path)
+            return
+        except TrackingUnavailable as e:
+            if (
+                "older schema revision" not in str(e)
+                or time.monotonic() > deadline
+                or not _changing(path)
+            ):
+                raise
+            time.sleep(0.5)
+
+
+def _changing(path: Path) -> bool:
+    """Whether the store's file or its journal was written in the last few seconds."""
+    stamps = [
+        p.stat().st_mtime
+        for p in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"))
+        if p.exists()
+    ]
+    return bool(stamps) and time.time() - max(stamps) < MIGRATION_QUIET_S
 
 
 def open_store(uri: str) -> None:
