@@ -22,10 +22,14 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.cli import main
+
+# Seconds to minutes each (training, subprocesses, simulation): not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A study small enough that a valid generated sweep plans in well under a second.

@@ -35,6 +35,9 @@ from tasks.optimizers import build_optimizer
 from tasks.schedules import SchedulerSpec, build_scheduler
 from tasks.training import TrainSpec, fit
 
+# Seconds to minutes each (training, subprocesses, simulation): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 CLASSIFY: dict[str, Any] = {
     "data": {"name": "digits"},
     "model": {"name": "mlp_d", "hidden": [32], "dropout": 0.2},

@@ -21,6 +21,9 @@ HEAVY = ("torch", "ray", "scipy", "mlflow", "matplotlib")
 PROBE = f"""
 import contextlib, io, json, sys
 from orchestrator.cli import main
+
+# Seconds to minutes each (training, subprocesses, simulation): not in `make test-fast`.
+pytestmark = pytest.mark.slow
 try:
     with contextlib.redirect_stdout(io.StringIO()):
         rc = main(json.loads(sys.argv[1]))

@@ -17,6 +17,9 @@ import pytest
 from orchestrator.errors import TrackingUnavailable
 from orchestrator.store.create import check_store, open_store
 
+# Seconds to minutes each (training, subprocesses, simulation): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

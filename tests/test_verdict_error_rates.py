@@ -14,6 +14,9 @@ import pytest
 
 from bench.verdict_error_rates import cases, run_case
 
+# Seconds to minutes each (training, subprocesses, simulation): not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 NOMINAL = 0.025
 CASES = {(c.rule, c.truth): c for c in cases()}
 
