@@ -17,13 +17,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "ray", "scipy", "mlflow", "matplotlib")
+# Each case starts a fresh interpreter (seconds): not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 PROBE = f"""
 import contextlib, io, json, sys
 from orchestrator.cli import main
-
-# Seconds to minutes each (training, subprocesses, simulation): not in `make test-fast`.
-pytestmark = pytest.mark.slow
 try:
     with contextlib.redirect_stdout(io.StringIO()):
         rc = main(json.loads(sys.argv[1]))
