@@ -160,11 +160,21 @@ def test_sweep_ends_with_verdicts_report_and_tags(
         Path(ml.download_artifacts(pid, "verdicts.json", str(tmp_path))).read_text()
     )
     ids = [v.id for v in stored]
-    assert ids == ["OPT-1", "OPT-5", "OPT-8/early", "OPT-8/end", "OPT-8/gap"]
+    assert ids == [
+        "OPT-1",
+        "OPT-2",
+        "OPT-5",
+        "OPT-7/early",
+        "OPT-7/late",
+        "OPT-8/early",
+        "OPT-8/end",
+        "OPT-8/gap",
+    ]
     by_id = {v.id: v for v in stored}
     # Arms the command line left out, or a step past the 2 epochs: inconclusive, said why.
     assert by_id["OPT-1"].verdict == "inconclusive" and "b has 0" in by_id["OPT-1"].detail
-    assert by_id["OPT-5"].verdict == "inconclusive"
+    for cid in ("OPT-2", "OPT-5", "OPT-7/early", "OPT-7/late"):  # their arms were not run
+        assert by_id[cid].verdict == "inconclusive"
     for cid in ("OPT-8/early", "OPT-8/end", "OPT-8/gap"):
         v = by_id[cid]
         assert v.n_a == v.n_b == 3 and v.method == "paired t", v.detail
@@ -196,7 +206,7 @@ def test_sweep_ends_with_verdicts_report_and_tags(
     assert (
         json.loads(
             Path(ml.download_artifacts(pid, "verdicts.json", str(tmp_path / "x"))).read_text()
-        )[2]["id"]
+        )[5]["id"]
         == "OPT-8/early"
     )
 
