@@ -67,12 +67,10 @@ def check_store(uri: str) -> None:
         try:
             _check_existing(path)
             return
-        except TrackingUnavailable as e:
-            if (
-                "older schema revision" not in str(e)
-                or time.monotonic() > deadline
-                or not _changing(path)
-            ):
+        except TrackingUnavailable:
+            # Half-migrated (no or an older revision) while its files still change: another
+            # program is migrating it right now; anything else, or a quiet file, is final.
+            if time.monotonic() > deadline or not _changing(path):
                 raise
             time.sleep(0.5)
 
