@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.cli.record import BEGIN, END, catalogue_ids, write_readme
+from orchestrator.cli.record import BEGIN, END, catalogue_ids, recorded_results, write_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = ROOT.parent / "shared" / "claims.md"
@@ -48,6 +48,13 @@ def test_readme_section_is_replaced_between_its_markers(tmp_path: Path) -> None:
     assert "old table" not in text and "kept" in text and "tail kept" in text
     assert "| C-1 x | **refuted** | -0.5 | [-0.7, -0.3] | 2/2 | paired t | 0.01 | 0.02 |" in text
     assert "Sweep `s-1`" in text
+
+
+def test_recording_one_study_keeps_the_others(tmp_path: Path) -> None:
+    for name in ("zeta", "b", "a"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"study": name}))
+    got = [r["study"] for r in recorded_results(tmp_path, ["b", "a"])]
+    assert got == ["b", "a", "zeta"]  # the composer's order, then any other by name
 
 
 @pytest.mark.skipif(not CATALOGUE.exists(), reason="no ../shared/claims.md beside the checkout")

@@ -151,7 +151,6 @@ def cmd_record(args: argparse.Namespace, out: Console, err: Console) -> int:
     names = args.studies.split(",") if args.studies else comp.studies()
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
-    results = []
     for name in names:
         plan = plan_sweep(comp, name, [], quick=args.quick)
         start = time.monotonic()
@@ -173,10 +172,17 @@ def cmd_record(args: argparse.Namespace, out: Console, err: Console) -> int:
             "verdicts": verdicts,
         }
         (results_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        results.append(result)
         out.print(f"{name}: {len(verdicts)} verdicts, {wall:.0f} s", highlight=False)
-    write_readme(Path(args.readme), results)
+    write_readme(Path(args.readme), recorded_results(results_dir, comp.studies()))
     return EXIT_OK
+
+
+def recorded_results(results_dir: Path, order: Sequence[str]) -> list[dict[str, Any]]:
+    """Every study's recorded result in ``results_dir``, in ``order`` (then by name): the
+    tables are regenerated from all of them, so recording one study keeps the others'."""
+    found = {p.stem: json.loads(p.read_text()) for p in results_dir.glob("*.json")}
+    rank = {name: i for i, name in enumerate(order)}
+    return [found[k] for k in sorted(found, key=lambda k: (rank.get(k, len(rank)), k))]
 
 
 def add_parsers(sub: Any, configs: Callable[[Any], None], store: Callable[[Any], None]) -> None:
