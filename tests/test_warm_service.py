@@ -92,6 +92,32 @@ def test_sweeps_reuse_the_warm_pool_and_down_stops_it(env: dict[str, str], tmp_p
     assert second <= pool  # the same warm processes, not new ones
     assert "2 idle" in orch(env, tmp_path, "up", "--status")  # given back
 
+    # A process that imported Ray before it could take the service's token (orch record,
+    # a notebook) runs a cluster of its own: its processes must not be handed that token.
+    late = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, ray; from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))",
+            "sweep",
+            "bench_trivial",
+            "--config-dir",
+            str(ROOT / "bench" / "conf"),
+            "--tasks",
+            "bench.tasks",
+            "seed=5",
+            "--tracking-uri",
+            uri,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert late.returncode == 0, late.stderr[-2000:]
+    assert "2 idle" in orch(env, tmp_path, "up", "--status")  # the pool was not used
+
     daemon = psutil.Process(state["daemon_pid"])
     tree = [daemon, *daemon.children(recursive=True)]
     assert {p.pid for p in tree} >= pool

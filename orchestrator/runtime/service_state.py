@@ -48,9 +48,14 @@ def connect_env(state: ServiceState) -> bool:
     reads these variables when it is imported: a process that imported Ray before cannot
     connect to the service (it then runs a cluster of its own, the cold path)."""
     wanted = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state.token_path}
-    already = all(os.environ.get(k) == v for k, v in wanted.items())
+    if all(os.environ.get(k) == v for k, v in wanted.items()):
+        return True
+    if "ray" in sys.modules:
+        # Too late for this process; and setting them anyway would hand the service's token
+        # to the cold cluster's own processes while this one presents the default token.
+        return False
     os.environ.update(wanted)
-    return already or "ray" not in sys.modules
+    return True
 
 
 def find_service() -> ServiceState | None:
