@@ -6,13 +6,16 @@ The service's state lives in a temp ``XDG_RUNTIME_DIR`` and ``HOME``, never the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -110,7 +113,7 @@ def test_sweeps_reuse_the_warm_pool_and_down_stops_it(env: dict[str, str], tmp_p
             uri,
         ],
         cwd=tmp_path,
-        env=env,
+        env={**env, "ORCH_NO_STANDBY": "1"},  # this process itself, not the service's driver
         capture_output=True,
         text=True,
         timeout=600,
@@ -130,3 +133,95 @@ def test_sweeps_reuse_the_warm_pool_and_down_stops_it(env: dict[str, str], tmp_p
     # Nothing up: the sweep starts its own cluster, as before.
     cold = sweep(env, tmp_path, uri, "4")
     assert cold and not cold & pool
+
+
+def _standby_ready(tmp_path: Path, timeout_s: float = 600) -> None:
+    sock = tmp_path / "xdg" / "orch" / "standby.sock"
+    deadline = time.monotonic() + timeout_s
+    while not sock.exists():
+        assert time.monotonic() < deadline, "the standby driver never got ready"
+        time.sleep(0.5)
+
+
+def _parent(uri: str, sweep_id: str) -> Any:
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, f"tags.`orch.sweep_id` = '{sweep_id}'", max_results=1000)
+    return [r for r in runs if r.data.tags.get("orch.kind") == "sweep"][0], runs
+
+
+def test_a_sweep_is_driven_by_the_standby_and_a_killed_client_cancels_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """With orch up, orch sweep is a thin client: the service's standby driver runs it (and
+    is replaced for the next one); a client killed mid-sweep leaves nothing RUNNING."""
+    orch(env, tmp_path, "up", "--slots", "2", "--num-cpus", "2")
+    daemon = json.loads((tmp_path / "xdg" / "orch" / "up.json").read_text())["daemon_pid"]
+    _standby_ready(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = orch(
+        env,
+        tmp_path,
+        "sweep",
+        "bench_trivial",
+        "--config-dir",
+        str(ROOT / "bench" / "conf"),
+        "--tasks",
+        "bench.tasks",
+        "seed=0,1",
+        "--tracking-uri",
+        uri,
+    )
+    sweep_id = re.search(r"sweep (\S+): 2 finished", out).group(1)
+    parent, _ = _parent(uri, sweep_id)
+    driver = int(parent.data.tags["orch.driver_pid"])
+    assert not psutil.pid_exists(driver) or psutil.Process(driver).ppid() == daemon
+
+    _standby_ready(tmp_path)  # the daemon keeps the next one ready
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            "bench_trivial",
+            "--config-dir",
+            str(ROOT / "bench" / "conf"),
+            "--tasks",
+            "bench.tasks",
+            "seed=range(10,14)",
+            "seconds=30",
+            "--tracking-uri",
+            uri,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    running: list[Any] = []
+    while not running:  # a trial is training: the sweep is under way in the standby
+        assert time.monotonic() < deadline and client.poll() is None
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):  # the store may not exist yet
+            c = MlflowClient(uri)
+            ids = [e.experiment_id for e in c.search_experiments()]
+            running = [
+                r
+                for r in c.search_runs(ids, "attributes.status = 'RUNNING'", max_results=100)
+                if r.data.tags.get("orch.kind") == "trial" and r.data.tags.get("orch.pid")
+            ]
+    client.kill()  # SIGKILL: no chance to forward anything
+    client.wait()
+    sweep_id = running[0].data.tags["orch.sweep_id"]
+    deadline = time.monotonic() + 600
+    while True:  # the standby saw its client go: a hang-up, the sweep cancelled
+        parent, runs = _parent(uri, sweep_id)
+        if parent.info.status != "RUNNING":
+            break
+        assert time.monotonic() < deadline, "the sweep of a killed client is still RUNNING"
+        time.sleep(1)
+    assert parent.info.status == "KILLED"
+    assert not [r for r in runs if r.info.status == "RUNNING"]

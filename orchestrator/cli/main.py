@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from orchestrator.cli import jobs, record, service
+from orchestrator.cli import jobs, record, service, standby
 from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
 from orchestrator.cli.tables import fitted_table, print_table
 from orchestrator.errors import SpecError, TrackingUnavailable
@@ -136,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    code = standby.run_in_standby(args, list(argv) if argv is not None else sys.argv[1:])
+    if code is not None:  # orch up's warm driver ran it
+        return code
     out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     # MLflow's per-download progress bars would interleave with ours (reports, upstreams).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

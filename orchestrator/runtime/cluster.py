@@ -24,8 +24,12 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     With no ``address`` and no size asked, the cluster of ``orch up`` is used when it runs
     (``orchestrator.runtime.service``): started the same way, kept between sweeps.
     """
+    global _preconnected
     if ray.is_initialized():
-        return
+        if not (_preconnected and (address or num_cpus is not None or num_gpus is not None)):
+            return
+        ray.shutdown()  # the standby's connection to the service; this asks for another
+        _preconnected = False
     if not address and num_cpus is None and num_gpus is None:
         warm = find_service()
         if warm is not None and connect_env(warm):
@@ -42,6 +46,21 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
             configure_logging=False,
         )
         reaper.start(_head_pids())
+
+
+#: Connected by :func:`preconnect`, before knowing what would run (the standby driver).
+_preconnected = False
+
+
+def preconnect() -> None:
+    """Connect to ``orch up``'s cluster ahead of the command that will use it; a later
+    :func:`init_ray` asking for another cluster (an address, a size) replaces it."""
+    global _preconnected
+    warm = find_service()
+    if warm is None or not connect_env(warm):
+        raise RuntimeError("no orch up service to connect to (or Ray lacks its token)")
+    init_ray(warm.address)
+    _preconnected = True
 
 
 def _head_pids() -> list[int]:

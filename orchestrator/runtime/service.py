@@ -39,11 +39,15 @@ from orchestrator.runtime.service_state import (
     connect_env,
     find_service,
     pid_alive,
+    standby_socket,
     state_path,
 )
 from orchestrator.runtime.worker import TrialWorkerActor
 
 NAMESPACE = "orch-warm"
+#: The standby driver's exit status when it could not get ready (EX_TEMPFAIL; no command
+#: of orch exits with it).
+STANDBY_NOT_STARTED = 75
 KEEPER = "orch-warm-keeper"
 #: How long ``orch up`` waits for the daemon's Ray and workers (torch imports on 2 busy CPUs).
 START_TIMEOUT_S = 300.0
@@ -245,12 +249,63 @@ def serve(slots: int, num_cpus: int | None) -> None:
     tmp.write_text(json.dumps(asdict(state)))
     tmp.chmod(0o600)
     tmp.replace(path)  # atomic: a reader sees no state or a whole one
-    stopping.wait()
+    standby = _Standby()
+    while not stopping.wait(0.5):
+        standby.keep()
+    standby.stop()
     for name in [*names, KEEPER]:
         with contextlib.suppress(ValueError):  # already gone
             ray.kill(ray.get_actor(name), no_restart=True)
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# Not ``-m orchestrator.cli.standby``: the package's __init__ imports that module first, and
+# runpy would run a second copy of it as __main__.
+_STANDBY_MAIN = (
+    "import sys; from orchestrator.cli.standby import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+class _Standby:
+    """The one standby driver (``orchestrator/cli/standby.py``) the daemon keeps ready: a
+    new one as soon as the last has taken a command. One that exits early (it could not
+    start) is retried after a pause that doubles, so a broken one does not spin."""
+
+    MIN_PAUSE_S, MAX_PAUSE_S = 1.0, 300.0
+
+    def __init__(self) -> None:
+        self.path = standby_socket()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pause = self.MIN_PAUSE_S
+        self.next_start = 0.0
+        self.keep()
+
+    def keep(self) -> None:
+        if self.path is None or (self.proc is not None and self.proc.poll() is None):
+            return
+        now = time.monotonic()
+        if self.proc is not None:  # it ended: it served a command, or failed to start
+            served = self.proc.returncode != STANDBY_NOT_STARTED
+            self.pause = self.MIN_PAUSE_S if served else min(2 * self.pause, self.MAX_PAUSE_S)
+            self.next_start = now + (0.0 if served else self.pause)
+            self.proc = None
+        if now < self.next_start:
+            return
+        self.proc = subprocess.Popen(  # the daemon's environment: the service's Ray token
+            [sys.executable, "-c", _STANDBY_MAIN, "--socket", str(self.path)],
+            stdin=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # a sweep it runs is cancelled, as by SIGTERM
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,6 +33,17 @@ def state_path() -> Path:
     return base / "orch" / "up.json"
 
 
+#: ``sun_path`` holds 108 bytes on Linux: a longer runtime dir gets no standby driver.
+MAX_SOCKET_PATH = 100
+
+
+def standby_socket() -> Path | None:
+    """Where the service's standby driver (``orchestrator/cli/standby.py``) listens: beside
+    the state, in the user's 0700 directory; None where the path would be too long."""
+    path = state_path().with_name("standby.sock")
+    return path if len(str(path)) <= MAX_SOCKET_PATH else None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

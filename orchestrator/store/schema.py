@@ -57,6 +57,7 @@ TAG_CANCEL = "orch.cancel_requested"
 TAG_VERDICT = "orch.verdict."  # + claim id: the claim's verdict
 TAG_OPTUNA_STUDY = "orch.optuna_study"
 TAG_OPTUNA_STORAGE = "orch.optuna_storage"
+TAG_DRIVER_PID = "orch.driver_pid"  # the sweep's driver: the CLI, or orch up's standby
 TAG_SEARCH = "orch.search."  # + sampler | pruner | metrics | directions | best
 #: The parent's tags that ``orch resume`` re-plans a sweep from.
 SWEEP_TAGS = (TAG_OVERRIDES, TAG_QUICK, TAG_CONFIG_DIR, TAG_TASKS, TAG_STUDY)

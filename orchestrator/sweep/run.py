@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -385,6 +386,7 @@ def _start_parent(
         schema.TAG_METRIC: spec.sweep.metric,
         schema.TAG_MODE: spec.sweep.mode,
         schema.TAG_AXES: json.dumps(list(plan.axes)),
+        schema.TAG_DRIVER_PID: os.getpid(),
     }
     commit = writer.git_commit()
     if commit:
