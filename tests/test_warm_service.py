@@ -56,25 +56,26 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
     orch(env, tmp_path, "down")  # whatever the test did
 
 
-def sweep(env: dict[str, str], cwd: Path, uri: str, seeds: str) -> set[int]:
-    """Run a sweep of new trials; the process ids its trials ran in (``orch.pid``)."""
-    out = orch(
-        env,
-        cwd,
+def sweep_argv(uri: str, *overrides: str) -> list[str]:
+    """``orch`` arguments of a sweep of the bench's trivial trials."""
+    return [
         "sweep",
         "bench_trivial",
         "--config-dir",
         str(ROOT / "bench" / "conf"),
         "--tasks",
         "bench.tasks",
-        f"seed={seeds}",
+        *overrides,
         "--tracking-uri",
         uri,
-    )
+    ]
+
+
+def sweep(env: dict[str, str], cwd: Path, uri: str, seeds: str) -> set[int]:
+    """Run a sweep of new trials; the process ids its trials ran in (``orch.pid``)."""
+    out = orch(env, cwd, *sweep_argv(uri, f"seed={seeds}"))
     sweep_id = re.search(r"sweep (\S+): \d+ finished", out).group(1)
-    client = MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, f"tags.`orch.sweep_id` = '{sweep_id}'", max_results=1000)
+    _, runs = _parent(uri, sweep_id)
     pids = {int(r.data.tags["orch.pid"]) for r in runs if "orch.pid" in r.data.tags}
     assert pids, out
     return pids
@@ -102,15 +103,7 @@ def test_sweeps_reuse_the_warm_pool_and_down_stops_it(env: dict[str, str], tmp_p
             sys.executable,
             "-c",
             "import sys, ray; from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))",
-            "sweep",
-            "bench_trivial",
-            "--config-dir",
-            str(ROOT / "bench" / "conf"),
-            "--tasks",
-            "bench.tasks",
-            "seed=5",
-            "--tracking-uri",
-            uri,
+            *sweep_argv(uri, "seed=5"),
         ],
         cwd=tmp_path,
         env={**env, "ORCH_NO_STANDBY": "1"},  # this process itself, not the service's driver
@@ -159,19 +152,7 @@ def test_a_sweep_is_driven_by_the_standby_and_a_killed_client_cancels_it(
     daemon = json.loads((tmp_path / "xdg" / "orch" / "up.json").read_text())["daemon_pid"]
     _standby_ready(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = orch(
-        env,
-        tmp_path,
-        "sweep",
-        "bench_trivial",
-        "--config-dir",
-        str(ROOT / "bench" / "conf"),
-        "--tasks",
-        "bench.tasks",
-        "seed=0,1",
-        "--tracking-uri",
-        uri,
-    )
+    out = orch(env, tmp_path, *sweep_argv(uri, "seed=0,1"))
     sweep_id = re.search(r"sweep (\S+): 2 finished", out).group(1)
     parent, _ = _parent(uri, sweep_id)
     driver = int(parent.data.tags["orch.driver_pid"])
@@ -183,16 +164,7 @@ def test_a_sweep_is_driven_by_the_standby_and_a_killed_client_cancels_it(
             sys.executable,
             "-m",
             "orchestrator.cli",
-            "sweep",
-            "bench_trivial",
-            "--config-dir",
-            str(ROOT / "bench" / "conf"),
-            "--tasks",
-            "bench.tasks",
-            "seed=range(10,14)",
-            "seconds=30",
-            "--tracking-uri",
-            uri,
+            *sweep_argv(uri, "seed=range(10,14)", "seconds=30"),
         ],
         cwd=tmp_path,
         env=env,
