@@ -13,10 +13,18 @@ User input (study files, ``--config-dir``, overrides) may only interpolate confi
 (``${a.b}``) and the resolvers in :data:`PURE_RESOLVERS`, which read nothing but the config.
 An operator allows more with ``ORCH_ALLOW_RESOLVERS``: comma-separated resolver names
 (``oc.env``), or a resolver and its first argument (``oc.env:EPOCHS``, that one variable).
+
+The allow-list is the operator's: on a cluster, the environment the head was started with.
+A sweep submitted as a Ray Job (``orch submit``, or Ray's own ``JobSubmissionClient``) runs
+its driver there, with the job's ``runtime_env`` ``env_vars`` added to that environment, so a
+submitter could set ``ORCH_ALLOW_RESOLVERS`` there to read the cluster's secrets. Ray tells
+the driver which variables the job set (:data:`RAY_JOB_CONFIG_ENV`); a resolver met in a job
+that set the allow-list itself is refused, naming that cause.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -38,6 +46,10 @@ MAX_FILES = 1_000
 #: Resolvers that read only the config itself.
 PURE_RESOLVERS = frozenset({"oc.select", "oc.dict.keys", "oc.dict.values", "oc.deprecated"})
 ALLOW_ENV = "ORCH_ALLOW_RESOLVERS"
+#: What Ray's job supervisor sets in a submitted job's driver: JSON with the job's
+#: ``runtime_env`` (Ray's ``RAY_JOB_CONFIG_JSON_ENV_VAR``; a job cannot override it, the
+#: supervisor writes it after the job's own variables).
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 # ``${name:`` opens a resolver call; nested calls are found too since the whole text is
 # scanned. ``\${`` (an escaped, literal interpolation) is refused as well: cheaper than
@@ -46,8 +58,32 @@ _RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.\-]*)\s*:\s*([^,}\s]*)")
 
 
 def allowed_resolvers() -> set[str]:
-    """The operator's allow-list from ``ORCH_ALLOW_RESOLVERS`` (names or name:first-arg)."""
+    """The operator's allow-list from ``ORCH_ALLOW_RESOLVERS`` (names or name:first-arg).
+
+    Raises:
+        SpecError: In a Ray Job whose submitter set the variable (see the module doc).
+    """
+    if ALLOW_ENV in job_env_vars():
+        raise SpecError(
+            f"{ALLOW_ENV}: set by the job's submitter (its runtime_env env_vars), which "
+            f"may not widen what configs can read on the cluster; allowed: {ALLOW_ENV} "
+            f"in the cluster's own environment, set by its operator"
+        )
     return {x.strip() for x in os.environ.get(ALLOW_ENV, "").split(",") if x.strip()}
+
+
+def job_env_vars() -> dict[str, str]:
+    """The variables the submitter of the Ray Job this process drives set; {} outside one.
+
+    Unreadable job config: treated as setting everything, so nothing is allowed."""
+    text = os.environ.get(RAY_JOB_CONFIG_ENV)
+    if not text:
+        return {}
+    try:
+        env_vars = json.loads(text).get("runtime_env", {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        return {ALLOW_ENV: "?"}
+    return env_vars if isinstance(env_vars, dict) else {ALLOW_ENV: "?"}
 
 
 def check_resolvers(text: str, where: str) -> None:
@@ -58,10 +94,14 @@ def check_resolvers(text: str, where: str) -> None:
     """
     if "${" not in text:
         return
-    allowed = allowed_resolvers()
+    allowed: set[str] | None = None  # read at the first impure resolver only
     for m in _RESOLVER.finditer(text):
         name, arg = m.group(1), m.group(2).strip("'\"")
-        if name in PURE_RESOLVERS or name in allowed or f"{name}:{arg}" in allowed:
+        if name in PURE_RESOLVERS:
+            continue
+        if allowed is None:
+            allowed = allowed_resolvers()
+        if name in allowed or f"{name}:{arg}" in allowed:
             continue
         raise SpecError(
             f"{where}: resolver {name!r} may read outside the config (the "

@@ -243,7 +243,10 @@ class Dispatcher:
                 if not running:
                     if source.exhausted():
                         return
-                    # A source (Optuna) may have nothing to hand out until others finish.
+                    # A source (Optuna) may have nothing to hand out until others finish, or
+                    # waits for another sweep's claim: still a turn for signals, cancels, counts.
+                    if listener.tick():
+                        raise Cancelled()
                     time.sleep(self.poll_s)
                     continue
                 ready, _ = ray.wait(

@@ -83,13 +83,30 @@ class Leases:
             },
         )
 
+    def done(self, key: str) -> Run | None:
+        """A run of ``key`` that ended with a result another sweep may reuse, if any."""
+        for run in self.tracker.client.search_runs(
+            [self.experiment_id], f"tags.`{schema.TAG_KEY}` = '{key}'"
+        ):
+            tags = run.data.tags
+            if (
+                run.info.status != "RUNNING"
+                and tags.get(schema.TAG_OUTCOME) in schema.DONE_OUTCOMES
+                and schema.TAG_REUSED not in tags
+            ):
+                return run
+        return None
+
     def claim(self, key: str, create: Callable[[], str]) -> Claim:
-        """Claim ``key`` with the run ``create()`` makes, unless someone holds it."""
-        held = self.live(key)
+        """Claim ``key`` with the run ``create()`` makes, unless someone holds it or it was
+        done since the sweep looked at the store (another sweep trained it meanwhile: a
+        sweep that waited on an upstream claim meets trials the other sweep finished)."""
+        held = self.live(key) or [r for r in [self.done(key)] if r is not None]
         if held:
             return Claim(holder=held[0])
         run_id = create()
-        others = self.live(key, exclude=run_id)
+        # A run that ended done between the look above and our create is seen here.
+        others = self.live(key, exclude=run_id) or [r for r in [self.done(key)] if r is not None]
         if others:
             self.withdraw(run_id)
             return Claim(holder=others[0])

@@ -23,6 +23,14 @@ Who writes what (the contract, like Optuna's storage docs):
   result instead of training the trial again. A lease whose heartbeat is older than
   ``sweep.lease_timeout_s`` is taken over: the one write a driver makes to another sweep's
   run is ending it ``interrupted``.
+* An *upstream* run (pre-training that trials name in ``TAG_UPSTREAM``) is leased the same
+  way under its own key: a sweep meeting another's live claim on it waits, then gives its
+  trials that run's ``outputs/`` artifacts (it records no run of its own for it).
+* An Optuna search's trials are not leased. Two searches started together are two Optuna
+  studies and two sweeps: each sampler asks for its own trials and learns only from its
+  own results, so a configuration both happen to ask for is trained by each. Waiting on the
+  other's run instead would have to feed its per-step values to this study's pruner and
+  tell its result as this study's trial; not done.
 """
 
 from __future__ import annotations

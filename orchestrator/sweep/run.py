@@ -445,7 +445,11 @@ def _run_upstreams(
 ) -> list[Trial]:
     """Run (or find in the store) each distinct upstream of ``todo`` once and put its
     artifacts in Ray's object store. Returns the trials that can run; those whose upstream
-    failed are recorded FAILED with the reason."""
+    failed are recorded FAILED with the reason.
+
+    An upstream is claimed in the store before it trains, as a trial is (``LeasedSource``):
+    two sweeps needing the same pre-training at once train it once, the second waits for
+    the first's run and takes its artifacts."""
     needed = {t.upstream.key: t.upstream for t in todo if t.upstream is not None}
     if not needed:
         return todo
@@ -464,7 +468,16 @@ def _run_upstreams(
             kind=schema.KIND_UPSTREAM,
         )
         rec.progress.add_total(len(missing))
-        dispatcher.run(GridSource(missing), up)
+        up.leases = rec.leases
+
+        def reused(t: Trial, run: Run) -> None:  # another sweep trained it while we waited
+            dispatcher.inputs[t.key] = ray.put(
+                reader.read_files(run.info.run_id, schema.OUTPUTS_FOLDER)
+            )
+            rec.progress.reused(None)
+
+        source = GridSource(missing)
+        dispatcher.run(source if up.leases is None else LeasedSource(source, up, reused), up)
         for t in missing:
             if t.key in up.outputs:
                 dispatcher.inputs[t.key] = ray.put(up.outputs[t.key])
