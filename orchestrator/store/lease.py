@@ -53,24 +53,27 @@ class Leases:
         last = float(beat) if beat else run.info.start_time / 1000
         return time.time() - last
 
-    def live(self, key: str, exclude: str | None = None) -> list[Run]:
-        """The live claims on ``key`` other than ``exclude``, oldest first; stale ones are
-        ended ``interrupted`` on the way."""
+    def holder(self, key: str, exclude: str | None = None) -> Run | None:
+        """Who has ``key`` besides ``exclude``, from one query of its runs: the oldest live
+        claim (stale ones are ended ``interrupted`` on the way), else a run that ended with
+        a result this sweep may reuse (another sweep trained it since this one looked)."""
         runs = self.tracker.client.search_runs(
             [self.experiment_id],
-            f"tags.`{schema.TAG_KEY}` = '{key}' and attributes.status = 'RUNNING'",
+            f"tags.`{schema.TAG_KEY}` = '{key}'",
             order_by=["attributes.start_time ASC"],
         )
-        out = []
+        done = None
         for run in runs:
             if run.info.run_id == exclude:
                 continue
-            age = self.age_s(run)
-            if age > self.timeout_s:
+            if run.info.status == "RUNNING":
+                age = self.age_s(run)
+                if age <= self.timeout_s:
+                    return run
                 self.take_over(run, age)
-            else:
-                out.append(run)
-        return out
+            elif done is None and _reusable(run):
+                done = run
+        return done
 
     def take_over(self, run: Run, age: float) -> None:
         self.tracker.end_run(
@@ -83,33 +86,19 @@ class Leases:
             },
         )
 
-    def done(self, key: str) -> Run | None:
-        """A run of ``key`` that ended with a result another sweep may reuse, if any."""
-        for run in self.tracker.client.search_runs(
-            [self.experiment_id], f"tags.`{schema.TAG_KEY}` = '{key}'"
-        ):
-            tags = run.data.tags
-            if (
-                run.info.status != "RUNNING"
-                and tags.get(schema.TAG_OUTCOME) in schema.DONE_OUTCOMES
-                and schema.TAG_REUSED not in tags
-            ):
-                return run
-        return None
-
     def claim(self, key: str, create: Callable[[], str]) -> Claim:
         """Claim ``key`` with the run ``create()`` makes, unless someone holds it or it was
         done since the sweep looked at the store (another sweep trained it meanwhile: a
         sweep that waited on an upstream claim meets trials the other sweep finished)."""
-        held = self.live(key) or [r for r in [self.done(key)] if r is not None]
-        if held:
-            return Claim(holder=held[0])
+        held = self.holder(key)
+        if held is not None:
+            return Claim(holder=held)
         run_id = create()
         # A run that ended done between the look above and our create is seen here.
-        others = self.live(key, exclude=run_id) or [r for r in [self.done(key)] if r is not None]
-        if others:
+        other = self.holder(key, exclude=run_id)
+        if other is not None:
             self.withdraw(run_id)
-            return Claim(holder=others[0])
+            return Claim(holder=other)
         return Claim(run_id=run_id)
 
     def withdraw(self, run_id: str) -> None:
@@ -136,3 +125,9 @@ class Leases:
                     self.tracker.client.log_batch(run_id, tags=tags)
             except Exception:  # noqa: BLE001 - see above
                 return
+
+
+def _reusable(run: Run) -> bool:
+    """An ended run with a result (not itself a reuse of another)."""
+    tags = run.data.tags
+    return tags.get(schema.TAG_OUTCOME) in schema.DONE_OUTCOMES and schema.TAG_REUSED not in tags
