@@ -28,6 +28,9 @@ class WorkSpec(StrictModel):
     seed: int = Field(0, ge=0)
     busy: bool = True
 
+    def cost(self) -> float | None:
+        return self.seconds * self.epochs
+
 
 def _timing(start: float) -> dict[str, float]:
     end = time.time()

@@ -30,6 +30,9 @@ class ClassifySpec(StrictModel):
     train: TrainSpec = TrainSpec()
     seed: int = 0
 
+    def cost(self) -> float | None:
+        return float(self.train.epochs)
+
 
 class PretrainSpec(ClassifySpec):
     """A pre-training run: a classification trial whose weights are kept as an artifact."""
@@ -97,6 +100,9 @@ class FinetuneSpec(StrictModel):
     pretrain: PretrainSpec
     train: TrainSpec = TrainSpec()
     seed: int = 0
+
+    def cost(self) -> float | None:
+        return float(self.train.epochs)  # its pre-training is an upstream run of its own
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:

@@ -74,3 +74,26 @@ def test_unit_needs_its_column_and_no_rate_claims() -> None:
             ],
             _table(),
         )
+
+
+def test_longest_first_where_configs_say_how_long() -> None:
+    """Trials whose specs give a cost start longest first (ties as planned); when any does
+    not say, the planned order is kept."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))  # bench/ is not installed (as in test_bench_smoke)
+    import bench.tasks  # noqa: F401 - registers the bench's `work` task (cost = seconds x epochs)
+    from orchestrator.config.compose import composer
+    from orchestrator.config.plan import plan_sweep
+    from orchestrator.runtime.dispatch import longest_first
+
+    plan = plan_sweep(composer(str(root / "bench" / "conf")), "bench_uneven", [])
+    assert [t.cost for t in plan.trials] == pytest.approx([0.2 * e for e in range(1, 11)])
+    assert [t.config["epochs"] for t in longest_first(plan.trials)] == list(range(10, 0, -1))
+    a, b, c = (replace(plan.trials[0], index=i, cost=x) for i, x in enumerate((1.0, 2.0, 1.0)))
+    assert [t.index for t in longest_first([a, b, c])] == [1, 0, 2]  # ties as planned
+    unknown = [replace(t, cost=None) if t.index == 0 else t for t in plan.trials]
+    assert longest_first(unknown) == unknown

@@ -111,7 +111,15 @@ class TrialBuilder:
             Trial.make_key(self.task.name, config, workers),
             _upstream(self.task, validated),
             workers,
+            cost=_cost(validated),
         )
+
+
+def _cost(spec: Any) -> float | None:
+    """The spec's own estimate of its trial's length (``tasks.spec.StrictModel.cost``)."""
+    cost = getattr(spec, "cost", None)
+    value = cost() if callable(cost) else None
+    return float(value) if value is not None else None
 
 
 def _workers(point: dict[str, Any], default: int, where: str) -> int:

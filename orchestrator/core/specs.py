@@ -291,6 +291,8 @@ class Trial:
     #: Further arms of the same config: sub-grids may overlap, and a shared trial runs once
     #: but counts in each grid's claims (``Client.trials`` gives it a row per arm).
     also: tuple[dict[str, Any], ...] = ()
+    #: Relative length from the task's spec (``StrictModel.cost``), None if it does not say.
+    cost: float | None = None
 
     @staticmethod
     def make_key(task: str, config: dict[str, Any], workers: int = 1) -> str:

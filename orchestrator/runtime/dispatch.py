@@ -97,6 +97,15 @@ class Listener(Protocol):
         """Called every loop turn; flush buffers. Return True to cancel the sweep."""
 
 
+def longest_first(trials: list[Trial]) -> list[Trial]:
+    """``trials`` longest first where their configs say how long they run (``Trial.cost``),
+    else as planned: with uneven lengths a long trial started last holds the sweep's end
+    while the other slots sit idle. Ties keep the planned order."""
+    if any(t.cost is None for t in trials) or len({t.cost for t in trials}) < 2:
+        return trials
+    return sorted(trials, key=lambda t: -(t.cost or 0.0))
+
+
 class GridSource:
     """A fixed list of trials, retried trials first."""
 

@@ -28,7 +28,7 @@ from orchestrator.core.specs import Trial
 from orchestrator.errors import SpecError, TrackingUnavailable
 from orchestrator.report import report_at_end
 from orchestrator.runtime.cluster import init_ray
-from orchestrator.runtime.dispatch import Cancelled, Dispatcher, GridSource
+from orchestrator.runtime.dispatch import Cancelled, Dispatcher, GridSource, longest_first
 from orchestrator.runtime.signals import SIGNALS, ForcedExit
 from orchestrator.search import SearchRun, budget, resolve_storage
 from orchestrator.store import schema, writer
@@ -303,7 +303,7 @@ def _dispatch(
         if k != dispatcher.workers:  # a gang size of its own: new slots
             dispatcher.shutdown()
             dispatcher.start(dispatcher.slots_for(len(trials), k), k)
-        dispatcher.run(LeasedSource(GridSource(trials), rec, reused), rec)
+        dispatcher.run(LeasedSource(GridSource(longest_first(trials)), rec, reused), rec)
 
 
 def _phases(trials: list[Trial], default: int) -> list[tuple[int, list[Trial]]]:
