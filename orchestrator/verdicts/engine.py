@@ -1517,6 +1517,26 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
+    """Rows for a terminal table: id, test, verdict, effect, CI, n a/b, method."""
+
+    def num(x: float | None, fmt: str = "{:.4g}") -> str:
+        return "" if x is None else fmt.format(x)
+
+    return [
+        (
+            v.id,
+            v.test,
+            v.verdict,
+            num(v.effect, "{:+.4g}"),
+            f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
+            f"{v.n_a}/{v.n_b}",
+            v.method + (f"; {v.stopped}" if v.stopped else ""),
+        )
+        for v in verdicts
+    ]
+
+
 def verdicts_to_json(verdicts: Sequence[Verdict]) -> str:
     """Verdicts as a JSON document (a list of objects; non-finite numbers become null)."""
     return json.dumps([_jsonable(asdict(v)) for v in verdicts], indent=2)
@@ -1549,5 +1569,6 @@ __all__ = [
     "parse_claims",
     "values_match",
     "verdicts_from_json",
+    "verdict_rows",
     "verdicts_to_json",
 ]
