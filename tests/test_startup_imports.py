@@ -17,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "ray", "scipy", "mlflow", "matplotlib")
+#: Reported too: what a command that needs no table (pandas) or no ORM (SQLAlchemy) skips.
+LIGHT = ("pandas", "sqlalchemy", "alembic")
 # Each case starts a fresh interpreter (seconds): not in `make test-fast`.
 pytestmark = pytest.mark.slow
 
@@ -28,7 +30,7 @@ try:
         rc = main(json.loads(sys.argv[1]))
 except SystemExit as e:  # --help exits from argparse
     rc = e.code
-print(json.dumps({{"rc": rc, "loaded": [m for m in {HEAVY!r} if m in sys.modules]}}))
+print(json.dumps({{"rc": rc, "loaded": [m for m in {HEAVY + LIGHT!r} if m in sys.modules]}}))
 """
 
 
@@ -54,11 +56,39 @@ def test_listing_commands_import_no_heavy_package(argv: list[str], tmp_path: Pat
     assert loaded_by(argv, tmp_path) == []
 
 
-def test_dry_run_imports_no_torch_ray_or_mlflow(tmp_path: Path) -> None:
-    assert loaded_by(["sweep", "optimizers", "--quick", "--dry-run"], tmp_path) == []
+@pytest.mark.parametrize("study", ["optimizers", "hpo"])  # a grid and a search
+def test_dry_run_imports_no_torch_ray_or_mlflow(study: str, tmp_path: Path) -> None:
+    assert set(loaded_by(["sweep", study, "--quick", "--dry-run"], tmp_path)) <= {"pandas"}
 
 
-def test_ls_imports_no_torch_or_ray(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # MLflow itself imports scipy (mlflow.models.utils), so ls, which reads the store, has it.
-    assert set(loaded_by(["ls", "--tracking-uri", uri], tmp_path)) <= {"mlflow", "scipy"}
+def _sweep_store(path: Path) -> str:
+    """A store holding one finished sweep of two trials, written by the real Tracker."""
+    from orchestrator.store import schema
+    from orchestrator.store.writer import Tracker
+
+    uri = f"sqlite:///{path}"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("optimizers")
+    sweep = {
+        schema.TAG_KIND: schema.KIND_SWEEP,
+        schema.TAG_SWEEP: "optimizers-1",
+        schema.TAG_STUDY: "optimizers",
+    }
+    parent = tracker.start_run(exp, "optimizers-1", {**sweep, schema.TAG_AXES: "[]"}, {})
+    for i in range(2):
+        tags = {schema.TAG_KIND: schema.KIND_TRIAL, schema.TAG_SWEEP: "optimizers-1"}
+        rid = tracker.start_run(exp, f"t{i}", {**tags, schema.TAG_INDEX: i}, {"seed": i})
+        tracker.log_metrics(rid, {"val/acc": 0.5}, 0)
+        tracker.end_run(rid, "FINISHED", {schema.TAG_OUTCOME: "finished"})
+    tracker.end_run(parent, "FINISHED")
+    assert not tracker.close()
+    return uri
+
+
+def test_ls_and_show_on_sqlite_read_the_tables_alone(tmp_path: Path) -> None:
+    uri = _sweep_store(tmp_path / "mlflow.db")
+    new = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    assert loaded_by(["ls", "--tracking-uri", new], tmp_path) == []
+    assert loaded_by(["ls", "--tracking-uri", uri], tmp_path) == []
+    # show's trial table is the DataFrame Client.trials builds; no MLflow, no ORM.
+    assert loaded_by(["show", "optimizers-1", "--tracking-uri", uri], tmp_path) == ["pandas"]
