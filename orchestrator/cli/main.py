@@ -32,6 +32,7 @@ from orchestrator.store import schema
 if TYPE_CHECKING:
     import pandas as pd
 
+    from orchestrator.config.listing import StudyLine
     from orchestrator.core.specs import ClusterSpec
     from orchestrator.store.tables import SweepLine
 
@@ -193,17 +194,36 @@ def _composer(args: argparse.Namespace):
 
 
 def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from orchestrator.config import listing
+
+    keep = listing.cacheable(args.tasks)
+    lines = listing.cached(args.config_dir) if keep else None
+    if lines is not None:  # nothing it was composed from has changed: no Hydra at all
+        for line in lines:
+            _study_line(out, line)
+        return EXIT_OK
     c = _composer(args)
+    search_dirs = c.search_dirs()
+    stamp = listing.fingerprint(args.config_dir, search_dirs) if keep else ""
+    lines = []
     for name in c.studies():
         cfg = c.compose(name, [])
         search_claims = (cfg.get("search") or {}).get("claims") or []
         ids = ", ".join(
             dict.fromkeys(cl["id"].split("/")[0] for cl in [*cfg.study.claims, *search_claims])
         )
-        out.print(
-            f"{name:<14} {cfg.study.description}  [dim]claims: {ids or '-'}[/]", highlight=False
-        )
+        lines.append(listing.StudyLine(name, cfg.study.description, ids))
+        _study_line(out, lines[-1])
+    if keep:
+        listing.keep(args.config_dir, stamp, search_dirs, lines)
     return EXIT_OK
+
+
+def _study_line(out: Console, line: StudyLine) -> None:
+    out.print(
+        f"{line.name:<14} {line.description}  [dim]claims: {line.claims or '-'}[/]",
+        highlight=False,
+    )
 
 
 def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
