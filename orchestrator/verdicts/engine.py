@@ -134,14 +134,16 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
 from pydantic import Field, NonNegativeInt, ValidationError, model_validator
 
 from orchestrator.errors import SpecError, describe_validation_error
 from tasks.spec import StrictModel
+
+if TYPE_CHECKING:  # imported where used: the claim types load without them (orch's dry runs)
+    import numpy as np
+    import pandas as pd
 
 
 def _stats() -> Any:
@@ -155,7 +157,7 @@ def _stats() -> Any:
 #: A value of an axis as a config states it.
 Scalar = bool | int | float | str
 #: ``history(run_id, metric)`` -> DataFrame with columns ``step`` and ``value``.
-History = Callable[[str, str], pd.DataFrame]
+History = Callable[[str, str], "pd.DataFrame"]
 
 CONFIRMED, REFUTED, INCONCLUSIVE = "confirmed", "refuted", "inconclusive"
 #: The verdicts of ``test: replicate`` (confirmed / refuted under other names).
@@ -395,6 +397,9 @@ class Verdict:
 # -- value matching -------------------------------------------------------------------------
 def _norm(value: Any) -> tuple[str, Any] | None:
     """A comparable form of a table or config value; ``None`` for missing values."""
+    import numpy as np
+    import pandas as pd
+
     if value is None or value is pd.NA:
         return None
     if isinstance(value, (bool, np.bool_)):
@@ -559,6 +564,8 @@ Estimate = _Shift | _RateDiff
 
 
 def _mean_ci(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    import numpy as np
+
     if len(values) < 2:
         return None, None
     sd = float(np.std(values, ddof=1))
@@ -578,6 +585,8 @@ def _pair_keys(rows: pd.DataFrame, cols: list[str]) -> list[tuple[Any, ...]]:
 def _no_spread(x: np.ndarray) -> bool:
     # Rounding leaves ~1e-17 of spread in "identical" values; a t-statistic on it is
     # meaningless, so such spread counts as none.
+    import numpy as np
+
     return len(x) < 2 or float(np.std(x, ddof=1)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
 
 
@@ -585,6 +594,8 @@ def _difference(
     a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[str]
 ) -> _Shift | None:
     """``sign * (mean a - mean b)``, paired or Welch; ``None`` with fewer than 2 values."""
+    import numpy as np
+
     if len(a) < 2 or len(b) < 2:
         return None
     if pair_cols:
@@ -667,6 +678,8 @@ def _signed(x: float | None) -> str:
 
 # -- evidence -------------------------------------------------------------------------------
 def _outcome_counts(rows: pd.DataFrame) -> dict[str, int]:
+    import pandas as pd
+
     out = rows["outcome"] if "outcome" in rows else pd.Series(["finished"] * len(rows))
     counts = out.value_counts()
     return {k: int(v) for k, v in counts.items()}
@@ -736,6 +749,9 @@ def _with_values(
     claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context
 ) -> tuple[pd.DataFrame, int, str]:
     """Finished rows with a finite ``value`` column; the count without one; a problem."""
+    import numpy as np
+    import pandas as pd
+
     fin = rows[rows["outcome"] == "finished"] if "outcome" in rows else rows
     if claim.at_step is not None:
         if ctx.history is None:
@@ -809,6 +825,9 @@ def _excluded_note(counts: Mapping[str, int], missing: int, what: str) -> str:
 def _not_learned(spec: LearnedSpec, arms: Mapping[str, pd.DataFrame]) -> str:
     """ "arm X did not learn (...)" for every arm whose mean ``spec.metric`` over its finished
     trials is not above ``spec.above``; arms without such trials are left to the test."""
+    import numpy as np
+    import pandas as pd
+
     bad = []
     for label, rows in arms.items():
         fin = rows[rows["outcome"] == "finished"] if "outcome" in rows else rows
@@ -1199,6 +1218,8 @@ def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels
 
 
 def _replicate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
+    import numpy as np
+
     ok, missing, problem = _with_values(claim, rows, ctx)
     if problem:
         return _base(claim, detail=problem)
@@ -1353,6 +1374,8 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
 
 
 def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    import pandas as pd
+
     if trials is None or trials.empty:
         return pd.DataFrame(), "the sweep has no trials"
     needed = [
