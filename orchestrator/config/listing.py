@@ -7,7 +7,8 @@ So the listing is kept in ``$XDG_CACHE_HOME/orch`` (``~/.cache``), under a finge
 everything composing reads: every file under the search path's folders (the built-in
 ``conf/``, ``--config-dir``, Hydra's own configs, any a plugin added) and the code that
 composes (this package, Hydra and its plugins, OmegaConf, PyYAML, ANTLR), by each file's
-size, mtime, ctime and inode, and the interpreter. An edit anywhere composes again. Nothing
+size, mtime, ctime and inode, the interpreter and its import path's folders (a package
+installed or removed). An edit anywhere composes again. Nothing
 is kept when a study fails, with ``--tasks`` (a module may change what composes) or with
 ``ORCH_ALLOW_RESOLVERS`` set (a resolver may read the environment).
 """
@@ -65,6 +66,11 @@ def fingerprint(config_dir: str | None, search_dirs: Iterable[str]) -> str:
         if spec is not None and spec.submodule_search_locations:
             roots.update(str(p) for p in spec.submodule_search_locations if os.path.isdir(p))
     h = hashlib.sha256(f"{FORMAT}\0{sys.version}\0{sys.executable}\n".encode())
+    # A distribution installed or removed (a task plugin's entry point, which the command
+    # loads) changes its site folder's mtime.
+    for entry in sys.path:
+        if entry.endswith(("site-packages", "dist-packages")) and os.path.isdir(entry):
+            h.update(f"{entry}\0{os.stat(entry).st_mtime_ns}\n".encode())
     for root in sorted(roots):
         for folder, subdirs, files in os.walk(root, followlinks=True):
             # Bytecode is rewritten by any import: its source's stamps are what count.
