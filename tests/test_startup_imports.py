@@ -69,7 +69,7 @@ def test_studies_imports_no_heavy_package_and_once_kept_not_hydra(tmp_path: Path
 @pytest.mark.parametrize("study", ["optimizers", "hpo"])  # a grid and a search
 def test_dry_run_imports_no_torch_ray_or_mlflow(study: str, tmp_path: Path) -> None:
     loaded = set(loaded_by(["sweep", study, "--quick", "--dry-run"], tmp_path))
-    assert loaded <= {"pandas", "hydra", "omegaconf"}
+    assert loaded <= {"hydra", "omegaconf"}
 
 
 def _sweep_store(path: Path) -> str:

@@ -397,16 +397,26 @@ class Verdict:
 # -- value matching -------------------------------------------------------------------------
 def _norm(value: Any) -> tuple[str, Any] | None:
     """A comparable form of a table or config value; ``None`` for missing values."""
-    import numpy as np
-    import pandas as pd
-
-    if value is None or value is pd.NA:
+    if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)):
-        return ("bool", bool(value))
-    if isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
         f = float(value)
         return None if math.isnan(f) else ("num", f)
+    if not isinstance(value, str):
+        # A table's value (numpy's scalars, pandas' NA); a claim's own values, checked when
+        # every plan validates its spec, are plain Python and need neither package.
+        import numpy as np
+        import pandas as pd
+
+        if value is pd.NA:
+            return None
+        if isinstance(value, np.bool_):
+            return ("bool", bool(value))
+        if isinstance(value, (np.integer, np.floating)):
+            f = float(value)
+            return None if math.isnan(f) else ("num", f)
     text = str(value).strip()
     if text.lower() in ("true", "false"):
         return ("bool", text.lower() == "true")
