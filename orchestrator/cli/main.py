@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -26,11 +27,14 @@ from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, E
 from orchestrator.cli.tables import fitted_table, print_table
 from orchestrator.errors import SpecError, TrackingUnavailable
 from orchestrator.runtime.signals import SIGNALS
+from orchestrator.store import schema
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from orchestrator.config.listing import StudyLine
     from orchestrator.core.specs import ClusterSpec
+    from orchestrator.store.tables import SweepLine
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -193,17 +197,36 @@ def _composer(args: argparse.Namespace):
 
 
 def cmd_studies(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from orchestrator.config import listing
+
+    keep = listing.cacheable(args.tasks)
+    lines = listing.cached(args.config_dir) if keep else None
+    if lines is not None:  # nothing it was composed from has changed: no Hydra at all
+        for line in lines:
+            _study_line(out, line)
+        return EXIT_OK
     c = _composer(args)
+    search_dirs = c.search_dirs()
+    stamp = listing.fingerprint(args.config_dir, search_dirs) if keep else ""
+    lines = []
     for name in c.studies():
         cfg = c.compose(name, [])
         search_claims = (cfg.get("search") or {}).get("claims") or []
         ids = ", ".join(
             dict.fromkeys(cl["id"].split("/")[0] for cl in [*cfg.study.claims, *search_claims])
         )
-        out.print(
-            f"{name:<14} {cfg.study.description}  [dim]claims: {ids or '-'}[/]", highlight=False
-        )
+        lines.append(listing.StudyLine(name, cfg.study.description, ids))
+        _study_line(out, lines[-1])
+    if keep:
+        listing.keep(args.config_dir, stamp, search_dirs, lines)
     return EXIT_OK
+
+
+def _study_line(out: Console, line: StudyLine) -> None:
+    out.print(
+        f"{line.name:<14} {line.description}  [dim]claims: {line.claims or '-'}[/]",
+        highlight=False,
+    )
 
 
 def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -216,7 +239,7 @@ def cmd_sweep(args: argparse.Namespace, out: Console, err: Console) -> int:
     plan = plan_sweep(c, args.study, list(args.overrides), quick=args.quick)
     _check_address(args.address, plan.spec.cluster)
     if plan.search is not None:
-        from orchestrator.search import budget
+        from orchestrator.config.space import budget
 
         s = plan.search.spec
         err.print(
@@ -331,7 +354,6 @@ def _report_result(result, metric: str, out: Console, err: Console) -> int:
 def _where_to_look(result, err: Console) -> None:
     """The parent run and its report in MLflow's UI (and how to start it for a local store)."""
     from orchestrator.client import Client
-    from orchestrator.store import schema
     from orchestrator.sweep.mlflow_ui import where_to_look
 
     artifact_uri = None  # the report's file, for a store on this machine
@@ -372,27 +394,34 @@ def _trial_table(
 
 
 def cmd_ls(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from orchestrator.client import Client
+    from orchestrator.store.tables import open_sqlite
 
-    df = Client(args.tracking_uri).sweeps()
+    tables = open_sqlite(schema.resolve_tracking_uri(args.tracking_uri))
+    if tables is not None:  # an sqlite store: its tables, without MLflow or pandas
+        try:
+            sweeps = tables.sweeps()
+        finally:
+            tables.close()
+    else:
+        sweeps = client_sweeps(args.tracking_uri)
     headers = ["sweep_id", "status", "finished", "failed", "best", "metric", "started", "study"]
-    rows = []
-    for row in df.itertuples():
+    rows: list[list[Any]] = []  # a tag missing from a parent run stays None, as before
+    for s in sweeps:
         best = (
             ""
-            if row.best is None or (isinstance(row.best, float) and math.isnan(row.best))
-            else f"{row.best:.4f}"
+            if s.best is None or (isinstance(s.best, float) and math.isnan(s.best))
+            else f"{s.best:.4f}"
         )
         rows.append(
             [
-                row.sweep_id,
-                row.status,
-                f"{row.finished}/{row.n_trials}",
-                str(row.failed),
+                s.sweep_id,
+                s.status,
+                f"{s.finished}/{s.n_trials}",
+                str(s.failed),
                 best,
-                str(row.metric or ""),
-                str(row.start_time)[:16],
-                row.study,
+                str(s.metric or ""),
+                s.started,
+                s.study,
             ]
         )
     if len({r[5] for r in rows}) == 1:  # one metric: named in the header, not per row
@@ -407,21 +436,93 @@ def cmd_ls(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
-def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
-    import json
+def client_sweeps(tracking_uri: str | None) -> list[SweepLine]:
+    """``Client.sweeps`` (a server, or a store MLflow must open) as ``orch ls`` lines."""
+    from orchestrator.client import Client
+    from orchestrator.store.tables import SweepLine
 
+    return [
+        SweepLine(
+            r.sweep_id,
+            r.study,
+            r.status,
+            str(r.start_time)[:16],
+            r.n_trials,
+            r.finished,
+            r.failed,
+            r.metric,
+            r.best,
+        )
+        for r in Client(tracking_uri).sweeps().itertuples()
+    ]
+
+
+def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from orchestrator.store.tables import local_artifact_dir, open_sqlite
+    from orchestrator.verdicts import verdicts_from_json
+
+    uri = schema.resolve_tracking_uri(args.tracking_uri)
+    tables = open_sqlite(uri)
+    if tables is None or not _plain_id(args.sweep_id):  # MLflow's search parses the id
+        if tables is not None:
+            tables.close()
+        return show_with_client(args, out, err)
+    try:
+        parent = tables.sweep_run(args.sweep_id)
+        df = tables.trials(parent)
+    finally:
+        tables.close()
+    _print_trials(out, parent.tags, parent.status, parent.run_id, df, args.wide)
+    try:
+        folder = local_artifact_dir(parent.artifact_uri)
+        if folder is None:  # a remote artifact store: MLflow reads it
+            from orchestrator.client import Client
+
+            verdicts = Client(uri).verdicts(args.sweep_id)
+        elif (folder / schema.VERDICTS_ARTIFACT).is_file():
+            verdicts = verdicts_from_json((folder / schema.VERDICTS_ARTIFACT).read_text())
+        else:  # none stored: recomputed, as Client.verdicts does
+            from orchestrator.report import compute_verdicts
+
+            verdicts = compute_verdicts(uri, args.sweep_id)
+    except Exception as e:  # noqa: BLE001 - the trials are shown; verdicts are extra
+        err.print(f"[yellow]warning:[/] no verdicts: {type(e).__name__}: {e}", highlight=False)
+        return EXIT_OK
+    _verdict_table(out, verdicts, args.wide)
+    return EXIT_OK
+
+
+def _plain_id(sweep_id: str) -> bool:
+    """An id MLflow's filter parser takes as it is (orch's ids are study-date-time-hex)."""
+    return bool(re.fullmatch(r"[\w.:-]+", sweep_id))
+
+
+def show_with_client(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """``orch show`` through MLflow's client: a server, or a store MLflow must open."""
     from orchestrator.client import Client
 
     client = Client(args.tracking_uri)
     parent = client.sweep_run(args.sweep_id)
     df = client.trials(args.sweep_id)
-    metric = parent.data.tags.get("orch.metric", "val/acc")
-    out.print(
-        f"sweep {parent.data.tags['orch.sweep_id']} ({parent.info.status})\n"
-        f"parent run {parent.info.run_id}",
-        highlight=False,
-    )
-    axes = [a for a in json.loads(parent.data.tags.get("orch.axes", "[]")) if a != "seed"]
+    _print_trials(out, parent.data.tags, parent.info.status, parent.info.run_id, df, args.wide)
+    try:
+        verdicts = client.verdicts(args.sweep_id)
+    except Exception as e:  # noqa: BLE001 - the trials are shown; verdicts are extra
+        err.print(f"[yellow]warning:[/] no verdicts: {type(e).__name__}: {e}", highlight=False)
+        return EXIT_OK
+    _verdict_table(out, verdicts, args.wide)
+    return EXIT_OK
+
+
+def _print_trials(
+    out: Console, tags: dict[str, str], status: str, run_id: str, df: pd.DataFrame, wide: bool
+) -> None:
+    """The sweep's header lines, its trial table and the resumed trials' notes."""
+    import json
+
+    metric = tags.get("orch.metric", "val/acc")
+    out.print(f"sweep {tags['orch.sweep_id']} ({status})\nparent run {run_id}", highlight=False)
+    axes = [a for a in json.loads(tags.get("orch.axes", "[]")) if a != "seed"]
     rows = [
         (
             {a: r.get(a) for a in axes},
@@ -432,15 +533,8 @@ def cmd_show(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
         for r in df.to_dict("records")
     ]
-    _trial_table(out, rows, metric, args.wide)
+    _trial_table(out, rows, metric, wide)
     _resumed_note(out, df)
-    try:
-        verdicts = client.verdicts(args.sweep_id)
-    except Exception as e:  # noqa: BLE001 - the trials are shown; verdicts are extra
-        err.print(f"[yellow]warning:[/] no verdicts: {type(e).__name__}: {e}", highlight=False)
-        return EXIT_OK
-    _verdict_table(out, verdicts, args.wide)
-    return EXIT_OK
 
 
 def _resumed_note(out: Console, df: pd.DataFrame) -> None:
@@ -458,7 +552,7 @@ def _resumed_note(out: Console, df: pd.DataFrame) -> None:
 def _verdict_table(out: Console, verdicts: list, wide: bool = False) -> None:  # list[Verdict]
     from rich.markup import escape
 
-    from orchestrator.report import verdict_rows
+    from orchestrator.verdicts import verdict_rows
 
     if not verdicts:
         return
@@ -488,7 +582,6 @@ def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_cancel(args: argparse.Namespace, out: Console, err: Console) -> int:
     from orchestrator.client import Client
-    from orchestrator.store import schema
 
     if args.address:  # a Ray job submitted with orch submit
         return jobs.cmd_stop(args, out, err)

@@ -7,6 +7,7 @@ grammar is used throughout, so a Hydra user needs no new syntax.
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from orchestrator.config import safe_yaml
+from orchestrator.config.paths import PRIMARY_CONFIG, builtin_config_dir
 from orchestrator.errors import SpecError
-
-PRIMARY_CONFIG = "config"
 
 
 def config_dict(cfg: DictConfig, resolve: bool = True) -> dict[str, Any]:
@@ -31,17 +31,6 @@ def config_dict(cfg: DictConfig, resolve: bool = True) -> dict[str, Any]:
     out = OmegaConf.to_container(cfg, resolve=resolve)
     assert isinstance(out, dict)
     return {str(k): v for k, v in out.items()}
-
-
-def builtin_config_dir() -> Path:
-    """The built-in ``conf/`` tree (repo checkout or installed package data)."""
-    package = Path(__file__).resolve().parent.parent  # orchestrator/
-    # A checkout (or an editable install) has conf/ beside the package; a wheel ships it
-    # as orchestrator/builtin_conf (pyproject's package-dir).
-    for candidate in (package.parent / "conf", package / "builtin_conf"):
-        if (candidate / f"{PRIMARY_CONFIG}.yaml").exists():
-            return candidate
-    raise FileNotFoundError("the built-in conf/ directory is missing from this installation")
 
 
 class Composer:
@@ -72,6 +61,18 @@ class Composer:
 
     def studies(self) -> list[str]:
         return self.group_options("study")
+
+    def search_dirs(self) -> list[str]:
+        """The folders the search path reads configs from: its ``file://`` entries and the
+        packages of its ``pkg://`` ones (Hydra's own, or a plugin's)."""
+        dirs = []
+        for source in self._loader.repository.sources:
+            if source.scheme() == "file":
+                dirs.append(source.path)
+            elif source.scheme() == "pkg":
+                spec = importlib.util.find_spec(source.path)
+                dirs += list(spec.submodule_search_locations or []) if spec else []
+        return dirs
 
     def compose(self, study: str, overrides: list[str]) -> DictConfig:
         """The composed config of ``study`` with Hydra ``overrides`` applied."""

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf._utils import get_yaml_loader
 
 from orchestrator.errors import SpecError
 
@@ -152,6 +151,10 @@ def check_yaml_file(path: Path, name: str) -> None:
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise SpecError(f"{name}: {size:,} bytes; allowed: config files up to {MAX_BYTES:,}")
+    # Hydra's own loader (OmegaConf's), imported here: `orch studies` with its listing kept
+    # reads ALLOW_ENV from this module and needs no OmegaConf.
+    from omegaconf._utils import get_yaml_loader
+
     text = path.read_text(errors="replace")
     try:
         node = yaml.compose(text, Loader=get_yaml_loader())

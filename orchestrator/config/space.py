@@ -559,3 +559,11 @@ def _check_keys_and_corners(plan: SearchPlan) -> None:
                 raise SpecError(
                     f"search.space: the task rejects the space's corner {shown}: {e}"
                 ) from None
+
+
+def budget(search: SearchPlan) -> int:
+    """Settled trials the search runs: ``n_trials``, capped at the grid's size for grid."""
+    n = search.spec.n_trials
+    if search.spec.sampler == "grid":
+        n = min(n, math.prod(len(v) for v in search.space.grid().values()))
+    return n

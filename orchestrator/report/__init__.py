@@ -5,7 +5,6 @@ from orchestrator.report.build import (
     curve_metrics,
     report_at_end,
     report_sweep,
-    verdict_rows,
 )
 
-__all__ = ["compute_verdicts", "curve_metrics", "report_at_end", "report_sweep", "verdict_rows"]
+__all__ = ["compute_verdicts", "curve_metrics", "report_at_end", "report_sweep"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -213,23 +212,3 @@ def report_at_end(tracking_uri: str, sweep_id: str, console: Any) -> list[Verdic
             highlight=False,
         )
     return verdicts
-
-
-def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
-    """Rows for a terminal table: id, test, verdict, effect, CI, n a/b, method."""
-
-    def num(x: float | None, fmt: str = "{:.4g}") -> str:
-        return "" if x is None else fmt.format(x)
-
-    return [
-        (
-            v.id,
-            v.test,
-            v.verdict,
-            num(v.effect, "{:+.4g}"),
-            f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
-            f"{v.n_a}/{v.n_b}",
-            v.method + (f"; {v.stopped}" if v.stopped else ""),
-        )
-        for v in verdicts
-    ]

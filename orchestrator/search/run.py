@@ -11,12 +11,13 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator.config.plan import SweepPlan
+from orchestrator.config.space import budget
 from orchestrator.core.results import TrialResult
 from orchestrator.core.specs import Trial
 from orchestrator.search.analysis import SearchSummary, analyse
 from orchestrator.search.claims import search_verdicts
 from orchestrator.search.source import OptunaSource
-from orchestrator.search.study import SETTLED, budget, open_study, shown_url
+from orchestrator.search.study import SETTLED, open_study, shown_url
 from orchestrator.store import schema, writer
 from orchestrator.store.reader import StoreReader
 from orchestrator.verdicts import verdicts_to_json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -120,14 +119,6 @@ def make_pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
             reduction_factor=p.reduction_factor,
         )
     return optuna.pruners.NopPruner()
-
-
-def budget(search: SearchPlan) -> int:
-    """Settled trials the search runs: ``n_trials``, capped at the grid's size for grid."""
-    n = search.spec.n_trials
-    if search.spec.sampler == "grid":
-        n = min(n, math.prod(len(v) for v in search.space.grid().values()))
-    return n
 
 
 def outcome_of(t: FrozenTrial) -> str:

@@ -14,11 +14,10 @@ layout is MLflow's own and stable within a major version (checked:
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, cast
 
 import mlflow
 import sqlalchemy
@@ -27,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.store import schema
 from orchestrator.store.create import open_store
+from orchestrator.store.tables import RunRow, select_runs, trials_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -44,33 +44,26 @@ def is_database(uri: str) -> bool:
     return uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql")
 
 
-def param_value(text: str) -> Any:
-    """A logged param back as a value (params are stored as JSON text where they can be)."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-class _Row(NamedTuple):
-    """A run as read from the tables: ``runs`` columns, then tags, params and latest metrics
-    (key -> (value, timestamp, step))."""
-
-    info: tuple[Any, ...]
-    tags: dict[str, str]
-    params: dict[str, str]
-    metrics: dict[str, tuple[float, int, int]]
-
-    def run(self) -> Run:
-        rid, exp, user, status, start, end, stage, art, name = self.info
-        return Run(
-            RunInfo(rid, str(exp), user or "", status, start, end, stage, art, name),
-            RunData(
-                [Metric(k, v, ts, step) for k, (v, ts, step) in self.metrics.items()],
-                [Param(k, v) for k, v in self.params.items()],
-                [RunTag(k, v) for k, v in self.tags.items()],
-            ),
-        )
+def _run(row: RunRow) -> Run:
+    """A row of the tables as MLflow's ``Run`` entity."""
+    return Run(
+        RunInfo(
+            row.run_id,
+            row.experiment_id,
+            row.user_id or "",
+            row.status,
+            cast(int, row.start_time),  # as stored: MLflow passes the column through too
+            row.end_time,
+            row.lifecycle_stage,
+            row.artifact_uri,
+            row.name,
+        ),
+        RunData(
+            [Metric(k, v, ts, step) for k, (v, ts, step) in row.metrics.items()],
+            [Param(k, v) for k, v in row.params.items()],
+            [RunTag(k, v) for k, v in row.tags.items()],
+        ),
+    )
 
 
 class StoreReader:
@@ -93,49 +86,19 @@ class StoreReader:
             self._engine = sqlalchemy.create_engine(self.uri)
         return self._engine
 
-    def _select(self, tags: dict[str, str], experiment_ids: list[str]) -> list[_Row]:
+    def _select(self, tags: dict[str, str], experiment_ids: list[str]) -> list[RunRow]:
         """Active runs of the experiments carrying every tag ``key = value``, oldest first:
         four queries however many runs there are, rows fetched whole (``all``)."""
-        where = ["r.lifecycle_stage = 'active'", "r.experiment_id IN :exps"]
-        binds: dict[str, Any] = {"exps": [int(e) for e in experiment_ids]}
-        for j, (k, v) in enumerate(tags.items()):
-            where.append(
-                f"EXISTS (SELECT 1 FROM tags t{j} WHERE t{j}.run_uuid = r.run_uuid "
-                f"AND t{j}.key = :k{j} AND t{j}.value = :v{j})"
-            )
-            binds[f"k{j}"], binds[f"v{j}"] = k, v
-        ids = f"SELECT r.run_uuid FROM runs r WHERE {' AND '.join(where)}"
-
-        def query(sql: str) -> Any:
-            return conn.execute(
-                sqlalchemy.text(sql).bindparams(sqlalchemy.bindparam("exps", expanding=True)), binds
-            ).all()
-
         with self._db().connect() as conn:
-            infos = query(
-                "SELECT run_uuid, experiment_id, user_id, status, start_time, "
-                "end_time, lifecycle_stage, artifact_uri, name FROM runs WHERE "
-                f"run_uuid IN ({ids}) ORDER BY start_time, run_uuid"
+            return select_runs(
+                lambda sql, binds: conn.execute(sqlalchemy.text(sql), binds).all(),
+                tags,
+                experiment_ids,
             )
-            rows = {info[0]: _Row(info, {}, {}, {}) for info in infos}
-            for rid, k, v in query(
-                f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({ids})"
-            ):
-                rows[rid].tags[k] = v
-            for rid, k, v in query(
-                f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({ids})"
-            ):
-                rows[rid].params[k] = v
-            for rid, k, v, ts, step, nan in query(
-                "SELECT run_uuid, key, value, timestamp, step, is_nan FROM latest_metrics "
-                f"WHERE run_uuid IN ({ids})"
-            ):
-                rows[rid].metrics[k] = (float("nan") if nan else v, ts, step)
-        return list(rows.values())
 
     def _select_runs(self, tags: dict[str, str], experiment_ids: list[str]) -> list[Run]:
         """:meth:`_select` as MLflow ``Run`` entities."""
-        return [row.run() for row in self._select(tags, experiment_ids)]
+        return [_run(row) for row in self._select(tags, experiment_ids)]
 
     def experiment_ids(self) -> list[str]:
         ids: list[str] = []
@@ -243,7 +206,7 @@ class StoreReader:
                 and schema.TAG_REUSED not in tags
                 and tags.get(schema.TAG_OUTCOME) in schema.DONE_OUTCOMES
             ):
-                done[key] = run.run() if isinstance(run, _Row) else run
+                done[key] = _run(run) if isinstance(run, RunRow) else run
         return done
 
     # -- trials ---------------------------------------------------------------------------
@@ -255,30 +218,22 @@ class StoreReader:
         trial that overlapping sub-grids share ran once and has a row per grid (same
         ``run_id``), so each grid's claims see it.
         """
-        import pandas as pd
-
         parent = self.sweep_run(sweep_id)
         sid = parent.data.tags[schema.TAG_SWEEP]
-        # (run id, status, start time, tags, params, final metrics) of every attempt; on a
-        # database store straight from the tables, without building MLflow entities.
-        runs: Iterable[tuple[str, str, int, dict[str, str], dict[str, str], dict[str, float]]]
+        # On a database store straight from the tables, without building MLflow entities.
         if self.direct:
-            runs = (
-                (
-                    r.info[0],
-                    r.info[3],
-                    r.info[4],
-                    r.tags,
-                    r.params,
-                    {k: v for k, (v, _, _) in r.metrics.items()},
-                )
-                for r in self._select(
-                    {schema.TAG_SWEEP: sid, schema.TAG_KIND: schema.KIND_TRIAL},
-                    [parent.info.experiment_id],
-                )
+            rows = self._select(
+                {schema.TAG_SWEEP: sid, schema.TAG_KIND: schema.KIND_TRIAL},
+                [parent.info.experiment_id],
             )
-        else:
-            runs = (
+            return trials_frame(
+                [
+                    (r.run_id, r.status, r.start_time, r.tags, r.params, r.metric_values())
+                    for r in rows
+                ]
+            )
+        return trials_frame(
+            [
                 (
                     r.info.run_id,
                     r.info.status,
@@ -288,50 +243,8 @@ class StoreReader:
                     r.data.metrics,
                 )
                 for r in self.sweep_runs(parent.info.experiment_id, sid)
-            )
-        rows = []
-        for run_id, status, start_time, t, params, metrics in runs:
-            if t.get(schema.TAG_OUTCOME) == schema.RETRIED:
-                continue
-            row: dict[str, Any] = {
-                "run_id": run_id,
-                "trial_index": int(t.get(schema.TAG_INDEX, -1)),
-                "trial_key": t.get(schema.TAG_KEY),
-                "outcome": t.get(schema.TAG_OUTCOME, "running"),
-                "status": status,
-                "error": t.get(schema.TAG_ERROR, ""),
-                "node": t.get(schema.TAG_NODE, ""),
-                "reused_from": t.get(schema.TAG_REUSED),
-                "attempt": int(t.get(schema.TAG_ATTEMPT, 1)),
-                "start_time": start_time,
-                # The step of the checkpoint this attempt continued from (None: from scratch).
-                "resumed_from_step": int(t[schema.TAG_RESUMED_STEP])
-                if schema.TAG_RESUMED_STEP in t
-                else None,
-            }
-            row.update(json.loads(t.get(schema.TAG_ARM, "{}")))
-            row["_also"] = t.get(schema.TAG_ALSO)
-            row.update({k: param_value(v) for k, v in params.items()})
-            row.update(metrics)
-            rows.append(row)
-        df = pd.DataFrame(rows)
-        if df.empty:
-            return df
-        # A row per trial: a later attempt (a retry, or a resumed sweep's re-run) replaces
-        # the earlier one.
-        df = df.sort_values(["trial_index", "start_time"]).drop_duplicates(
-            "trial_index", keep="last"
+            ]
         )
-        # A trial shared by overlapping sub-grids ran once; it gets a row in each grid.
-        extra = [
-            {**row, **arm}
-            for row in df.to_dict("records")
-            if isinstance(row["_also"], str)
-            for arm in json.loads(row["_also"])
-        ]
-        if extra:
-            df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
-        return df.drop(columns="_also").reset_index(drop=True)
 
     def history(
         self, run_id: str, metric: str, source: str | None = None

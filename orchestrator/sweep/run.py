@@ -23,6 +23,7 @@ from rich.console import Console
 from orchestrator.config.compose import composer
 from orchestrator.config.overrides import parse_overrides
 from orchestrator.config.plan import SweepPlan, plan_sweep
+from orchestrator.config.space import budget
 from orchestrator.core.results import Failure, NodeInfo, SweepResult, TrialResult
 from orchestrator.core.specs import Trial
 from orchestrator.errors import SpecError, TrackingUnavailable
@@ -30,7 +31,7 @@ from orchestrator.report import report_at_end
 from orchestrator.runtime.cluster import init_ray
 from orchestrator.runtime.dispatch import Cancelled, Dispatcher, GridSource, longest_first
 from orchestrator.runtime.signals import SIGNALS, ForcedExit
-from orchestrator.search import SearchRun, budget, resolve_storage
+from orchestrator.search import SearchRun, resolve_storage
 from orchestrator.store import schema, writer
 from orchestrator.store.create import check_store
 from orchestrator.store.lease import Leases

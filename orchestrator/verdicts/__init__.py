@@ -19,6 +19,7 @@ from orchestrator.verdicts.engine import (
     evaluate,
     parse_claims,
     values_match,
+    verdict_rows,
     verdicts_from_json,
     verdicts_to_json,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "evaluate",
     "parse_claims",
     "values_match",
+    "verdict_rows",
     "verdicts_from_json",
     "verdicts_to_json",
 ]

@@ -134,14 +134,16 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
 from pydantic import Field, NonNegativeInt, ValidationError, model_validator
 
 from orchestrator.errors import SpecError, describe_validation_error
 from tasks.spec import StrictModel
+
+if TYPE_CHECKING:  # imported where used: the claim types load without them (orch's dry runs)
+    import numpy as np
+    import pandas as pd
 
 
 def _stats() -> Any:
@@ -155,7 +157,7 @@ def _stats() -> Any:
 #: A value of an axis as a config states it.
 Scalar = bool | int | float | str
 #: ``history(run_id, metric)`` -> DataFrame with columns ``step`` and ``value``.
-History = Callable[[str, str], pd.DataFrame]
+History = Callable[[str, str], "pd.DataFrame"]
 
 CONFIRMED, REFUTED, INCONCLUSIVE = "confirmed", "refuted", "inconclusive"
 #: The verdicts of ``test: replicate`` (confirmed / refuted under other names).
@@ -395,13 +397,26 @@ class Verdict:
 # -- value matching -------------------------------------------------------------------------
 def _norm(value: Any) -> tuple[str, Any] | None:
     """A comparable form of a table or config value; ``None`` for missing values."""
-    if value is None or value is pd.NA:
+    if value is None:
         return None
-    if isinstance(value, (bool, np.bool_)):
-        return ("bool", bool(value))
-    if isinstance(value, (int, float, np.integer, np.floating)):
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
         f = float(value)
         return None if math.isnan(f) else ("num", f)
+    if not isinstance(value, str):
+        # A table's value (numpy's scalars, pandas' NA); a claim's own values, checked when
+        # every plan validates its spec, are plain Python and need neither package.
+        import numpy as np
+        import pandas as pd
+
+        if value is pd.NA:
+            return None
+        if isinstance(value, np.bool_):
+            return ("bool", bool(value))
+        if isinstance(value, (np.integer, np.floating)):
+            f = float(value)
+            return None if math.isnan(f) else ("num", f)
     text = str(value).strip()
     if text.lower() in ("true", "false"):
         return ("bool", text.lower() == "true")
@@ -559,6 +574,8 @@ Estimate = _Shift | _RateDiff
 
 
 def _mean_ci(values: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    import numpy as np
+
     if len(values) < 2:
         return None, None
     sd = float(np.std(values, ddof=1))
@@ -578,6 +595,8 @@ def _pair_keys(rows: pd.DataFrame, cols: list[str]) -> list[tuple[Any, ...]]:
 def _no_spread(x: np.ndarray) -> bool:
     # Rounding leaves ~1e-17 of spread in "identical" values; a t-statistic on it is
     # meaningless, so such spread counts as none.
+    import numpy as np
+
     return len(x) < 2 or float(np.std(x, ddof=1)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
 
 
@@ -585,6 +604,8 @@ def _difference(
     a: pd.DataFrame, b: pd.DataFrame, sign: float, pair_cols: list[str]
 ) -> _Shift | None:
     """``sign * (mean a - mean b)``, paired or Welch; ``None`` with fewer than 2 values."""
+    import numpy as np
+
     if len(a) < 2 or len(b) < 2:
         return None
     if pair_cols:
@@ -667,6 +688,8 @@ def _signed(x: float | None) -> str:
 
 # -- evidence -------------------------------------------------------------------------------
 def _outcome_counts(rows: pd.DataFrame) -> dict[str, int]:
+    import pandas as pd
+
     out = rows["outcome"] if "outcome" in rows else pd.Series(["finished"] * len(rows))
     counts = out.value_counts()
     return {k: int(v) for k, v in counts.items()}
@@ -736,6 +759,9 @@ def _with_values(
     claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context
 ) -> tuple[pd.DataFrame, int, str]:
     """Finished rows with a finite ``value`` column; the count without one; a problem."""
+    import numpy as np
+    import pandas as pd
+
     fin = rows[rows["outcome"] == "finished"] if "outcome" in rows else rows
     if claim.at_step is not None:
         if ctx.history is None:
@@ -809,6 +835,9 @@ def _excluded_note(counts: Mapping[str, int], missing: int, what: str) -> str:
 def _not_learned(spec: LearnedSpec, arms: Mapping[str, pd.DataFrame]) -> str:
     """ "arm X did not learn (...)" for every arm whose mean ``spec.metric`` over its finished
     trials is not above ``spec.above``; arms without such trials are left to the test."""
+    import numpy as np
+    import pandas as pd
+
     bad = []
     for label, rows in arms.items():
         fin = rows[rows["outcome"] == "finished"] if "outcome" in rows else rows
@@ -1199,6 +1228,8 @@ def _rate_trend(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels
 
 
 def _replicate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> Verdict:
+    import numpy as np
+
     ok, missing, problem = _with_values(claim, rows, ctx)
     if problem:
         return _base(claim, detail=problem)
@@ -1353,6 +1384,8 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
 
 
 def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    import pandas as pd
+
     if trials is None or trials.empty:
         return pd.DataFrame(), "the sweep has no trials"
     needed = [
@@ -1517,6 +1550,26 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
+    """Rows for a terminal table: id, test, verdict, effect, CI, n a/b, method."""
+
+    def num(x: float | None, fmt: str = "{:.4g}") -> str:
+        return "" if x is None else fmt.format(x)
+
+    return [
+        (
+            v.id,
+            v.test,
+            v.verdict,
+            num(v.effect, "{:+.4g}"),
+            f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
+            f"{v.n_a}/{v.n_b}",
+            v.method + (f"; {v.stopped}" if v.stopped else ""),
+        )
+        for v in verdicts
+    ]
+
+
 def verdicts_to_json(verdicts: Sequence[Verdict]) -> str:
     """Verdicts as a JSON document (a list of objects; non-finite numbers become null)."""
     return json.dumps([_jsonable(asdict(v)) for v in verdicts], indent=2)
@@ -1549,5 +1602,6 @@ __all__ = [
     "parse_claims",
     "values_match",
     "verdicts_from_json",
+    "verdict_rows",
     "verdicts_to_json",
 ]
