@@ -10,9 +10,11 @@ rules this replaced (11.5% refuted for best with 6 equal arms, 22% confirmed at 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench.verdict_error_rates import cases, run_case
+from bench.verdict_error_rates import against_nominal, cases, main, run_case
 
 # Seconds to minutes each (training, subprocesses, simulation): not in `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -78,3 +80,25 @@ def test_holm_is_what_keeps_the_family_wise_rate_down() -> None:
         CASES[("10 a_better claims, m=0, no Holm", "null (all 10 effects 0)")], 100, seed=1
     )
     assert rates["any_confirmed"] > 0.08, rates
+
+
+def test_the_table_is_the_same_whatever_the_number_of_processes(tmp_path: Path) -> None:
+    """Each row has its own generator, so spreading the rows over processes changes nothing
+    but the wall time."""
+    tables = []
+    for jobs in (1, 2):
+        out = tmp_path / f"rates{jobs}.md"
+        main(["--n", "20", "--family-n", "2", "--jobs", str(jobs), "--out", str(out)])
+        tables.append(out.read_text().split("Wall time")[0])
+    assert tables[0] == tables[1]
+
+
+def test_against_nominal_names_what_is_materially_above() -> None:
+    rows = [CASES[("best of 6 arms, 1 predicted", "null (all equal)")]]
+    rates = {"confirmed": 0.0, "refuted": 0.0, "any_confirmed": 0.0, "any_refuted": 0.0}
+    # At N = 10,000 the standard error at 2.5% is 0.156%: 2.9% is +2.6 SE, 3.1% is +3.8 SE.
+    text = against_nominal(rows, [rates | {"refuted": 0.029}], [10_000])
+    assert "Materially above the nominal level: none." in text and "refuted 2.90%" in text
+    text = against_nominal(rows, [rates | {"confirmed": 0.031}], [10_000])
+    assert "Materially above the nominal level:\n- best of 6 arms" in text
+    assert "within 3 standard errors: none." in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
@@ -669,3 +670,41 @@ def test_json_without_the_new_fields_still_loads() -> None:
     ]
     (back,) = verdicts_from_json(__import__("json").dumps(old))
     assert back.p_adjusted is None and back.verdict == "confirmed"
+
+
+def test_t_and_normal_helpers_give_scipy_stats_numbers_exactly() -> None:
+    """The engine calls scipy.special's ufuncs directly (scipy.stats' argument checks were a
+    fifth of a verdict's cost); a p-value off by one ulp could flip a verdict at its level."""
+    from orchestrator.verdicts import engine
+
+    for df in (1.0, 4.0, 9.5, 100.0, math.inf):
+        for x in (-3.0, -0.5, 0.0, 0.7, 2.5):
+            assert engine._t_sf(x, df) == float(stats.t.sf(x, df))
+            assert engine._t_cdf(x, df) == float(stats.t.cdf(x, df))
+        for q in (0.0125, 0.025, 0.5, 0.975, 0.9875):
+            assert engine._t_ppf(q, df) == float(stats.t.ppf(q, df))
+    for x in (-3.0, 0.0, 1.96, 8.0):
+        assert engine._norm_sf(x) == float(stats.norm.sf(x))
+    for q in (0.0125, 0.5, 0.975):
+        assert engine._norm_ppf(q) == float(stats.norm.ppf(q))
+    v = np.array([0.81, 0.79, 0.83, 0.8])
+    se = float(np.std(v, ddof=1)) / math.sqrt(len(v))
+    want = stats.t.interval(0.95, len(v) - 1, loc=float(np.mean(v)), scale=se)
+    assert engine._mean_ci(v, 0.95) == (float(want[0]), float(want[1]))
+
+
+@pytest.mark.parametrize("dtype", [object, "str"])
+def test_outcome_counts_are_value_counts(dtype: object) -> None:
+    """Counted in Python, through a mask instead of a row selection: the same counts as
+    pandas' value_counts() of the selection, missing outcomes left out."""
+    from orchestrator.verdicts import engine
+
+    df = pd.DataFrame(
+        {"outcome": pd.Series(["finished", None, "diverged", "finished", "failed"], dtype=dtype)}
+    )
+    mask = np.array([True, True, False, True, True])
+    for m, selected in ((None, df), (mask, df[mask])):
+        want = {k: int(n) for k, n in selected["outcome"].value_counts().items()}
+        assert engine._outcome_counts(df, m) == want
+    assert engine._outcome_counts(pd.DataFrame({"x": [1, 2]})) == {"finished": 2}
+    assert engine._outcome_counts(pd.DataFrame({"x": [1, 2]}), np.array([False, False])) == {}

@@ -132,8 +132,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from itertools import compress
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, NonNegativeInt, ValidationError, model_validator
@@ -152,6 +154,38 @@ def _stats() -> Any:
     from scipy import stats
 
     return stats
+
+
+def _special() -> Any:
+    """``scipy.special``, imported on first use (see :func:`_stats`)."""
+    from scipy import special
+
+    return special
+
+
+# The t and normal functions below are the ufuncs that ``scipy.stats.t``/``norm`` evaluate
+# (``t.sf(x, df)`` is ``stdtr(df, -x)``, ``t.ppf`` is ``stdtrit``, ``norm.sf`` is ``ndtr(-x)``,
+# ``norm.ppf`` is ``ndtri``), so the numbers are identical; called directly they skip the
+# distribution objects' argument checks, ~0.1 ms a call, which were a fifth of a verdict's
+# cost (bench/verdict_error_rates.py runs hundreds of thousands).
+def _t_sf(x: float, df: float) -> float:
+    return float(_special().stdtr(df, -x))
+
+
+def _t_cdf(x: float, df: float) -> float:
+    return float(_special().stdtr(df, x))
+
+
+def _t_ppf(q: float, df: float) -> float:
+    return float(_special().stdtrit(df, q))
+
+
+def _norm_sf(x: float) -> float:
+    return float(_special().ndtr(-x))
+
+
+def _norm_ppf(q: float) -> float:
+    return float(_special().ndtri(q))
 
 
 #: A value of an axis as a config states it.
@@ -429,7 +463,10 @@ def _norm(value: Any) -> tuple[str, Any] | None:
 
 def values_match(x: Any, target: Any) -> bool:
     """Whether a table value equals a config value (numbers by value, whatever the type)."""
-    nx, nt = _norm(x), _norm(target)
+    return _norms_match(_norm(x), _norm(target))
+
+
+def _norms_match(nx: tuple[str, Any] | None, nt: tuple[str, Any] | None) -> bool:
     if nx is None or nt is None or nx[0] != nt[0]:
         return False
     if nx[0] == "num":
@@ -446,15 +483,29 @@ def _label(value: Any) -> str:
     return str(n[1]).lower() if n[0] == "bool" else str(n[1])
 
 
-def _is(keys: pd.Series, key: Any) -> pd.Series:
-    """Rows whose normalised key is ``key``. Keys are tuples, which ``keys == key`` would
-    compare element-wise (or fail to broadcast) instead of as one value."""
-    return keys.map(lambda k: k == key).astype(bool)
+# The row masks below are plain loops over ``tolist()`` returning numpy arrays: on a study's
+# few dozen rows, ``Series.map`` and a boolean Series cost more in pandas machinery than the
+# loop itself.
+def _norms(column: pd.Series) -> list[tuple[str, Any] | None]:
+    """``_norm`` of every value of the column, in row order."""
+    return [_norm(v) for v in column.tolist()]
 
 
-def _mask(column: pd.Series, target: Any) -> pd.Series:
-    targets = target if isinstance(target, list) else [target]
-    return column.map(lambda v: any(values_match(v, t) for t in targets)).astype(bool)
+def _is(keys: list[tuple[str, Any] | None], key: Any) -> np.ndarray:
+    """Rows whose normalised key is ``key`` (``keys`` from :func:`_norms`), each compared
+    as one value (a Series of tuples would compare element-wise)."""
+    import numpy as np
+
+    return np.array([k == key for k in keys], dtype=bool)
+
+
+def _mask(column: pd.Series, target: Any) -> np.ndarray:
+    import numpy as np
+
+    targets = [_norm(t) for t in (target if isinstance(target, list) else [target])]
+    return np.array(
+        [any(_norms_match(_norm(v), t) for t in targets) for v in column.tolist()], dtype=bool
+    )
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -489,17 +540,17 @@ class _Shift:
         """One-sided p of "the true effect is above ``thr``"."""
         if self.se <= 0:
             return 0.0 if self.effect > thr else 1.0
-        return float(_stats().t.sf((self.effect - thr) / self.se, self.df))
+        return _t_sf((self.effect - thr) / self.se, self.df)
 
     def p_lt(self, thr: float) -> float:
         if self.se <= 0:
             return 0.0 if self.effect < thr else 1.0
-        return float(_stats().t.cdf((self.effect - thr) / self.se, self.df))
+        return _t_cdf((self.effect - thr) / self.se, self.df)
 
     def ci(self, confidence: float) -> tuple[float, float]:
         if self.se <= 0:
             return self.effect, self.effect
-        h = float(_stats().t.ppf(0.5 + confidence / 2, self.df)) * self.se
+        h = _t_ppf(0.5 + confidence / 2, self.df) * self.se
         return self.effect - h, self.effect + h
 
     def flip(self) -> _Shift:
@@ -537,7 +588,7 @@ class _RateDiff:
         return (lo, hi) if self.sign > 0 else (-hi, -lo)
 
     def ci(self, confidence: float) -> tuple[float, float]:
-        return self._bounds(float(_stats().norm.ppf(0.5 + confidence / 2)))
+        return self._bounds(_norm_ppf(0.5 + confidence / 2))
 
     def _p(self, thr: float, lower: bool) -> float:
         """One-sided p of "above thr" (``lower``) or "below thr": the level at which the
@@ -558,7 +609,7 @@ class _RateDiff:
         for _ in range(50):
             mid = (z_in + z_out) / 2
             z_in, z_out = (mid, z_out) if beyond(mid) else (z_in, mid)
-        return float(_stats().norm.sf(z_in))
+        return _norm_sf(z_in)
 
     def p_gt(self, thr: float) -> float:
         return self._p(thr, lower=True)
@@ -582,14 +633,15 @@ def _mean_ci(values: np.ndarray, confidence: float) -> tuple[float | None, float
     mean = float(np.mean(values))
     if sd == 0.0:
         return mean, mean
-    lo, hi = _stats().t.interval(
-        confidence, len(values) - 1, loc=mean, scale=sd / math.sqrt(len(values))
-    )
-    return float(lo), float(hi)
+    # As scipy.stats.t.interval(confidence, df, loc=mean, scale=se) computes it.
+    df, se = len(values) - 1, sd / math.sqrt(len(values))
+    lo = _t_ppf((1.0 - confidence) / 2, df) * se + mean
+    hi = _t_ppf((1.0 + confidence) / 2, df) * se + mean
+    return lo, hi
 
 
 def _pair_keys(rows: pd.DataFrame, cols: list[str]) -> list[tuple[Any, ...]]:
-    return [tuple(_norm(v) for v in r) for r in rows[cols].itertuples(index=False, name=None)]
+    return [tuple(map(_norm, r)) for r in zip(*(rows[c].tolist() for c in cols))]
 
 
 def _no_spread(x: np.ndarray) -> bool:
@@ -625,7 +677,7 @@ def _difference(
 
 
 def _wilson(k: int, n: int, confidence: float) -> tuple[float, float]:
-    return _wilson_z(k, n, float(_stats().norm.ppf(0.5 + confidence / 2)))
+    return _wilson_z(k, n, _norm_ppf(0.5 + confidence / 2))
 
 
 def _p_values(predict: str, est: Estimate, m: float) -> tuple[float, float]:
@@ -687,16 +739,31 @@ def _signed(x: float | None) -> str:
 
 
 # -- evidence -------------------------------------------------------------------------------
-def _outcome_counts(rows: pd.DataFrame) -> dict[str, int]:
+def _outcome_counts(rows: pd.DataFrame, mask: np.ndarray | None = None) -> dict[str, int]:
+    """Trials per outcome (missing outcomes not counted, as ``value_counts()``) among the
+    rows ``mask`` keeps (all of them without one): counting through the mask spares the
+    copy of every column that ``rows[mask]`` would make."""
+    import numpy as np
     import pandas as pd
 
-    out = rows["outcome"] if "outcome" in rows else pd.Series(["finished"] * len(rows))
-    counts = out.value_counts()
-    return {k: int(v) for k, v in counts.items()}
+    keep = np.ones(len(rows), dtype=bool) if mask is None else mask
+    if "outcome" not in rows:
+        n = int(keep.sum())
+        return {"finished": n} if n else {}
+    out = compress(rows["outcome"].tolist(), keep)
+    return dict(Counter(o for o in out if not pd.isna(o)))
 
 
-def _arm_stats(label: str, rows: pd.DataFrame, values: np.ndarray, confidence: float) -> ArmStats:
-    c = _outcome_counts(rows)
+def _keep(rows: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``rows[mask]``, or ``rows`` itself when the mask keeps every row (the usual case of
+    the filters below, and a selection copies every column)."""
+    return rows if mask.all() else rows[mask]
+
+
+def _arm_stats(
+    label: str, counts: Mapping[str, int], values: np.ndarray, confidence: float
+) -> ArmStats:
+    """``counts`` from :func:`_outcome_counts` of the arm's rows."""
     mean = float(values.mean()) if len(values) else None
     std = float(values.std(ddof=1)) if len(values) >= 2 else None
     lo, hi = _mean_ci(values, confidence)
@@ -707,10 +774,10 @@ def _arm_stats(label: str, rows: pd.DataFrame, values: np.ndarray, confidence: f
         std,
         lo,
         hi,
-        c.get("finished", 0),
-        c.get("failed", 0),
-        c.get("diverged", 0),
-        sum(v for k, v in c.items() if k not in ("finished", "failed", "diverged")),
+        counts.get("finished", 0),
+        counts.get("failed", 0),
+        counts.get("diverged", 0),
+        sum(v for k, v in counts.items() if k not in ("finished", "failed", "diverged")),
     )
 
 
@@ -762,7 +829,10 @@ def _with_values(
     import numpy as np
     import pandas as pd
 
-    fin = rows[rows["outcome"] == "finished"] if "outcome" in rows else rows
+    if "outcome" in rows:
+        fin = _keep(rows, (rows["outcome"] == "finished").to_numpy(dtype=bool, na_value=False))
+    else:
+        fin = rows
     if claim.at_step is not None:
         if ctx.history is None:
             return fin.iloc[0:0].assign(value=[]), 0, "at_step needs a history source"
@@ -772,7 +842,7 @@ def _with_values(
     else:
         values = [math.nan] * len(fin)
     fin = fin.assign(value=np.asarray(values, dtype=float))
-    ok = fin[np.isfinite(fin["value"].to_numpy(float))]
+    ok = _keep(fin, np.isfinite(fin["value"].to_numpy(float)))
     if claim.unit == "seed":
         return ok, len(fin) - len(ok), ""
     pooled, problem = _pool(claim, ok, ctx)
@@ -909,8 +979,8 @@ def _compare(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -
     a, b = ok[_mask(ok[axis], claim.a)], ok[_mask(ok[axis], claim.b)]
     la, lb = _label(claim.a), _label(claim.b)
     arms = (
-        _arm_stats(la, rows[in_a], a["value"].to_numpy(float), claim.confidence),
-        _arm_stats(lb, rows[in_b], b["value"].to_numpy(float), claim.confidence),
+        _arm_stats(la, _outcome_counts(rows, in_a), a["value"].to_numpy(float), claim.confidence),
+        _arm_stats(lb, _outcome_counts(rows, in_b), b["value"].to_numpy(float), claim.confidence),
     )
     pair = _pair_columns(claim, rows, a, b, ctx.axes)
     d = _difference(a, b, 1.0 if claim.mode == "max" else -1.0, pair)
@@ -918,7 +988,7 @@ def _compare(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -
     effect = d.effect if d else None
     method = d.method if d else "t (too few values)"
     note = _excluded_note(
-        _outcome_counts(rows[in_a | in_b]),
+        _outcome_counts(rows, in_a | in_b),
         missing,
         f"a value of {claim.metric}"
         + (f" at step {claim.at_step}" if claim.at_step is not None else ""),
@@ -972,27 +1042,32 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> V
         return _base(claim, detail=problem)
     axis = claim.axis or ""
     sign = 1.0 if claim.mode == "max" else -1.0
-    keys = rows[axis].map(_norm)
-    arm_rows: dict[Any, pd.DataFrame] = {}
-    for k in dict.fromkeys(k for k in keys if k is not None):
-        arm_rows[k] = rows[_is(keys, k)]
-    ok_keys = ok[axis].map(_norm)
-    values = {k: ok[_is(ok_keys, k)] for k in arm_rows}
+    keys = _norms(rows[axis])
+    # Each arm (by normalised key, in table order) -> its first value as the table holds it.
+    first: dict[Any, Any] = {}
+    for k, v in zip(keys, rows[axis].tolist()):
+        if k is not None:
+            first.setdefault(k, v)
+    ok_keys = _norms(ok[axis])
+    values = {k: ok[_is(ok_keys, k)] for k in first}
     arms = tuple(
-        _arm_stats(_label(r[axis].iloc[0]), r, values[k]["value"].to_numpy(float), claim.confidence)
-        for k, r in arm_rows.items()
+        _arm_stats(
+            _label(v),
+            _outcome_counts(rows, _is(keys, k)),
+            values[k]["value"].to_numpy(float),
+            claim.confidence,
+        )
+        for k, v in first.items()
     )
     inside_keys = {
-        k
-        for k, r in arm_rows.items()
-        if any(values_match(r[axis].iloc[0], p) for p in claim.predict_in or [])
+        k for k, v in first.items() if any(values_match(v, p) for p in claim.predict_in or [])
     }
-    eligible = {k for k in arm_rows if len(values[k]) >= claim.min_seeds}
-    left_out = [_label(arm_rows[k][axis].iloc[0]) for k in arm_rows if k not in eligible]
+    eligible = {k for k in first if len(values[k]) >= claim.min_seeds}
+    left_out = [_label(first[k]) for k in first if k not in eligible]
     never = [
         _label(p)
         for p in claim.predict_in or []
-        if not any(values_match(r[axis].iloc[0], p) for r in arm_rows.values())
+        if not any(values_match(v, p) for v in first.values())
     ]
     notes = ""
     if left_out:
@@ -1003,8 +1078,8 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> V
     if never:
         notes += f"; predicted arms not in the trials: {', '.join(never)}"
     notes += _excluded_note(_outcome_counts(rows), missing, f"a value of {claim.metric}")
-    inside = [k for k in arm_rows if k in inside_keys and k in eligible]
-    outside = [k for k in arm_rows if k not in inside_keys and k in eligible]
+    inside = [k for k in first if k in inside_keys and k in eligible]
+    outside = [k for k in first if k not in inside_keys and k in eligible]
     head = f"best {axis} on {_metric_name(claim)}: "
     if not inside or not outside:
         side = "inside predict_in" if not inside else "outside predict_in"
@@ -1012,11 +1087,13 @@ def _best(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) -> V
             claim, arms=arms, method="best arm", detail=f"{head}no eligible arm {side}{notes}."
         )
 
+    means = {k: sign * float(values[k]["value"].mean()) for k in eligible}
+
     def mean(k: Any) -> float:
-        return sign * float(values[k]["value"].mean())
+        return means[k]
 
     def label(k: Any) -> str:
-        return _label(arm_rows[k][axis].iloc[0])
+        return _label(first[k])
 
     # The predicted arm vs every eligible outside arm (module docstring: confirming needs
     # all of them, at alpha / #inside; refuting needs one, at alpha / #outside).
@@ -1235,7 +1312,7 @@ def _replicate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels)
         return _base(claim, detail=problem)
     label = _arm_label(claim)
     v = ok["value"].to_numpy(float)
-    arm = _arm_stats(label, rows, v, lv.confidence)
+    arm = _arm_stats(label, _outcome_counts(rows), v, lv.confidence)
     pub, tol = float(claim.published or 0.0), float(claim.tolerance or 0.0)
     head = (
         f"{label} on {claim.metric}{'' if claim.at_step is None else f' at step {claim.at_step}'}"
@@ -1291,16 +1368,14 @@ def _gate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context) -> str:
     if claim.test == "replicate":
         return _not_learned(spec, {_arm_label(claim): rows})
     axis = claim.axis or ""
-    keys = rows[axis].map(_norm)
+    keys = _norms(rows[axis])
+    in_play = list(dict.fromkeys(keys))
     if claim.test == "compare":
-        wanted = [_norm(claim.a), _norm(claim.b)]
-        keys = keys[keys.map(lambda k: k in wanted).astype(bool)]
-    arms = {
-        _label(rows.loc[keys.index[_is(keys, k).to_numpy()][0], axis]): rows.loc[
-            keys.index[_is(keys, k).to_numpy()]
-        ]
-        for k in dict.fromkeys(keys)
-    }
+        in_play = [k for k in in_play if k in (_norm(claim.a), _norm(claim.b))]
+    arms = {}
+    for k in in_play:
+        part = rows[_is(keys, k)]
+        arms[_label(part[axis].iloc[0])] = part
     return _not_learned(spec, arms)
 
 
@@ -1384,6 +1459,7 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
 
 
 def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    import numpy as np
     import pandas as pd
 
     if trials is None or trials.empty:
@@ -1402,9 +1478,9 @@ def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         )
     rows = trials
     for col, value in claim.where.items():
-        rows = rows[_mask(rows[col], value)]
+        rows = _keep(rows, _mask(rows[col], value))
     if claim.axis:
-        rows = rows[rows[claim.axis].map(_norm).notna()]
+        rows = _keep(rows, np.array([k is not None for k in _norms(rows[claim.axis])], dtype=bool))
         if claim.test == "replicate":
             rows = rows[_mask(rows[claim.axis], claim.a)]
     if rows.empty:
@@ -1412,9 +1488,12 @@ def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return rows, ""
 
 
-def _evaluate_one(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: float) -> Verdict:
-    """One claim, decided at the one-sided level ``alpha`` (before group corrections)."""
-    v = _evaluate_raw(claim, trials, ctx, alpha)
+def _evaluate_one(
+    claim: ClaimSpec, selected: tuple[pd.DataFrame, str], ctx: _Context, alpha: float
+) -> Verdict:
+    """One claim, decided at the one-sided level ``alpha`` (before group corrections), on
+    its rows and problem as :func:`_select` gives them."""
+    v = _evaluate_raw(claim, selected, ctx, alpha)
     if claim.test != "replicate":
         return v
     return replace(
@@ -1424,13 +1503,15 @@ def _evaluate_one(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: 
     )
 
 
-def _evaluate_raw(claim: ClaimSpec, trials: pd.DataFrame, ctx: _Context, alpha: float) -> Verdict:
-    rows, problem = _select(claim, trials)
+def _evaluate_raw(
+    claim: ClaimSpec, selected: tuple[pd.DataFrame, str], ctx: _Context, alpha: float
+) -> Verdict:
+    rows, problem = selected
     if problem:
         return _base(claim, detail=f"{problem}.")
     if claim.group_by is None:
         return _run_test(claim, rows, ctx, _Levels(alpha, alpha))
-    gkeys = rows[claim.group_by].map(_norm)
+    gkeys = _norms(rows[claim.group_by])
     groups = list(dict.fromkeys(k for k in gkeys if k is not None))
     if not groups:
         return _base(claim, detail=f"no trial has a value of {claim.group_by}.")
@@ -1515,17 +1596,19 @@ def evaluate(
             ) from None
     specs = parse_claims(claims)
     ctx = _Context(history, axes, learned)
-    first = [_evaluate_one(c, trials, ctx, _alpha(c)) for c in specs]
+    # Each claim's rows, selected once: Holm's second pass below reuses them.
+    selected = [_select(c, trials) for c in specs]
+    first = [_evaluate_one(c, sel, ctx, _alpha(c)) for c, sel in zip(specs, selected)]
     adjusted, ranks, k = _holm([v.p_value for v in first])
     out = []
-    for c, v, p_adj, r in zip(specs, first, adjusted, ranks):
+    for c, sel, v, p_adj, r in zip(specs, selected, first, adjusted, ranks):
         if p_adj is None:
             out.append(v)
             continue
         # Holm's step-down: the claim with the r-th smallest p is held to alpha / (k - r);
         # it is decided only if every claim with a smaller p was (then p_adj < alpha).
         level = _alpha(c) / (k - r)
-        w = v if k - r == 1 else _evaluate_one(c, trials, ctx, level)
+        w = v if k - r == 1 else _evaluate_one(c, sel, ctx, level)
         note = f" Holm over {k} claims: p={v.p_value:.3g}, adjusted p={p_adj:.3g}"
         if w.verdict != INCONCLUSIVE and p_adj >= _alpha(c):
             w = replace(w, verdict=INCONCLUSIVE)
