@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
+from orchestrator.cli import tables
 from orchestrator.cli.tables import fitted_table, print_table
 
 HEADERS = ["sweep_id", "status", "finished", "failed", "best", "started", "study"]
@@ -57,3 +59,32 @@ def test_a_column_that_does_not_fit_whole_is_cut() -> None:
     console.print(table)
     (row,) = console.file.getvalue().splitlines()[2:]  # type: ignore[attr-defined]
     assert row.startswith("a" * 20) and row.endswith("…") and len(row) <= 40
+
+
+@pytest.mark.parametrize(
+    ("width", "wide", "title", "markup"),
+    [(60, False, "verdicts", 2), (80, False, None, None), (40, True, None, 2), (30, False, "t", 2)],
+)
+def test_long_tables_print_what_rich_prints(
+    monkeypatch: pytest.MonkeyPatch, width: int, wide: bool, title: str | None, markup: int | None
+) -> None:
+    """Past ``DIRECT_ROWS`` a table is laid out without rich's engine: the same text."""
+    rows = [
+        [
+            f"optimizers-{i}",
+            "FINISHED",
+            "[red]failed[/]" if i % 3 else "[green]ok[/]",
+            "x" * (i % 40) + ("é" if i % 7 == 0 else "") + ("[1, 2]" if i % 5 == 0 else ""),
+        ]
+        for i in range(60)
+    ]
+
+    def render(direct_rows: int) -> str:
+        monkeypatch.setattr(tables, "DIRECT_ROWS", direct_rows)
+        console = Console(file=io.StringIO(), width=width)
+        headers = ["id", "status", "outcome", "long"]
+        table = fitted_table(console, headers, rows, [0, 1, 2, 3], wide, title, markup)
+        print_table(console, table, wide)
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+    assert render(len(rows) - 1) == render(len(rows))
