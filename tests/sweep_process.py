@@ -1,10 +1,14 @@
 """An ``orch sweep`` in a subprocess (its own driver and local Ray), for tests that
-interrupt, cancel or kill it; shared by the cancel and data-parallel tests."""
+interrupt, cancel or kill it, or run two at once; shared by the cancel, data-parallel and
+lease tests."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +28,40 @@ def start_sweep(tracking_uri: str, args: list[str]) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def own_ray_sweep(
+    study: str, conf: Path, plugins: str, uri: str, cwd: Path, *overrides: str
+) -> subprocess.Popen:
+    """``orch sweep STUDY`` of a user's ``conf`` and task ``plugins`` with a local Ray of its
+    own, in its own (short: socket paths are limited to 107 bytes) temp dir, removed by
+    :func:`finish`: several of them run side by side."""
+    ray_tmp = tempfile.mkdtemp(prefix="orchray", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    argv = [study, *overrides, "--config-dir", str(conf), "--tasks", plugins]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", *argv, "--tracking-uri", uri],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.ray_tmp = ray_tmp  # type: ignore[attr-defined]
+    return proc
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
+    """Wait for :func:`own_ray_sweep` processes; their stderr. Kills what is left."""
+    try:
+        errs = [p.communicate(timeout=timeout)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            shutil.rmtree(p.ray_tmp, ignore_errors=True)  # type: ignore[attr-defined]
+    return errs
 
 
 def wait_running(tracking_uri: str, proc: subprocess.Popen, timeout: float) -> str:

@@ -5,11 +5,7 @@ sqlite and on an MLflow server on PostgreSQL. Real Ray, real MLflow, real subpro
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +20,7 @@ from orchestrator.config.plan import plan_sweep
 from orchestrator.store import schema
 from orchestrator.store.create import open_store
 from tasks import registry
+from tests.sweep_process import finish, own_ray_sweep
 from tests.test_failures import user_conf
 from tests.test_server_mode import fresh_database, mlflow_server  # noqa: F401 - fixtures
 from tests.test_signals import assert_store_truthful
@@ -40,45 +37,7 @@ def _conf(tmp: Path) -> Path:
 
 
 def _sweep(conf: Path, uri: str, cwd: Path, *overrides: str) -> subprocess.Popen:
-    # Each driver starts its own local Ray, in its own (short: socket paths are limited to
-    # 107 bytes) temp dir.
-    ray_tmp = tempfile.mkdtemp(prefix="orchray", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "sweep",
-            "lease",
-            *overrides,
-            "--config-dir",
-            str(conf),
-            "--tasks",
-            PLUGINS,
-            "--tracking-uri",
-            uri,
-        ],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    proc.ray_tmp = ray_tmp  # type: ignore[attr-defined]
-    return proc
-
-
-def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
-    try:
-        errs = [p.communicate(timeout=timeout)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            shutil.rmtree(p.ray_tmp, ignore_errors=True)  # type: ignore[attr-defined]
-    return errs
+    return own_ray_sweep("lease", conf, PLUGINS, uri, cwd, *overrides)
 
 
 def _trained_once(uri: str) -> None:
@@ -105,7 +64,7 @@ def _trained_once(uri: str) -> None:
 def test_two_sweeps_started_together_on_a_new_store_train_each_trial_once(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     conf = _conf(tmp_path)
-    errs = _finish([_sweep(conf, uri, tmp_path) for _ in range(2)])
+    errs = finish([_sweep(conf, uri, tmp_path) for _ in range(2)])
     assert all("Traceback" not in e for e in errs), errs
     _trained_once(uri)
     assert_store_truthful(uri)
@@ -118,7 +77,7 @@ def test_two_sweeps_into_one_server_train_each_trial_once(
     uri, _ = mlflow_server
     conf = _conf(tmp_path)
     procs = [_sweep(conf, uri, tmp_path) for _ in range(2)]
-    errs = _finish(procs)
+    errs = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], errs
     _trained_once(uri)
 
@@ -187,7 +146,7 @@ def test_live_claim_is_waited_for_and_its_result_reused(tmp_path: Path) -> None:
         tags=[RunTag(schema.TAG_OUTCOME, "finished")],
     )
     ml.set_terminated(other, "FINISHED")
-    errs = _finish([proc])
+    errs = finish([proc])
     assert proc.returncode == 0, errs
     df = Client(uri).trials(Client(uri).sweeps().sweep_id.iloc[0])
     row = df[df.trial_key == key].iloc[0]
@@ -200,7 +159,7 @@ def test_stale_claim_is_taken_over(tmp_path: Path) -> None:
     conf = _conf(tmp_path)
     other, key = _claim(uri, conf, seed=0, beat_age_s=60)
     proc = _sweep(conf, uri, tmp_path, "sweep.lease_timeout_s=20")
-    errs = _finish([proc])
+    errs = finish([proc])
     assert proc.returncode == 0, errs
     stale = MlflowClient(uri).get_run(other)
     assert stale.info.status == "KILLED"

@@ -6,11 +6,7 @@ task pair (``pre``, ``tune``) is ``tests/plugins/upstream_tasks.py`` (no torch).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,6 +21,7 @@ from orchestrator.config.plan import plan_sweep
 from orchestrator.store import schema
 from orchestrator.store.create import open_store
 from tasks import registry
+from tests.sweep_process import finish, own_ray_sweep
 from tests.test_failures import user_conf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,43 +44,7 @@ def _conf(tmp: Path) -> Path:
 
 
 def _sweep(conf: Path, uri: str, cwd: Path, *overrides: str) -> subprocess.Popen:
-    ray_tmp = tempfile.mkdtemp(prefix="orchray", dir="/tmp")  # short: socket paths
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.cli",
-            "sweep",
-            STUDY,
-            *overrides,
-            "--config-dir",
-            str(conf),
-            "--tasks",
-            PLUGINS,
-            "--tracking-uri",
-            uri,
-        ],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    proc.ray_tmp = ray_tmp  # type: ignore[attr-defined]
-    return proc
-
-
-def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
-    try:
-        errs = [p.communicate(timeout=timeout)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            shutil.rmtree(p.ray_tmp, ignore_errors=True)  # type: ignore[attr-defined]
-    return errs
+    return own_ray_sweep(STUDY, conf, PLUGINS, uri, cwd, *overrides)
 
 
 def _upstream_key(conf: Path) -> str:
@@ -138,7 +99,7 @@ def test_two_sweeps_needing_one_upstream_train_it_once(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     conf = _conf(tmp_path)
     procs = [_sweep(conf, uri, tmp_path) for _ in range(2)]
-    errs = _finish(procs)
+    errs = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], errs
     assert all("Traceback" not in e for e in errs), errs
     key = _upstream_key(conf)
@@ -203,7 +164,7 @@ def test_live_upstream_claim_is_waited_for_and_its_artifacts_used(tmp_path: Path
     ml.log_text(other, "77.0", f"{schema.OUTPUTS_FOLDER}/value.txt")
     ml.log_batch(other, tags=[RunTag(schema.TAG_OUTCOME, "finished")])
     ml.set_terminated(other, "FINISHED")
-    errs = _finish([proc])
+    errs = finish([proc])
     assert proc.returncode == 0, errs
     assert [r.info.run_id for r in _upstream_runs(uri)] == [other]
     _every_trial_from(uri, 1, 77.0, key)
@@ -215,7 +176,7 @@ def test_stale_upstream_claim_is_taken_over(tmp_path: Path) -> None:
     key = _upstream_key(conf)
     other = _claim(uri, key, beat_age_s=60)
     proc = _sweep(conf, uri, tmp_path, "sweep.lease_timeout_s=20")
-    errs = _finish([proc])
+    errs = finish([proc])
     assert proc.returncode == 0, errs
     stale = MlflowClient(uri).get_run(other)
     assert stale.info.status == "KILLED"
