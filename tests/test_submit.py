@@ -13,6 +13,7 @@ the user, including other sessions on the machine).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -141,28 +142,18 @@ def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-@pytest.fixture
-def ray_head(tmp_path: Path) -> Iterator[dict]:
-    """A Ray head of its own: ports, temp dir, token; stopped by its pid, not ``ray stop``."""
-    # Under /tmp: Ray's socket paths must stay short (tmp_path can be too long for AF_UNIX).
-    temp_dir = Path("/tmp") / f"orch-submit-{secrets.token_hex(4)}"
-    token = tmp_path / "ray_token"
-    token.write_text(secrets.token_hex(32))
-    gcs, dash, metrics, agent = free_port(), free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job runs `python`
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # Token auth as in docker/compose.yaml; a token file of its own, so the user's
-        # ~/.ray/auth_token (shared with other sessions) plays no part.
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
-        # Report metrics every second, so the driver's last counts reach the agent
-        # before the job's driver exits.
-        "RAY_metrics_report_interval_ms": "1000",
-        "COLUMNS": "250",
-    }
-    env.pop("RAY_ADDRESS", None)
+@contextlib.contextmanager
+def start_head(
+    tmp_path: Path,
+    env: dict[str, str],
+    temp_dir: Path,
+    gcs: int,
+    dash: int,
+    metrics: int,
+    agent: int,
+) -> Iterator[None]:
+    """``ray start --head --block`` on these ports and temp dir, in ``env``, until its
+    dashboard and the node's agent (which runs the jobs) answer; stopped by its pid after."""
     log = open(tmp_path / "ray_head.log", "wb")
     proc = subprocess.Popen(
         [
@@ -190,11 +181,37 @@ def ray_head(tmp_path: Path) -> Iterator[dict]:
         wait_http(f"http://127.0.0.1:{dash}/api/gcs_healthz", 180, proc)
         # The node's agent runs the jobs: the compose health check waits for it too.
         wait_http(f"http://127.0.0.1:{agent}/api/local_raylet_healthz", 180, proc)
-        yield {"address": f"http://127.0.0.1:{dash}", "metrics": metrics, "env": env}
+        yield
     finally:
         stop_process(proc, marker=str(temp_dir))
         log.close()
         subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+
+
+@pytest.fixture
+def ray_head(tmp_path: Path) -> Iterator[dict]:
+    """A Ray head of its own: ports, temp dir, token; stopped by its pid, not ``ray stop``."""
+    # Under /tmp: Ray's socket paths must stay short (tmp_path can be too long for AF_UNIX).
+    temp_dir = Path("/tmp") / f"orch-submit-{secrets.token_hex(4)}"
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    gcs, dash, metrics, agent = free_port(), free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job runs `python`
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Token auth as in docker/compose.yaml; a token file of its own, so the user's
+        # ~/.ray/auth_token (shared with other sessions) plays no part.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        # Report metrics every second, so the driver's last counts reach the agent
+        # before the job's driver exits.
+        "RAY_metrics_report_interval_ms": "1000",
+        "COLUMNS": "250",
+    }
+    env.pop("RAY_ADDRESS", None)
+    with start_head(tmp_path, env, temp_dir, gcs, dash, metrics, agent):
+        yield {"address": f"http://127.0.0.1:{dash}", "metrics": metrics, "env": env}
 
 
 def orch(env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:

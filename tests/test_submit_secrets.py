@@ -28,7 +28,7 @@ import yaml
 from orchestrator.cli.jobs import entrypoint, runtime_env, use_local_token
 from orchestrator.config.safe_yaml import ALLOW_ENV, RAY_JOB_CONFIG_ENV
 from tests.test_failures import user_conf
-from tests.test_submit import BIN, ROOT, free_port, orch, stop_process, wait_http
+from tests.test_submit import BIN, ROOT, free_port, orch, start_head, stop_process, wait_http
 
 SECRET = f"pw-{secrets.token_hex(16)}"
 NOTE = f"note-{secrets.token_hex(8)}"  # a variable the operator allows
@@ -94,37 +94,8 @@ def secret_head(tmp_path: Path) -> Iterator[dict]:
         "ORCH_TEST_NOTE": NOTE,
         ALLOW_ENV: "oc.env:ORCH_TEST_NOTE",
     }
-    log = open(tmp_path / "ray_head.log", "wb")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            f"--port={gcs}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            f"--metrics-export-port={metrics}",
-            f"--dashboard-agent-listen-port={agent}",
-            "--num-cpus=2",
-            "--node-ip-address=127.0.0.1",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-        cwd=ROOT,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{dash}/api/gcs_healthz", 180, proc)
-        wait_http(f"http://127.0.0.1:{agent}/api/local_raylet_healthz", 180, proc)
+    with start_head(tmp_path, env, temp_dir, gcs, dash, metrics, agent):
         yield {"address": f"http://127.0.0.1:{dash}", "token": token}
-    finally:
-        stop_process(proc, marker=str(temp_dir))
-        log.close()
-        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
 
 
 def _submitter_env(token: Path, **extra: str) -> dict[str, str]:
