@@ -104,9 +104,19 @@ def postgres_db(require_postgres: None) -> Iterator[str]:
 @pytest.fixture
 def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
     """``mlflow server`` on the database, serving artifacts from a temp dir."""
-    port = free_port()
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
+    with start_mlflow_server(tmp_path, postgres_db, artifacts) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def start_mlflow_server(
+    tmp_path: Path, backend: str, artifacts: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``mlflow server`` (one worker) on ``backend``, serving artifacts from ``artifacts``,
+    until it answers an API request; its URL. Stopped by its pid after."""
+    port = free_port()
     log = open(tmp_path / "mlflow.log", "wb")
     proc = subprocess.Popen(
         [
@@ -117,7 +127,7 @@ def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
             "--port",
             str(port),
             "--backend-store-uri",
-            postgres_db,
+            backend,
             "--serve-artifacts",
             "--artifacts-destination",
             str(artifacts),
@@ -128,6 +138,7 @@ def mlflow_server(postgres_db: str, tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
         cwd=tmp_path,
+        env=env,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 180, proc)

@@ -28,7 +28,14 @@ import yaml
 from orchestrator.cli.jobs import entrypoint, runtime_env, use_local_token
 from orchestrator.config.safe_yaml import ALLOW_ENV, RAY_JOB_CONFIG_ENV
 from tests.test_failures import user_conf
-from tests.test_submit import BIN, ROOT, free_port, orch, start_head, stop_process, wait_http
+from tests.test_submit import (
+    BIN,
+    ROOT,
+    free_port,
+    orch,
+    start_head,
+    start_mlflow_server,
+)
 
 SECRET = f"pw-{secrets.token_hex(16)}"
 NOTE = f"note-{secrets.token_hex(8)}"  # a variable the operator allows
@@ -41,39 +48,11 @@ def store(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     ``tmp_path/store``, whose every byte the test scans."""
     root = tmp_path / "store"
     (root / "artifacts").mkdir(parents=True)
-    port = free_port()
-    log = open(tmp_path / "mlflow.log", "wb")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--serve-artifacts",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=tmp_path,
-        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_PASSWORD"},
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", 180, proc)
-        wait_http(
-            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1", 180, proc
-        )
-        yield f"http://127.0.0.1:{port}", root
-    finally:
-        stop_process(proc)
-        log.close()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_PASSWORD"}
+    with start_mlflow_server(
+        tmp_path, f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", env
+    ) as url:
+        yield url, root
 
 
 @pytest.fixture
