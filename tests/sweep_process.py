@@ -4,12 +4,15 @@ lease tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,6 +65,29 @@ def finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
                 p.kill()
             shutil.rmtree(p.ray_tmp, ignore_errors=True)  # type: ignore[attr-defined]
     return errs
+
+
+@contextlib.contextmanager
+def heartbeat(uri: str, run_id: str, every_s: float = 1.0) -> Iterator[None]:
+    """Another sweep's driver, alive: ``run_id``'s lease heartbeat renewed until the block
+    ends."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.store import schema
+
+    ml, stop = MlflowClient(uri), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            ml.set_tag(run_id, schema.TAG_HEARTBEAT, f"{time.time():.0f}")
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beater.join()
 
 
 def wait_running(tracking_uri: str, proc: subprocess.Popen, timeout: float) -> str:

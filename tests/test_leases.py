@@ -6,7 +6,6 @@ sqlite and on an MLflow server on PostgreSQL. Real Ray, real MLflow, real subpro
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from orchestrator.config.plan import plan_sweep
 from orchestrator.store import schema
 from orchestrator.store.create import open_store
 from tasks import registry
-from tests.sweep_process import finish, own_ray_sweep
+from tests.sweep_process import finish, heartbeat, own_ray_sweep
 from tests.test_failures import user_conf
 from tests.test_server_mode import fresh_database, mlflow_server  # noqa: F401 - fixtures
 from tests.test_signals import assert_store_truthful
@@ -109,16 +108,8 @@ def test_live_claim_is_waited_for_and_its_result_reused(tmp_path: Path) -> None:
     conf = _conf(tmp_path)
     other, key = _claim(uri, conf, seed=0, beat_age_s=0)
     ml = MlflowClient(uri)
-    stop = threading.Event()
-
-    def beat() -> None:  # the other sweep's driver, alive
-        while not stop.wait(1.0):
-            ml.set_tag(other, schema.TAG_HEARTBEAT, f"{time.time():.0f}")
-
-    beater = threading.Thread(target=beat, daemon=True)
-    beater.start()
-    proc = _sweep(conf, uri, tmp_path, "sweep.lease_timeout_s=8")
-    try:
+    with heartbeat(uri, other):  # the other sweep's driver, alive
+        proc = _sweep(conf, uri, tmp_path, "sweep.lease_timeout_s=8")
         # The sweep trains the other seeds and waits for seed 0.
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
@@ -137,9 +128,6 @@ def test_live_claim_is_waited_for_and_its_result_reused(tmp_path: Path) -> None:
             [ml.get_experiment_by_name("lease").experiment_id], f"tags.`{schema.TAG_KEY}` = '{key}'"
         )
         assert [r.info.run_id for r in mine] == [other]
-    finally:
-        stop.set()
-        beater.join()
     ml.log_batch(
         other,
         metrics=[Metric("final", 4.0, int(time.time() * 1000), 3)],

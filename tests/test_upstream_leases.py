@@ -7,7 +7,6 @@ task pair (``pre``, ``tune``) is ``tests/plugins/upstream_tasks.py`` (no torch).
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from orchestrator.config.plan import plan_sweep
 from orchestrator.store import schema
 from orchestrator.store.create import open_store
 from tasks import registry
-from tests.sweep_process import finish, own_ray_sweep
+from tests.sweep_process import finish, heartbeat, own_ray_sweep
 from tests.test_failures import user_conf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,16 +124,8 @@ def test_live_upstream_claim_is_waited_for_and_its_artifacts_used(tmp_path: Path
     key = _upstream_key(conf)
     other = _claim(uri, key, beat_age_s=0)
     ml = MlflowClient(uri)
-    stop = threading.Event()
-
-    def beat() -> None:  # the other sweep's driver, alive
-        while not stop.wait(1.0):
-            ml.set_tag(other, schema.TAG_HEARTBEAT, f"{time.time():.0f}")
-
-    beater = threading.Thread(target=beat, daemon=True)
-    beater.start()
-    proc = _sweep(conf, uri, tmp_path, "sweep.lease_timeout_s=8")
-    try:
+    with heartbeat(uri, other):  # the other sweep's driver, alive
+        proc = _sweep(conf, uri, tmp_path, "sweep.lease_timeout_s=8")
         # Wait until the sweep counts the upstream in its total (it is at the upstream
         # step: the claim is being looked at), then a little longer than its first look.
         deadline = time.monotonic() + 400
@@ -157,9 +148,6 @@ def test_live_upstream_claim_is_waited_for_and_its_artifacts_used(tmp_path: Path
             [ml.get_experiment_by_name(STUDY).experiment_id], f"tags.`{schema.TAG_KIND}` = 'trial'"
         )
         assert trials == []
-    finally:
-        stop.set()
-        beater.join()
     # The other sweep's upstream ends with its artifact (a value this sweep could not make).
     ml.log_text(other, "77.0", f"{schema.OUTPUTS_FOLDER}/value.txt")
     ml.log_batch(other, tags=[RunTag(schema.TAG_OUTCOME, "finished")])
