@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.store import schema
 from orchestrator.store.create import open_store
-from orchestrator.store.tables import RunRow, select_runs, trials_frame
+from orchestrator.store.tables import RunRow, pick_sweep, select_runs, trials_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -157,14 +157,7 @@ class StoreReader:
                 f"tags.`{schema.TAG_SWEEP}` {op}"
             )
         )
-        exact = [r for r in runs if r.data.tags[schema.TAG_SWEEP] == sweep_id]
-        if exact:
-            return exact[0]
-        if len(runs) == 1:
-            return runs[0]
-        if not runs:
-            raise KeyError(f"no sweep {sweep_id!r} in {self.uri}")
-        raise KeyError(f"{sweep_id!r} matches {len(runs)} sweeps; give more of the id")
+        return pick_sweep(runs, [r.data.tags[schema.TAG_SWEEP] for r in runs], sweep_id, self.uri)
 
     def sweep_runs(
         self, experiment_id: str, sweep_id: str, kind: str = schema.KIND_TRIAL

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from orchestrator.store import schema
@@ -278,14 +278,7 @@ class SqliteTables:
             like=(schema.TAG_SWEEP, f"{sweep_id}%"),
             order="start_time DESC, run_uuid",  # search_runs' default order
         )
-        exact = [r for r in runs if r.tags[schema.TAG_SWEEP] == sweep_id]
-        if exact:
-            return exact[0]
-        if len(runs) == 1:
-            return runs[0]
-        if not runs:
-            raise KeyError(f"no sweep {sweep_id!r} in {self.uri}")
-        raise KeyError(f"{sweep_id!r} matches {len(runs)} sweeps; give more of the id")
+        return pick_sweep(runs, [r.tags[schema.TAG_SWEEP] for r in runs], sweep_id, self.uri)
 
     def trials(self, parent: RunRow) -> pd.DataFrame:
         """``StoreReader.trials`` of the sweep of ``parent``."""
@@ -350,3 +343,23 @@ def _create_default_experiment(con: sqlite3.Connection) -> None:
         )
     except sqlite3.IntegrityError:  # another command added it first
         pass
+
+
+R = TypeVar("R")
+
+
+def pick_sweep(runs: list[R], ids: list[str], sweep_id: str, uri: str) -> R:
+    """The sweep ``sweep_id`` names among ``runs`` (their sweep ids ``ids``), matched by
+    prefix: the exact one, else the only one.
+
+    Raises:
+        KeyError: None matches, or the prefix is ambiguous.
+    """
+    exact = [r for r, i in zip(runs, ids) if i == sweep_id]
+    if exact:
+        return exact[0]
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise KeyError(f"no sweep {sweep_id!r} in {uri}")
+    raise KeyError(f"{sweep_id!r} matches {len(runs)} sweeps; give more of the id")
