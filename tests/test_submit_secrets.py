@@ -143,6 +143,10 @@ def test_env_resolvers_are_refused_through_submit_and_on_the_cluster(
         monkeypatch.delenv(k, raising=False)
     # Ray read RAY_AUTH_MODE when this process imported it: turn token mode on as `orch
     # submit` does for a cluster on this machine (the token at RAY_AUTH_TOKEN_PATH).
+    # Ray keeps the first token this process read (an earlier test's cluster): read again.
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
     assert use_local_token(address)
     client = JobSubmissionClient(address)
 

@@ -35,6 +35,7 @@ import socket
 import struct
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,7 @@ def _serve_one(listener: socket.socket, path: Path) -> int:
     if raw is None:
         return 1
     request = json.loads(raw)
+    log = os.fdopen(os.dup(2), "w")  # the daemon's log: the client's stderr may be gone
     _become(request, fds)
     conn.sendall(_LEN.pack(os.getpid()))
     answered = threading.Event()
@@ -196,6 +198,11 @@ def _serve_one(listener: socket.socket, path: Path) -> int:
         code = main(request["argv"])
     except SystemExit as e:  # argparse's own exit (a usage error) is the command's status
         code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        log.write(f"orch standby {os.getpid()}: {request['argv']} raised:\n")
+        log.write(traceback.format_exc())
+        log.flush()
+        raise
     sys.stdout.flush()
     sys.stderr.flush()
     answered.set()

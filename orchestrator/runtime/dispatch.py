@@ -486,7 +486,10 @@ class Dispatcher:
             if i in self._warm:
                 self._lost.append(self._warm[i])
         if self._warm or self._lost:
-            service.release(idle, self._lost)
+            try:
+                service.release(idle, self._lost)
+            except Exception:  # noqa: BLE001 - the pool is the service's; this sweep's
+                pass  # runs (trials and parent) must still be written, whatever it raised
         self._actors, self._warm, self._busy, self._lost = [], {}, set(), []
 
 

@@ -81,7 +81,7 @@ class PoolKeeper:
             self.leases.pop(name, None)
         for name in lost:
             self.leases.pop(name, None)
-            _new_worker(name, self.num_threads)
+            _restart_worker(name, self.num_threads)
 
     def status(self) -> dict[str, Any]:
         """Slots, leases (worker -> driver pid), idle workers and each worker's process id."""
@@ -95,6 +95,25 @@ class PoolKeeper:
 
 
 PoolKeeperActor: Any = ray.remote(num_cpus=0)(PoolKeeper)
+
+
+#: How long the keeper waits for a killed worker's name to be free again.
+RESTART_TIMEOUT_S = 60.0
+
+
+def _restart_worker(name: str, num_threads: int) -> None:
+    """A new worker under a killed one's name. The driver has just killed it, and the name
+    is free only once Ray has processed its death: until then the name is taken (ValueError),
+    so this retries; a worker that cannot come back leaves the pool smaller, not broken."""
+    deadline = time.monotonic() + RESTART_TIMEOUT_S
+    while True:
+        try:
+            _new_worker(name, num_threads)
+            return
+        except ValueError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
 
 
 def _new_worker(name: str, num_threads: int) -> Any:
