@@ -62,10 +62,14 @@ def check_store(uri: str) -> None:
     if not path.exists() or path.stat().st_size == 0:
         _check_creatable(path)
         return
+    key = path.resolve()
+    if key in _CHECKED:
+        return
     deadline = time.monotonic() + MIGRATION_WAIT_S
     while True:
         try:
             _check_existing(path)
+            _CHECKED.add(key)
             return
         except TrackingUnavailable:
             # Half-migrated (no or an older revision) while its files still change: another
@@ -73,6 +77,13 @@ def check_store(uri: str) -> None:
             if time.monotonic() > deadline or not _changing(path):
                 raise
             time.sleep(0.5)
+
+
+#: Stores this process has found good. Checked once only: reading the file again would open
+#: and close a descriptor of it, and POSIX then drops every lock this process holds on it,
+#: those of its open sqlite connections included (another process could then checkpoint or
+#: write under them: a malformed store, seen with two sweeps on one new store).
+_CHECKED: set[Path] = set()
 
 
 def _changing(path: Path) -> bool:
