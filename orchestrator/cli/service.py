@@ -14,8 +14,8 @@ from orchestrator.cli.exits import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK
 def add_parsers(sub: Any) -> None:
     sp = sub.add_parser(
         "up",
-        help="keep a local Ray head and warm workers for repeated sweeps "
-        "(orch sweep uses them when no --address is given)",
+        help="keep a local Ray head, warm workers and a standby driver for repeated "
+        "sweeps (orch sweep/resume hand them the sweep when no --address is given)",
     )
     sp.add_argument(
         "--slots",

@@ -110,16 +110,10 @@ def _wait(sock: socket.socket, pid: int) -> int:
 
     for s in _FORWARDED:
         signal.signal(s, forward)
-    code = None
-    while code is None:
-        try:
-            code = _recv_exact(sock, _CODE.size)
-        except InterruptedError:  # PEP 475 retries; kept for clarity on older kernels
-            continue
-        except OSError:
-            break
-        if code is None:
-            break
+    try:  # a signal forwarded meanwhile does not interrupt the wait (PEP 475 retries it)
+        code = _recv_exact(sock, _CODE.size)
+    except OSError:
+        code = None
     sock.close()
     if code is not None:
         return _CODE.unpack(code)[0]
