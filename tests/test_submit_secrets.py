@@ -77,6 +77,19 @@ def secret_head(tmp_path: Path) -> Iterator[dict]:
         yield {"address": f"http://127.0.0.1:{dash}", "token": token}
 
 
+@pytest.fixture
+def token_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Ray caches its token process-wide and the test points it at its head's: afterwards
+    the environment is restored and the token read again, or this process's own Ray
+    session (the suite's) would be called with the other head's token and its driver
+    would exit (one CI run ended, without a summary, that way)."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    yield
+    monkeypatch.undo()
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def _submitter_env(token: Path, **extra: str) -> dict[str, str]:
     """A submitter's machine: Ray's token, none of the cluster's variables."""
     env = {
@@ -102,7 +115,11 @@ def _confs(wd: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_env_resolvers_are_refused_through_submit_and_on_the_cluster(
-    secret_head: dict, store: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    secret_head: dict,
+    store: tuple[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    token_restored: None,
 ) -> None:
     from ray.job_submission import JobSubmissionClient
 
