@@ -4,7 +4,8 @@ conf/claims.yaml).
 OPT-10: one step (three, to exercise the state) of torch's optimizers equals the notes' update
 rule. BN-5: BN momentum changes evaluation only. INIT-1: constant init keeps hidden units
 identical. INIT-3: a gain g per layer scales the gradient by g^depth. ERR-1..3: the notes'
-known errors about activation functions, shown wrong against torch's definitions. Also the per-layer statistics (train.layer_stats) the INIT/ACT study uses.
+known errors about activation functions, shown wrong against torch's definitions. Also the
+per-layer statistics (train.layer_stats) the INIT/ACT study uses.
 """
 
 from __future__ import annotations
