@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, SerializerFunctionWrapHandler, model_serializer
 
 from tasks.spec import StrictModel
 
-Norm = Literal["none", "bn", "syncbn", "gn", "ln"]
+# bn_noise and fixed_scale are BNW-1/BNW-2's controls (tasks.models.norm_layer): BN whose
+# output gets a random per-batch shift and scale in training, and a constant x1e-3 layer.
+Norm = Literal["none", "bn", "syncbn", "gn", "ln", "bn_noise", "fixed_scale"]
 # Weight init of MLP-d's linear layers (INIT-*): torch's default (Kaiming-uniform with
 # a=sqrt(5)), Xavier/Glorot normal (gain 1, for tanh), Kaiming/He normal (fan-in, for ReLU),
 # or every weight 1/fan_in (symmetric: hidden units of a layer stay identical). Biases are
@@ -30,6 +32,18 @@ class MLPSpec(StrictModel):
     # torch's convention: running = (1 - momentum) * running + momentum * batch.
     # The notes' "0.9" (retention) is torch's 0.1.
     bn_momentum: float = Field(0.1, gt=0, le=1)
+    # ARCH-1: an identity skip across every hidden layer whose input and output widths are
+    # equal, act(x + norm(Wx + b)); no extra parameters, so plain and residual arms match.
+    residual: bool = False
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Trial keys hash the dumped spec: a default left out keeps the keys of runs recorded
+        # before the field existed.
+        d = handler(self)
+        if not self.residual:
+            d.pop("residual", None)
+        return d
 
 
 class CNNSpec(StrictModel):

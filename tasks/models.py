@@ -60,9 +60,12 @@ def norm_layer(
     """The normalisation layer a config names (``dims``: 1 or 2 spatial dimensions). ``syncbn``
     builds a BatchNorm here; data-parallel trials convert it to the synced version once the
     process group exists."""
-    if kind in ("bn", "syncbn"):
+    if kind in ("bn", "syncbn", "bn_noise"):
         bn = nn.BatchNorm2d if spatial and dims == 2 else nn.BatchNorm1d
-        return bn(channels, momentum=momentum)
+        layer = bn(channels, momentum=momentum)
+        return _NoisyShift(layer) if kind == "bn_noise" else layer
+    if kind == "fixed_scale":
+        return _FixedScale(FIXED_SCALE)
     if kind == "gn":
         return nn.GroupNorm(min(groups, channels), channels)
     if kind == "ln":
@@ -112,11 +115,12 @@ def build_model(
     if isinstance(spec, MLPSpec):
         layers: list[nn.Module] = [nn.Flatten()]
         for h in spec.hidden:
-            layers += [
-                nn.Linear(width, h),
-                norm_layer(spec.norm, h, spatial=False, momentum=spec.bn_momentum),
-                act(),
-            ]
+            linear = nn.Linear(width, h)
+            norm = norm_layer(spec.norm, h, spatial=False, momentum=spec.bn_momentum)
+            if spec.residual and h == width:
+                layers.append(_SkipLayer(nn.Sequential(linear, norm), act()))
+            else:
+                layers += [linear, norm, act()]
             if spec.dropout:
                 layers.append(nn.Dropout(spec.dropout))
             width = h
@@ -216,6 +220,22 @@ def _init_linear(layer: nn.Linear, kind: Init) -> None:
     nn.init.zeros_(layer.bias)
 
 
+class _SkipLayer(nn.Module):
+    """``act(x + body(x))``, ``body`` = Linear then norm: He et al. 2015's residual block
+    (fig. 2, activation after the sum) with one layer instead of two, for MLP-d's
+    ``residual``. With zero weights it is the identity on the non-negative inputs a ReLU
+    network feeds it. The form ``x + act(body(x))`` diverged at 20 layers in a pilot: each
+    ReLU branch adds a positive mean, which piles up with depth."""
+
+    def __init__(self, body: nn.Sequential, act: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
 class _Residual(nn.Module):
     """``x + body(x)``: MLPBase's second hidden layer."""
 
@@ -225,6 +245,53 @@ class _Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+#: BNW-2's constant: the notes' "1/1000 layer" (004:L945-955).
+FIXED_SCALE = 1e-3
+#: BNW-1's noise (004:L945-955, after Santurkar et al. 2018, "How Does Batch Normalization
+#: Help Optimization?", sec. 2.1: noise of non-zero mean and non-unit variance after each BN,
+#: redrawn every step). The notes give no magnitude; ours is of the order of the normalised
+#: unit scale: per unit and batch, scale ~ U(1 - a, 1 + a), shift ~ U(-b, b).
+NOISE_SCALE, NOISE_SHIFT = 0.5, 1.0
+
+
+class _FixedScale(nn.Module):
+    """``factor * x``: a constant rescaling with no parameters or statistics (BNW-2)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * x
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+class _NoisyShift(nn.Module):
+    """``bn(x)``, then in training ``s * bn(x) + m`` with ``s``, ``m`` drawn per unit (channel)
+    afresh for every batch (:data:`NOISE_SCALE`, :data:`NOISE_SHIFT`): the next layer sees an
+    input distribution that shifts at every step, the covariate shift BN is said to remove.
+    Evaluation is plain BN (running statistics, no noise)."""
+
+    def __init__(self, bn: nn.Module) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(x)
+        if not self.training:
+            return y
+        shape = (1, y.shape[1]) + (1,) * (y.dim() - 2)
+        scale = torch.empty(shape, device=y.device, dtype=y.dtype).uniform_(
+            1 - NOISE_SCALE, 1 + NOISE_SCALE
+        )
+        shift = torch.empty(shape, device=y.device, dtype=y.dtype).uniform_(
+            -NOISE_SHIFT, NOISE_SHIFT
+        )
+        return scale * y + shift
 
 
 class _GRUFeatures(nn.Module):

@@ -4,12 +4,14 @@ conf/claims.yaml).
 OPT-6: Adam's trajectory is unchanged when the loss is rescaled, SGD's is not.
 OPT-10: one step (three, to exercise the state) of torch's optimizers equals the notes' update
 rule. BN-5: BN momentum changes evaluation only. INIT-1: constant init keeps hidden units
-identical. ERR-1..3: the notes' known errors about activation functions, shown wrong against
-torch's definitions. Also the per-layer statistics (train.layer_stats) the INIT/ACT study uses.
+identical. INIT-3: a gain g per layer scales the gradient by g^depth. ERR-1..3: the notes'
+known errors about activation functions, shown wrong against torch's definitions. Also the
+per-layer statistics (train.layer_stats) the INIT/ACT study uses.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -263,6 +265,35 @@ def test_INIT_1_constant_init_keeps_hidden_units_identical() -> None:
     first = default.features[1]
     assert isinstance(first, nn.Linear)
     assert not torch.allclose(first.weight, first.weight[:1].expand_as(first.weight))
+
+
+@pytest.mark.parametrize("gain", [0.8, 1.0, 1.25])
+def test_INIT_3_gain_g_scales_the_gradient_by_g_per_layer(gain: float) -> None:
+    # Notes (001:L17-25): a per-layer factor below 1 vanishes the gradient towards the input,
+    # above 1 explodes it. A unit test, not a study: in a deep linear net at init the scaling
+    # is arithmetic (E|W^T u|^2 = g^2 |u|^2 for W ~ N(0, g^2/n)), true by construction.
+    # Measured as the notes state it, the loss gradient w.r.t. each layer's input; the loss is
+    # linear in the output, so the gradient at the top is fixed. Width 512 concentrates the
+    # norms (per-layer log-norm noise ~ 1/sqrt(2n), a log bias ~ -1/(2n)).
+    width, depth = 512, 30
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(width, width, generator=gen) * gain / width**0.5 for _ in range(depth)]
+    x = torch.randn(1, width, generator=gen).requires_grad_(True)
+    h, inputs = x, []
+    for w in weights:
+        h.retain_grad()
+        inputs.append(h)
+        h = h @ w.T
+    (h * torch.randn(1, width, generator=gen)).sum().backward()
+    # Layers from the top: the gradient at the input of the k-th from the top passed k-1
+    # weight matrices on its way down.
+    log_norms = torch.stack([t.grad.norm().log() for t in reversed(inputs) if t.grad is not None])
+    k = torch.arange(depth, dtype=log_norms.dtype)
+    slope = ((k - k.mean()) * (log_norms - log_norms.mean())).sum() / ((k - k.mean()) ** 2).sum()
+    assert slope.item() == pytest.approx(math.log(gain), abs=0.01)
+    # Linear in depth: the straight line explains the log norms (residuals small).
+    fit = log_norms.mean() + slope * (k - k.mean())
+    assert (log_norms - fit).abs().max().item() < 0.15
 
 
 @pytest.mark.parametrize("norm", ["none", "bn"])
