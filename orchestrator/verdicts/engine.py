@@ -1535,8 +1535,9 @@ def _combine_each(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
         p_confirm=p_c if tested else None,
         p_refute=p_r if tested else None,
         confidence=decider.confidence,
+        # The deciding group's own sentence follows: its numbers, or why it is undecided.
         detail=f"{lead}per {by} (each decided at level / {n}): {summary}; "
-        f"overall {verdict} ({why}; numbers from {by}={decider.group}).",
+        f"overall {verdict} ({why}). Numbers from {by}={decider.group}: {decider.detail}",
     )
 
 
