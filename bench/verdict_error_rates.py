@@ -1,10 +1,11 @@
-"""How often each verdict rule says confirmed / refuted when the truth is known.
+"""How often each verdict rule says confirmed / refuted (/ dependent) when the truth is known.
 
 Simulated studies go through the real engine (:func:`orchestrator.verdicts.evaluate`) with
 trial tables shaped like ``Client.trials``: per-seed metrics drawn from a normal law (seed
 effects shared by the arms, so pairing by seed is what a real sweep gets), or Bernoulli
 diverged outcomes for rate claims. For each rule and truth (null, exactly at the margin, a
-clear effect) the table gives the fraction of N studies that ended confirmed and refuted.
+clear effect) the table gives the fraction of N studies that ended confirmed and refuted,
+and for ``groups: each`` claims dependent (the groups disagree).
 
     python -m bench.verdict_error_rates --n 10000 --family-n 1000 --jobs 2 \
         --out docs/verdict_error_rates.md
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.verdicts import CONFIRMED, REFUTED, evaluate
+from orchestrator.verdicts import CONFIRMED, DEPENDENT, REFUTED, evaluate
 
 SD = 0.02  # per-seed sd of every arm's metric
 SEEDS = 5  # seeds per arm
@@ -58,6 +59,17 @@ def metric_table(
             axis: [arm for arm in arms for _ in range(seeds)],
             "test/acc": (0.8 + mu + seed_effect + noise).ravel(),
         }
+    )
+
+
+def by_dataset(effects: dict[str, float], rng: np.random.Generator) -> pd.DataFrame:
+    """:func:`metric_table` per dataset (column ``data.name``), arm a ahead by its effect."""
+    return pd.concat(
+        [
+            metric_table({"a": e, "b": 0.0}, rng, prefix=f"{name}-").assign(**{"data.name": name})
+            for name, e in effects.items()
+        ],
+        ignore_index=True,
     )
 
 
@@ -216,6 +228,21 @@ def cases() -> list[Case]:
             ("confirmed",),
         ),
     ]
+    each = {**compare("a_better", m), "group_by": "data.name", "groups": "each"}
+    out += [
+        Case(
+            "a_better per dataset (each), m=0.01",
+            "at margin in both (effect 0.01)",
+            _one(each, lambda r: by_dataset({"digits": m, "mnist1d": m}, r)),
+            ("confirmed", "refuted", "dependent"),
+        ),
+        Case(
+            "a_better per dataset (each), m=0.01",
+            "clear in one, reversed in the other",
+            _one(each, lambda r: by_dataset({"digits": 5 * m, "mnist1d": -5 * m}, r)),
+            ("confirmed", "refuted"),
+        ),
+    ]
     fisher = {"id": "R", "test": "rate", "axis": "arm", "a": "a", "b": "b", "predict": "a_better"}
     out += [
         Case(
@@ -256,18 +283,20 @@ def run_case(case: Case, n: int, seed: int) -> dict[str, float]:
     """Fractions of ``n`` simulated studies: per claim confirmed/refuted, and for families
     the fraction of studies in which any claim was confirmed / refuted."""
     rng = np.random.default_rng(seed)
-    conf = ref = any_conf = any_ref = 0
+    conf = ref = dep = any_conf = any_ref = 0
     total = 0
     for _ in range(n):
         verdicts = case.simulate(rng)
         conf += sum(v == CONFIRMED for v in verdicts)
         ref += sum(v == REFUTED for v in verdicts)
+        dep += sum(v == DEPENDENT for v in verdicts)
         any_conf += CONFIRMED in verdicts
         any_ref += REFUTED in verdicts
         total += len(verdicts)
     return {
         "confirmed": conf / total,
         "refuted": ref / total,
+        "dependent": dep / total,
         "any_confirmed": any_conf / n,
         "any_refuted": any_ref / n,
     }
@@ -344,10 +373,10 @@ def main(argv: list[str] | None = None) -> int:
         intro,
         "",
         (
-            "| rule | truth | confirmed | refuted | any confirmed / any refuted (family) "
-            "| should be |"
+            "| rule | truth | confirmed | refuted | dependent "
+            "| any confirmed / any refuted (family) | should be |"
         ),
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = cases()
     sizes = [family_n if c.rule.startswith("10 ") else args.n for c in rows]
@@ -361,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             family = f"{r['any_confirmed']:.2%} / {r['any_refuted']:.2%}" if is_family else ""
             lines.append(
                 f"| {case.rule} | {case.truth} | {r['confirmed']:.2%} | "
-                f"{r['refuted']:.2%} | {family} | {case.nominal} |"
+                f"{r['refuted']:.2%} | {r['dependent']:.2%} | {family} | {case.nominal} |"
             )
             print(lines[-1], flush=True)
     lines += ["", against_nominal(rows, results, sizes)]

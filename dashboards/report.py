@@ -35,14 +35,19 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from orchestrator.verdicts import ArmStats, Verdict
+from orchestrator.verdicts import ArmStats, Verdict, verdict_label
 
 #: metric -> run_id -> DataFrame with columns ``step`` and ``value``.
 Histories = Mapping[str, Mapping[str, pd.DataFrame]]
 
 MAX_PANELS = 24  # beyond this a panel per value is no longer a glance
 MAX_LINES = 12  # arms on one axis before it is split into panels (same y scale)
-_COLOURS = {"confirmed": "#1a7f37", "refuted": "#cf222e", "inconclusive": "#9a6700"}
+_COLOURS = {
+    "confirmed": "#1a7f37",
+    "refuted": "#cf222e",
+    "inconclusive": "#9a6700",
+    "dependent": "#8250df",
+}
 
 
 @dataclass(frozen=True)
@@ -366,6 +371,7 @@ def _verdict_html(v: Verdict) -> str:
             f"metric {v.metric}" if v.metric else "",
             f"axis {v.axis}",
             f"predict {v.predict}" if v.predict else "",
+            f"per {v.group_by}" if v.group_by else "",
         )
         if x
     )
@@ -390,7 +396,8 @@ def _verdict_html(v: Verdict) -> str:
         groups = f"<ul class=groups>{items}</ul>"
     return (
         f'<div class="verdict" style="border-left-color:{colour}">'
-        f'<h3><span class="badge" style="background:{colour}">{_e(v.verdict)}</span> '
+        f'<h3><span class="badge" style="background:{colour}">'
+        f"{_e(verdict_label(v.verdict, v.group_by))}</span> "
         f"{_e(v.id)} <small>{_e(v.source)}</small></h3>"
         f"<p class=statement>{_e(v.statement)}</p><p class=what>{_e(what)}</p>"
         f"<table class=numbers><tr>{numbers}</tr><tr>{values}</tr></table>"
@@ -558,7 +565,9 @@ def build_report(
     pngs += search_pngs
     counts = trials["outcome"].value_counts().to_dict() if len(trials) else {}
     count_html = "".join(f"<span><b>{_e(n)}</b> {_e(k)}</span>" for k, n in counts.items())
-    verdict_counts = pd.Series([v.verdict for v in verdicts]).value_counts().to_dict()
+    verdict_counts = (
+        pd.Series([verdict_label(v.verdict, v.group_by) for v in verdicts]).value_counts().to_dict()
+    )
     summary = ", ".join(f"{n} {k}" for k, n in verdict_counts.items()) or "no claims"
     arms = arm_table(trials, cols, sweep.metric, sweep.mode) if len(trials) else pd.DataFrame()
     arms_html = (

@@ -151,6 +151,7 @@ def test_sorted_range_sweeps_the_seeds_hydra_documents(
                 "--dry-run",
                 "optimizer=sgd",
                 "model=mlp_d",
+                "data=digits",
                 "seed=sort(range(7,0,-3))",
             ]
         )

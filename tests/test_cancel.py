@@ -12,7 +12,14 @@ from orchestrator import Client
 from orchestrator.cli import main
 from tests.sweep_process import start_sweep, wait_running
 
-LONG = ["optimizers", "optimizer=adam", "model=cnn_d", "seed=range(4)", "train.epochs=500"]
+LONG = [
+    "optimizers",
+    "optimizer=adam",
+    "model=cnn_d",
+    "data=digits",
+    "seed=range(4)",
+    "train.epochs=500",
+]
 
 
 def _trial_workers(root: int) -> list[psutil.Process]:

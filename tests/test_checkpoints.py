@@ -32,6 +32,7 @@ SWEEP = [
     "optimizers",
     "optimizer=adam",
     "model=mlp_d",
+    "data=digits",
     "seed=0",
     f"train.epochs={EPOCHS}",
     "train.checkpoint_every=1",

@@ -6,9 +6,10 @@ the study's plan produces: the planner's trials (arms of its axes and sub-grids,
 seeds; a trial shared by overlapping grids gets a row per arm,
 as ``Client.trials`` gives it). Its metrics are synthetic: in one table the notes' prediction
 clearly holds (a large effect, tiny noise), in the other its opposite clearly holds, and the
-engine must say confirmed and refuted. A claim is evaluated at the one-sided level
-``0.025 / k`` for a study of ``k`` claims: Holm holds the claim with the smallest p to it,
-so a claim that cannot reach it can never be decided first.
+engine must say confirmed and refuted (the effect is the same on every dataset, so a
+per-dataset claim, ``groups: each``, must never come out dependent). A claim is evaluated
+at the one-sided level ``0.025 / k`` for a study of ``k`` claims: Holm holds the claim with
+the smallest p to it, so a claim that cannot reach it can never be decided first.
 
 What the design fixes whatever the metrics are is kept: a trial the study's own premise
 makes diverge (LRs of 10 and above in lr_schedules' range grid; LR-1/diverge) has no final
@@ -71,6 +72,9 @@ def _design(study: str, quick: bool) -> pd.DataFrame:
                     "trial_index": t.index,
                     "seed": t.seed,
                     "outcome": "finished",
+                    # A trial's params hold its dataset whether or not data is an axis
+                    # (the column of the studies' per-dataset claims).
+                    "data.name": t.config["data"]["name"],
                     **arm,
                 }
             )

@@ -48,6 +48,10 @@ def test_readme_section_is_replaced_between_its_markers(tmp_path: Path) -> None:
     assert "old table" not in text and "kept" in text and "tail kept" in text
     assert "| C-1 x | **refuted** | -0.5 | [-0.7, -0.3] | 2/2 | paired t | 0.01 | 0.02 |" in text
     assert "Sweep `s-1`" in text
+    # A claim whose outcome depends on the dataset is named so in the table.
+    dependent = {**result["verdicts"][0], "verdict": "dependent", "group_by": "data.name"}
+    write_readme(readme, [{**result, "verdicts": [dependent]}])
+    assert "| C-1 x | **dataset-dependent** |" in readme.read_text()
 
 
 def test_recording_one_study_keeps_the_others(tmp_path: Path) -> None:

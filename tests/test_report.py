@@ -289,3 +289,46 @@ def test_a_claim_on_a_pinned_axis_is_one_line(tmp_path: Path) -> None:
     text = page.read_text()
     assert "the axis <code>optimizer</code> was pinned to adam in this sweep" in text
     assert "not in the trials table" not in text  # not the list of every column
+
+
+def test_a_dataset_dependent_claim_is_shown_by_name(tmp_path: Path) -> None:
+    """A ``groups: each`` claim confirmed on one dataset and refuted on the other reads
+    "dataset-dependent" (its own colour), with every dataset's verdict listed."""
+    rows = []
+    for data, (x, y) in {"digits": (0.9, 0.8), "mnist1d": (0.6, 0.7)}.items():
+        for arm, mean in (("x", x), ("y", y)):
+            for seed in range(5):
+                rows.append(
+                    {
+                        "run_id": f"{data}-{arm}-{seed}",
+                        "trial_index": len(rows),
+                        "outcome": "finished",
+                        "seed": seed,
+                        "optimizer": arm,
+                        "data": data,
+                        "data.name": data,
+                        "test/acc": mean + 0.001 * seed,
+                    }
+                )
+    trials = pd.DataFrame(rows)
+    claim = {
+        "id": "OPT-X",
+        "test": "compare",
+        "metric": "test/acc",
+        "mode": "max",
+        "axis": "optimizer",
+        "a": "x",
+        "b": "y",
+        "predict": "a_better",
+        "group_by": "data.name",
+        "groups": "each",
+    }
+    (v,) = evaluate([claim], trials, axes=["optimizer", "data"])
+    assert v.verdict == "dependent"
+    (page, *_) = build_report(
+        tmp_path, SweepInfo("s", "optimizers"), trials, [v], {}, ["optimizer", "data"]
+    )
+    text = page.read_text()
+    assert "dataset-dependent</span> OPT-X" in text and "#8250df" in text
+    assert "confirmed on digits; refuted on mnist1d" in text
+    assert "1 dataset-dependent" in text  # the summary's counts

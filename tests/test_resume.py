@@ -15,7 +15,14 @@ from orchestrator.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 # 6 trials on 2 slots; each long enough that the driver dies with some done, some running.
-SWEEP = ["optimizers", "optimizer=adam", "model=mlp_d", "seed=range(6)", "train.epochs=40"]
+SWEEP = [
+    "optimizers",
+    "optimizer=adam",
+    "model=mlp_d",
+    "data=digits",
+    "seed=range(6)",
+    "train.epochs=40",
+]
 
 
 def test_driver_killed_then_resumed_runs_exactly_the_rest(ray_session, tracking_uri: str) -> None:

@@ -16,6 +16,7 @@ SWEEP = [
     "optimizers",
     "optimizer=sgd_momentum,adam",
     "model=mlp_d",
+    "data=digits",
     "seed=range(2)",
     f"train.epochs={EPOCHS}",
 ]

@@ -44,6 +44,13 @@ BOUND = NOMINAL + 0.03
             {"confirmed": BOUND, "refuted": BOUND},
         ),
         ("rate a_better (Fisher), 10 seeds", "null (both 30%)", 300, {"confirmed": BOUND}),
+        # The same truth in both datasets: dependent is a wrong decision in some group.
+        (
+            "a_better per dataset (each), m=0.01",
+            "at margin in both (effect 0.01)",
+            300,
+            {"confirmed": BOUND, "refuted": BOUND, "dependent": BOUND},
+        ),
         # Family-wise over 10 null claims, each direction; 100 studies of 10 claims each.
         (
             "10 a_better claims, m=0, Holm",
@@ -65,6 +72,13 @@ def test_error_rate_under_nominal(rule: str, truth: str, n: int, bounds: dict[st
         ("compare a_better, m=0.01", "clear (effect 0.05)", "confirmed", 100, 0.7),
         ("best of 6 arms, 1 predicted", "clear (predicted +0.05)", "confirmed", 100, 0.7),
         ("equal (TOST), m=0.02", "clear (effect 0.08)", "refuted", 100, 0.9),
+        (
+            "a_better per dataset (each), m=0.01",
+            "clear in one, reversed in the other",
+            "dependent",
+            100,
+            0.6,
+        ),
     ],
 )
 def test_clear_effects_are_found(rule: str, truth: str, verdict: str, n: int, floor: float) -> None:
@@ -95,7 +109,8 @@ def test_the_table_is_the_same_whatever_the_number_of_processes(tmp_path: Path) 
 
 def test_against_nominal_names_what_is_materially_above() -> None:
     rows = [CASES[("best of 6 arms, 1 predicted", "null (all equal)")]]
-    rates = {"confirmed": 0.0, "refuted": 0.0, "any_confirmed": 0.0, "any_refuted": 0.0}
+    rates = {"confirmed": 0.0, "refuted": 0.0, "dependent": 0.0}
+    rates |= {"any_confirmed": 0.0, "any_refuted": 0.0}
     # At N = 10,000 the standard error at 2.5% is 0.156%: 2.9% is +2.6 SE, 3.1% is +3.8 SE.
     text = against_nominal(rows, [rates | {"refuted": 0.029}], [10_000])
     assert "Materially above the nominal level: none." in text and "refuted 2.90%" in text

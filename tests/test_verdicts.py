@@ -591,6 +591,88 @@ def test_groups_all_and_any() -> None:
         evaluate([compare("a_better", groups="any")], good)
 
 
+def by_data(**groups: dict) -> pd.DataFrame:
+    """One table per dataset (``data.name``, as Client.trials has it), stacked."""
+    return pd.concat(
+        [table(arms, extra={"data.name": name}) for name, arms in groups.items()],
+        ignore_index=True,
+    )
+
+
+def each(predict: str = "a_better", **kw) -> dict:
+    return compare(predict, group_by="data.name", groups="each", **kw)
+
+
+def test_groups_each_confirmed_refuted_dependent_inconclusive() -> None:
+    v = one(each(), by_data(digits=CLEAR_A, mnist1d=CLEAR_A))
+    assert v.verdict == "confirmed" and [g.verdict for g in v.groups] == ["confirmed"] * 2
+    # Each group is decided at alpha / 2 in both directions.
+    assert all(g.confidence == pytest.approx(1 - 2 * 0.025 / 2) for g in v.groups)
+    assert v.p_confirm == pytest.approx(2 * max(g.p_confirm for g in v.groups))
+    assert v.p_value == v.p_confirm and v.group_by == "data.name"
+    assert one(each(), by_data(digits=CLEAR_B, mnist1d=CLEAR_B)).verdict == "refuted"
+    dep = one(each(), by_data(digits=CLEAR_A, mnist1d=CLEAR_B))
+    assert dep.verdict == "dependent", dep.detail
+    assert "confirmed on digits; refuted on mnist1d" in dep.detail
+    assert "dataset-dependent: confirmed in data.name=digits" in dep.detail
+    assert dep.p_value == pytest.approx(2 * max(dep.groups[0].p_confirm, dep.groups[1].p_refute))
+    half = one(each(), by_data(digits=CLEAR_A, mnist1d=NOISY))
+    assert half.verdict == "inconclusive"
+    assert "confirmed on digits; inconclusive on mnist1d" in half.detail
+    # Three groups: one of each still shows that the outcome depends on the dataset.
+    three = one(each(), by_data(digits=CLEAR_A, mnist1d=CLEAR_B, other=NOISY))
+    assert three.verdict == "dependent" and three.groups[0].confidence == pytest.approx(
+        1 - 2 * 0.025 / 3
+    )
+
+
+def test_groups_each_label_json_and_replicate_words() -> None:
+    from orchestrator.verdicts import verdict_label, verdict_rows
+
+    dep = one(each(), by_data(digits=CLEAR_A, mnist1d=CLEAR_B))
+    assert verdict_label(dep.verdict, dep.group_by) == "dataset-dependent"
+    assert verdict_label("dependent", "model") == "model-dependent"
+    assert verdict_label("confirmed", "data") == "confirmed"
+    (back,) = verdicts_from_json(verdicts_to_json([dep]))
+    assert back == dep
+    rep = replicate(group_by="data.name", groups="each")
+    near_far = by_data(digits={"x": 0.851}, mnist1d={"x": 0.90})
+    v = one(rep, near_far)
+    assert v.verdict == "dependent"
+    assert [g.verdict for g in v.groups] == ["replicated", "not replicated"]
+    assert one(rep, by_data(digits={"x": 0.851}, mnist1d={"x": 0.849})).verdict == "replicated"
+    assert verdict_rows([dep])[0][2] == "dataset-dependent"  # the CLI's table
+
+
+def test_groups_each_dependent_from_noise_is_rare() -> None:
+    """Equal arms in both datasets (the truth is the same in each): ``dependent`` needs a
+    wrong confirmation in one group and a wrong refutation in another, each at alpha / 2.
+    Over 400 simulated studies it must stay far below alpha = 0.025 (expected ~ 2 x
+    0.0125^2 = 0.03%); wrong confirmations of the whole claim stay below alpha too."""
+    rng = np.random.default_rng(20240613)
+    counts = {"dependent": 0, "confirmed": 0, "refuted": 0}
+    n = 400
+    for _ in range(n):
+        rows = []
+        for data in ("digits", "mnist1d"):
+            for arm in ("x", "y"):
+                for s, value in enumerate(0.85 + rng.normal(0.0, 0.01, 5)):
+                    rows.append(
+                        {
+                            "run_id": f"{data}-{arm}-{s}",
+                            "outcome": "finished",
+                            "seed": s,
+                            "optimizer": arm,
+                            "data.name": data,
+                            "test/acc": value,
+                        }
+                    )
+        v = one(each(), pd.DataFrame(rows))
+        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+    assert counts["dependent"] <= 2, counts  # <= 0.5%
+    assert counts["confirmed"] + counts["refuted"] <= 4, counts
+
+
 def test_learned_gate_makes_the_claim_inconclusive_first() -> None:
     df = table({"x": 0.30, "y": 0.09})
     gate = {"metric": "test/acc", "above": 0.15}
@@ -665,7 +747,7 @@ def test_json_without_the_new_fields_still_loads() -> None:
     (v,) = evaluate([compare("a_better")], table(CLEAR_A))
     assert v.p_confirm is not None and v.p_adjusted == v.p_value
     old = [
-        {k: x for k, x in d.items() if k not in ("p_adjusted", "p_confirm", "p_refute")}
+        {k: x for k, x in d.items() if k not in ("p_adjusted", "p_confirm", "p_refute", "group_by")}
         for d in __import__("json").loads(verdicts_to_json([v]))
     ]
     (back,) = verdicts_from_json(__import__("json").dumps(old))

@@ -556,11 +556,17 @@ def _verdict_table(out: Console, verdicts: list, wide: bool = False) -> None:  #
 
     if not verdicts:
         return
-    colour = {"confirmed": "green", "refuted": "red", "inconclusive": "yellow"}
+    colour = {
+        "confirmed": "green",
+        "refuted": "red",
+        "inconclusive": "yellow",
+        "dependent": "magenta",
+    }
     rows = []
-    for row in verdict_rows(verdicts):
+    for v, row in zip(verdicts, verdict_rows(verdicts)):
         cells = [escape(c) for c in row]  # ids and intervals hold brackets: not markup
-        cells[2] = f"[{colour.get(row[2], 'white')}]{escape(row[2])}[/]"
+        # Keyed on the value: the cell shows dependent's label ("dataset-dependent").
+        cells[2] = f"[{colour.get(v.verdict, 'white')}]{escape(row[2])}[/]"
         rows.append(cells)
     headers = ["claim", "test", "verdict", "effect", "CI", "n a/b", "method"]
     table = fitted_table(

@@ -101,6 +101,8 @@ def _cell(x: float | None, fmt: str = "{:.3g}") -> str:
 
 def results_table(result: dict[str, Any]) -> str:
     """One study's section of the README, from its recorded result."""
+    from orchestrator.verdicts import verdict_label  # the verdict layer only when it runs
+
     v = result["verdicts"]
     head = (
         f"### {result['study']}{' (quick variant)' if result['quick'] else ''}\n\n"
@@ -119,7 +121,8 @@ def results_table(result: dict[str, Any]) -> str:
             else ""
         )
         rows.append(
-            f"| {x['id']} {x.get('statement', '')} | **{x['verdict']}** | "
+            f"| {x['id']} {x.get('statement', '')} | "
+            f"**{verdict_label(x['verdict'], x.get('group_by'))}** | "
             f"{_cell(x.get('effect'), '{:+.3g}')} | {ci} | {x.get('n_a', '')}/"
             f"{x.get('n_b', '')} | {x.get('method', '')} | "
             f"{_cell(x.get('p_value'))} | {_cell(x.get('p_adjusted'))} |"

@@ -6,6 +6,8 @@ Pure data in, verdicts out: no Ray, no MLflow, no Hydra. The rules are documente
 
 from orchestrator.verdicts.engine import (
     CONFIRMED,
+    DATA_COLUMNS,
+    DEPENDENT,
     INCONCLUSIVE,
     NOT_REPLICATED,
     PAIR_PREDICTS,
@@ -19,6 +21,7 @@ from orchestrator.verdicts.engine import (
     evaluate,
     parse_claims,
     values_match,
+    verdict_label,
     verdict_rows,
     verdicts_from_json,
     verdicts_to_json,
@@ -26,6 +29,8 @@ from orchestrator.verdicts.engine import (
 
 __all__ = [
     "CONFIRMED",
+    "DATA_COLUMNS",
+    "DEPENDENT",
     "INCONCLUSIVE",
     "NOT_REPLICATED",
     "PAIR_PREDICTS",
@@ -39,6 +44,7 @@ __all__ = [
     "evaluate",
     "parse_claims",
     "values_match",
+    "verdict_label",
     "verdict_rows",
     "verdicts_from_json",
     "verdicts_to_json",

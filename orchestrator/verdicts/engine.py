@@ -5,7 +5,9 @@ A study states claims in data (``study.claims`` of ``conf/study/*.yaml``); each 
 exit 2 before anything runs). :func:`evaluate` turns the claims and a sweep's trial table
 (exactly as :meth:`orchestrator.Client.trials` returns it) into :class:`Verdict` objects:
 ``confirmed``, ``refuted`` or ``inconclusive`` (``replicated``, ``not replicated`` or
-``inconclusive`` for replication claims), each with an effect size, a confidence interval,
+``inconclusive`` for replication claims; ``dependent`` for ``groups: each`` when the groups
+disagree, shown by :func:`verdict_label` as "dataset-dependent" on the data column), each
+with an effect size, a confidence interval,
 the raw and Holm-adjusted p of its decisive test and one readable sentence with the numbers.
 
 Rules
@@ -104,7 +106,7 @@ Units (``unit``).
     effect; counting them as such understates the spread. Rate claims count trials and take
     only ``seed``.
 
-``group_by`` (``groups: all | any``).
+``group_by`` (``groups: all | any | each``).
     The claim is evaluated once per value of the column (sub-verdicts in ``Verdict.groups``).
     ``all`` (default, "holds in every group"): confirmed when every group is confirmed, each
     at the claim's level (intersection-union); refuted when some group is refuted at
@@ -114,6 +116,19 @@ Units (``unit``).
     is refuted at the level. The overall numbers are those of the group that decided it (the
     first refuted, or the weakest confirmed, or the first inconclusive), and the detail says
     which; a group whose arm did not learn leads the detail.
+    ``each`` ("does the outcome depend on the group?"): every group is decided in both
+    directions at ``level / #groups`` (Bonferroni over the groups). Every group confirmed ->
+    confirmed; every group refuted -> refuted; at least one confirmed and one refuted ->
+    ``dependent`` (the outcome depends on the column: "dataset-dependent" for ``data`` /
+    ``data.name``); anything else inconclusive, the detail listing every group's verdict
+    ("confirmed on digits; inconclusive on mnist1d"). Claim p's: ``p_confirm = #groups x``
+    max of the groups' confirming p's, ``p_refute`` likewise, and ``p_value`` (the p carried
+    into Holm) the smallest level at which the claim is decided at all: the least of those two
+    and ``#groups x max(min confirming p, min refuting p)``, the level at which some group
+    confirms and another refutes (a group cannot do both at a level below 0.5, so the three
+    outcomes exclude each other). When the truth is the same in every group, ``dependent``
+    needs a wrong decision in some group in one direction, each at ``level / #groups``: it
+    comes from noise with probability at most ``level``, like a wrong confirmation.
 
 Multiplicity across claims (Holm).
     :func:`evaluate` takes the raw p (``Verdict.p_value``) of every claim that reached a test
@@ -194,6 +209,10 @@ Scalar = bool | int | float | str
 History = Callable[[str, str], "pd.DataFrame"]
 
 CONFIRMED, REFUTED, INCONCLUSIVE = "confirmed", "refuted", "inconclusive"
+#: ``groups: each``: confirmed in some group and refuted in another.
+DEPENDENT = "dependent"
+#: Columns that hold the dataset: a claim that depends on them is "dataset-dependent".
+DATA_COLUMNS = ("data", "data.name")
 #: The verdicts of ``test: replicate`` (confirmed / refuted under other names).
 REPLICATED, NOT_REPLICATED = "replicated", "not replicated"
 PAIR_PREDICTS = ("a_better", "b_better", "equal", "a_not_worse", "b_not_worse")
@@ -248,7 +267,9 @@ class ClaimSpec(StrictModel):
             ``increasing``/``decreasing`` for rate trends; omitted for best.
         predict_in: For best: the axis values among which the best arm is predicted.
         group_by: Optional column: one sub-verdict per value, combined (module docstring).
-        groups: With group_by: ``all`` (the claim holds in every group) or ``any``.
+        groups: With group_by: ``all`` (the claim holds in every group), ``any`` (in some
+            group) or ``each`` (every group decided; groups that disagree give
+            ``dependent``).
         min_effect: Smallest effect that counts, in metric units (event-rate units for
             rate claims); for ``equal`` the equivalence margin, which must be above 0.
         where: Column -> value (or list of values) filter applied before anything else.
@@ -286,7 +307,7 @@ class ClaimSpec(StrictModel):
     ) = None
     predict_in: list[Scalar] | None = None
     group_by: str | None = Field(None, min_length=1)
-    groups: Literal["all", "any"] = "all"
+    groups: Literal["all", "any", "each"] = "all"
     min_effect: float = Field(0.0, ge=0)
     where: dict[str, Scalar | list[Scalar]] = {}
     at_step: NonNegativeInt | None = None
@@ -404,7 +425,7 @@ class Verdict:
     statement: str
     source: str
     test: str
-    verdict: str  # confirmed | refuted | inconclusive
+    verdict: str  # confirmed | refuted | inconclusive | dependent (replicate: module docstring)
     effect: float | None
     ci_low: float | None
     ci_high: float | None
@@ -426,6 +447,7 @@ class Verdict:
     p_refute: float | None = None  # one-sided p of the refuting test
     seeds_used: int | None = None  # adaptive seeds: seeds per arm at the stopping look
     stopped: str | None = None  # adaptive seeds: why the sequence stopped (sequential.py)
+    group_by: str | None = None  # the claim's group_by column (names a dependent verdict)
 
 
 # -- value matching -------------------------------------------------------------------------
@@ -943,6 +965,7 @@ def _base(claim: ClaimSpec, **kw: Any) -> Verdict:
         axis=claim.axis or "",
         predict=claim.predict,
         confidence=claim.confidence,
+        group_by=claim.group_by,
     )
     fields.update(kw)
     return Verdict(**fields)
@@ -1351,7 +1374,12 @@ def _replicate(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels)
 
 
 #: The verdict words of replication claims (the engine decides in confirmed/refuted).
-_RENAME = {CONFIRMED: REPLICATED, REFUTED: NOT_REPLICATED, INCONCLUSIVE: INCONCLUSIVE}
+_RENAME = {
+    CONFIRMED: REPLICATED,
+    REFUTED: NOT_REPLICATED,
+    INCONCLUSIVE: INCONCLUSIVE,
+    DEPENDENT: DEPENDENT,
+}
 
 
 def _arm_label(claim: ClaimSpec) -> str:
@@ -1397,6 +1425,8 @@ def _run_test(claim: ClaimSpec, rows: pd.DataFrame, ctx: _Context, lv: _Levels) 
 def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
     """``groups: all``: any refuted -> refuted, all confirmed -> confirmed; ``any``: any
     confirmed -> confirmed, all refuted -> refuted. p's follow (module docstring)."""
+    if claim.groups == "each":
+        return _combine_each(claim, subs)
     label = {s.group: s.verdict for s in subs}
     summary = ", ".join(f"{claim.group_by}={g}: {v}" for g, v in label.items())
     n = len(subs)
@@ -1458,6 +1488,69 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
     )
 
 
+def _combine_each(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
+    """``groups: each``: all confirmed -> confirmed, all refuted -> refuted, some of each ->
+    dependent, else inconclusive; p's as the module docstring says."""
+    n = len(subs)
+    confirmed = [s for s in subs if s.verdict == CONFIRMED]
+    refuted = [s for s in subs if s.verdict == REFUTED]
+    tested = all(s.p_confirm is not None and s.p_refute is not None for s in subs)
+    pcs = [s.p_confirm if s.p_confirm is not None else 1.0 for s in subs]
+    prs = [s.p_refute if s.p_refute is not None else 1.0 for s in subs]
+    p_c, p_r = min(1.0, n * max(pcs)), min(1.0, n * max(prs))
+    p_dep = min(1.0, n * max(min(pcs), min(prs)))
+    by = claim.group_by
+    if len(confirmed) == n:
+        decider = max(subs, key=lambda s: s.p_confirm or 0.0)
+        verdict, why = CONFIRMED, f"confirmed in every group; weakest {by}={decider.group}"
+    elif len(refuted) == n:
+        decider = max(subs, key=lambda s: s.p_refute or 0.0)
+        verdict, why = REFUTED, f"refuted in every group; weakest {by}={decider.group}"
+    elif confirmed and refuted:
+        decider, verdict = confirmed[0], DEPENDENT
+        why = (
+            f"{verdict_label(DEPENDENT, by)}: confirmed in {by}="
+            f"{', '.join(str(s.group) for s in confirmed)}, refuted in {by}="
+            f"{', '.join(str(s.group) for s in refuted)}"
+        )
+    else:
+        decider = next(s for s in subs if s.verdict not in (CONFIRMED, REFUTED))
+        verdict, why = INCONCLUSIVE, f"inconclusive in {by}={decider.group}"
+    lead = ""
+    if verdict == INCONCLUSIVE and " did not learn (" in decider.detail:
+        lead = f"{decider.detail.rstrip('.')} in {by}={decider.group}; "
+    summary = "; ".join(f"{s.verdict} on {s.group}" for s in subs)
+    return _base(
+        claim,
+        verdict=verdict,
+        effect=decider.effect,
+        ci_low=decider.ci_low,
+        ci_high=decider.ci_high,
+        n_a=sum(s.n_a for s in subs),
+        n_b=sum(s.n_b for s in subs),
+        method=decider.method,
+        arms=decider.arms,
+        groups=tuple(subs),
+        p_value=min(p_c, p_r, p_dep) if tested else None,
+        p_confirm=p_c if tested else None,
+        p_refute=p_r if tested else None,
+        confidence=decider.confidence,
+        # The deciding group's own sentence follows: its numbers, or why it is undecided.
+        detail=f"{lead}per {by} (each decided at level / {n}): {summary}; "
+        f"overall {verdict} ({why}). Numbers from {by}={decider.group}: {decider.detail}",
+    )
+
+
+def verdict_label(verdict: str, group_by: str | None = None) -> str:
+    """How a verdict is shown: ``dependent`` names its column ("dataset-dependent" for the
+    data columns, else "<column>-dependent"); every other verdict is its value."""
+    if verdict != DEPENDENT:
+        return verdict
+    if group_by in DATA_COLUMNS:
+        return "dataset-dependent"
+    return f"{group_by or 'group'}-dependent"
+
+
 def _select(claim: ClaimSpec, trials: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     import numpy as np
     import pandas as pd
@@ -1517,8 +1610,13 @@ def _evaluate_raw(
         return _base(claim, detail=f"no trial has a value of {claim.group_by}.")
     n = len(groups)
     # all: intersection-union for confirming (each group at alpha), a union for refuting
-    # (Bonferroni); any: the other way round.
-    lv = _Levels(alpha, alpha / n) if claim.groups == "all" else _Levels(alpha / n, alpha)
+    # (Bonferroni); any: the other way round; each: Bonferroni both ways, since a group's
+    # decision in either direction can make the claim dependent.
+    lv = {
+        "all": _Levels(alpha, alpha / n),
+        "any": _Levels(alpha / n, alpha),
+        "each": _Levels(alpha / n, alpha / n),
+    }[claim.groups]
     subs = []
     for k in groups:
         part = rows[_is(gkeys, k)]
@@ -1643,7 +1741,7 @@ def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
         (
             v.id,
             v.test,
-            v.verdict,
+            verdict_label(v.verdict, v.group_by),
             num(v.effect, "{:+.4g}"),
             f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
             f"{v.n_a}/{v.n_b}",
@@ -1672,6 +1770,8 @@ def verdicts_from_json(text: str) -> list[Verdict]:
 
 __all__ = [
     "CONFIRMED",
+    "DATA_COLUMNS",
+    "DEPENDENT",
     "INCONCLUSIVE",
     "NOT_REPLICATED",
     "REFUTED",
@@ -1684,6 +1784,7 @@ __all__ = [
     "evaluate",
     "parse_claims",
     "values_match",
+    "verdict_label",
     "verdicts_from_json",
     "verdict_rows",
     "verdicts_to_json",
