@@ -15,6 +15,7 @@ Norm = Literal["none", "bn", "syncbn", "gn", "ln"]
 # or every weight 1/fan_in (symmetric: hidden units of a layer stay identical). Biases are
 # zero in the three explicit schemes.
 Init = Literal["default", "xavier", "kaiming", "constant"]
+BlockOrder = Literal["norm_act_dropout", "act_dropout_norm", "act_norm_dropout"]
 Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu"]
 
 
@@ -30,6 +31,9 @@ class MLPSpec(StrictModel):
     # torch's convention: running = (1 - momentum) * running + momentum * batch.
     # The notes' "0.9" (retention) is torch's 0.1.
     bn_momentum: float = Field(0.1, gt=0, le=1)
+    # A hidden block's layers after its Linear (REG-2): the activation first puts dropout
+    # directly before the norm (act_dropout_norm) or directly after it (act_norm_dropout).
+    order: BlockOrder = "norm_act_dropout"
 
 
 class CNNSpec(StrictModel):

@@ -112,13 +112,14 @@ def build_model(
     if isinstance(spec, MLPSpec):
         layers: list[nn.Module] = [nn.Flatten()]
         for h in spec.hidden:
-            layers += [
-                nn.Linear(width, h),
-                norm_layer(spec.norm, h, spatial=False, momentum=spec.bn_momentum),
-                act(),
-            ]
-            if spec.dropout:
-                layers.append(nn.Dropout(spec.dropout))
+            norm = norm_layer(spec.norm, h, spatial=False, momentum=spec.bn_momentum)
+            drop = [nn.Dropout(spec.dropout)] if spec.dropout else []
+            block = {
+                "norm_act_dropout": [norm, act(), *drop],
+                "act_dropout_norm": [act(), *drop, norm],
+                "act_norm_dropout": [act(), norm, *drop],
+            }[spec.order]
+            layers += [nn.Linear(width, h), *block]
             width = h
         mlp = Classifier(nn.Sequential(*layers), nn.Linear(width, num_classes))
         if spec.init != "default":
