@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    Field,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from tasks.spec import StrictModel
 
@@ -17,6 +23,7 @@ Norm = Literal["none", "bn", "syncbn", "gn", "ln", "bn_noise", "fixed_scale"]
 # or every weight 1/fan_in (symmetric: hidden units of a layer stay identical). Biases are
 # zero in the three explicit schemes.
 Init = Literal["default", "xavier", "kaiming", "constant"]
+BlockOrder = Literal["norm_act_dropout", "act_dropout_norm", "act_norm_dropout"]
 Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu"]
 
 
@@ -35,6 +42,15 @@ class MLPSpec(StrictModel):
     # ARCH-1: an identity skip across every hidden layer whose input and output widths are
     # equal, act(x + norm(Wx + b)); no extra parameters, so plain and residual arms match.
     residual: bool = False
+    # A hidden block's layers after its Linear (REG-2): the activation first puts dropout
+    # directly before the norm (act_dropout_norm) or directly after it (act_norm_dropout).
+    order: BlockOrder = "norm_act_dropout"
+
+    @model_validator(mode="after")
+    def _skip_needs_default_order(self) -> MLPSpec:
+        if self.residual and self.order != "norm_act_dropout":
+            raise ValueError("model.residual: true needs model.order norm_act_dropout")
+        return self
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -43,6 +59,8 @@ class MLPSpec(StrictModel):
         d = handler(self)
         if not self.residual:
             d.pop("residual", None)
+        if self.order == "norm_act_dropout":
+            d.pop("order", None)
         return d
 
 

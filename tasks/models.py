@@ -117,12 +117,16 @@ def build_model(
         for h in spec.hidden:
             linear = nn.Linear(width, h)
             norm = norm_layer(spec.norm, h, spatial=False, momentum=spec.bn_momentum)
+            drop = [nn.Dropout(spec.dropout)] if spec.dropout else []
             if spec.residual and h == width:
-                layers.append(_SkipLayer(nn.Sequential(linear, norm), act()))
+                layers += [_SkipLayer(nn.Sequential(linear, norm), act()), *drop]
             else:
-                layers += [linear, norm, act()]
-            if spec.dropout:
-                layers.append(nn.Dropout(spec.dropout))
+                block = {
+                    "norm_act_dropout": [norm, act(), *drop],
+                    "act_dropout_norm": [act(), *drop, norm],
+                    "act_norm_dropout": [act(), norm, *drop],
+                }[spec.order]
+                layers += [linear, *block]
             width = h
         mlp = Classifier(nn.Sequential(*layers), nn.Linear(width, num_classes))
         if spec.init != "default":

@@ -41,6 +41,16 @@ class TrainSpec(StrictModel):
     # Per-layer statistics at the start of every epoch (epoch 0: at initialisation), see
     # layer_stats(): for the initialisation and activation claims (INIT-*, ACT-*).
     layer_stats: bool = False
+    # REG-3: an L1 penalty ``l1 * sum |p|`` over every parameter (the set the optimizer's
+    # weight_decay, the L2 penalty, covers), added to the back-propagated loss only: train/loss
+    # stays the data loss, comparable across arms (tasks.regularizers).
+    l1: NonNegativeFloat = 0.0
+    # REG-4: decay of an exponential moving average of the weights, evaluated beside them
+    # (val/acc_ema per epoch, test/acc_ema at the end); it reads the weights, never writes them.
+    # 0 is the raw weights (the notes' beta = 0, 000:L486-522).
+    ema: float | None = Field(None, ge=0, lt=1)
+    # REG-2/3: weight sparsity and BN running-vs-eval variance at the end (tasks.regularizers).
+    final_stats: bool = False
     checkpoint_every: NonNegativeInt = CHECKPOINT_EVERY  # epochs per Checkpoint; 0 = never
     checkpoint_min_interval_s: NonNegativeFloat = CHECKPOINT_MIN_INTERVAL_S
 
@@ -53,6 +63,9 @@ class TrainSpec(StrictModel):
             ("checkpoint_every", CHECKPOINT_EVERY),
             ("checkpoint_min_interval_s", CHECKPOINT_MIN_INTERVAL_S),
             ("layer_stats", False),
+            ("l1", 0.0),
+            ("ema", None),
+            ("final_stats", False),
         ):
             if getattr(self, name) == default:
                 d.pop(name, None)

@@ -24,7 +24,15 @@ epoch ended:
 ``data_order``  the shuffle generator's state: the next epoch draws the same permutation
 ``rng``         per rank: torch CPU (and CUDA) and numpy and python ``random`` states
 ``progress``    steps and train time so far, and the first batch's loss (divergence test)
+``ema``         the weight average's state (``train.ema``), or None
 ==============  ================================================================
+
+Regularisation options (``tasks.regularizers``): ``train.l1`` adds ``l1 * sum |p|`` to the
+back-propagated loss (the reported losses stay the data loss); ``train.ema`` keeps a moving
+average of the weights and reports ``val/loss_ema``, ``val/acc_ema`` per epoch and
+``test/loss_ema``, ``test/acc_ema`` at the end; ``train.final_stats`` adds
+``weights/near_zero``, ``weights/rms`` and each BatchNorm's ``bn/<k>/var_shift`` (on the test
+set) to the summary.
 """
 
 from __future__ import annotations
@@ -43,6 +51,13 @@ from torch import nn
 from tasks import distributed
 from tasks.data import Dataset
 from tasks.events import Checkpoint, CheckpointError, Event, Metrics, Summary
+from tasks.regularizers import (
+    WeightEMA,
+    bn_variance_shift,
+    l1_penalty,
+    near_zero_fraction,
+    weight_rms,
+)
 
 # TrainSpec is re-exported: it lives where torch is not needed.
 from tasks.train_spec import CHECKPOINT_FORMAT, RUNTIME_FIELDS, TrainSpec
@@ -111,9 +126,11 @@ def fit(
     rank = dist.rank if dist is not None else 0
     first_loss: float | None = None
     steps, train_time, start_epoch = 0, 0.0, 0
+    module = distributed.unwrap(model)
+    ema = WeightEMA(module, train.ema) if train.ema is not None else None
     if resume is not None:
         ckpt = read_checkpoint(resume, config, world, train.epochs)
-        _restore(ckpt, distributed.unwrap(model), optimizer, scheduler)
+        _restore(ckpt, module, optimizer, scheduler, ema)
         gen.set_state(ckpt["data_order"])
         set_rng_state(ckpt["rng"][rank], device)
         steps, train_time = ckpt["progress"]["steps"], ckpt["progress"]["train_time"]
@@ -124,7 +141,7 @@ def fit(
         model.train()
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        layers = layer_stats(distributed.unwrap(model), *probe) if train.layer_stats else {}
+        layers = layer_stats(module, *probe) if train.layer_stats else {}
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum, correct, seen, epoch_steps = 0.0, 0.0, 0.0, 0
@@ -134,10 +151,13 @@ def fit(
                 logits, y_tr[idx], label_smoothing=train.label_smoothing
             )
             optimizer.zero_grad(set_to_none=True)
-            (loss * (train.loss_scale * weight)).backward()
+            objective = loss + train.l1 * l1_penalty(model.parameters()) if train.l1 else loss
+            (objective * (train.loss_scale * weight)).backward()
             if train.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update(module)
             if scheduler is not None:
                 scheduler.step()
             # Over the global batch when data-parallel, so every rank takes the same
@@ -164,6 +184,12 @@ def fit(
         train_loss = loss_sum / seen
         lr = optimizer.param_groups[-1]["lr"]
         val_loss, val_acc = distributed.evaluate(evaluate, model, x_va, y_va, dist)
+        averaged: dict[str, float] = {}
+        if ema is not None:
+            ema_loss, ema_acc = distributed.evaluate(
+                evaluate, ema.averaged(module), x_va, y_va, dist
+            )
+            averaged = {"val/loss_ema": ema_loss, "val/acc_ema": ema_acc}
         yield Metrics(
             epoch,
             {
@@ -173,6 +199,7 @@ def fit(
                 "val/acc": val_acc,
                 "lr": lr,
                 "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
+                **averaged,
                 **layers,
                 **(extra_metrics or {}),
             },
@@ -199,7 +226,7 @@ def fit(
                             "epoch": epoch,
                             "config": config,
                             "world_size": world,
-                            "model": distributed.unwrap(model).state_dict(),
+                            "model": module.state_dict(),
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
                             "data_order": gen.get_state(),
@@ -209,14 +236,25 @@ def fit(
                                 "train_time": train_time,
                                 "first_loss": first_loss,
                             },
+                            "ema": ema.state_dict() if ema is not None else None,
                         }
                     ),
                 )
 
-    test_loss, test_acc = distributed.evaluate(
-        evaluate, model, data.x_test.to(device), data.y_test.to(device), dist
-    )
+    x_te, y_te = data.x_test.to(device), data.y_test.to(device)
+    test_loss, test_acc = distributed.evaluate(evaluate, model, x_te, y_te, dist)
     train_eval_loss, train_eval_acc = distributed.evaluate(evaluate, model, x_tr, y_tr, dist)
+    extra: dict[str, float] = {}
+    if ema is not None:
+        ema_loss, ema_acc = distributed.evaluate(evaluate, ema.averaged(module), x_te, y_te, dist)
+        extra |= {"test/loss_ema": ema_loss, "test/acc_ema": ema_acc}
+    if train.final_stats:
+        # After the evaluations above: data-parallel, they gave every rank rank 0's buffers.
+        extra |= {
+            "weights/near_zero": near_zero_fraction(module),
+            "weights/rms": weight_rms(module),
+            **bn_variance_shift(module, x_te),
+        }
     # val/* of the last epoch is already the latest value; train/eval_* differ from the
     # epoch's running train/* (eval mode, final weights), hence their own names.
     yield Summary(
@@ -227,6 +265,7 @@ def fit(
             "train/eval_acc": train_eval_acc,
             "gap/acc": train_eval_acc - test_acc,
             "time/step_ms": 1000 * train_time / max(steps, 1),
+            **extra,
         }
     )
 
@@ -307,10 +346,13 @@ def _restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    ema: WeightEMA | None,
 ) -> None:
     """Load the checkpoint's states; a mismatch is a :class:`CheckpointError`."""
     try:
         model.load_state_dict(ckpt["model"])  # strict: missing or extra keys raise
+        if ema is not None:
+            ema.load_state_dict(ckpt.get("ema"))
         optimizer.load_state_dict(ckpt["optimizer"])
         if (scheduler is None) != (ckpt["scheduler"] is None):
             raise ValueError("the checkpoint and this trial disagree on having a scheduler")
@@ -319,7 +361,7 @@ def _restore(
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(
             f"resume checkpoint does not fit this trial's model, "
-            f"optimizer or scheduler: {str(e)[:300]}"
+            f"optimizer, scheduler or weight average: {str(e)[:300]}"
         ) from e
 
 
