@@ -17,6 +17,7 @@ same whatever ``--jobs``.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -381,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = cases()
     sizes = [family_n if c.rule.startswith("10 ") else args.n for c in rows]
     results = []
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # spawn, not fork: the caller may hold threads (a test process with Ray's), and a forked
+    # child of a threaded process can deadlock on a lock one of them held.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
         futures = [pool.submit(_row_rates, i, n, args.seed) for i, n in enumerate(sizes)]
         for case, future in zip(rows, futures):
             r = future.result()
