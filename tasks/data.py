@@ -72,7 +72,7 @@ class SyntheticSpec(StrictModel):
     def _rare_fits(self) -> SyntheticSpec:
         if self.rare_fraction > 0:
             if self.n_classes != 2:
-                raise ValueError("data.rare_fraction > 0 needs data.n_classes 2 (a logistic teacher)")
+                raise ValueError("data.rare_fraction > 0 needs data.n_classes 2 (a sign teacher)")
             if self.n_informative > self.n_features:
                 raise ValueError("data.n_informative must be <= data.n_features with rare_fraction")
             if not 1 <= rare_count(self) < self.n_informative:

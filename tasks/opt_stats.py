@@ -34,9 +34,8 @@ def effective_lr(optimizer: torch.optim.Optimizer) -> dict[str, float]:
                 steps.append(group["lr"] / (avg.sqrt() + group["eps"]))
             elif isinstance(optimizer, torch.optim.Adadelta):
                 eps = group["eps"]
-                steps.append(
-                    group["lr"] * (state["acc_delta"] + eps).sqrt() / (state["square_avg"] + eps).sqrt()
-                )
+                delta, avg = state["acc_delta"], state["square_avg"]
+                steps.append(group["lr"] * (delta + eps).sqrt() / (avg + eps).sqrt())
     if not steps:
         return {}
     return {"opt/eff_lr": torch.cat([s.flatten() for s in steps]).median().item()}
