@@ -7,12 +7,19 @@ keyed by the spec) because Ray reuses worker processes across trials.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import (
+    Field,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tasks.spec import StrictModel
 
@@ -40,7 +47,14 @@ class DigitsSpec(StrictModel):
 
 
 class SyntheticSpec(StrictModel):
-    """A synthetic classification problem (sklearn's make_classification), optionally sparse."""
+    """A synthetic classification problem (sklearn's make_classification), optionally sparse.
+
+    ``rare_fraction > 0`` switches to a sparse logistic teacher with rare and frequent
+    features (OPT-3, :func:`_rare_synthetic`): that fraction of the informative features is
+    present in an example with probability ``rare_rate``, every other feature with
+    ``1 - sparsity``, and the test examples where a rare feature is present form the subset
+    ``rare`` (the others ``frequent``), reported as ``test/acc_rare`` / ``test/acc_frequent``.
+    """
 
     name: Literal["synthetic"] = "synthetic"
     n_samples: PositiveInt = 2000
@@ -51,6 +65,36 @@ class SyntheticSpec(StrictModel):
     val_fraction: float = Field(0.2, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     split_seed: int = 0
+    rare_fraction: float = Field(0.0, ge=0, lt=1)  # of the informative features, made rare
+    rare_rate: float = Field(0.02, gt=0, le=1)  # P(a rare feature is present in an example)
+
+    @model_validator(mode="after")
+    def _rare_fits(self) -> SyntheticSpec:
+        if self.rare_fraction > 0:
+            if self.n_classes != 2:
+                raise ValueError("data.rare_fraction > 0 needs data.n_classes 2 (a sign teacher)")
+            if self.n_informative > self.n_features:
+                raise ValueError("data.n_informative must be <= data.n_features with rare_fraction")
+            if not 1 <= rare_count(self) < self.n_informative:
+                raise ValueError(
+                    "data.rare_fraction must make between 1 and n_informative - 1 features rare"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Trial keys hash the dumped spec: the defaults left out keep the keys of runs
+        # recorded before the rare-feature option existed.
+        d = handler(self)
+        if self.rare_fraction == 0:
+            d.pop("rare_fraction", None)
+            d.pop("rare_rate", None)
+        return d
+
+
+def rare_count(spec: SyntheticSpec) -> int:
+    """How many informative features ``rare_fraction`` makes rare (the last ones)."""
+    return round(spec.rare_fraction * spec.n_informative)
 
 
 class MNIST1DSpec(StrictModel):
@@ -88,6 +132,8 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    # Named boolean masks over the test split; fit() reports test/acc_<name> for each.
+    test_subsets: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -108,9 +154,11 @@ def _load_cached(spec_json: str) -> Dataset:
         return _mnist1d(spec)
     if isinstance(spec, DigitsSpec):
         x, y = _digits(spec)
+    elif spec.rare_fraction > 0:
+        x, y = _rare_synthetic(spec)
     else:
         x, y = _synthetic(spec)
-    return _split(
+    ds = _split(
         x,
         y,
         spec.val_fraction,
@@ -118,6 +166,11 @@ def _load_cached(spec_json: str) -> Dataset:
         spec.split_seed,
         getattr(spec, "per_class", None),
     )
+    if isinstance(spec, SyntheticSpec) and spec.rare_fraction > 0:
+        k = spec.n_informative
+        rare = (ds.x_test[:, k - rare_count(spec) : k] != 0).any(1)
+        ds = replace(ds, test_subsets={"rare": rare, "frequent": ~rare})
+    return ds
 
 
 def _digits(spec: DigitsSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +209,30 @@ def _synthetic(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
         mask = np.random.default_rng(spec.split_seed).random(x.shape) >= spec.sparsity
         x = x * mask
     return x.astype(np.float32), y.astype(np.int64)
+
+
+def _rare_synthetic(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse features from a logistic teacher: the label is the sign of ``w . x``.
+
+    Feature j is present with its own rate (``rare_rate`` for the last ``rare_count``
+    informative features, ``1 - sparsity`` for every other feature) and then N(0, 1), else
+    exactly 0. The teacher weighs the frequent informative features +-1 and each rare one
+    +-sqrt(expected number of frequent informative features present): a present rare
+    feature carries as much signal as the frequent ones together (a rare but telling word),
+    so a model that never learned it is right about 75% of the time on those examples, one
+    that did about 100%: "wins on rare features" has room either way.
+    """
+    rng = np.random.default_rng(spec.split_seed)
+    k, k_rare = spec.n_informative, rare_count(spec)
+    rate = np.full(spec.n_features, 1.0 - spec.sparsity)
+    rate[k - k_rare : k] = spec.rare_rate
+    present = rng.random((spec.n_samples, spec.n_features)) < rate
+    x = rng.standard_normal((spec.n_samples, spec.n_features)) * present
+    w = np.zeros(spec.n_features)
+    w[:k] = rng.choice([-1.0, 1.0], k)
+    w[k - k_rare : k] *= np.sqrt(max((k - k_rare) * (1.0 - spec.sparsity), 1.0))
+    y = (x @ w > 0).astype(np.int64)
+    return x.astype(np.float32), y
 
 
 @lru_cache(maxsize=1)

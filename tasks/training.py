@@ -33,6 +33,13 @@ average of the weights and reports ``val/loss_ema``, ``val/acc_ema`` per epoch a
 ``test/loss_ema``, ``test/acc_ema`` at the end; ``train.final_stats`` adds
 ``weights/near_zero``, ``weights/rms`` and each BatchNorm's ``bn/<k>/var_shift`` (on the test
 set) to the summary.
+
+Adaptive optimizers (AdaGrad, RMSProp, AdaDelta) also report ``opt/eff_lr`` per epoch
+(``tasks.opt_stats``). Late progress (OPT-3, OPT-4): the summary's ``train/loss_drop_late`` is
+``1 - train/loss(last epoch) / train/loss(epoch E//2 - 1)``, the fraction of the mid-training
+loss removed over the second half, and ``opt/eff_lr_ratio_late`` the same two epochs' ratio
+of ``opt/eff_lr``; the mid-training values ride in checkpoints, so a resumed run has them.
+A dataset's ``test_subsets`` add ``test/acc_<name>`` (accuracy on that part of the test set).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from torch import nn
 from tasks import distributed
 from tasks.data import Dataset
 from tasks.events import Checkpoint, CheckpointError, Event, Metrics, Summary
+from tasks.opt_stats import effective_lr
 from tasks.regularizers import (
     WeightEMA,
     bn_variance_shift,
@@ -126,6 +134,8 @@ def fit(
     rank = dist.rank if dist is not None else 0
     first_loss: float | None = None
     steps, train_time, start_epoch = 0, 0.0, 0
+    midpoint: dict[str, float] = {}  # epoch E//2 - 1's train/loss and opt/eff_lr
+    late: dict[str, float] = {}  # the summary's late-progress values, set at the last epoch
     module = distributed.unwrap(model)
     ema = WeightEMA(module, train.ema) if train.ema is not None else None
     if resume is not None:
@@ -135,6 +145,7 @@ def fit(
         set_rng_state(ckpt["rng"][rank], device)
         steps, train_time = ckpt["progress"]["steps"], ckpt["progress"]["train_time"]
         first_loss = ckpt["progress"]["first_loss"]
+        midpoint = ckpt["progress"].get("midpoint", {})  # absent in older checkpoints
         start_epoch = ckpt["epoch"] + 1
     last_checkpoint = time.monotonic()
     for epoch in range(start_epoch, train.epochs):
@@ -190,6 +201,13 @@ def fit(
                 evaluate, ema.averaged(module), x_va, y_va, dist
             )
             averaged = {"val/loss_ema": ema_loss, "val/acc_ema": ema_acc}
+        adaptive = effective_lr(optimizer)
+        if epoch == train.epochs // 2 - 1:
+            midpoint = {"train/loss": train_loss, **adaptive}
+        if epoch == train.epochs - 1 and midpoint:
+            late = {"train/loss_drop_late": 1.0 - train_loss / midpoint["train/loss"]}
+            if "opt/eff_lr" in midpoint:
+                late["opt/eff_lr_ratio_late"] = adaptive["opt/eff_lr"] / midpoint["opt/eff_lr"]
         yield Metrics(
             epoch,
             {
@@ -200,6 +218,7 @@ def fit(
                 "lr": lr,
                 "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
                 **averaged,
+                **adaptive,
                 **layers,
                 **(extra_metrics or {}),
             },
@@ -235,6 +254,7 @@ def fit(
                                 "steps": steps,
                                 "train_time": train_time,
                                 "first_loss": first_loss,
+                                "midpoint": midpoint,
                             },
                             "ema": ema.state_dict() if ema is not None else None,
                         }
@@ -244,7 +264,13 @@ def fit(
     x_te, y_te = data.x_test.to(device), data.y_test.to(device)
     test_loss, test_acc = distributed.evaluate(evaluate, model, x_te, y_te, dist)
     train_eval_loss, train_eval_acc = distributed.evaluate(evaluate, model, x_tr, y_tr, dist)
-    extra: dict[str, float] = {}
+    extra: dict[str, float] = dict(late)
+    for name, mask in data.test_subsets.items():
+        if mask.any():  # an empty subset has no accuracy
+            m = mask.to(device)
+            _, extra[f"test/acc_{name}"] = distributed.evaluate(
+                evaluate, model, x_te[m], y_te[m], dist
+            )
     if ema is not None:
         ema_loss, ema_acc = distributed.evaluate(evaluate, ema.averaged(module), x_te, y_te, dist)
         extra |= {"test/loss_ema": ema_loss, "test/acc_ema": ema_acc}

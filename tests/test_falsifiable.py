@@ -220,6 +220,7 @@ def test_quick_variant_is_never_wrong(study: str, claim: ClaimSpec, k: int) -> N
 def test_every_study_with_claims_is_covered() -> None:
     covered = {s for s, _, _ in CLAIMS}
     assert covered == {
+        "adaptive",
         "bn_sync",
         "finetune",
         "lr_schedules",
