@@ -297,13 +297,13 @@ def _batch_closure(
     weight: float,
     train: TrainSpec,
     record: list[tuple[torch.Tensor, torch.Tensor]],
-) -> Callable[[], torch.Tensor]:
+) -> Callable[[], float]:
     """One gradient evaluation on the batch ``(x, y)``: the closure a closure-based optimizer
     (L-BFGS) calls as often as it needs, and first-order steps call once. Each call appends
     the data loss and logits to ``record`` (its length counts the evaluations) and returns
     the back-propagated objective."""
 
-    def closure() -> torch.Tensor:
+    def closure() -> float:
         logits = model(x)
         loss = nn.functional.cross_entropy(logits, y, label_smoothing=train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -313,7 +313,7 @@ def _batch_closure(
         if train.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         record.append((loss.detach(), logits.detach()))
-        return scaled.detach()
+        return scaled.item()
 
     return closure
 

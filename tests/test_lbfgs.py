@@ -22,9 +22,7 @@ def _blobs(n: int = 64) -> Dataset:
     return Dataset(x, y, x, y, x, y, num_classes=2)
 
 
-def _run(
-    spec: LBFGSSpec | SGDSpec, epochs: int, batch: int
-) -> tuple[list[Metrics], Summary]:
+def _run(spec: LBFGSSpec | SGDSpec, epochs: int, batch: int) -> tuple[list[Metrics], Summary]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 2))
     optimizer = build_optimizer(model.parameters(), spec)
