@@ -111,6 +111,9 @@ class FinetuneSpec(StrictModel):
                 "model must equal pretrain.model: the checkpoint's backbone is "
                 "loaded into the fine-tuned model"
             )
+        if self.optimizer.name == "lbfgs":
+            # torch's LBFGS takes one parameter group; the strategies give groups own LRs.
+            raise ValueError("optimizer lbfgs is not supported for fine-tuning")
         if self.data.name != self.pretrain.data.name:
             raise ValueError("data and pretrain.data must be the same dataset (input shape)")
         if (

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from tasks.spec import StrictModel
 
@@ -86,8 +86,23 @@ class AdamSpec(StrictModel):
         return self
 
 
+class LBFGSSpec(StrictModel):
+    """L-BFGS (OPT-9), a closure-based step: ``tasks.training.fit`` passes it a closure that
+    re-evaluates the batch, and each ``step`` may call it several times (up to ``max_iter``
+    iterations, more with the line search), all on the same batch. torch's LBFGS has no
+    weight decay. The defaults are torch's (the notes give none); ``opt/evals`` counts the
+    evaluations each step took."""
+
+    name: Literal["lbfgs"] = "lbfgs"
+    lr: PositiveFloat = 1.0
+    max_iter: PositiveInt = 20
+    history_size: PositiveInt = 100
+    line_search_fn: Literal["none", "strong_wolfe"] = "none"
+
+
 OptimizerSpec = Annotated[
-    SGDSpec | AdagradSpec | AdadeltaSpec | RMSpropSpec | AdamSpec, Field(discriminator="name")
+    SGDSpec | AdagradSpec | AdadeltaSpec | RMSpropSpec | AdamSpec | LBFGSSpec,
+    Field(discriminator="name"),
 ]
 
 
@@ -108,6 +123,14 @@ def build_optimizer(params: Iterable[Any], spec: OptimizerSpec) -> torch.optim.O
         "adamax": torch.optim.Adamax,
         "nadam": torch.optim.NAdam,
     }
+    if isinstance(spec, LBFGSSpec):
+        return torch.optim.LBFGS(
+            params,
+            lr=spec.lr,
+            max_iter=spec.max_iter,
+            history_size=spec.history_size,
+            line_search_fn=None if spec.line_search_fn == "none" else spec.line_search_fn,
+        )
     kwargs = spec.model_dump(exclude={"name", "bias_correction"})
     if isinstance(spec, AdamSpec):
         kwargs["betas"] = tuple(kwargs["betas"])

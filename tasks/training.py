@@ -133,9 +133,11 @@ def fit(
     world = dist.world_size if dist is not None else 1
     rank = dist.rank if dist is not None else 0
     first_loss: float | None = None
-    steps, train_time, start_epoch = 0, 0.0, 0
+    steps, evals, train_time, start_epoch = 0, 0, 0.0, 0
     midpoint: dict[str, float] = {}  # epoch E//2 - 1's train/loss and opt/eff_lr
     late: dict[str, float] = {}  # the summary's late-progress values, set at the last epoch
+    # L-BFGS re-evaluates the batch inside its step (line search, several iterations).
+    closure_step = isinstance(optimizer, torch.optim.LBFGS)
     module = distributed.unwrap(model)
     ema = WeightEMA(module, train.ema) if train.ema is not None else None
     if resume is not None:
@@ -144,6 +146,8 @@ def fit(
         gen.set_state(ckpt["data_order"])
         set_rng_state(ckpt["rng"][rank], device)
         steps, train_time = ckpt["progress"]["steps"], ckpt["progress"]["train_time"]
+        # Checkpoints from before the count had first-order steps only: one evaluation each.
+        evals = ckpt["progress"].get("evals", steps)
         first_loss = ckpt["progress"]["first_loss"]
         midpoint = ckpt["progress"].get("midpoint", {})  # absent in older checkpoints
         start_epoch = ckpt["epoch"] + 1
@@ -157,16 +161,16 @@ def fit(
         perm = torch.randperm(n, generator=gen).to(device)
         loss_sum, correct, seen, epoch_steps = 0.0, 0.0, 0.0, 0
         for idx, weight in distributed.batches(perm, train.batch_size, dist):
-            logits = model(x_tr[idx])
-            loss = nn.functional.cross_entropy(
-                logits, y_tr[idx], label_smoothing=train.label_smoothing
-            )
-            optimizer.zero_grad(set_to_none=True)
-            objective = loss + train.l1 * l1_penalty(model.parameters()) if train.l1 else loss
-            (objective * (train.loss_scale * weight)).backward()
-            if train.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            optimizer.step()
+            record: list[tuple[torch.Tensor, torch.Tensor]] = []
+            closure = _batch_closure(model, optimizer, x_tr[idx], y_tr[idx], weight, train, record)
+            if closure_step:
+                optimizer.step(closure)  # evaluates the batch as often as it needs
+            else:
+                closure()
+                optimizer.step()
+            evals += len(record)
+            # The first evaluation is at the step's starting weights, as for a first-order step.
+            loss, logits = record[0]
             if ema is not None:
                 ema.update(module)
             if scheduler is not None:
@@ -183,6 +187,16 @@ def fit(
                     outcome="diverged",
                     reason=f"batch loss {batch_loss:.4g} at epoch {epoch}, step "
                     f"{steps} (first batch {first_loss:.4g})",
+                )
+                return
+            # An L-BFGS step can leave non-finite weights after a finite first evaluation
+            # (its step length comes from curvature pairs); the next batch would only show it
+            # if there is one.
+            if closure_step and distributed.any_rank(not _finite_weights(module), dist):
+                yield Summary(
+                    {"train/loss": _finite(batch_loss), "epochs_run": epoch + 1},
+                    outcome="diverged",
+                    reason=f"non-finite weights after the step at epoch {epoch}, step {steps}",
                 )
                 return
             loss_sum += batch_loss * batch_n
@@ -217,6 +231,9 @@ def fit(
                 "val/acc": val_acc,
                 "lr": lr,
                 "time/step_ms": 1000 * epoch_time / max(epoch_steps, 1),
+                # Gradient evaluations so far (this rank's batches): one per first-order step,
+                # as many as L-BFGS asked for; progress per evaluation reads against it.
+                "opt/evals": float(evals),
                 **averaged,
                 **adaptive,
                 **layers,
@@ -252,6 +269,7 @@ def fit(
                             "rng": rngs,
                             "progress": {
                                 "steps": steps,
+                                "evals": evals,
                                 "train_time": train_time,
                                 "first_loss": first_loss,
                                 "midpoint": midpoint,
@@ -289,11 +307,41 @@ def fit(
             "test/acc": test_acc,
             "train/eval_loss": train_eval_loss,
             "train/eval_acc": train_eval_acc,
+            "train/objective": train_eval_loss + _penalty(module, optimizer, train.l1),
             "gap/acc": train_eval_acc - test_acc,
             "time/step_ms": 1000 * train_time / max(steps, 1),
             **extra,
         }
     )
+
+
+def _batch_closure(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: float,
+    train: TrainSpec,
+    record: list[tuple[torch.Tensor, torch.Tensor]],
+) -> Callable[[], float]:
+    """One gradient evaluation on the batch ``(x, y)``: the closure a closure-based optimizer
+    (L-BFGS) calls as often as it needs, and first-order steps call once. Each call appends
+    the data loss and logits to ``record`` (its length counts the evaluations) and returns
+    the back-propagated objective."""
+
+    def closure() -> float:
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y, label_smoothing=train.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        objective = loss + train.l1 * l1_penalty(model.parameters()) if train.l1 else loss
+        scaled = objective * (train.loss_scale * weight)
+        scaled.backward()
+        if train.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        record.append((loss.detach(), logits.detach()))
+        return scaled.item()
+
+    return closure
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -476,6 +524,24 @@ def layer_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
                 b.copy_(buffers[k])
         for p, g0 in grads.items():
             p.grad = g0
+
+
+def _finite_weights(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@torch.no_grad()
+def _penalty(model: nn.Module, optimizer: torch.optim.Optimizer, l1: float) -> float:
+    """The regularisation terms of the objective that training descends: ``l1 * sum |p|``
+    and, per parameter group, ``weight_decay / 2 * sum p^2`` (coupled weight decay adds
+    ``weight_decay * p`` to the gradient: that term's gradient; AdamW's decoupled decay
+    descends no objective, and its term is a reference value only)."""
+    total = l1 * float(l1_penalty(model.parameters())) if l1 else 0.0
+    for group in optimizer.param_groups:
+        wd = group.get("weight_decay", 0.0)
+        if wd:
+            total += wd / 2 * float(sum(p.pow(2).sum() for p in group["params"]))
+    return total
 
 
 def _finite(x: float) -> float:

@@ -231,5 +231,7 @@ def test_every_study_with_claims_is_covered() -> None:
         "norm_batch",
         "depth_norm",
         "reg_more",
+        "second_order",
+        "gd_noise",
     }
     assert len(CLAIMS) >= 35
