@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import torch
 
+_ADAPTIVE = (torch.optim.Adagrad, torch.optim.RMSprop, torch.optim.Adadelta)
+
 
 def effective_lr(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """``{"opt/eff_lr": median per-coordinate step per unit gradient}`` for AdaGrad, RMSProp
     and AdaDelta once they have state; ``{}`` for other optimizers or before the first step."""
+    if not isinstance(optimizer, _ADAPTIVE):  # others keep no "step" (SGD's momentum, L-BFGS)
+        return {}
     steps: list[torch.Tensor] = []
     for group in optimizer.param_groups:
         for p in group["params"]:
