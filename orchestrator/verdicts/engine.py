@@ -1464,10 +1464,32 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
         else:
             decider, verdict = inconclusive[0], INCONCLUSIVE
             why = f"confirmed in no group, inconclusive in {claim.group_by}={decider.group}"
+    return _group_verdict(
+        claim,
+        subs,
+        decider,
+        verdict,
+        (min(p_c, p_r), p_c, p_r) if tested else None,
+        f"per {claim.group_by} ({claim.groups} must hold): {summary}; "
+        f"overall {verdict} ({why}; numbers from that group).",
+    )
+
+
+def _group_verdict(
+    claim: ClaimSpec,
+    subs: list[Verdict],
+    decider: Verdict,
+    verdict: str,
+    ps: tuple[float, float, float] | None,
+    detail: str,
+) -> Verdict:
+    """A grouped claim's verdict with the numbers of the group that decided it; ``ps`` is
+    (p_value, p_confirm, p_refute), None when some group reached no test."""
     lead = ""
     if verdict == INCONCLUSIVE and " did not learn (" in decider.detail:
         # The sanity failure leads, so that a report reader sees it before any number.
         lead = f"{decider.detail.rstrip('.')} in {claim.group_by}={decider.group}; "
+    p_value, p_confirm, p_refute = ps if ps is not None else (None, None, None)
     return _base(
         claim,
         verdict=verdict,
@@ -1479,12 +1501,11 @@ def _combine(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
         method=decider.method,
         arms=decider.arms,
         groups=tuple(subs),
-        p_value=min(p_c, p_r) if tested else None,
-        p_confirm=p_c if tested else None,
-        p_refute=p_r if tested else None,
+        p_value=p_value,
+        p_confirm=p_confirm,
+        p_refute=p_refute,
         confidence=decider.confidence,
-        detail=f"{lead}per {claim.group_by} ({claim.groups} must hold): {summary}; "
-        f"overall {verdict} ({why}; numbers from that group).",
+        detail=lead + detail,
     )
 
 
@@ -1516,27 +1537,15 @@ def _combine_each(claim: ClaimSpec, subs: list[Verdict]) -> Verdict:
     else:
         decider = next(s for s in subs if s.verdict not in (CONFIRMED, REFUTED))
         verdict, why = INCONCLUSIVE, f"inconclusive in {by}={decider.group}"
-    lead = ""
-    if verdict == INCONCLUSIVE and " did not learn (" in decider.detail:
-        lead = f"{decider.detail.rstrip('.')} in {by}={decider.group}; "
     summary = "; ".join(f"{s.verdict} on {s.group}" for s in subs)
-    return _base(
+    return _group_verdict(
         claim,
-        verdict=verdict,
-        effect=decider.effect,
-        ci_low=decider.ci_low,
-        ci_high=decider.ci_high,
-        n_a=sum(s.n_a for s in subs),
-        n_b=sum(s.n_b for s in subs),
-        method=decider.method,
-        arms=decider.arms,
-        groups=tuple(subs),
-        p_value=min(p_c, p_r, p_dep) if tested else None,
-        p_confirm=p_c if tested else None,
-        p_refute=p_r if tested else None,
-        confidence=decider.confidence,
+        subs,
+        decider,
+        verdict,
+        (min(p_c, p_r, p_dep), p_c, p_r) if tested else None,
         # The deciding group's own sentence follows: its numbers, or why it is undecided.
-        detail=f"{lead}per {by} (each decided at level / {n}): {summary}; "
+        f"per {by} (each decided at level / {n}): {summary}; "
         f"overall {verdict} ({why}). Numbers from {by}={decider.group}: {decider.detail}",
     )
 
