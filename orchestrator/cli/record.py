@@ -120,9 +120,12 @@ def results_table(result: dict[str, Any]) -> str:
             if x.get("ci_low") is not None
             else ""
         )
+        # A grouped claim (per dataset, ...) names each group's own verdict beside the whole.
+        groups = ", ".join(f"{g['group']} {g['verdict']}" for g in x.get("groups") or ())
         rows.append(
             f"| {x['id']} {x.get('statement', '')} | "
-            f"**{verdict_label(x['verdict'], x.get('group_by'))}** | "
+            f"**{verdict_label(x['verdict'], x.get('group_by'))}**"
+            f"{f' ({groups})' if groups else ''} | "
             f"{_cell(x.get('effect'), '{:+.3g}')} | {ci} | {x.get('n_a', '')}/"
             f"{x.get('n_b', '')} | {x.get('method', '')} | "
             f"{_cell(x.get('p_value'))} | {_cell(x.get('p_adjusted'))} |"
