@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-from pydantic import (
-    Field,
-    PositiveInt,
-    SerializerFunctionWrapHandler,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from tasks.spec import StrictModel
+from tasks.spec import KeyedSpec, StrictModel
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +39,7 @@ class DigitsSpec(StrictModel):
         return v
 
 
-class SyntheticSpec(StrictModel):
+class SyntheticSpec(KeyedSpec):
     """A synthetic classification problem (sklearn's make_classification), optionally sparse.
 
     ``rare_fraction > 0`` switches to a sparse logistic teacher with rare and frequent
@@ -81,15 +74,9 @@ class SyntheticSpec(StrictModel):
                 )
         return self
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Trial keys hash the dumped spec: the defaults left out keep the keys of runs
-        # recorded before the rare-feature option existed.
-        d = handler(self)
-        if self.rare_fraction == 0:
-            d.pop("rare_fraction", None)
-            d.pop("rare_rate", None)
-        return d
+    def unkeyed_fields(self) -> tuple[str, ...]:
+        # Without rare features rare_rate means nothing: both stay out of the key.
+        return ("rare_fraction", "rare_rate") if self.rare_fraction == 0 else ()
 
 
 def rare_count(spec: SyntheticSpec) -> int:

@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (
-    Field,
-    PositiveInt,
-    SerializerFunctionWrapHandler,
-    model_serializer,
-    model_validator,
-)
+from pydantic import Field, PositiveInt, model_validator
 
-from tasks.spec import StrictModel
+from tasks.spec import KeyedSpec, StrictModel
 
 # bn_noise and fixed_scale are BNW-1/BNW-2's controls (tasks.models.norm_layer): BN whose
 # output gets a random per-batch shift and scale in training, and a constant x1e-3 layer.
@@ -27,8 +21,10 @@ BlockOrder = Literal["norm_act_dropout", "act_dropout_norm", "act_norm_dropout"]
 Activation = Literal["relu", "leaky_relu", "elu", "tanh", "sigmoid", "gelu"]
 
 
-class MLPSpec(StrictModel):
+class MLPSpec(KeyedSpec):
     """MLP-d: an MLP on the 64 digit pixels."""
+
+    added_fields = ("residual", "order")
 
     name: Literal["mlp_d"] = "mlp_d"
     hidden: list[PositiveInt] = [128, 64]
@@ -51,17 +47,6 @@ class MLPSpec(StrictModel):
         if self.residual and self.order != "norm_act_dropout":
             raise ValueError("model.residual: true needs model.order norm_act_dropout")
         return self
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Trial keys hash the dumped spec: a default left out keeps the keys of runs recorded
-        # before the field existed.
-        d = handler(self)
-        if not self.residual:
-            d.pop("residual", None)
-        if self.order == "norm_act_dropout":
-            d.pop("order", None)
-        return d
 
 
 class CNNSpec(StrictModel):

@@ -6,7 +6,9 @@ Tasks validate their own configuration with these models so that a typo in a stu
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 
 class StrictModel(BaseModel):
@@ -19,3 +21,27 @@ class StrictModel(BaseModel):
         when the config says; None when it does not. The dispatcher starts the longest first:
         a long trial started last would hold the sweep's end while other slots sit idle."""
         return None
+
+
+class KeyedSpec(StrictModel):
+    """A spec that gained fields after trials of it were recorded.
+
+    A trial's key hashes its dumped spec, so a new field in the dump would change the key of
+    every run recorded before it (finished runs would be trained again, shared upstreams not
+    found). The fields in ``added_fields`` are left out of the dump while at their defaults;
+    :meth:`unkeyed_fields` may widen that (a field that means nothing without another).
+    """
+
+    added_fields: ClassVar[tuple[str, ...]] = ()
+
+    def unkeyed_fields(self) -> tuple[str, ...]:
+        """The fields to leave out of this spec's dump."""
+        fields = type(self).model_fields
+        return tuple(n for n in self.added_fields if getattr(self, n) == fields[n].default)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        d = handler(self)
+        for name in self.unkeyed_fields():
+            d.pop(name, None)
+        return d

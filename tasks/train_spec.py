@@ -3,7 +3,7 @@ trials against it; ``tasks.training`` runs them."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import (
     Field,
@@ -11,11 +11,9 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    SerializerFunctionWrapHandler,
-    model_serializer,
 )
 
-from tasks.spec import StrictModel
+from tasks.spec import KeyedSpec
 
 CHECKPOINT_FORMAT = "orch.fit/1"
 #: Default cadence: every epoch, at most once a minute (bench/checkpoint.md).
@@ -28,8 +26,17 @@ RUNTIME_FIELDS = frozenset(
 )
 
 
-class TrainSpec(StrictModel):
+class TrainSpec(KeyedSpec):
     """How long and how to train (the what: data, model, optimizer, live beside it)."""
+
+    added_fields = (
+        "checkpoint_every",
+        "checkpoint_min_interval_s",
+        "layer_stats",
+        "l1",
+        "ema",
+        "final_stats",
+    )
 
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 32
@@ -53,20 +60,3 @@ class TrainSpec(StrictModel):
     final_stats: bool = False
     checkpoint_every: NonNegativeInt = CHECKPOINT_EVERY  # epochs per Checkpoint; 0 = never
     checkpoint_min_interval_s: NonNegativeFloat = CHECKPOINT_MIN_INTERVAL_S
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Trial keys hash the dumped spec: leaving the defaults out keeps the keys of trials
-        # run before these fields existed (finished runs, shared upstreams) unchanged.
-        d = handler(self)
-        for name, default in (
-            ("checkpoint_every", CHECKPOINT_EVERY),
-            ("checkpoint_min_interval_s", CHECKPOINT_MIN_INTERVAL_S),
-            ("layer_stats", False),
-            ("l1", 0.0),
-            ("ema", None),
-            ("final_stats", False),
-        ):
-            if getattr(self, name) == default:
-                d.pop(name, None)
-        return d
