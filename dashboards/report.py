@@ -35,7 +35,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from orchestrator.verdicts import ArmStats, Verdict, verdict_label
+from orchestrator.verdicts import ArmStats, Verdict
 
 #: metric -> run_id -> DataFrame with columns ``step`` and ``value``.
 Histories = Mapping[str, Mapping[str, pd.DataFrame]]
@@ -397,7 +397,7 @@ def _verdict_html(v: Verdict) -> str:
     return (
         f'<div class="verdict" style="border-left-color:{colour}">'
         f'<h3><span class="badge" style="background:{colour}">'
-        f"{_e(verdict_label(v.verdict, v.group_by))}</span> "
+        f"{_e(v.label)}</span> "
         f"{_e(v.id)} <small>{_e(v.source)}</small></h3>"
         f"<p class=statement>{_e(v.statement)}</p><p class=what>{_e(what)}</p>"
         f"<table class=numbers><tr>{numbers}</tr><tr>{values}</tr></table>"
@@ -565,9 +565,7 @@ def build_report(
     pngs += search_pngs
     counts = trials["outcome"].value_counts().to_dict() if len(trials) else {}
     count_html = "".join(f"<span><b>{_e(n)}</b> {_e(k)}</span>" for k, n in counts.items())
-    verdict_counts = (
-        pd.Series([verdict_label(v.verdict, v.group_by) for v in verdicts]).value_counts().to_dict()
-    )
+    verdict_counts = pd.Series([v.label for v in verdicts]).value_counts().to_dict()
     summary = ", ".join(f"{n} {k}" for k, n in verdict_counts.items()) or "no claims"
     arms = arm_table(trials, cols, sweep.metric, sweep.mode) if len(trials) else pd.DataFrame()
     arms_html = (

@@ -630,7 +630,7 @@ def test_groups_each_label_json_and_replicate_words() -> None:
     from orchestrator.verdicts import verdict_label, verdict_rows
 
     dep = one(each(), by_data(digits=CLEAR_A, mnist1d=CLEAR_B))
-    assert verdict_label(dep.verdict, dep.group_by) == "dataset-dependent"
+    assert dep.label == verdict_label(dep.verdict, dep.group_by) == "dataset-dependent"
     assert verdict_label("dependent", "model") == "model-dependent"
     assert verdict_label("confirmed", "data") == "confirmed"
     (back,) = verdicts_from_json(verdicts_to_json([dep]))

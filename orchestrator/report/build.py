@@ -25,14 +25,7 @@ from dashboards.report import SweepInfo, build_report
 from orchestrator.search import load_search_summary, summary_verdicts
 from orchestrator.store import schema
 from orchestrator.store.reader import StoreReader
-from orchestrator.verdicts import (
-    ClaimSpec,
-    Verdict,
-    evaluate,
-    parse_claims,
-    verdict_label,
-    verdicts_to_json,
-)
+from orchestrator.verdicts import ClaimSpec, Verdict, evaluate, parse_claims, verdicts_to_json
 from orchestrator.verdicts.sequential import ClaimState, looks, sequential_verdicts
 
 #: Parent-run artifact of an adaptive-seeds sweep: per claim, the look and seeds it stopped at.
@@ -215,10 +208,7 @@ def report_at_end(tracking_uri: str, sweep_id: str, console: Any) -> list[Verdic
         return []
     if verdicts:  # ids may hold brackets, which rich would read as markup
         console.print(
-            escape(
-                "verdicts: "
-                + ", ".join(f"{v.id} {verdict_label(v.verdict, v.group_by)}" for v in verdicts)
-            ),
+            escape("verdicts: " + ", ".join(f"{v.id} {v.label}" for v in verdicts)),
             highlight=False,
         )
     return verdicts

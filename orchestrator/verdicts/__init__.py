@@ -6,7 +6,6 @@ Pure data in, verdicts out: no Ray, no MLflow, no Hydra. The rules are documente
 
 from orchestrator.verdicts.engine import (
     CONFIRMED,
-    DATA_COLUMNS,
     DEPENDENT,
     INCONCLUSIVE,
     NOT_REPLICATED,
@@ -29,7 +28,6 @@ from orchestrator.verdicts.engine import (
 
 __all__ = [
     "CONFIRMED",
-    "DATA_COLUMNS",
     "DEPENDENT",
     "INCONCLUSIVE",
     "NOT_REPLICATED",

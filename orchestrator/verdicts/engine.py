@@ -449,6 +449,11 @@ class Verdict:
     stopped: str | None = None  # adaptive seeds: why the sequence stopped (sequential.py)
     group_by: str | None = None  # the claim's group_by column (names a dependent verdict)
 
+    @property
+    def label(self) -> str:
+        """The verdict as shown (:func:`verdict_label`): "dataset-dependent", not "dependent"."""
+        return verdict_label(self.verdict, self.group_by)
+
 
 # -- value matching -------------------------------------------------------------------------
 def _norm(value: Any) -> tuple[str, Any] | None:
@@ -1750,7 +1755,7 @@ def verdict_rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
         (
             v.id,
             v.test,
-            verdict_label(v.verdict, v.group_by),
+            v.label,
             num(v.effect, "{:+.4g}"),
             f"[{num(v.ci_low)}, {num(v.ci_high)}]" if v.ci_low is not None else "",
             f"{v.n_a}/{v.n_b}",
@@ -1779,7 +1784,6 @@ def verdicts_from_json(text: str) -> list[Verdict]:
 
 __all__ = [
     "CONFIRMED",
-    "DATA_COLUMNS",
     "DEPENDENT",
     "INCONCLUSIVE",
     "NOT_REPLICATED",
