@@ -104,7 +104,10 @@ def _arm_columns(trials: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 
 
 def _arm_label(row: Mapping[str, object], cols: Sequence[str]) -> str:
-    parts = [f"{c}={row[c]}" for c in cols if not pd.isna(row[c])]
+    # pd.isna of a list-valued arm (model.hidden=[128, 64]) is an array, not a bool.
+    parts = [
+        f"{c}={row[c]}" for c in cols if not pd.api.types.is_scalar(row[c]) or not pd.isna(row[c])
+    ]
     return " ".join(parts) or "all"
 
 

@@ -332,3 +332,28 @@ def test_a_dataset_dependent_claim_is_shown_by_name(tmp_path: Path) -> None:
     assert "dataset-dependent</span> OPT-X" in text and "#8250df" in text
     assert "confirmed on digits; refuted on mnist1d" in text
     assert "1 dataset-dependent" in text  # the summary's counts
+
+
+def test_a_list_valued_axis_labels_its_curves(tmp_path: Path) -> None:
+    # A search or grid over model.hidden gives arms whose value is a list: a missing-value
+    # check that reads it as an array raised while the report was built.
+    rows, curves = [], {}
+    for i, hidden in enumerate([[64], [128, 64], [64], [128, 64]]):
+        rid = f"run{i}"
+        rows.append(
+            {
+                "run_id": rid,
+                "trial_index": i,
+                "outcome": "finished",
+                "seed": i // 2,
+                "model.hidden": hidden,
+                "val/acc": 0.5 + 0.1 * len(hidden),
+            }
+        )
+        curves[rid] = pd.DataFrame({"step": [0, 1], "value": [0.3, 0.5 + 0.1 * len(hidden)]})
+    trials = pd.DataFrame(rows)
+    files = build_report(
+        tmp_path, SweepInfo("s", "st"), trials, [], {"val/acc": curves}, ["model.hidden"]
+    )
+    assert [f.name for f in files if f.name.startswith("curves_")] == ["curves_val_acc.png"]
+    assert "[128, 64]" in (tmp_path / "report.html").read_text()
