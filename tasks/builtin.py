@@ -7,7 +7,7 @@ with torch, on its first use there (:attr:`tasks.registry.Task.run`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
@@ -16,7 +16,7 @@ from tasks.model_specs import ModelSpec
 from tasks.optimizers import OptimizerSpec
 from tasks.registry import register_lazy
 from tasks.schedules import SchedulerSpec
-from tasks.spec import StrictModel
+from tasks.spec import KeyedSpec, StrictModel
 from tasks.train_spec import TrainSpec
 
 
@@ -67,19 +67,32 @@ class DiscriminativeStrategy(StrictModel):
     head_lr_ratio: PositiveFloat = 10.0
 
 
-class GradualStrategy(StrictModel):
+class GradualStrategy(KeyedSpec):
     """Strategy B (002:L1503, L1509): head only for ``head_epochs``, then unfreeze the top
-    half of the backbone's blocks or all of them; the LRs are those of strategy A."""
+    half of the backbone's blocks or all of them; the LRs are those of strategy A.
+
+    ``warmup``: ``within`` counts the head phase in ``train.epochs`` (the backbone trains
+    fewer epochs than strategy A's in a run of the same length); ``before`` runs it ahead
+    of ``train.epochs``, so the backbone trains exactly as many epochs as strategy A's
+    (FT-3's drift comparison, which ``within`` would decide by construction).
+    """
+
+    added_fields: ClassVar[tuple[str, ...]] = ("warmup",)
 
     name: Literal["gradual"] = "gradual"
     lr_multiple: PositiveFloat = 0.1
     head_lr_ratio: PositiveFloat = 10.0
     head_epochs: PositiveInt | None = None  # None: a third of train.epochs (at least one)
     unfreeze: Literal["top_half", "all"] = "all"
+    warmup: Literal["within", "before"] = "within"
 
     def head_phase(self, epochs: int) -> int:
-        """Epochs with the backbone frozen, out of a run of ``epochs``."""
+        """Epochs with the backbone frozen, in a run whose ``train.epochs`` is ``epochs``."""
         return self.head_epochs if self.head_epochs is not None else max(1, epochs // 3)
+
+    def total_epochs(self, epochs: int) -> int:
+        """Epochs the run trains for, ``train.epochs`` being ``epochs``."""
+        return epochs + self.head_phase(epochs) if self.warmup == "before" else epochs
 
 
 StrategySpec = Annotated[
@@ -102,7 +115,17 @@ class FinetuneSpec(StrictModel):
     seed: int = 0
 
     def cost(self) -> float | None:
-        return float(self.train.epochs)  # its pre-training is an upstream run of its own
+        return float(self.epochs)  # its pre-training is an upstream run of its own
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the fine-tuning run trains for (a ``before`` warm-up adds its own)."""
+        s = self.strategy
+        return (
+            s.total_epochs(self.train.epochs)
+            if isinstance(s, GradualStrategy)
+            else self.train.epochs
+        )
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
@@ -118,6 +141,7 @@ class FinetuneSpec(StrictModel):
             raise ValueError("data and pretrain.data must be the same dataset (input shape)")
         if (
             isinstance(self.strategy, GradualStrategy)
+            and self.strategy.warmup == "within"
             and self.strategy.head_phase(self.train.epochs) >= self.train.epochs
         ):
             raise ValueError(

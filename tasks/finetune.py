@@ -56,6 +56,7 @@ from tasks.events import Event, Metrics, Summary
 from tasks.models import Classifier, build_model
 from tasks.optimizers import build_optimizer
 from tasks.schedules import build_scheduler
+from tasks.train_spec import TrainSpec
 from tasks.training import fit, pick_device
 
 CHECKPOINT = "checkpoint.pt"  # pretrain's artifact: the model's state_dict
@@ -79,12 +80,13 @@ def load_checkpoint(blob: bytes) -> dict[str, torch.Tensor]:
 
 
 def _setup(
-    spec: ClassifySpec | FinetuneSpec, data: datasets.Dataset, params: Any
+    spec: ClassifySpec | FinetuneSpec, data: datasets.Dataset, params: Any, train: TrainSpec
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Optimizer and per-step scheduler over ``params`` (tensors or parameter groups)."""
+    """Optimizer and per-step scheduler over ``params`` (tensors or parameter groups), for a
+    run of ``train.epochs``."""
     optimizer = build_optimizer(params, spec.optimizer)
-    steps_per_epoch = -(-len(data.x_train) // spec.train.batch_size)
-    return optimizer, build_scheduler(optimizer, spec.scheduler, steps_per_epoch, spec.train.epochs)
+    steps_per_epoch = -(-len(data.x_train) // train.batch_size)
+    return optimizer, build_scheduler(optimizer, spec.scheduler, steps_per_epoch, train.epochs)
 
 
 def pretrain(spec: PretrainSpec, resume: bytes | None = None) -> Iterator[Event]:
@@ -94,7 +96,7 @@ def pretrain(spec: PretrainSpec, resume: bytes | None = None) -> Iterator[Event]
     device = pick_device(spec.train.device)
     data = datasets.load(spec.data)
     model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
-    optimizer, scheduler = _setup(spec, data, model.parameters())
+    optimizer, scheduler = _setup(spec, data, model.parameters(), spec.train)
     for event in fit(
         model,
         data,
@@ -231,7 +233,9 @@ def run(
         }
     model = build_finetune_model(spec, data, checkpoint).to(device)
     start = backbone_vector(model)
-    optimizer, scheduler = _setup(spec, data, param_groups(model, spec))
+    # A warm-up run `before` train.epochs adds its head phase to the run (FinetuneSpec.epochs).
+    train = spec.train.model_copy(update={"epochs": spec.epochs})
+    optimizer, scheduler = _setup(spec, data, param_groups(model, spec), train)
     freezer = Freezer(model, spec.strategy, spec.train.epochs)
     # The Freezer depends on the epoch only, so a resumed run freezes what the original did.
     for event in fit(
@@ -239,7 +243,7 @@ def run(
         data,
         optimizer,
         scheduler,
-        spec.train,
+        train,
         spec.seed,
         device,
         on_epoch_start=freezer,

@@ -215,6 +215,24 @@ def test_default_head_phase_is_a_third_of_the_run() -> None:
     assert [len(freezer.frozen_at(e)) for e in range(9)] == [2, 2, 2] + [0] * 6
 
 
+def test_a_warmup_before_the_run_gives_the_backbone_every_epoch_of_it(
+    upstream: dict[str, bytes],
+) -> None:
+    # FT-3's fair arm: the head-only phase runs ahead of train.epochs, so the backbone trains
+    # all of them, as strategy A's does; `within` takes the phase out of them.
+    frozen = {}
+    for warmup in ("before", "within"):
+        spec = _spec({"name": "gradual", "head_epochs": 1, "warmup": warmup}, epochs=3)
+        metrics, summary = _events(spec, upstream)
+        assert summary.outcome == "finished"
+        frozen[warmup] = [m.values["backbone/frozen_blocks"] for m in metrics]
+    assert frozen["before"] == [2.0, 0.0, 0.0, 0.0]  # 1 head epoch, then 3 with the backbone
+    assert frozen["within"] == [2.0, 0.0, 0.0]
+    assert _spec({"name": "gradual", "head_epochs": 1, "warmup": "before"}, epochs=3).cost() == 4
+    # at its default the new field stays out of the trial's key
+    assert "warmup" not in _spec({"name": "gradual"}).model_dump()["strategy"]
+
+
 def test_head_only_drift_is_zero_and_scratch_needs_no_checkpoint(
     upstream: dict[str, bytes],
 ) -> None:
@@ -269,6 +287,7 @@ SWEEP = [
     "~sweep.grids.different",
     "~sweep.grids.ratio",
     "~sweep.grids.lr",
+    "~sweep.grids.warmup",
     'sweep.grids.similar={data.per_class: "5", strategy: "scratch,head_only,gradual_all"}',
     "sweep.seeds=1",
     "train.epochs=3",
