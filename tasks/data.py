@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -20,12 +20,20 @@ if TYPE_CHECKING:
     import torch
 
 
-class DigitsSpec(StrictModel):
-    """sklearn's 8x8 digits (1,797 images), optionally a class subset and a domain shift."""
+class DigitsSpec(KeyedSpec):
+    """sklearn's 8x8 digits (1,797 images), optionally a class subset and a domain shift.
+
+    ``normalize`` is the input preprocessing (HP-4's first tunable): ``unit`` divides the
+    0-16 pixel values by 16, ``standardize`` gives each pixel zero mean and unit variance
+    over the training split (a pixel constant there is only centred), ``none`` keeps 0-16.
+    """
+
+    added_fields: ClassVar[tuple[str, ...]] = ("normalize",)
 
     name: Literal["digits"] = "digits"
     classes: list[Annotated[int, Field(ge=0, le=9)]] | None = None
     transform: Literal["none", "invert", "permute"] = "none"
+    normalize: Literal["unit", "standardize", "none"] = "unit"
     per_class: PositiveInt | None = None  # training examples kept per class (target size)
     val_fraction: float = Field(0.2, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -153,6 +161,8 @@ def _load_cached(spec_json: str) -> Dataset:
         spec.split_seed,
         getattr(spec, "per_class", None),
     )
+    if isinstance(spec, DigitsSpec) and spec.normalize != "unit":
+        ds = _renormalize(ds, spec.normalize)
     if isinstance(spec, SyntheticSpec) and spec.rare_fraction > 0:
         k = spec.n_informative
         rare = (ds.x_test[:, k - rare_count(spec) : k] != 0).any(1)
@@ -179,6 +189,24 @@ def _digits(spec: DigitsSpec) -> tuple[np.ndarray, np.ndarray]:
         perm = np.random.default_rng(1234).permutation(64)
         x = x.reshape(len(x), 64)[:, perm].reshape(x.shape)
     return x, y
+
+
+def _renormalize(ds: Dataset, how: str) -> Dataset:
+    """Digits in 0-16 (``none``) or standardized per pixel with the training split's
+    statistics (``standardize``), from the unit-scaled splits."""
+    import torch
+
+    if how == "none":
+        return replace(ds, x_train=ds.x_train * 16, x_val=ds.x_val * 16, x_test=ds.x_test * 16)
+    mean = ds.x_train.mean(0, keepdim=True)
+    std = ds.x_train.std(0, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return replace(
+        ds,
+        x_train=(ds.x_train - mean) / std,
+        x_val=(ds.x_val - mean) / std,
+        x_test=(ds.x_test - mean) / std,
+    )
 
 
 def _synthetic(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ study read by the real verdict code; none of them is confirmed by construction."
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -72,3 +73,116 @@ def test_hp2_is_refuted_only_when_pinned(change: dict[str, object], verdict: str
 def test_quick_variant_leaves_hp2_undecided() -> None:
     # The smoke run searches batch [16, 256] only: HP-2 must not be decided on it.
     assert _hp2(True, {**INTERIOR, "train.batch_size": 64}, n=30) == "inconclusive"
+
+
+# -- HP-4: the notes' tunable list (000:L474-484) and the tunables study -------------------
+#: Each item of the notes' list -> the parameter of conf/study/tunables.yaml that tunes it.
+NOTES_TUNABLES = {
+    "预处理 (preprocessing: data normalization)": "data.normalize",
+    "Batch-Size": "train.batch_size",
+    "学习率 (LR)": "optimizer.lr",
+    "优化器 (optimizer)": "optimizer",
+    "损失函数 (loss)": "train.label_smoothing",
+    "激活函数 (activation)": "model.activation",
+    "Epoch": "train.epochs",
+    "权重初始化 (weight init)": "model.init",
+    "NAS网络架构搜索 (architecture)": "model.hidden",
+}
+
+
+def test_hp4_space_covers_the_notes_list() -> None:
+    plan = plan_sweep(composer(None), "tunables", [], quick=False)
+    assert plan.search is not None
+    keys = [p.key for p in plan.search.space.params]
+    assert sorted(keys) == sorted(NOTES_TUNABLES.values())
+    (claim,) = plan.search.spec.claims
+    assert claim.test == "matters" and sorted(claim.params) == sorted(keys)
+    assert plan.search.spec.sampler == "random" and plan.search.spec.pruner.name == "none"
+
+
+def _matters(effects: dict[str, float], n: int = 120, threshold: float = 0.02) -> str:
+    """A random-search table where y = sum of effect x each parameter (uniform in [0, 1]),
+    plus a little noise, read by the real verdict code."""
+    from orchestrator.core.specs import SearchClaimSpec
+    from orchestrator.search.importance import matters_verdict
+
+    rng = np.random.default_rng(0)
+    dists = {p: FloatDistribution(0, 1) for p in effects}
+    trials = []
+    for _ in range(n):
+        params = {p: float(rng.random()) for p in effects}
+        value = sum(e * params[p] for p, e in effects.items()) + 0.01 * rng.normal()
+        trials.append(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    claim = SearchClaimSpec(
+        id="HP-4", test="matters", params=list(effects), min_importance=threshold
+    )
+    return matters_verdict(claim, trials, list(effects), "all", n_boot=20).verdict
+
+
+@pytest.mark.parametrize(
+    "effects,verdict",
+    [
+        ({"a": 1.0, "b": 0.8, "c": 0.6}, "confirmed"),  # every one explains >10%
+        ({"a": 1.0, "b": 0.8, "c": 0.0}, "refuted"),  # c changes nothing
+    ],
+)
+def test_matters_can_come_out_either_way(effects: dict[str, float], verdict: str) -> None:
+    assert _matters(effects) == verdict
+
+
+def test_a_parameter_that_matters_by_divergence_counts_only_with_its_diverged_trials() -> None:
+    # c changes nothing in the runs that finish, but c > 0.7 makes a run diverge: left out,
+    # those runs hide c's effect; counted (at 0.55, 0.2 below the finished runs' mean, so
+    # that c's share does not swamp a's and b's) they show it.
+    from optuna.trial import TrialState
+
+    from orchestrator.core.specs import SearchClaimSpec
+    from orchestrator.search.importance import matters_verdict
+    from orchestrator.search.study import ATTR_OUTCOME
+
+    rng = np.random.default_rng(1)
+    dists = {p: FloatDistribution(0, 1) for p in "abc"}
+    trials = []
+    for _ in range(150):
+        params = {p: float(rng.random()) for p in "abc"}
+        if params["c"] > 0.7:
+            trials.append(
+                optuna.trial.create_trial(
+                    params=params,
+                    distributions=dists,
+                    state=TrialState.FAIL,
+                    user_attrs={ATTR_OUTCOME: "diverged"},
+                )
+            )
+            continue
+        value = 0.5 + 0.3 * params["a"] + 0.2 * params["b"] + 0.01 * rng.normal()
+        trials.append(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    verdicts = {}
+    for diverged_value in (None, 0.55):
+        claim = SearchClaimSpec(
+            id="HP-4", test="matters", params=["a", "b", "c"], diverged_value=diverged_value
+        )
+        verdicts[diverged_value] = matters_verdict(claim, trials, ["a", "b", "c"], "all", n_boot=20)
+    assert verdicts[None].verdict == "refuted" and "c below" in verdicts[None].detail
+    assert verdicts[0.55].verdict == "confirmed", verdicts[0.55].detail
+    assert "and 46 diverged at 0.55" in verdicts[0.55].detail
+
+
+def test_matters_with_too_few_trials_is_inconclusive() -> None:
+    assert _matters({"a": 1.0, "b": 0.8, "c": 0.0}, n=3) == "inconclusive"
+
+
+def test_a_claim_on_a_key_outside_the_space_is_bad_input() -> None:
+    from orchestrator.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"search\.claims\.0\.params: 'model\.depth' is not a key"):
+        plan_sweep(composer(None), "tunables", ["search.claims.0.params=[model.depth]"])
+
+
+def test_matters_needs_params() -> None:
+    from pydantic import ValidationError
+
+    from orchestrator.core.specs import SearchClaimSpec
+
+    with pytest.raises(ValidationError, match="params is required"):
+        SearchClaimSpec(id="HP-4", test="matters")

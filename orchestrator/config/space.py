@@ -375,8 +375,9 @@ def plan_search(
         The :class:`SearchPlan`.
 
     Raises:
-        SpecError: Bad grammar or bounds, an unknown key or group option, a condition on a
-            key that is not in the space, or a space corner the task's spec rejects.
+        SpecError: Bad grammar or bounds, an unknown key or group option, a condition or a
+            claim on a key that is not in the space, or a space corner the task's spec
+            rejects.
     """
     composer = builder.composer
     entries: dict[str, tuple[Any, Override | None]] = {
@@ -396,6 +397,14 @@ def plan_search(
             "allowed: at least one distribution"
         )
     params = _apply_conditions(params, spec.conditions, pinned)
+    for i, claim in enumerate(spec.claims):
+        for field_name in ("first", "last", "params", "ranges"):
+            unknown = [k for k in getattr(claim, field_name) if k not in params and k not in pinned]
+            if unknown:
+                raise SpecError(
+                    f"search.claims.{i}.{field_name}: {unknown[0]!r} is not a key of "
+                    f"search.space; allowed: {', '.join(sorted(params))}"
+                )
     space = SearchSpace(_ordered(params))
     metrics = tuple(spec.metrics) or (builder.base.sweep.metric,)
     modes = tuple(spec.directions) or (builder.base.sweep.mode,) * len(metrics)

@@ -180,14 +180,23 @@ class SearchClaimSpec(StrictModel):
     value of each parameter in ``ranges`` lies inside its range and, at an edge that is also
     the search space's, at least ``margin`` (a fraction of the range, log-scaled for log
     parameters) away from it: a best trial pinned against the space's edge says the optimum
-    may lie beyond. ``where`` selects the trials of one branch of a conditional space.
+    may lie beyond. ``matters``: each parameter of ``params`` explains at least
+    ``min_importance`` of the metric's variance (fANOVA, normalised over the branch's
+    parameters), read from the complete trials' final values (and the diverged ones' at
+    ``diverged_value``, when set). ``where`` selects the trials
+    of one branch of a conditional space.
     """
 
     id: str = Field(min_length=1)
     source: str = ""
     statement: str = ""
-    test: Literal["importance", "inside"]
+    test: Literal["importance", "inside", "matters"]
     first: list[str] = []
+    params: list[str] = []
+    min_importance: float = Field(0.02, gt=0, lt=1)
+    # matters: a diverged trial counts with this value (what a model that learned nothing
+    # scores, e.g. chance accuracy); None leaves diverged trials out of the evidence.
+    diverged_value: float | None = None
     last: list[str] = []
     ranges: dict[str, tuple[float, float]] = {}
     margin: float = Field(0.02, ge=0, lt=0.5)
@@ -200,6 +209,10 @@ class SearchClaimSpec(StrictModel):
             raise ValueError(f"claim {self.id!r}: first is required for test 'importance'")
         if self.test == "inside" and not self.ranges:
             raise ValueError(f"claim {self.id!r}: ranges is required for test 'inside'")
+        if self.test == "matters" and not self.params:
+            raise ValueError(f"claim {self.id!r}: params is required for test 'matters'")
+        if self.test != "matters" and self.diverged_value is not None:
+            raise ValueError(f"claim {self.id!r}: diverged_value is for test 'matters' only")
         for key, (lo, hi) in self.ranges.items():
             if not lo < hi:
                 raise ValueError(f"claim {self.id!r}: ranges.{key} [{lo}, {hi}] needs low < high")

@@ -1,4 +1,5 @@
-"""Search claims (HP-*): importance order and "the optimum lies inside the ranges"."""
+"""Search claims (HP-*): importance order, "the optimum lies inside the ranges", and "each
+parameter matters"."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from orchestrator.config.space import Param, SearchPlan
 from orchestrator.core.specs import SearchClaimSpec
 from orchestrator.search.analysis import SearchSummary, best_trial, branch_trials
-from orchestrator.search.importance import importance_verdict
+from orchestrator.search.importance import importance_verdict, matters_verdict
 from orchestrator.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED, Verdict, verdicts_from_json
 
 
@@ -37,10 +38,10 @@ def _verdict(
         min_effect=0.0,
         n_a=n,
         n_b=0,
-        method="fANOVA ranking" if claim.test == "importance" else "best trial vs ranges",
+        method="best trial vs ranges" if claim.test == "inside" else "bootstrap fANOVA",
         detail=detail,
         metric=metric,
-        axis=", ".join(claim.first or claim.ranges),
+        axis=", ".join(claim.first or claim.params or claim.ranges),
     )
 
 
@@ -50,7 +51,7 @@ def search_verdicts(
     search: SearchPlan,
     imps: Mapping[str, Mapping[str, float]],
 ) -> list[Verdict]:
-    """Verdicts of a search's claims (tests ``importance`` and ``inside``).
+    """Verdicts of a search's claims (tests ``importance``, ``inside`` and ``matters``).
 
     ``importance`` (HP-1) ranks the parameters of the claim's branch (``where``, e.g.
     ``{optimizer: adam}``; default the unconditional parameters) by bootstrap fANOVA over
@@ -65,6 +66,9 @@ def search_verdicts(
     (in log10 for log parameters) from it. *Refuted*: a value outside its range or pinned
     against such an edge (the optimum may lie beyond). *Inconclusive*: too few complete
     trials, or the best trial lacks a parameter.
+
+    ``matters`` (HP-4) asks of each parameter in ``params`` for a bootstrap fANOVA
+    importance above ``min_importance`` (:func:`orchestrator.search.importance.matters_verdict`).
 
     Returns:
         :class:`orchestrator.verdicts.Verdict` objects, in the claims' order.
@@ -94,10 +98,21 @@ def search_verdicts(
                 )
             )
             continue
-        if claim.test == "importance":
+        if claim.test in ("importance", "matters"):
             imp = imps.get(branch)
             if not imp:
                 out.append(_verdict(claim, INCONCLUSIVE, f"no fANOVA ranking for {branch}.", n=n))
+                continue
+            if claim.test == "matters":
+                out.append(
+                    matters_verdict(
+                        claim,
+                        _branch_all(study, where),
+                        list(imp),
+                        branch,
+                        len(study.directions) > 1,
+                    )
+                )
                 continue
             out.append(
                 importance_verdict(
