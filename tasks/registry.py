@@ -25,7 +25,7 @@ from tasks.events import Event
 from tasks.spec import StrictModel
 
 ENTRY_POINT_GROUP = "orchestrator.tasks"
-BUILTIN_MODULES = ("tasks.builtin",)
+BUILTIN_MODULES = ("tasks.builtin", "tasks.hpsearch_spec")
 
 
 #: ``upstream(spec)`` names the run a trial needs first: ``(task name, config)``, or None.

@@ -233,5 +233,6 @@ def test_every_study_with_claims_is_covered() -> None:
         "reg_more",
         "second_order",
         "gd_noise",
+        "hp3_staged",
     }
     assert len(CLAIMS) >= 35
