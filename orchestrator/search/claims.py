@@ -14,6 +14,7 @@ from orchestrator.config.space import Param, SearchPlan
 from orchestrator.core.specs import SearchClaimSpec
 from orchestrator.search.analysis import SearchSummary, best_trial, branch_trials
 from orchestrator.search.importance import importance_verdict, matters_verdict
+from orchestrator.search.verdict import claim_verdict
 from orchestrator.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED, Verdict, verdicts_from_json
 
 
@@ -26,23 +27,8 @@ def _verdict(
     n: int = 0,
     metric: str | None = None,
 ) -> Verdict:
-    return Verdict(
-        id=claim.id,
-        statement=claim.statement,
-        source=claim.source,
-        test=claim.test,
-        verdict=verdict,
-        effect=effect,
-        ci_low=None,
-        ci_high=None,
-        min_effect=0.0,
-        n_a=n,
-        n_b=0,
-        method="best trial vs ranges" if claim.test == "inside" else "bootstrap fANOVA",
-        detail=detail,
-        metric=metric,
-        axis=", ".join(claim.first or claim.params or claim.ranges),
-    )
+    method = "best trial vs ranges" if claim.test == "inside" else "bootstrap fANOVA"
+    return claim_verdict(claim, verdict, detail, method=method, effect=effect, n=n, metric=metric)
 
 
 def search_verdicts(

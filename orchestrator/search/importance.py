@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import optuna
@@ -44,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.core.specs import SearchClaimSpec
 from orchestrator.search.study import ATTR_OUTCOME
+from orchestrator.search.verdict import claim_verdict
 from orchestrator.verdicts import CONFIRMED, INCONCLUSIVE, REFUTED, Verdict
 
 
@@ -142,29 +144,13 @@ def importance_verdict(
     last = [p for p in params if p in claim.last and p not in claim.first]
     middle = [p for p in others if p not in last]
 
-    def verdict(
-        v: str,
-        detail: str,
-        effect: float | None = None,
-        ci: tuple[float | None, float | None] = (None, None),
-    ) -> Verdict:
-        return Verdict(
-            id=claim.id,
-            statement=claim.statement,
-            source=claim.source,
-            test=claim.test,
-            verdict=v,
-            effect=effect,
-            ci_low=ci[0],
-            ci_high=ci[1],
-            min_effect=0.0,
-            n_a=len(fit),
-            n_b=0,
-            method=f"bootstrap fANOVA ({n_boot} fits)",
-            detail=detail,
-            axis=", ".join(claim.first),
-            confidence=confidence,
-        )
+    verdict = partial(
+        claim_verdict,
+        claim,
+        method=f"bootstrap fANOVA ({n_boot} fits)",
+        n=len(fit),
+        confidence=confidence,
+    )
 
     if not first or not others or len(fit) < 4:
         return verdict(
@@ -211,18 +197,21 @@ def importance_verdict(
             if rival_wins
             else "the last group is above the middle"
         )
-        return verdict(REFUTED, f"{text}; refuted ({why}).", eff, (lo, hi))
+        return verdict(REFUTED, f"{text}; refuted ({why}).", effect=eff, ci=(lo, hi))
     if first_wins and (groups is None or groups[1] > 0):
         return verdict(
             CONFIRMED,
             f"{text}; confirmed ({first_wins[0]} above every other"
             + (", the middle above the last" if groups else "")
             + ").",
-            eff,
-            (lo, hi),
+            effect=eff,
+            ci=(lo, hi),
         )
     return verdict(
-        INCONCLUSIVE, f"{text}; inconclusive (the intervals do not separate).", eff, (lo, hi)
+        INCONCLUSIVE,
+        f"{text}; inconclusive (the intervals do not separate).",
+        effect=eff,
+        ci=(lo, hi),
     )
 
 
@@ -275,29 +264,14 @@ def matters_verdict(
     missing = [p for p in claim.params if p not in params]
     thr = claim.min_importance
 
-    def verdict(
-        v: str,
-        detail: str,
-        effect: float | None = None,
-        ci: tuple[float | None, float | None] = (None, None),
-    ) -> Verdict:
-        return Verdict(
-            id=claim.id,
-            statement=claim.statement,
-            source=claim.source,
-            test=claim.test,
-            verdict=v,
-            effect=effect,
-            ci_low=ci[0],
-            ci_high=ci[1],
-            min_effect=thr,
-            n_a=len(fit),
-            n_b=0,
-            method=f"bootstrap fANOVA ({n_boot} fits)",
-            detail=detail,
-            axis=", ".join(claim.params),
-            confidence=confidence,
-        )
+    verdict = partial(
+        claim_verdict,
+        claim,
+        method=f"bootstrap fANOVA ({n_boot} fits)",
+        n=len(fit),
+        min_effect=thr,
+        confidence=confidence,
+    )
 
     if missing or len(fit) < 4:
         why = (
@@ -328,16 +302,21 @@ def matters_verdict(
     below = [p for p in claim.params if intervals[p][2] < thr]
     if below:
         return verdict(
-            REFUTED, f"{text}; refuted ({', '.join(below)} below the threshold).", eff, (lo, hi)
+            REFUTED,
+            f"{text}; refuted ({', '.join(below)} below the threshold).",
+            effect=eff,
+            ci=(lo, hi),
         )
     if all(intervals[p][1] > thr for p in claim.params):
-        return verdict(CONFIRMED, f"{text}; confirmed (every one above it).", eff, (lo, hi))
+        return verdict(
+            CONFIRMED, f"{text}; confirmed (every one above it).", effect=eff, ci=(lo, hi)
+        )
     undecided = [p for p in claim.params if intervals[p][1] <= thr]
     return verdict(
         INCONCLUSIVE,
         f"{text}; inconclusive ({', '.join(undecided)} not separated from the threshold).",
-        eff,
-        (lo, hi),
+        effect=eff,
+        ci=(lo, hi),
     )
 
 
