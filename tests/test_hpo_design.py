@@ -186,3 +186,25 @@ def test_matters_needs_params() -> None:
 
     with pytest.raises(ValidationError, match="params is required"):
         SearchClaimSpec(id="HP-4", test="matters")
+
+
+def test_tunables_claim_is_decided_through_search_verdicts() -> None:
+    # The study's claim, narrowed to two of its parameters, and its space, read by the code a
+    # sweep runs: a table where those two move val/acc and the other seven do not.
+    plan = plan_sweep(
+        composer(None), "tunables", ["search.claims.0.params=[optimizer.lr,model.hidden]"]
+    )
+    assert plan.search is not None
+    space = plan.search.space
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    hidden = space.get("model.hidden").distribution.choices  # type: ignore[attr-defined]
+
+    def objective(trial: optuna.Trial) -> float:
+        labels = space.suggest(trial)  # as a sweep asks them (model.hidden as JSON text)
+        lr = np.log10(labels["optimizer.lr"]) + 4  # 0..3 over the range
+        return 0.3 + 0.1 * lr + 0.1 * hidden.index(labels["model.hidden"])
+
+    study.optimize(objective, n_trials=100)
+    imps = {"all": {p.key: 1 / len(space.params) for p in space.params}}
+    (v,) = search_verdicts(plan.search.spec.claims, study, plan.search, imps)
+    assert v.id == "HP-4" and v.verdict == "confirmed", v.detail

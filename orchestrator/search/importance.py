@@ -283,12 +283,10 @@ def matters_verdict(
     boot = bootstrap(fit, params, n_boot, seed)
     k = len(claim.params)
     z = float(norm.ppf(1 - (1 - confidence) / (2 * k)))
-    intervals = {
-        p: tuple(
-            math.exp(x) for x in _interval(np.log(np.maximum(boot[:, params.index(p)], 1e-9)), z)
-        )
-        for p in claim.params
-    }
+    intervals = {}
+    for p in claim.params:
+        m, lo, hi = _interval(np.log(np.maximum(boot[:, params.index(p)], 1e-9)), z)
+        intervals[p] = (math.exp(m), math.exp(lo), min(1.0, math.exp(hi)))  # a share is <= 1
     weakest = min(claim.params, key=lambda p: intervals[p][0])
     eff, lo, hi = intervals[weakest]
     shown = "; ".join(
