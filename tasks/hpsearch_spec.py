@@ -16,13 +16,15 @@ searched it).
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeInt,
     PositiveInt,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -79,6 +81,20 @@ class ChoiceParam(StrictModel):
         return list(self.choices)
 
 
+def _param_kind(v: Any) -> str:
+    if isinstance(v, ChoiceParam) or (isinstance(v, dict) and "choices" in v):
+        return "choices"
+    return "range"
+
+
+# A mapping with `choices` is a choice, any other a range: a malformed entry then reports the
+# problems of the kind it was meant to be, not of both.
+SpaceParam = Annotated[
+    Annotated[RangeParam, Tag("range")] | Annotated[ChoiceParam, Tag("choices")],
+    Discriminator(_param_kind),
+]
+
+
 class SearchSettings(StrictModel):
     """``hpsearch:``: the strategy, the budget and the space of one search."""
 
@@ -86,7 +102,7 @@ class SearchSettings(StrictModel):
     budget: PositiveInt  # inner trials (trainings of train.epochs each), both strategies
     stages: list[list[str]] = Field(min_length=1)
     stage_trials: list[PositiveInt]  # inner trials per stage; they sum to budget
-    space: dict[str, RangeParam | ChoiceParam] = Field(min_length=1)
+    space: dict[str, SpaceParam] = Field(min_length=1)
     # Random inner trials before TPE models the results, per Optuna study: joint runs one
     # study, staged one per stage (capped at the stage's trials).
     n_startup_trials: NonNegativeInt = 10

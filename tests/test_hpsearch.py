@@ -191,3 +191,16 @@ def test_best_by_val_not_by_test_and_a_diverged_trial_scores_zero() -> None:
     assert isinstance(summary, Summary)
     assert summary.values["hpsearch/diverged"] == 1.0
     assert summary.values["hpsearch/best_trial"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "entry,kind", [({"low": 0.1}, "range"), ({"choices": [1, 1], "low": 0.0}, "choices")]
+)
+def test_a_malformed_space_entry_is_judged_as_the_kind_it_names(
+    entry: dict[str, Any], kind: str
+) -> None:
+    # A mapping with `choices` is a choice, any other a range: only that kind's problems.
+    with pytest.raises(ValidationError) as e:
+        HPSearchSpec.model_validate(raw(space=SPACE | {"optimizer.lr": entry}))
+    locs = [".".join(map(str, err["loc"])) for err in e.value.errors()]
+    assert locs and all(f"optimizer.lr.{kind}" in loc for loc in locs), locs
