@@ -32,7 +32,9 @@ from orchestrator.search import (
     ATTR_RERUN,
     ATTR_RUN,
     OptunaSource,
+    RecordedRun,
     analyse,
+    open_study,
     resolve_storage,
     search_verdicts,
 )
@@ -332,15 +334,21 @@ def test_killed_driver_resumes_the_same_study_without_rerunning(
     before = _study(tracking_uri, sweep_id).trials
     done_before = {t.number for t in before if t.state == TrialState.COMPLETE}
     running_before = {t.number: t.params for t in before if t.state == TrialState.RUNNING}
-    assert len(done_before) >= 3 and running_before and len(done_before) < n
+    # MLflow had 3 finished runs; a kill between a run's end and Optuna's tell leaves one of
+    # them RUNNING in the study (resume tells it from the run: see the test below).
+    assert len(done_before) >= 2 and running_before and len(done_before) < n
 
     assert main(["resume", sweep_id, "--tracking-uri", tracking_uri]) == 0
 
     trials = _study(tracking_uri, sweep_id).trials
     settled = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(settled) == n
-    # The interrupted trials failed, and each was re-run once with its own parameters.
+    # The interrupted trials failed, and each was re-run once with its own parameters; one
+    # whose run had finished in MLflow is told that result instead, and not run again.
     for number, params in running_before.items():
+        if trials[number].state == TrialState.COMPLETE:
+            assert not [t for t in trials if t.user_attrs.get(ATTR_RERUN) == number]
+            continue
         assert trials[number].state == TrialState.FAIL
         assert trials[number].user_attrs[ATTR_OUTCOME] == "interrupted"
         reruns = [t for t in trials if t.user_attrs.get(ATTR_RERUN) == number]
@@ -366,6 +374,32 @@ def test_killed_driver_resumes_the_same_study_without_rerunning(
     interrupted = [r for r in runs if r.data.tags.get("orch.outcome") == "interrupted"]
     assert len(interrupted) == len(running_before)
     assert len(client.sweeps()) == 1 and client.sweep_run(sweep_id).info.status == "FINISHED"
+
+
+def test_resume_tells_a_running_trial_the_result_its_run_recorded(tmp_path: Path) -> None:
+    """The driver writes a trial's run FINISHED, then tells Optuna: killed in between, the
+    trial is RUNNING in the study but done in the store. Resuming tells the study that result
+    (and a pruned run's), and enqueues a re-run only for the trial that really was cut off."""
+    plan = _plan([], "quad")
+    assert plan.search is not None
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study, _ = open_study(plan.search, storage, "s", resume=False)
+    asked = [study.ask({"x": FloatDistribution(0, 1)}) for _ in range(3)]
+    recorded = {
+        asked[0].number: RecordedRun("run-a", "finished", {"score": -0.25, "other": 1.0}),
+        asked[1].number: RecordedRun("run-b", "pruned", {}),
+        # asked[2]: no settled run, the driver died while it trained
+    }
+    study, settled = open_study(plan.search, storage, "s", resume=True, recorded=recorded)
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.COMPLETE and trials[0].values == [-0.25]
+    assert trials[0].user_attrs[ATTR_RUN] == "run-a"
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs[ATTR_RUN] == "run-b"
+    assert trials[2].state == TrialState.FAIL
+    assert trials[2].user_attrs[ATTR_OUTCOME] == "interrupted"
+    reruns = [t for t in trials if ATTR_RERUN in t.user_attrs]
+    assert [t.user_attrs[ATTR_RERUN] for t in reruns] == [trials[2].number]
+    assert settled == 2
 
 
 def test_resumed_search_keeps_the_samplers_history(ray_session, tracking_uri: str) -> None:

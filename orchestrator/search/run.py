@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import Run
 from rich.console import Console
 
 from orchestrator.config.plan import SweepPlan
@@ -17,7 +18,7 @@ from orchestrator.core.specs import Trial
 from orchestrator.search.analysis import SearchSummary, analyse
 from orchestrator.search.claims import search_verdicts
 from orchestrator.search.source import OptunaSource
-from orchestrator.search.study import SETTLED, open_study, shown_url
+from orchestrator.search.study import SETTLED, RecordedRun, open_study, shown_url
 from orchestrator.store import schema, writer
 from orchestrator.store.reader import StoreReader
 from orchestrator.verdicts import verdicts_to_json
@@ -35,12 +36,25 @@ class SearchRun:
     """
 
     def __init__(
-        self, plan: SweepPlan, tracker: writer.Tracker, storage: str, sweep_id: str, resume: bool
+        self,
+        plan: SweepPlan,
+        tracker: writer.Tracker,
+        storage: str,
+        sweep_id: str,
+        resume: bool,
+        recorded: list[Run] | None = None,
     ) -> None:
         assert plan.search is not None, "a SearchRun needs a search plan"
         self.plan, self.search = plan, plan.search
         self.tracker, self.storage, self.sweep_id = tracker, storage, sweep_id
-        self.study, settled = open_study(self.search, storage, sweep_id, resume)
+        self.recorded = recorded or []
+        by_number = {
+            int(r.data.tags[schema.TAG_OPTUNA_TRIAL]): RecordedRun(
+                r.info.run_id, r.data.tags[schema.TAG_OUTCOME], dict(r.data.metrics)
+            )
+            for r in self.recorded
+        }
+        self.study, settled = open_study(self.search, storage, sweep_id, resume, by_number)
         self.n_trials = budget(self.search)
         self.source = OptunaSource(self.search, self.study, self.n_trials, settled)
 
@@ -56,14 +70,22 @@ class SearchRun:
             schema.TAG_N_TRIALS: self.n_trials,
         }
 
-    def previous_results(self, reader: StoreReader, experiment_id: str) -> list[TrialResult]:
-        """The settled trials of this search sweep, from its child runs (resuming)."""
+    @staticmethod
+    def recorded_runs(reader: StoreReader, experiment_id: str, sweep_id: str) -> list[Run]:
+        """The settled child runs of a search sweep (resuming), oldest first."""
+        return [
+            run
+            for run in reader.sweep_runs(experiment_id, sweep_id)
+            if run.data.tags.get(schema.TAG_OUTCOME) in SETTLED
+            and schema.TAG_OPTUNA_TRIAL in run.data.tags
+        ]
+
+    def previous_results(self) -> list[TrialResult]:
+        """The settled trials of this search sweep, from its recorded child runs."""
         task = self.search.builder.task.name
         out: dict[int, TrialResult] = {}
-        for run in reader.sweep_runs(experiment_id, self.sweep_id):
+        for run in self.recorded:
             tags = run.data.tags
-            if tags.get(schema.TAG_OUTCOME) not in SETTLED or schema.TAG_OPTUNA_TRIAL not in tags:
-                continue
             number = int(tags[schema.TAG_OPTUNA_TRIAL])
             arm = json.loads(tags.get(schema.TAG_ARM, "{}"))
             trial = Trial(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -132,14 +134,29 @@ def outcome_of(t: FrozenTrial) -> str:
     }.get(t.state, t.state.name.lower())
 
 
+@dataclass(frozen=True)
+class RecordedRun:
+    """A trial's settled MLflow run, as a resumed search reads it from the store."""
+
+    run_id: str
+    outcome: str
+    metrics: Mapping[str, float]
+
+
 def open_study(
-    search: SearchPlan, storage: str, study_name: str, resume: bool
+    search: SearchPlan,
+    storage: str,
+    study_name: str,
+    resume: bool,
+    recorded: Mapping[int, RecordedRun] | None = None,
 ) -> tuple[optuna.Study, int]:
     """Create (or, resuming, load) the sweep's Optuna study.
 
-    Resuming, trials left RUNNING by a dead driver are marked ``FAIL`` (outcome
-    ``interrupted``), and those and the ``killed`` ones are enqueued again with their
-    parameters, once each.
+    Resuming, a trial left RUNNING by a dead driver whose MLflow run is ``recorded`` as
+    finished (or pruned) is told that result: the driver writes the run before it tells
+    Optuna, and a kill between the two must not train it again. Other RUNNING trials are
+    marked ``FAIL`` (outcome ``interrupted``); those and the ``killed`` ones are enqueued
+    again with their parameters, once each.
 
     Returns:
         The study and its number of settled trials.
@@ -176,6 +193,13 @@ def open_study(
     rerun = {t.user_attrs.get(ATTR_RERUN) for t in trials}
     for t in trials:
         outcome = outcome_of(t)
+        done = (recorded or {}).get(t.number)
+        if (
+            t.state == TrialState.RUNNING
+            and done is not None
+            and _tell_recorded(study, rdb, t, done, search.metrics)
+        ):
+            continue
         if t.state == TrialState.RUNNING:
             outcome = "interrupted"
             rdb.set_trial_user_attr(t._trial_id, ATTR_OUTCOME, outcome)
@@ -187,3 +211,26 @@ def open_study(
         outcome_of(t) in SETTLED for t in study.get_trials(deepcopy=False) if t.state.is_finished()
     )
     return study, settled
+
+
+def _tell_recorded(
+    study: optuna.Study,
+    rdb: optuna.storages.RDBStorage,
+    t: FrozenTrial,
+    run: RecordedRun,
+    metrics: tuple[str, ...],
+) -> bool:
+    """Tell ``t`` the result its MLflow run holds; False when it holds none to tell."""
+    if run.outcome == "finished" and all(m in run.metrics for m in metrics):
+        values: list[float] | None = [float(run.metrics[m]) for m in metrics]
+    elif run.outcome == "pruned":
+        values = None
+    else:
+        return False
+    rdb.set_trial_user_attr(t._trial_id, ATTR_OUTCOME, run.outcome)
+    rdb.set_trial_user_attr(t._trial_id, ATTR_RUN, run.run_id)
+    if values is None:
+        study.tell(t.number, state=TrialState.PRUNED)
+    else:
+        study.tell(t.number, values)
+    return True

@@ -199,13 +199,18 @@ def _run_sweep(
         mlflow_ui.start(tracker, experiment_id, parent, plan, sweep_id),
     ) as progress:
         if plan.search is not None and storage is not None:
-            search = SearchRun(plan, tracker, storage, sweep_id, resume is not None)
+            recorded = (
+                SearchRun.recorded_runs(reader, experiment_id, sweep_id)
+                if resume is not None
+                else None
+            )
+            search = SearchRun(plan, tracker, storage, sweep_id, resume is not None, recorded)
             tracker.set_tags(parent, search.parent_tags())
             rec = Recorder(
                 tracker, plan, experiment_id, parent, sweep_id, progress, source=search.source
             )
             if resume is not None:
-                previous = search.previous_results(reader, experiment_id)
+                previous = search.previous_results()
         else:
             rec = Recorder(tracker, plan, experiment_id, parent, sweep_id, progress)
         live.rec = rec
