@@ -27,7 +27,8 @@ import optuna
 from tasks import classify
 from tasks.builtin import ClassifySpec
 from tasks.events import Event, Metrics, Summary
-from tasks.hpsearch_spec import ChoiceParam, HPSearchSpec, RangeParam, get_dotted
+from tasks.hpsearch_spec import ChoiceParam, HPSearchSpec, RangeParam
+from tasks.spec import get_dotted
 
 Train = Callable[[ClassifySpec], Iterator[Event]]
 

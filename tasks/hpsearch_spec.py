@@ -31,7 +31,7 @@ from pydantic import (
 
 from tasks.builtin import ClassifySpec
 from tasks.registry import register_lazy
-from tasks.spec import StrictModel
+from tasks.spec import StrictModel, set_dotted
 
 
 class RangeParam(StrictModel):
@@ -149,29 +149,6 @@ class SearchSettings(StrictModel):
             n += count
             ends.append(n)
         return ends
-
-
-def set_dotted(config: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``config``'s value at ``path`` (``optimizer.lr``; a number indexes a list),
-    making the dicts on the way; the spec then rejects a path it does not have."""
-    *parents, last = path.split(".")
-    node: Any = config
-    for part in parents:
-        if isinstance(node, list):
-            node = node[int(part)]
-        else:
-            node = node.setdefault(part, {})
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
-
-
-def get_dotted(config: dict[str, Any], path: str) -> Any:
-    node: Any = config
-    for part in path.split("."):
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return node
 
 
 class HPSearchSpec(ClassifySpec):

@@ -1,7 +1,8 @@
 """Base class for every validated spec: unknown keys are errors, not silently dropped.
 
 Tasks validate their own configuration with these models so that a typo in a study
-(``optimizer.lrr=0.1``) fails before anything runs, naming the field.
+(``optimizer.lrr=0.1``) fails before anything runs, naming the field. A config is set and
+read by dotted path (``optimizer.betas.0``) with :func:`set_dotted` and :func:`get_dotted`.
 """
 
 from __future__ import annotations
@@ -45,3 +46,27 @@ class KeyedSpec(StrictModel):
         for name in self.unkeyed_fields():
             d.pop(name, None)
         return d
+
+
+def set_dotted(config: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``config``'s value at ``path`` (``optimizer.lr``; a number indexes a list),
+    making the dicts on the way; the spec then rejects a path it does not have."""
+    *parents, last = path.split(".")
+    node: Any = config
+    for part in parents:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def get_dotted(config: dict[str, Any], path: str) -> Any:
+    """``config``'s value at ``path`` (a number indexes a list)."""
+    node: Any = config
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node

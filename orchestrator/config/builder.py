@@ -12,6 +12,7 @@ from orchestrator.config.compose import Composer, config_dict
 from orchestrator.core.specs import SWEEP_KEYS, Trial
 from orchestrator.errors import SpecError, describe_validation_error
 from tasks import registry
+from tasks.spec import set_dotted
 
 
 def task_by_name(name: str) -> registry.Task:
@@ -95,7 +96,7 @@ class TrialBuilder:
         workers = _workers(point, self.workers, where)
         for k, v in point.items():
             if not self.is_group(k) and not k.startswith("resources."):
-                _set_dotted(raw, k, v)
+                set_dotted(raw, k, v)
         try:
             validated = self.task.spec.model_validate(raw)
         except ValidationError as e:
@@ -153,14 +154,3 @@ def _upstream(task: registry.Task, spec: Any) -> Trial | None:
         int(config.get("seed", 0)),
         Trial.make_key(name, config),
     )
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    # A numeric part indexes a list (``optimizer.betas.0``), as in OmegaConf.select.
-    *parents, last = key.split(".")
-    for p in parents:
-        tree = tree[int(p)] if isinstance(tree, list) else tree[p]
-    if isinstance(tree, list):
-        tree[int(last)] = value
-    else:
-        tree[last] = value
