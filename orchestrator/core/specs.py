@@ -183,8 +183,8 @@ class SearchClaimSpec(StrictModel):
     may lie beyond. ``matters``: each parameter of ``params`` explains at least
     ``min_importance`` of the metric's variance (fANOVA, normalised over the branch's
     parameters), read from the complete trials' final values (and the diverged ones' at
-    ``diverged_value``, when set). ``where`` selects the trials
-    of one branch of a conditional space.
+    ``diverged_value``, when set). ``where`` selects the trials of one branch of a
+    conditional space.
     """
 
     id: str = Field(min_length=1)

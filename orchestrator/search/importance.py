@@ -233,12 +233,12 @@ def matters_verdict(
     trials are left out (a study making this claim should not prune). Diverged trials count
     at ``claim.diverged_value`` when it is set: leaving them out would select the evidence
     as pruning does, since the settings that blow up a run are those that show a parameter
-    matters. Each claimed
-    parameter's importance (fANOVA, normalised over all of ``params``) gets a bootstrap
-    interval at ``1 - alpha / (2k)`` for ``k`` claimed parameters (Bonferroni), normal on the
-    log scale: an importance is positive and its bootstrap distribution right-skewed (on 140
-    trials of the tunables study, 0.001 to 0.12 around a mean of 0.03), so a normal interval
-    on the raw scale reaches below 0 and could never confirm a small share.
+    matters. Each claimed parameter's importance (fANOVA, normalised over all of
+    ``params``) gets a bootstrap interval at ``1 - alpha / (2k)`` for ``k`` claimed
+    parameters (Bonferroni), normal on the log scale: an importance is positive and its
+    bootstrap distribution right-skewed (on 140 trials of the tunables study, 0.001 to 0.12
+    around a mean of 0.03), so a normal interval on the raw scale reaches below 0 and could
+    never confirm a small share.
     *Confirmed*: every interval lies above ``min_importance``. *Refuted*: some interval lies
     below it (that parameter hardly changes the result over the space). Otherwise
     *inconclusive*.
